@@ -1,0 +1,11 @@
+//! Compiles `proto/*.proto` with protox (pure Rust), so no system `protoc` is needed.
+fn main() {
+    let files = ["proto/scheduler.proto", "proto/daemon.proto"];
+    for f in files {
+        println!("cargo:rerun-if-changed={f}");
+    }
+    let fds = protox::compile(files, ["proto"]).expect("proto files compile");
+    tonic_prost_build::configure()
+        .compile_fds(fds)
+        .expect("generate tonic code");
+}

@@ -1,0 +1,20 @@
+//! Damselfly's wire contracts.
+//!
+//! Layout:
+//! - [`scheduler`]: the gRPC service between peers and the scheduler (generated).
+//! - [`daemon`]: the peer daemon's local API on a unix socket (generated).
+//! - [`task_id`]: how a download is named, so every peer of one file meets in one swarm.
+//! - [`piece`]: how a task is cut into pieces.
+//!
+//! Everything here is shared by more than one role; nothing here does I/O.
+
+pub mod piece;
+pub mod task_id;
+
+pub mod scheduler {
+    tonic::include_proto!("damselfly.scheduler.v1");
+}
+
+pub mod daemon {
+    tonic::include_proto!("damselfly.daemon.v1");
+}

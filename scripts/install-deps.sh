@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Installs what Damselfly's tests and demo need on a fresh Debian 12 machine (run as root).
+# Idempotent: packages already present are skipped quickly.
+set -euo pipefail
+PKGS=(iproute2 curl jq bc python3 ca-certificates
+      containerd docker-registry skopeo umoci busybox-static apache2-utils
+      aria2 opentracker mktorrent)
+missing=()
+for p in "${PKGS[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "installing: ${missing[*]}"
+  apt-get update -q
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+command -v cargo >/dev/null || { echo "cargo not found: install Rust (rustup) first" >&2; exit 1; }
+rustup component list --installed 2>/dev/null | grep -q rustfmt || rustup component add rustfmt clippy

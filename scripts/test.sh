@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# The whole test suite: installs dependencies, checks formatting and lints, runs every test
+# (unit tests and the end-to-end tests in network namespaces, which need root).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+./scripts/install-deps.sh
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/cache/damselfly-target}
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets -- -D warnings
+# The e2e tests drive the real binary, built with the test-only fault switches.
+cargo build --features fault-injection -p damselfly
+export DAMSELFLY_BIN="$CARGO_TARGET_DIR/debug/damselfly"
+cargo test --workspace
