@@ -1,1 +1,50 @@
-fn main() {}
+//! `damselfly`: one binary for every role.
+//!
+//! Each subcommand lives in its own module and only parses flags, loads
+//! config and calls into the role's crate. `anyhow` is used here and nowhere
+//! else: this is where errors become one line for a person.
+
+use clap::{Parser, Subcommand};
+
+mod get;
+mod peer;
+mod scheduler;
+
+#[derive(Parser)]
+#[command(name = "damselfly", version, about = "P2P file and image distribution for container hosts")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a scheduler: picks parents for peers and triggers seed peers.
+    Scheduler(scheduler::Args),
+    /// Run a peer daemon (with --seed, a seed peer that fetches from origins).
+    Peer(peer::Args),
+    /// Download a URL through the local peer daemon.
+    Get(get::Args),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("start the tokio runtime");
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Scheduler(args) => scheduler::run(args).await,
+            Command::Peer(args) => peer::run(args).await,
+            Command::Get(args) => get::run(args).await,
+        }
+    });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("damselfly: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
