@@ -1,0 +1,3 @@
+fn main() {
+    eprintln!("damselfly-bench: not written yet");
+}
