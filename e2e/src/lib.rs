@@ -7,6 +7,8 @@
 //! - [`process`]: handles for daemons ([`process::Proc`]) and background
 //!   clients ([`process::Job`]) that are stopped by pid, never by name;
 //! - [`wait`]: polling helpers (no fixed sleeps) and the Ctrl-C flag;
+//! - [`mesh`]: a Damselfly scheduler, seed and peers started in lab hosts;
+//! - [`bench`]: the swarm benchmark behind `damselfly-bench`;
 //! - [`origin`]: the `damselfly-origin` test server and its request log;
 //! - [`bins`]: where the binaries under test are found;
 //! - [`data`]: random test files and their SHA-256.
@@ -14,9 +16,11 @@
 //! Errors are `anyhow`: every failure here ends a test or the bench with a
 //! message for a person, so context strings matter more than error types.
 
+pub mod bench;
 pub mod bins;
 pub mod data;
 pub mod lab;
+pub mod mesh;
 pub mod origin;
 pub mod process;
 pub mod wait;
