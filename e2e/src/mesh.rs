@@ -64,18 +64,34 @@ impl Mesh {
             start_peer(lab, bin, &scheduler_url, &state_dir.join(host), host, seed)
         };
         let seed = start_peer(seed_host, true)?;
-        let peers = peer_hosts.iter().map(|h| start_peer(h, false)).collect::<Result<Vec<_>>>()?;
-        Ok(Mesh { bin: bin.to_path_buf(), scheduler, seed, peers })
+        let peers = peer_hosts
+            .iter()
+            .map(|h| start_peer(h, false))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Mesh {
+            bin: bin.to_path_buf(),
+            scheduler,
+            seed,
+            peers,
+        })
     }
 
     pub fn peer(&self, host: &str) -> &PeerDaemon {
-        self.peers.iter().find(|p| p.host == host).unwrap_or_else(|| panic!("no peer daemon in {host}"))
+        self.peers
+            .iter()
+            .find(|p| p.host == host)
+            .unwrap_or_else(|| panic!("no peer daemon in {host}"))
     }
 
     /// `damselfly get URL -o OUT` through `host`'s daemon, as a command.
     pub fn get_command(&self, host: &str, url: &str, out: &Path) -> Command {
         let mut cmd = Command::new(&self.bin);
-        cmd.arg("get").arg(url).arg("-o").arg(out).arg("--socket").arg(&self.peer(host).socket);
+        cmd.arg("get")
+            .arg(url)
+            .arg("-o")
+            .arg(out)
+            .arg("--socket")
+            .arg(&self.peer(host).socket);
         cmd
     }
 
@@ -85,7 +101,14 @@ impl Mesh {
     }
 }
 
-fn start_peer(lab: &Lab, bin: &Path, scheduler: &str, dir: &Path, host: &str, seed: bool) -> Result<PeerDaemon> {
+fn start_peer(
+    lab: &Lab,
+    bin: &Path,
+    scheduler: &str,
+    dir: &Path,
+    host: &str,
+    seed: bool,
+) -> Result<PeerDaemon> {
     let ip = lab.ip(host);
     let data_dir = dir.join("data");
     std::fs::create_dir_all(&data_dir).with_context(|| format!("create {}", data_dir.display()))?;
@@ -109,7 +132,12 @@ fn start_peer(lab: &Lab, bin: &Path, scheduler: &str, dir: &Path, host: &str, se
         .arg(format!("{ip}:{PEER_METRICS_PORT}"));
     let proc = lab.spawn(host, if seed { "seed" } else { "peer" }, &cmd)?;
     ready(&proc, ip, PIECE_PORT, Some(&socket))?;
-    Ok(PeerDaemon { host: host.to_string(), proc, socket, data_dir })
+    Ok(PeerDaemon {
+        host: host.to_string(),
+        proc,
+        socket,
+        data_dir,
+    })
 }
 
 /// Waits until `proc` accepts TCP on `ip:port` and, if given, its socket
@@ -121,8 +149,10 @@ fn ready(proc: &Proc, ip: Ipv4Addr, port: u16, socket: Option<&Path>) -> Result<
     })
     .with_context(failed)?;
     if let Some(socket) = socket {
-        wait_for(&format!("{}", socket.display()), READY_TIMEOUT, || !proc.is_running() || socket.exists())
-            .with_context(failed)?;
+        wait_for(&format!("{}", socket.display()), READY_TIMEOUT, || {
+            !proc.is_running() || socket.exists()
+        })
+        .with_context(failed)?;
     }
     anyhow::ensure!(proc.is_running(), "{}", failed());
     wait_for_tcp(ip, port, READY_TIMEOUT).with_context(failed)

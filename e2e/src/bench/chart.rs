@@ -34,8 +34,15 @@ pub fn completion_svg(report: &Report) -> String {
     );
     let _ = writeln!(svg, r#"<rect width="100%" height="100%" fill="white"/>"#);
     let s = &report.setup;
-    let title = format!("Hosts done over time: N={}, links {}, blob {}", s.hosts, s.rate, s.size);
-    let _ = writeln!(svg, r#"<text x="{LEFT}" y="18" font-size="14">{}</text>"#, escape(&title));
+    let title = format!(
+        "Hosts done over time: N={}, links {}, blob {}",
+        s.hosts, s.rate, s.size
+    );
+    let _ = writeln!(
+        svg,
+        r#"<text x="{LEFT}" y="18" font-size="14">{}</text>"#,
+        escape(&title)
+    );
 
     // Axes, ticks and grid.
     let _ = writeln!(
@@ -96,7 +103,10 @@ pub fn completion_svg(report: &Report) -> String {
         for (k, secs) in done.iter().enumerate() {
             let _ = write!(path, " H{:.1} V{:.1}", x(*secs), y(k as f64 + 1.0));
         }
-        let _ = writeln!(svg, r#"<path d="{path}" stroke="{color}" stroke-width="2" fill="none"/>"#);
+        let _ = writeln!(
+            svg,
+            r#"<path d="{path}" stroke="{color}" stroke-width="2" fill="none"/>"#
+        );
         for (k, secs) in done.iter().enumerate() {
             let _ = writeln!(
                 svg,
@@ -127,7 +137,11 @@ pub fn completion_svg(report: &Report) -> String {
 /// 1, 2 or 5 times a power of ten, at least `v`.
 fn nice_ceiling(v: f64) -> f64 {
     let magnitude = 10f64.powf(v.log10().floor());
-    [1.0, 2.0, 5.0, 10.0].iter().map(|m| m * magnitude).find(|c| *c >= v).unwrap_or(10.0 * magnitude)
+    [1.0, 2.0, 5.0, 10.0]
+        .iter()
+        .map(|m| m * magnitude)
+        .find(|c| *c >= v)
+        .unwrap_or(10.0 * magnitude)
 }
 
 fn trim(v: f64) -> String {
@@ -136,7 +150,9 @@ fn trim(v: f64) -> String {
 }
 
 fn escape(text: &str) -> String {
-    text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
 }
 
 #[cfg(test)]

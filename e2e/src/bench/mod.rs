@@ -43,9 +43,20 @@ pub struct Config {
 /// Runs every selected method and writes the report to `config.out` after
 /// each step, so an interrupted run keeps what it measured.
 pub fn run(config: &Config) -> Result<Report> {
-    let started_unix = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    eprintln!("bench: building a lab of {} peer hosts, links {}, blob {}", config.hosts, config.rate, config.size);
-    let swarm = swarm::Swarm::build(&config.prefix, config.subnet, config.hosts, config.rate.clone(), config.size)?;
+    let started_unix = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    eprintln!(
+        "bench: building a lab of {} peer hosts, links {}, blob {}",
+        config.hosts, config.rate, config.size
+    );
+    let swarm = swarm::Swarm::build(
+        &config.prefix,
+        config.subnet,
+        config.hosts,
+        config.rate.clone(),
+        config.size,
+    )?;
     let mut report = Report {
         started_unix,
         command: config.command.clone(),

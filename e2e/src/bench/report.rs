@@ -114,7 +114,8 @@ impl Report {
         let json = serde_json::to_string_pretty(self)?;
         fs::write(dir.join("report.json"), json + "\n").context("write report.json")?;
         fs::write(dir.join("report.md"), self.markdown()).context("write report.md")?;
-        fs::write(dir.join("completion.svg"), super::chart::completion_svg(self)).context("write completion.svg")?;
+        fs::write(dir.join("completion.svg"), super::chart::completion_svg(self))
+            .context("write completion.svg")?;
         Ok(())
     }
 
@@ -126,7 +127,9 @@ impl Report {
     pub fn markdown(&self) -> String {
         let s = &self.setup;
         let mut md = String::new();
-        let su = s.su_seconds.map_or("n/a (unshaped)".to_string(), |v| format!("{v:.1} s"));
+        let su = s
+            .su_seconds
+            .map_or("n/a (unshaped)".to_string(), |v| format!("{v:.1} s"));
         let _ = writeln!(
             md,
             "N = {} hosts, links {}, blob {} ({} bytes), S/U = {su}\n",
@@ -138,14 +141,18 @@ impl Report {
             let sha = if m.hosts.is_empty() {
                 "-".to_string()
             } else {
-                format!("{}/{} ok", m.hosts.iter().filter(|h| h.sha256_ok).count(), m.hosts.len())
+                format!(
+                    "{}/{} ok",
+                    m.hosts.iter().filter(|h| h.sha256_ok).count(),
+                    m.hosts.len()
+                )
             };
             let _ = writeln!(
                 md,
                 "| {} | {} | {} | {} | {} | {} | {sha} |",
                 m.method,
-                opt(m.makespan_s, |v| format!("{v:.1} s")),
-                opt(m.median_s, |v| format!("{v:.1} s")),
+                opt(m.makespan_s, seconds),
+                opt(m.median_s, seconds),
                 opt(m.makespan_over_su, |v| format!("{v:.2} x")),
                 opt(m.origin_over_size, |v| format!("{v:.2} x")),
                 opt(m.peak_rss_bytes, |v| format!("{:.0} MiB", v as f64 / MIB)),
@@ -159,7 +166,13 @@ impl Report {
                 let _ = writeln!(md, "\n`{}` failed: {}", m.method, first_lines(error, 6));
             }
             for h in m.hosts.iter().filter(|h| h.error.is_some()) {
-                let _ = writeln!(md, "\n`{}` on {}: {}", m.method, h.host, first_lines(h.error.as_deref().unwrap_or(""), 4));
+                let _ = writeln!(
+                    md,
+                    "\n`{}` on {}: {}",
+                    m.method,
+                    h.host,
+                    first_lines(h.error.as_deref().unwrap_or(""), 4)
+                );
             }
         }
         if let Some(single) = &self.single {
@@ -201,6 +214,15 @@ impl SingleReport {
             let _ = writeln!(md, "\nsingle-peer error: {}", first_lines(e, 6));
         }
         md
+    }
+}
+
+/// Seconds with one decimal, or more for short times.
+fn seconds(v: f64) -> String {
+    if v < 1.0 {
+        format!("{v:.3} s")
+    } else {
+        format!("{v:.1} s")
     }
 }
 

@@ -35,7 +35,12 @@ pub struct SingleConfig {
 
 /// Runs the measurement; failures are recorded in the report's `errors`.
 pub fn measure(config: &SingleConfig) -> Result<SingleReport> {
-    let lab = Lab::new(&config.prefix, config.subnet, &[ORIGIN, SCHEDULER, SEED, PEER], None)?;
+    let lab = Lab::new(
+        &config.prefix,
+        config.subnet,
+        &[ORIGIN, SCHEDULER, SEED, PEER],
+        None,
+    )?;
     let www = lab.dir().join("www");
     fs::create_dir_all(&www)?;
     write_random_file(&www.join("blob"), config.size.0)?;
@@ -97,7 +102,10 @@ fn measure_damselfly(
     let url = origin.url("blob");
 
     eprintln!("bench: single: cold and cached damselfly get");
-    for (slot, name) in [(&mut report.cold_get_s, "cold"), (&mut report.cached_get_s, "cached")] {
+    for (slot, name) in [
+        (&mut report.cold_get_s, "cold"),
+        (&mut report.cached_get_s, "cached"),
+    ] {
         let path = out.join(name);
         let secs = timed(lab, &mesh.get_command(PEER, &url, &path)).with_context(|| format!("{name} get"))?;
         verify(&path, expected).with_context(|| format!("{name} get"))?;
@@ -106,9 +114,19 @@ fn measure_damselfly(
     }
     report.sha256_ok = true;
 
-    eprintln!("bench: single: {CONCURRENT} concurrent gets of {}", config.concurrent_size);
+    eprintln!(
+        "bench: single: {CONCURRENT} concurrent gets of {}",
+        config.concurrent_size
+    );
     let mut jobs = (0..CONCURRENT)
-        .map(|i| mesh.start_get(lab, PEER, &origin.url(&format!("blob{i}")), &out.join(format!("c{i}"))))
+        .map(|i| {
+            mesh.start_get(
+                lab,
+                PEER,
+                &origin.url(&format!("blob{i}")),
+                &out.join(format!("c{i}")),
+            )
+        })
         .collect::<Result<Vec<_>>>()?;
     let results = wait_all(&mut jobs, TIMEOUT)?;
     report.peer_peak_rss_bytes = mesh.peer(PEER).proc.peak_rss_bytes();
@@ -128,6 +146,10 @@ fn timed(lab: &Lab, cmd: &Command) -> Result<f64> {
 
 fn verify(path: &Path, expected: &str) -> Result<()> {
     let actual = sha256_file(path)?;
-    ensure!(actual == expected, "{}: sha256 {actual}, expected {expected}", path.display());
+    ensure!(
+        actual == expected,
+        "{}: sha256 {actual}, expected {expected}",
+        path.display()
+    );
     Ok(())
 }

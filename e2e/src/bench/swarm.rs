@@ -52,7 +52,15 @@ impl Swarm {
         write_random_file(&blob, size.0)?;
         let blob_sha256 = sha256_file(&blob)?;
         let origin = Origin::start(&lab, ORIGIN, &www, ORIGIN_PORT)?;
-        Ok(Swarm { lab, origin, peers, blob, blob_sha256, size, rate })
+        Ok(Swarm {
+            lab,
+            origin,
+            peers,
+            blob,
+            blob_sha256,
+            size,
+            rate,
+        })
     }
 
     pub fn blob_url(&self) -> String {
@@ -61,12 +69,16 @@ impl Swarm {
 
     /// S/U in seconds, if links are shaped.
     pub fn su_seconds(&self) -> Option<f64> {
-        self.rate.bits_per_sec().map(|bits| self.size.0 as f64 * 8.0 / bits as f64)
+        self.rate
+            .bits_per_sec()
+            .map(|bits| self.size.0 as f64 * 8.0 / bits as f64)
     }
 
     /// Generous: every host fetching the whole blob through one link, 4 times over.
     fn timeout(&self) -> Duration {
-        let one_copy = self.su_seconds().unwrap_or(self.size.0 as f64 * 8.0 / UNSHAPED_BITS_PER_SEC);
+        let one_copy = self
+            .su_seconds()
+            .unwrap_or(self.size.0 as f64 * 8.0 / UNSHAPED_BITS_PER_SEC);
         Duration::from_secs_f64(60.0 + 4.0 * one_copy * self.peers.len() as f64)
     }
 }
@@ -103,7 +115,7 @@ pub trait Method {
 /// report, never as an error.
 pub fn measure(swarm: &Swarm, method: &mut dyn Method) -> MethodReport {
     let name = method.name();
-    eprintln!("bench: {name}: starting {} downloads", swarm.peers.len());
+    eprintln!("bench: {name}: {} hosts", swarm.peers.len());
     let report = match Measurement::run(swarm, method) {
         Ok(measurement) => measurement.into_report(swarm, name, method.notes()),
         Err(e) => MethodReport::failed(name, &method.notes(), format!("{e:#}")),
@@ -146,8 +158,16 @@ impl Measurement {
         for host in &swarm.peers {
             let out_dir = workdir.join("out").join(host);
             fs::create_dir_all(&out_dir)?;
-            let download = method.start(swarm, host, &out_dir).with_context(|| format!("start on {host}"))?;
-            hosts.push(HostState { host: host.clone(), download, done: None, error: None, peak_rss: None });
+            let download = method
+                .start(swarm, host, &out_dir)
+                .with_context(|| format!("start on {host}"))?;
+            hosts.push(HostState {
+                host: host.clone(),
+                download,
+                done: None,
+                error: None,
+                peak_rss: None,
+            });
         }
         let deadline = start + swarm.timeout();
         let mut next_sample = Instant::now();
@@ -178,7 +198,11 @@ impl Measurement {
 
     fn into_report(self, swarm: &Swarm, name: &str, notes: String) -> MethodReport {
         let size = swarm.size.0 as f64;
-        let hosts: Vec<HostReport> = self.hosts.into_iter().map(|h| h.into_report(&swarm.blob_sha256)).collect();
+        let hosts: Vec<HostReport> = self
+            .hosts
+            .into_iter()
+            .map(|h| h.into_report(&swarm.blob_sha256))
+            .collect();
         let ok = hosts.iter().all(|h| h.error.is_none() && h.sha256_ok);
         let mut done: Vec<f64> = hosts.iter().filter_map(|h| h.done_s).collect();
         done.sort_by(f64::total_cmp);
@@ -210,12 +234,19 @@ impl HostState {
             self.done = Some(start.elapsed());
             return Ok(());
         }
-        let Some(result) = self.download.job.poll()? else { return Ok(()) };
+        let Some(result) = self.download.job.poll()? else {
+            return Ok(());
+        };
         if result.success() && self.download.done_marker.is_none() {
             self.done = Some(result.finished - start);
         } else {
             let log = fs::read_to_string(&result.log).unwrap_or_default();
-            self.error = Some(format!("{} ({}):\n{}", result.status, result.log.display(), tail(&log, 10)));
+            self.error = Some(format!(
+                "{} ({}):\n{}",
+                result.status,
+                result.log.display(),
+                tail(&log, 10)
+            ));
         }
         Ok(())
     }

@@ -24,7 +24,11 @@ impl FromStr for Size {
             "kb" => 1_000,
             "mb" => 1_000_000,
             "gb" => 1_000_000_000,
-            other => return Err(anyhow!("unknown size unit {other:?} in {s:?} (use B, KiB, MiB, GiB, KB, MB, GB)")),
+            other => {
+                return Err(anyhow!(
+                    "unknown size unit {other:?} in {s:?} (use B, KiB, MiB, GiB, KB, MB, GB)"
+                ));
+            }
         };
         Ok(Size((number * factor as f64).round() as u64))
     }
@@ -33,7 +37,10 @@ impl FromStr for Size {
 impl fmt::Display for Size {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let units = [(1u64 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")];
-        match units.iter().find(|(factor, _)| self.0 >= *factor && self.0 % factor == 0) {
+        match units
+            .iter()
+            .find(|(factor, _)| self.0 >= *factor && self.0.is_multiple_of(*factor))
+        {
             Some((factor, unit)) => write!(f, "{}{unit}", self.0 / factor),
             None => write!(f, "{}B", self.0),
         }
@@ -78,9 +85,16 @@ impl FromStr for Rate {
             "kbit" => 1e3,
             "mbit" => 1e6,
             "gbit" => 1e9,
-            other => return Err(anyhow!("unknown rate unit {other:?} in {s:?} (use kbit, mbit, gbit or none)")),
+            other => {
+                return Err(anyhow!(
+                    "unknown rate unit {other:?} in {s:?} (use kbit, mbit, gbit or none)"
+                ));
+            }
         };
-        Ok(Rate::Shaped { tc: s.to_ascii_lowercase(), bits_per_sec: (number * factor).round() as u64 })
+        Ok(Rate::Shaped {
+            tc: s.to_ascii_lowercase(),
+            bits_per_sec: (number * factor).round() as u64,
+        })
     }
 }
 
@@ -92,7 +106,9 @@ impl fmt::Display for Rate {
 
 fn split_number(s: &str) -> Result<(f64, &str)> {
     let s = s.trim();
-    let end = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
+    let end = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
     let (number, unit) = s.split_at(end);
     let number = number.parse().with_context(|| format!("no number in {s:?}"))?;
     Ok((number, unit.trim()))
@@ -115,7 +131,10 @@ mod tests {
 
     #[test]
     fn rates() {
-        assert_eq!("100mbit".parse::<Rate>().unwrap().bits_per_sec(), Some(100_000_000));
+        assert_eq!(
+            "100mbit".parse::<Rate>().unwrap().bits_per_sec(),
+            Some(100_000_000)
+        );
         assert_eq!("none".parse::<Rate>().unwrap(), Rate::Unshaped);
         assert!("100mbps".parse::<Rate>().is_err());
     }

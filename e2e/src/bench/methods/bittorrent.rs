@@ -22,8 +22,8 @@ use crate::wait::{wait_for, wait_for_tcp};
 
 const TRACKER_PORT: u16 = 6969;
 const BT_PORT: u16 = 6881;
-/// Piece length 2^20 = 1 MiB (mktorrent's default is 256 KiB).
-const PIECE_LENGTH_LOG2: u32 = 20;
+/// Piece length 2^18 = 256 KiB, mktorrent's default (1 MiB pieces measured slower here: 18.7 s vs 17.6 s).
+const PIECE_LENGTH_LOG2: u32 = 18;
 const DONE_ENV: &str = "DAMSELFLY_BT_DONE";
 
 #[derive(Default)]
@@ -64,7 +64,10 @@ impl Method for BitTorrent {
         let ip = lab.ip(SCHEDULER).to_string();
         let port = TRACKER_PORT.to_string();
         let mut tracker = Command::new("opentracker");
-        tracker.args(["-i", &ip, "-p", &port, "-P", &port, "-d"]).arg(&chroot).args(["-w", "/whitelist"]);
+        tracker
+            .args(["-i", &ip, "-p", &port, "-P", &port, "-d"])
+            .arg(&chroot)
+            .args(["-w", "/whitelist"]);
         let tracker = lab.spawn(SCHEDULER, "opentracker", &tracker)?;
         wait_for_tcp(lab.ip(SCHEDULER), TRACKER_PORT, Duration::from_secs(10))
             .with_context(|| format!("opentracker did not start:\n{}", tracker.log_tail(10)))?;
@@ -96,7 +99,12 @@ impl Method for BitTorrent {
         leecher.env(DONE_ENV, &done_marker);
         let job = swarm.lab.start(host, "aria2c", &leecher)?;
         let agent_pid = job.pid();
-        Ok(Download { job, output: out_dir.join(BLOB), done_marker: Some(done_marker), agent_pid })
+        Ok(Download {
+            job,
+            output: out_dir.join(BLOB),
+            done_marker: Some(done_marker),
+            agent_pid,
+        })
     }
 
     fn stop(&mut self) {
@@ -138,9 +146,15 @@ fn info_hash(torrent: &Path) -> Result<String> {
 }
 
 fn run(cmd: &mut Command) -> Result<String> {
-    let output = cmd.output().with_context(|| format!("run {}", crate::lab::describe(cmd)))?;
+    let output = cmd
+        .output()
+        .with_context(|| format!("run {}", crate::lab::describe(cmd)))?;
     if !output.status.success() {
-        bail!("{}: {}", crate::lab::describe(cmd), String::from_utf8_lossy(&output.stderr).trim());
+        bail!(
+            "{}: {}",
+            crate::lab::describe(cmd),
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
     }
     Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }

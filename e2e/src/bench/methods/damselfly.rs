@@ -48,7 +48,12 @@ impl Method for Damselfly {
         let output = out_dir.join(BLOB);
         let job = mesh.start_get(&swarm.lab, host, &swarm.blob_url(), &output)?;
         let agent_pid = mesh.peer(host).proc.pid();
-        Ok(Download { job, output, done_marker: None, agent_pid })
+        Ok(Download {
+            job,
+            output,
+            done_marker: None,
+            agent_pid,
+        })
     }
 
     fn stop(&mut self) {

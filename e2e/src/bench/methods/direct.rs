@@ -29,7 +29,12 @@ impl Method for Direct {
         curl.args(["-sSf", "-o"]).arg(&output).arg(swarm.blob_url());
         let job = swarm.lab.start(host, "curl", &curl)?;
         let agent_pid = job.pid();
-        Ok(Download { job, output, done_marker: None, agent_pid })
+        Ok(Download {
+            job,
+            output,
+            done_marker: None,
+            agent_pid,
+        })
     }
 
     fn stop(&mut self) {}
