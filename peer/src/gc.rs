@@ -39,11 +39,12 @@ pub fn collect(tasks: &Tasks, policy: &GcPolicy, used_percent: impl Fn() -> Opti
     let ttl = policy.ttl.as_secs() as i64;
     let mut kept = Vec::new();
     for r in records {
-        if now - r.last_access_unix > ttl && !tasks.in_use(&r.task_id) {
-            if let Ok(true) = tasks.evict(&r.task_id) {
-                evicted.push(r.task_id);
-                continue;
-            }
+        if now - r.last_access_unix > ttl
+            && !tasks.in_use(&r.task_id)
+            && matches!(tasks.evict(&r.task_id), Ok(true))
+        {
+            evicted.push(r.task_id);
+            continue;
         }
         kept.push(r);
     }

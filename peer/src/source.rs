@@ -73,7 +73,7 @@ pub async fn content_length(
             .header(RANGE, "bytes=0-0")
             .send()
             .await
-            .map_err(|e| Error::Origin(format!("{}", without_url(&e))))?;
+            .map_err(|e| Error::Origin(without_url(&e)))?;
         let status = resp.status().as_u16();
         if status == 206 {
             let total = resp

@@ -99,7 +99,7 @@ pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> std::io::Result<Opti
             bits: buf[4..].to_vec(),
         },
         HAVE => {
-            if buf.len() % 4 != 0 {
+            if !buf.len().is_multiple_of(4) {
                 return Err(bad("malformed have"));
             }
             Frame::Have(

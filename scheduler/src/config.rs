@@ -109,7 +109,8 @@ impl SchedulerConfig {
                 "must be at least evaluator.candidate_parent_limit",
             ));
         }
-        if !(e.bad_node_sigma > 0.0) || !(e.bad_node_mean_factor > 1.0) {
+        let positive = e.bad_node_sigma > 0.0 && e.bad_node_mean_factor > 1.0;
+        if !positive {
             return Err(ConfigError::invalid(
                 "evaluator.bad_node_sigma",
                 "bad_node_sigma must be > 0 and bad_node_mean_factor > 1",
