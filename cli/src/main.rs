@@ -7,11 +7,17 @@
 use clap::{Parser, Subcommand};
 
 mod get;
+mod init;
 mod peer;
+mod proxy;
 mod scheduler;
 
 #[derive(Parser)]
-#[command(name = "damselfly", version, about = "P2P file and image distribution for container hosts")]
+#[command(
+    name = "damselfly",
+    version,
+    about = "P2P file and image distribution for container hosts"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -25,6 +31,10 @@ enum Command {
     Peer(peer::Args),
     /// Download a URL through the local peer daemon.
     Get(get::Args),
+    /// Point containerd or dockerd at the local registry proxy.
+    Init(init::Args),
+    /// Run the registry mirror proxy alone, blobs straight from the origin.
+    Proxy(proxy::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -38,6 +48,8 @@ fn main() -> std::process::ExitCode {
             Command::Scheduler(args) => scheduler::run(args).await,
             Command::Peer(args) => peer::run(args).await,
             Command::Get(args) => get::run(args).await,
+            Command::Init(args) => init::run(args).await,
+            Command::Proxy(args) => proxy::run(args).await,
         }
     });
     match result {

@@ -1,0 +1,40 @@
+//! Damselfly's registry mirror proxy: containerd (`hosts.toml`), CRI and
+//! Docker daemons (`registry-mirrors`) pull images through it.
+//!
+//! Manifests, tags, referrers and `/v2/` pass straight through to the
+//! origin registry. Blobs are served from a [`BlobSource`] (the peer's mesh;
+//! [`DirectSource`] fetches from the origin) after a HEAD at the origin with
+//! the client's credentials has proven that the client may read them, so a
+//! node that holds a private layer never hands it to a client the origin
+//! would refuse.
+//!
+//! Layout:
+//! - [`server`]: the router and the request flow ([`Proxy`], [`router`], [`serve`]).
+//! - [`route`]: distribution API paths, names, tags and digests, validated.
+//! - [`upstream`]: requests to origins: retries, redirects, Basic and Bearer auth.
+//! - [`source`]: the [`BlobSource`] trait and [`DirectSource`].
+//! - [`authz`]: the short-lived cache of access proofs.
+//! - [`range`]: `Range` headers.
+//! - [`config`]: [`ProxyConfig`] and its validation.
+//! - [`setup`]: writes containerd `hosts.toml` and Docker `daemon.json`.
+//! - [`error`]: [`ProxyError`]; the one place where errors become OCI error
+//!   JSON. Each variant says which side caused it and whether a retry may
+//!   help, which is what the peer needs to choose "try again elsewhere" or
+//!   "tell the client".
+
+pub mod authz;
+pub mod config;
+pub mod error;
+pub mod range;
+pub mod route;
+pub mod server;
+pub mod setup;
+pub mod source;
+pub mod upstream;
+
+pub use config::{ProxyConfig, RegistryConfig};
+pub use error::ProxyError;
+pub use range::ByteRange;
+pub use server::{Proxy, router, serve};
+pub use source::{BlobBody, BlobRequest, BlobSource, DirectSource};
+pub use upstream::Upstream;

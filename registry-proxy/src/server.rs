@@ -1,0 +1,393 @@
+//! The HTTP side: one handler that parses the route, picks the origin and
+//! either passes the request through (base, manifests, tags, referrers) or
+//! serves a blob from the [`BlobSource`] after proving access.
+
+use crate::authz::{Access, AccessCache, AccessKey};
+use crate::config::ProxyConfig;
+use crate::error::ProxyError;
+use crate::range::parse_range;
+use crate::route::{Route, parse_path, validate_registry_host};
+use crate::source::{BlobRequest, BlobSource};
+use crate::upstream::{HOP_BY_HOP, Origin, Upstream, read_limited};
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::response::{IntoResponse, Response};
+use damselfly_proto::task_id::Sha256Digest;
+use damselfly_service::shutdown::Shutdown;
+use futures::StreamExt as _;
+use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use std::sync::Arc;
+
+/// An empty OCI image index: the referrers answer when there are none.
+const EMPTY_INDEX: &str =
+    r#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[]}"#;
+const INDEX_MEDIA_TYPE: &str = "application/vnd.oci.image.index.v1+json";
+
+pub struct Proxy {
+    config: Arc<ProxyConfig>,
+    upstream: Arc<Upstream>,
+    source: Arc<dyn BlobSource>,
+    access: AccessCache,
+}
+
+impl Proxy {
+    /// `source` serves blob bytes; `upstream` is shared with it when it is a
+    /// [`crate::DirectSource`].
+    pub fn new(
+        config: ProxyConfig,
+        upstream: Arc<Upstream>,
+        source: Arc<dyn BlobSource>,
+    ) -> Result<Self, ProxyError> {
+        config
+            .validate()
+            .map_err(|e| ProxyError::BadRequest(e.to_string()))?;
+        let access = AccessCache::new(config.auth_cache_ttl, config.auth_cache_entries);
+        Ok(Self {
+            config: Arc::new(config),
+            upstream,
+            source,
+            access,
+        })
+    }
+
+    /// A proxy whose blobs come straight from the origin.
+    pub fn direct(config: ProxyConfig) -> Result<Self, ProxyError> {
+        let upstream = Arc::new(Upstream::new(Arc::new(config.clone()))?);
+        let source = Arc::new(crate::DirectSource::new(upstream.clone()));
+        Self::new(config, upstream, source)
+    }
+
+    pub fn config(&self) -> &ProxyConfig {
+        &self.config
+    }
+
+    /// Which origin a request is for: `?ns=`, else the default registry.
+    fn origin(&self, ns: Option<&str>) -> Result<Origin, ProxyError> {
+        let registry = match ns {
+            Some(ns) => {
+                validate_registry_host(ns)?;
+                ns.to_ascii_lowercase()
+            }
+            None => self.config.default_registry.clone(),
+        };
+        let endpoint = self.config.endpoint(&registry);
+        Ok(Origin { registry, endpoint })
+    }
+
+    pub async fn handle(&self, req: Request) -> Result<Response, ProxyError> {
+        // Only the head matters (pull-only); `Body` is not `Sync`.
+        let (req, _body) = req.into_parts();
+        let method = req.method.clone();
+        if method != Method::GET && method != Method::HEAD {
+            return Err(ProxyError::MethodNotAllowed);
+        }
+        let route = parse_path(req.uri.path())?;
+        let (ns, rest) = split_query(req.uri.query());
+        let origin = self.origin(ns.as_deref())?;
+        let mut path = route.origin_path();
+        if let Some(rest) = rest {
+            path.push('?');
+            path.push_str(&rest);
+        }
+        tracing::debug!(registry = %origin.registry, %method, path = %route.origin_path(), "request");
+        let headers = &req.headers;
+        match &route {
+            Route::Blob { name, digest } if digest.starts_with("sha256:") => {
+                self.blob(method, &origin, name, digest, &path, headers).await
+            }
+            Route::Referrers { name, digest } => {
+                self.referrers(method, &origin, name, digest, &path, headers)
+                    .await
+            }
+            _ => {
+                let scope = route.name().map(|n| format!("repository:{n}:pull"));
+                let url = origin.url(&path)?;
+                let timeout = match route {
+                    Route::Blob { .. } => None,
+                    _ => Some(self.config.request_timeout),
+                };
+                let resp = self
+                    .upstream
+                    .request(method, &origin, url, headers, scope.as_deref(), timeout)
+                    .await?
+                    .response;
+                Ok(pass_through(resp))
+            }
+        }
+    }
+
+    async fn referrers(
+        &self,
+        method: Method,
+        origin: &Origin,
+        name: &str,
+        digest: &str,
+        path: &str,
+        headers: &HeaderMap,
+    ) -> Result<Response, ProxyError> {
+        let scope = format!("repository:{name}:pull");
+        let url = origin.url(path)?;
+        let resp = self
+            .upstream
+            .request(
+                method.clone(),
+                origin,
+                url,
+                headers,
+                Some(&scope),
+                Some(self.config.request_timeout),
+            )
+            .await?
+            .response;
+        if resp.status() != StatusCode::NOT_FOUND {
+            return Ok(pass_through(resp));
+        }
+        // The origin has no referrers API: try the fallback tag of the
+        // distribution spec (`<alg>-<hex>`), else say "none" as an index.
+        let tag = digest.replacen(':', "-", 1);
+        let url = origin.url(&format!("/v2/{name}/manifests/{tag}"))?;
+        let mut accept = HeaderMap::new();
+        accept.insert(header::ACCEPT, HeaderValue::from_static(INDEX_MEDIA_TYPE));
+        if let Some(a) = headers.get(header::AUTHORIZATION) {
+            accept.insert(header::AUTHORIZATION, a.clone());
+        }
+        let fallback = self
+            .upstream
+            .request(
+                Method::GET,
+                origin,
+                url,
+                &accept,
+                Some(&scope),
+                Some(self.config.request_timeout),
+            )
+            .await?
+            .response;
+        let body = if fallback.status() == StatusCode::OK {
+            let b = read_limited(fallback, 4 << 20)
+                .await
+                .map_err(|message| ProxyError::Upstream {
+                    registry: origin.registry.clone(),
+                    message,
+                })?;
+            match serde_json::from_slice::<serde_json::Value>(&b) {
+                Ok(v) if v.get("manifests").is_some_and(|m| m.is_array()) => b,
+                _ => bytes::Bytes::from_static(EMPTY_INDEX.as_bytes()),
+            }
+        } else {
+            bytes::Bytes::from_static(EMPTY_INDEX.as_bytes())
+        };
+        let out = Response::builder()
+            .status(StatusCode::OK)
+            .header(header::CONTENT_TYPE, INDEX_MEDIA_TYPE)
+            .header(header::CONTENT_LENGTH, body.len());
+        if method == Method::HEAD {
+            return Ok(out.body(Body::empty()).expect("valid response"));
+        }
+        Ok(out.body(Body::from(body)).expect("valid response"))
+    }
+
+    /// Proves access with a HEAD at the origin (or the cache), then serves
+    /// the blob from the source.
+    async fn blob(
+        &self,
+        method: Method,
+        origin: &Origin,
+        name: &str,
+        digest: &str,
+        path: &str,
+        headers: &HeaderMap,
+    ) -> Result<Response, ProxyError> {
+        let parsed = Sha256Digest::parse(digest).map_err(ProxyError::DigestInvalid)?;
+        let client_auth = headers
+            .get(header::AUTHORIZATION)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+        let key = AccessKey::new(client_auth.as_deref(), &origin.registry, name, digest);
+        let url = origin.url(path)?;
+        let access = match self.access.get(&key) {
+            Some(a) => a,
+            None => {
+                let a = self
+                    .prove_access(origin, name, digest, url.clone(), headers)
+                    .await?;
+                self.access.insert(key, a.clone());
+                a
+            }
+        };
+        let total = access.content_length.ok_or_else(|| ProxyError::Upstream {
+            registry: origin.registry.clone(),
+            message: "origin did not say the blob's length".into(),
+        })?;
+        let range = parse_range(headers.get(header::RANGE).and_then(|v| v.to_str().ok()), total)?;
+        let mut resp = Response::builder()
+            .header(header::CONTENT_TYPE, "application/octet-stream")
+            .header("docker-content-digest", digest)
+            .header(header::ACCEPT_RANGES, "bytes")
+            .header("docker-distribution-api-version", "registry/2.0");
+        match range {
+            Some(r) => {
+                resp = resp
+                    .status(StatusCode::PARTIAL_CONTENT)
+                    .header(header::CONTENT_RANGE, r.content_range(total))
+                    .header(header::CONTENT_LENGTH, r.len());
+            }
+            None => resp = resp.status(StatusCode::OK).header(header::CONTENT_LENGTH, total),
+        }
+        if method == Method::HEAD {
+            return Ok(resp.body(Body::empty()).expect("valid response"));
+        }
+        let mut blob_headers = Vec::new();
+        if let Some(a) = access.authorization {
+            blob_headers.push(("authorization".to_string(), a));
+        }
+        let body = self
+            .source
+            .fetch(BlobRequest {
+                digest: parsed,
+                url: url.to_string(),
+                headers: blob_headers,
+                content_length: Some(total),
+                range,
+            })
+            .await?;
+        if body.total_length != total {
+            return Err(ProxyError::Source(format!(
+                "source has {} bytes, origin says {total}",
+                body.total_length
+            )));
+        }
+        Ok(resp.body(Body::from_stream(body.stream)).expect("valid response"))
+    }
+
+    async fn prove_access(
+        &self,
+        origin: &Origin,
+        name: &str,
+        digest: &str,
+        url: url::Url,
+        headers: &HeaderMap,
+    ) -> Result<Access, ProxyError> {
+        let mut head_headers = HeaderMap::new();
+        if let Some(a) = headers.get(header::AUTHORIZATION) {
+            head_headers.insert(header::AUTHORIZATION, a.clone());
+        }
+        if let Some(ua) = headers.get(header::USER_AGENT) {
+            head_headers.insert(header::USER_AGENT, ua.clone());
+        }
+        let scope = format!("repository:{name}:pull");
+        let answer = self
+            .upstream
+            .request(
+                Method::HEAD,
+                origin,
+                url,
+                &head_headers,
+                Some(&scope),
+                Some(self.config.request_timeout),
+            )
+            .await?;
+        let resp = answer.response;
+        match resp.status() {
+            StatusCode::OK => Ok(Access {
+                content_length: resp.content_length().or_else(|| {
+                    resp.headers()
+                        .get(header::CONTENT_LENGTH)?
+                        .to_str()
+                        .ok()?
+                        .parse()
+                        .ok()
+                }),
+                authorization: answer.authorization,
+            }),
+            StatusCode::NOT_FOUND => Err(ProxyError::BlobUnknown(digest.to_string())),
+            s @ (StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) => Err(ProxyError::Denied {
+                status: s,
+                challenge: resp.headers().get(header::WWW_AUTHENTICATE).cloned(),
+                body: bytes::Bytes::new(),
+            }),
+            s => Err(ProxyError::Upstream {
+                registry: origin.registry.clone(),
+                message: format!("HEAD of the blob answered {s}"),
+            }),
+        }
+    }
+}
+
+/// Takes `ns` out of a query string; the rest is kept for the origin.
+fn split_query(query: Option<&str>) -> (Option<String>, Option<String>) {
+    let mut ns = None;
+    let mut rest = url::form_urlencoded::Serializer::new(String::new());
+    let mut any = false;
+    for (k, v) in url::form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+        if k == "ns" {
+            ns = Some(v.into_owned());
+        } else {
+            rest.append_pair(&k, &v);
+            any = true;
+        }
+    }
+    (ns, any.then(|| rest.finish()))
+}
+
+/// The origin's answer as it came (status, headers but hop-by-hop ones,
+/// streamed body).
+fn pass_through(resp: reqwest::Response) -> Response {
+    let mut out = Response::builder().status(resp.status());
+    if let Some(h) = out.headers_mut() {
+        for (k, v) in resp.headers() {
+            if !HOP_BY_HOP.contains(&k.as_str()) {
+                h.append(k.clone(), v.clone());
+            }
+        }
+    }
+    let stream = resp.bytes_stream().map(|r| r.map_err(std::io::Error::other));
+    out.body(Body::from_stream(stream))
+        .unwrap_or_else(|_| StatusCode::BAD_GATEWAY.into_response())
+}
+
+/// The proxy as an axum router (every path goes to one handler).
+pub fn router(proxy: Arc<Proxy>) -> axum::Router {
+    axum::Router::new().fallback(handle).with_state(proxy)
+}
+
+async fn handle(State(proxy): State<Arc<Proxy>>, req: Request) -> Response {
+    match proxy.handle(req).await {
+        Ok(r) => r,
+        Err(e) => {
+            match e.side() {
+                crate::error::Side::Client => tracing::debug!(error = %e, "refused a request"),
+                _ => tracing::warn!(error = %e, "request failed"),
+            }
+            e.into_response()
+        }
+    }
+}
+
+/// Serves `router` on `listener` until `shutdown` is triggered.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    router: axum::Router,
+    shutdown: Shutdown,
+) -> std::io::Result<()> {
+    axum::serve(listener, router)
+        .with_graceful_shutdown(async move { shutdown.wait().await })
+        .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ns_is_taken_out_of_the_query() {
+        assert_eq!(split_query(None), (None, None));
+        assert_eq!(
+            split_query(Some("ns=127.0.0.1%3A5000")),
+            (Some("127.0.0.1:5000".into()), None)
+        );
+        assert_eq!(
+            split_query(Some("n=10&ns=docker.io&last=a")),
+            (Some("docker.io".into()), Some("n=10&last=a".into()))
+        );
+    }
+}
