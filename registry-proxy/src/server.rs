@@ -289,14 +289,9 @@ impl Proxy {
         let resp = answer.response;
         match resp.status() {
             StatusCode::OK => Ok(Access {
-                content_length: resp.content_length().or_else(|| {
-                    resp.headers()
-                        .get(header::CONTENT_LENGTH)?
-                        .to_str()
-                        .ok()?
-                        .parse()
-                        .ok()
-                }),
+                // Not `resp.content_length()`: for a HEAD that is the
+                // (empty) body's length.
+                content_length: header_u64(resp.headers(), header::CONTENT_LENGTH),
                 authorization: answer.authorization,
             }),
             StatusCode::NOT_FOUND => Err(ProxyError::BlobUnknown(digest.to_string())),
@@ -311,6 +306,10 @@ impl Proxy {
             }),
         }
     }
+}
+
+fn header_u64(h: &HeaderMap, name: header::HeaderName) -> Option<u64> {
+    h.get(name)?.to_str().ok()?.trim().parse().ok()
 }
 
 /// Takes `ns` out of a query string; the rest is kept for the origin.

@@ -186,15 +186,8 @@ fn window(
         loop {
             if s.left == 0 {
                 s.done = true;
-                if let Some((hasher, digest, _)) = s.hasher.take() {
-                    let got: [u8; 32] = hasher.finalize().into();
-                    if got != digest.0 {
-                        let e = std::io::Error::new(
-                            std::io::ErrorKind::InvalidData,
-                            format!("blob does not match {digest}"),
-                        );
-                        return Some((Err(e), s));
-                    }
+                if let Some(e) = s.hasher.take().and_then(|(h, d, _)| mismatch(h, &d)) {
+                    return Some((Err(e), s));
                 }
                 return None;
             }
@@ -227,12 +220,30 @@ fn window(
                     if let Some((h, _, _)) = s.hasher.as_mut() {
                         h.update(&chunk);
                     }
+                    // Check before the last bytes go out: once a client has
+                    // Content-Length bytes, an error after them is not seen.
+                    if s.left == 0
+                        && let Some(e) = s.hasher.take().and_then(|(h, d, _)| mismatch(h, &d))
+                    {
+                        s.done = true;
+                        return Some((Err(e), s));
+                    }
                     return Some((Ok(chunk), s));
                 }
             }
         }
     })
     .boxed()
+}
+
+fn mismatch(hasher: Sha256, digest: &Sha256Digest) -> Option<std::io::Error> {
+    let got: [u8; 32] = hasher.finalize().into();
+    (got != digest.0).then(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("blob does not match {digest}"),
+        )
+    })
 }
 
 fn content_range_total(h: &http::HeaderMap) -> Option<u64> {
