@@ -12,7 +12,11 @@ const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+j
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pulls_through_the_proxy_from_a_real_registry() {
-    if !lab_ready("registry", &["docker-registry", "umoci", "skopeo", "busybox"], true) {
+    if !lab_ready(
+        "registry",
+        &["docker-registry", "umoci", "skopeo", "busybox"],
+        true,
+    ) {
         return;
     }
     let registry = Registry::start("");
@@ -61,7 +65,10 @@ async fn pulls_through_the_proxy_from_a_real_registry() {
     let r = c.get(&blob_url).send().await.unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["docker-content-digest"], layer.as_str());
-    assert_eq!(r.headers()["content-length"], layer_bytes.len().to_string().as_str());
+    assert_eq!(
+        r.headers()["content-length"],
+        layer_bytes.len().to_string().as_str()
+    );
     assert!(r.bytes().await.unwrap() == layer_bytes);
     let total = layer_bytes.len();
     for (range, from, to) in [
@@ -78,14 +85,23 @@ async fn pulls_through_the_proxy_from_a_real_registry() {
         );
         assert!(r.bytes().await.unwrap() == layer_bytes[from..=to], "{range}");
     }
-    let r = c.get(&blob_url).header("range", format!("bytes={total}-")).send().await.unwrap();
+    let r = c
+        .get(&blob_url)
+        .header("range", format!("bytes={total}-"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 416);
     let r = c.head(&blob_url).send().await.unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["content-length"], total.to_string().as_str());
 
     // Tags and referrers (the registry has no referrers API: an empty index).
-    let r = c.get(proxy.url(&format!("/v2/test/app/tags/list?{ns}"))).send().await.unwrap();
+    let r = c
+        .get(proxy.url(&format!("/v2/test/app/tags/list?{ns}")))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     let tags: serde_json::Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
     assert_eq!(tags["tags"], serde_json::json!(["latest"]));
@@ -95,19 +111,34 @@ async fn pulls_through_the_proxy_from_a_real_registry() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    assert_eq!(r.headers()["content-type"], "application/vnd.oci.image.index.v1+json");
+    assert_eq!(
+        r.headers()["content-type"],
+        "application/vnd.oci.image.index.v1+json"
+    );
     let index: serde_json::Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
     assert_eq!(index["manifests"], serde_json::json!([]));
 
     // Errors.
     let unknown = format!("sha256:{}", "0".repeat(64));
-    let r = c.get(proxy.url(&format!("/v2/test/app/blobs/{unknown}?{ns}"))).send().await.unwrap();
+    let r = c
+        .get(proxy.url(&format!("/v2/test/app/blobs/{unknown}?{ns}")))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 404);
     assert_eq!(oci_code(&r.bytes().await.unwrap()), "BLOB_UNKNOWN");
-    let r = c.get(proxy.url(&format!("/v2/test/app/manifests/nope?{ns}"))).send().await.unwrap();
+    let r = c
+        .get(proxy.url(&format!("/v2/test/app/manifests/nope?{ns}")))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 404);
     assert_eq!(oci_code(&r.bytes().await.unwrap()), "MANIFEST_UNKNOWN");
-    let r = c.get(proxy.url(&format!("/v2/test/nothing/manifests/latest?{ns}"))).send().await.unwrap();
+    let r = c
+        .get(proxy.url(&format!("/v2/test/nothing/manifests/latest?{ns}")))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 404);
     let r = c
         .get(proxy.url(&format!("/v2/test/app/manifests/sha256:totallywrong?{ns}")))
@@ -126,6 +157,10 @@ async fn pulls_through_the_proxy_from_a_real_registry() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    let r = c.get(docker_style.url(&format!("/v2/test/app/blobs/{layer}"))).send().await.unwrap();
+    let r = c
+        .get(docker_style.url(&format!("/v2/test/app/blobs/{layer}")))
+        .send()
+        .await
+        .unwrap();
     assert!(r.bytes().await.unwrap() == layer_bytes);
 }

@@ -338,9 +338,11 @@ pub fn fill_random(buf: &mut [u8], seed: u64) {
     }
 }
 
-/// The proxy served in-process on an ephemeral port.
+/// The proxy served in-process on an ephemeral port; every request line
+/// it sees is recorded in `requests` ("METHOD path?query").
 pub struct ProxyServer {
     pub addr: SocketAddr,
+    pub requests: Arc<std::sync::Mutex<Vec<String>>>,
     shutdown: Shutdown,
 }
 
@@ -350,8 +352,36 @@ impl ProxyServer {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (shutdown, _drain) = Shutdown::new();
-        tokio::spawn(serve(listener, router(proxy), shutdown.clone()));
-        ProxyServer { addr, shutdown }
+        let requests = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = requests.clone();
+        let app = router(proxy).layer(axum::middleware::from_fn(
+            move |req: axum::extract::Request, next: axum::middleware::Next| {
+                log.lock()
+                    .unwrap()
+                    .push(format!("{} {}", req.method(), req.uri()));
+                next.run(req)
+            },
+        ));
+        tokio::spawn(serve(listener, app, shutdown.clone()));
+        ProxyServer {
+            addr,
+            requests,
+            shutdown,
+        }
+    }
+
+    /// Recorded requests containing `needle`.
+    pub fn seen(&self, needle: &str) -> usize {
+        self.requests
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|r| r.contains(needle))
+            .count()
+    }
+
+    pub fn stop(&self) {
+        self.shutdown.trigger();
     }
 
     pub fn url(&self, path: &str) -> String {
