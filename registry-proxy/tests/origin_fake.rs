@@ -110,10 +110,9 @@ async fn storage(State(f): State<Arc<Fake>>, req: Request) -> Response {
         .unwrap()
 }
 
-async fn serve_fn(
-    f: Arc<Fake>,
-    h: fn(State<Arc<Fake>>, Request) -> std::pin::Pin<Box<dyn Future<Output = Response> + Send>>,
-) -> SocketAddr {
+type Handler = fn(State<Arc<Fake>>, Request) -> std::pin::Pin<Box<dyn Future<Output = Response> + Send>>;
+
+async fn serve_fn(f: Arc<Fake>, h: Handler) -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let app = axum::Router::new().fallback(h).with_state(f);

@@ -529,3 +529,102 @@ impl Drop for Containerd {
         }
     }
 }
+
+/// A private dockerd (own data-root, exec-root, socket, pidfile; no
+/// iptables, no bridge) whose daemon.json gets the mirror through
+/// `setup::write_daemon_json`, the code behind `damselfly init docker`.
+pub struct Dockerd {
+    pub dir: tempfile::TempDir,
+    proc: Option<Proc>,
+}
+
+impl Dockerd {
+    pub fn start(mirror: &str, insecure: &[&str]) -> Dockerd {
+        let dir = tempfile::Builder::new().prefix("dfdkr").tempdir().unwrap();
+        let d = dir.path().display().to_string();
+        let base = serde_json::json!({
+            "data-root": format!("{d}/root"), "exec-root": format!("{d}/exec"),
+            "pidfile": format!("{d}/docker.pid"), "hosts": [format!("unix://{d}/docker.sock")],
+            "storage-driver": "overlay2", "iptables": false, "ip6tables": false, "ip-masq": false,
+            "bridge": "none", "insecure-registries": insecure, "oom-score-adjust": 0,
+        });
+        let path = dir.path().join("daemon.json");
+        std::fs::write(&path, base.to_string()).unwrap();
+        damselfly_registry_proxy::setup::write_daemon_json(&path, mirror).unwrap();
+        let mut proc = Proc::spawn(
+            "dockerd",
+            Command::new("dockerd").arg("--config-file").arg(&path),
+            &dir.path().join("dockerd.log"),
+        );
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut me = Dockerd { dir, proc: None };
+        loop {
+            if me
+                .docker()
+                .arg("version")
+                .output()
+                .is_ok_and(|o| o.status.success())
+            {
+                break;
+            }
+            if !proc.is_running() || Instant::now() > deadline {
+                panic!("dockerd did not start:\n{}", me.log());
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        me.proc = Some(proc);
+        me
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("dockerd.log")).unwrap_or_default()
+    }
+
+    /// `docker -H unix://DIR/docker.sock`
+    pub fn docker(&self) -> Command {
+        let mut c = Command::new("docker");
+        c.arg("-H")
+            .arg(format!("unix://{}/docker.sock", self.dir.path().display()));
+        c
+    }
+
+    pub fn docker_async(&self) -> tokio::process::Command {
+        let mut c = tokio::process::Command::new("docker");
+        c.arg("-H")
+            .arg(format!("unix://{}/docker.sock", self.dir.path().display()));
+        c
+    }
+}
+
+impl Drop for Dockerd {
+    fn drop(&mut self) {
+        if self.proc.is_none() {
+            return;
+        }
+        self.proc.take();
+        let dir = self.dir.path().to_string_lossy().into_owned();
+        if let Ok(entries) = std::fs::read_dir("/proc") {
+            for e in entries.flatten() {
+                let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+                    continue;
+                };
+                let cmdline =
+                    String::from_utf8_lossy(&std::fs::read(e.path().join("cmdline")).unwrap_or_default())
+                        .into_owned();
+                if (cmdline.contains("containerd") || cmdline.contains("shim")) && cmdline.contains(&dir) {
+                    unsafe_kill(pid, 9);
+                }
+            }
+        }
+        let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+        let mut ours: Vec<&str> = mounts
+            .lines()
+            .filter_map(|l| l.split(' ').nth(1))
+            .filter(|m| m.starts_with(&dir))
+            .collect();
+        ours.sort_by_key(|m| std::cmp::Reverse(m.len()));
+        for m in ours {
+            let _ = Command::new("umount").arg("-l").arg(m).status();
+        }
+    }
+}
