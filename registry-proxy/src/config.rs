@@ -31,8 +31,8 @@ pub struct ProxyConfig {
     pub auth_cache_entries: usize,
     #[serde(default = "default_connect_timeout", with = "humantime_serde")]
     pub connect_timeout: Duration,
-    /// Timeout of one origin request for manifests, tags and HEADs (not for
-    /// blob bodies, which may take long).
+    /// Timeout of one origin request for manifests, tags and HEADs; for
+    /// blob bodies, which may take long, the longest wait for more bytes.
     #[serde(default = "default_request_timeout", with = "humantime_serde")]
     pub request_timeout: Duration,
     /// Extra attempts after a connection error or a 5xx from the origin.

@@ -92,6 +92,15 @@ impl ProxyError {
     }
 }
 
+/// Why a proxy could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] damselfly_service::config::ConfigError),
+    #[error("cannot build the HTTP client: {0}")]
+    Client(String),
+}
+
 /// `{"errors":[{"code":..,"message":..}]}`
 pub fn oci_error_body(code: &str, message: &str) -> String {
     serde_json::json!({ "errors": [{ "code": code, "message": message, "detail": null }] }).to_string()

@@ -33,7 +33,7 @@ pub mod source;
 pub mod upstream;
 
 pub use config::{ProxyConfig, RegistryConfig};
-pub use error::ProxyError;
+pub use error::{ProxyError, StartError};
 pub use range::ByteRange;
 pub use server::{Proxy, router, serve};
 pub use source::{BlobBody, BlobRequest, BlobSource, DirectSource};

@@ -4,7 +4,7 @@
 
 use crate::authz::{Access, AccessCache, AccessKey};
 use crate::config::ProxyConfig;
-use crate::error::ProxyError;
+use crate::error::{ProxyError, StartError};
 use crate::range::parse_range;
 use crate::route::{Route, parse_path, validate_registry_host};
 use crate::source::{BlobRequest, BlobSource};
@@ -37,10 +37,8 @@ impl Proxy {
         config: ProxyConfig,
         upstream: Arc<Upstream>,
         source: Arc<dyn BlobSource>,
-    ) -> Result<Self, ProxyError> {
-        config
-            .validate()
-            .map_err(|e| ProxyError::BadRequest(e.to_string()))?;
+    ) -> Result<Self, StartError> {
+        config.validate()?;
         let access = AccessCache::new(config.auth_cache_ttl, config.auth_cache_entries);
         Ok(Self {
             config: Arc::new(config),
@@ -51,7 +49,7 @@ impl Proxy {
     }
 
     /// A proxy whose blobs come straight from the origin.
-    pub fn direct(config: ProxyConfig) -> Result<Self, ProxyError> {
+    pub fn direct(config: ProxyConfig) -> Result<Self, StartError> {
         let upstream = Arc::new(Upstream::new(Arc::new(config.clone()))?);
         let source = Arc::new(crate::DirectSource::new(upstream.clone()));
         Self::new(config, upstream, source)
@@ -353,9 +351,12 @@ async fn handle(State(proxy): State<Arc<Proxy>>, req: Request) -> Response {
     match proxy.handle(req).await {
         Ok(r) => r,
         Err(e) => {
-            match e.side() {
-                crate::error::Side::Client => tracing::debug!(error = %e, "refused a request"),
-                _ => tracing::warn!(error = %e, "request failed"),
+            // Refusals and unknown blobs are ordinary answers; only a failing
+            // origin or source is worth a warning.
+            if e.is_retryable() {
+                tracing::warn!(error = %e, "request failed");
+            } else {
+                tracing::debug!(error = %e, "request refused");
             }
             e.into_response()
         }

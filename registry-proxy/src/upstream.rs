@@ -11,7 +11,7 @@
 //!   per registry and scope until shortly before they expire.
 
 use crate::config::ProxyConfig;
-use crate::error::ProxyError;
+use crate::error::{ProxyError, StartError};
 use base64::Engine as _;
 use damselfly_service::secret::Secret;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
@@ -78,15 +78,17 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    pub fn new(config: Arc<ProxyConfig>) -> Result<Self, ProxyError> {
+    pub fn new(config: Arc<ProxyConfig>) -> Result<Self, StartError> {
         // reqwest is built without a default crypto provider; installing one
         // twice is harmless (the first wins).
         let _ = rustls::crypto::ring::default_provider().install_default();
         let client = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(config.connect_timeout)
+            // Bounds a stalled origin without bounding a long blob download.
+            .read_timeout(config.request_timeout)
             .build()
-            .map_err(|e| ProxyError::Source(format!("cannot build HTTP client: {e}")))?;
+            .map_err(|e| StartError::Client(error_chain(&e)))?;
         Ok(Self {
             client,
             config,
