@@ -24,6 +24,13 @@ pub struct ProxyConfig {
     /// `ghcr.io`, `10.0.0.5:5000`).
     #[serde(default)]
     pub registries: BTreeMap<String, RegistryConfig>,
+    /// Refuse (403) registries that are neither `default_registry` nor in
+    /// `registries`. Blobs are shared by digest across registries, and the
+    /// access proof is a HEAD at the registry the client names: a client
+    /// that names a registry of its own making could otherwise prove access
+    /// to any digest. Turn this on where private images are cached.
+    #[serde(default)]
+    pub only_listed_registries: bool,
     /// How long a proven "this credential may read this blob" is trusted.
     #[serde(default = "default_auth_cache_ttl", with = "humantime_serde")]
     pub auth_cache_ttl: Duration,

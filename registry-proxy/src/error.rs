@@ -32,6 +32,8 @@ pub enum ProxyError {
     RouteUnknown,
     #[error("method not allowed: this is a pull-only mirror")]
     MethodNotAllowed,
+    #[error("registry {0} is not served by this proxy")]
+    RegistryNotAllowed(String),
     #[error("blob unknown to the origin: {0}")]
     BlobUnknown(String),
     #[error("range not satisfiable (blob is {total} bytes)")]
@@ -71,6 +73,7 @@ impl ProxyError {
             }
             Self::RouteUnknown | Self::BlobUnknown(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::RegistryNotAllowed(_) => StatusCode::FORBIDDEN,
             Self::RangeNotSatisfiable { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
             Self::Denied { status, .. } => *status,
             Self::Upstream { .. } | Self::Source(_) => StatusCode::BAD_GATEWAY,
@@ -86,7 +89,7 @@ impl ProxyError {
             Self::BlobUnknown(_) => "BLOB_UNKNOWN",
             Self::RangeNotSatisfiable { .. } => "RANGE_INVALID",
             Self::Denied { status, .. } if *status == StatusCode::UNAUTHORIZED => "UNAUTHORIZED",
-            Self::Denied { .. } => "DENIED",
+            Self::Denied { .. } | Self::RegistryNotAllowed(_) => "DENIED",
             Self::Upstream { .. } | Self::Source(_) => "UNAVAILABLE",
         }
     }

@@ -68,6 +68,12 @@ impl Proxy {
             }
             None => self.config.default_registry.clone(),
         };
+        if self.config.only_listed_registries
+            && registry != self.config.default_registry
+            && !self.config.registries.contains_key(&registry)
+        {
+            return Err(ProxyError::RegistryNotAllowed(registry));
+        }
         let endpoint = self.config.endpoint(&registry);
         Ok(Origin { registry, endpoint })
     }
@@ -109,7 +115,7 @@ impl Proxy {
                     .request(method, &origin, url, headers, scope.as_deref(), timeout)
                     .await?
                     .response;
-                Ok(pass_through(resp))
+                Ok(pass_through(resp, ns.as_deref()))
             }
         }
     }
@@ -138,7 +144,7 @@ impl Proxy {
             .await?
             .response;
         if resp.status() != StatusCode::NOT_FOUND {
-            return Ok(pass_through(resp));
+            return Ok(pass_through(resp, None));
         }
         // The origin has no referrers API: try the fallback tag of the
         // distribution spec (`<alg>-<hex>`), else say "none" as an index.
@@ -310,6 +316,21 @@ fn header_u64(h: &HeaderMap, name: header::HeaderName) -> Option<u64> {
     h.get(name)?.to_str().ok()?.trim().parse().ok()
 }
 
+/// `</v2/r/tags/list?n=1&last=a>; rel="next"` with `ns=` added to a
+/// relative `/v2/` target.
+fn link_with_ns(link: &str, ns: &str) -> String {
+    let (Some(open), Some(close)) = (link.find('<'), link.find('>')) else {
+        return link.to_string();
+    };
+    let target = &link[open + 1..close];
+    if close < open || !target.starts_with("/v2/") {
+        return link.to_string();
+    }
+    let sep = if target.contains('?') { '&' } else { '?' };
+    let ns: String = url::form_urlencoded::byte_serialize(ns.as_bytes()).collect();
+    format!("{}<{target}{sep}ns={ns}>{}", &link[..open], &link[close + 1..])
+}
+
 /// Takes `ns` out of a query string; the rest is kept for the origin.
 fn split_query(query: Option<&str>) -> (Option<String>, Option<String>) {
     let mut ns = None;
@@ -327,14 +348,20 @@ fn split_query(query: Option<&str>) -> (Option<String>, Option<String>) {
 }
 
 /// The origin's answer as it came (status, headers but hop-by-hop ones,
-/// streamed body).
-fn pass_through(resp: reqwest::Response) -> Response {
+/// streamed body). Pagination links to the origin's `/v2/` get the `ns`
+/// back, so that the next page comes from the same registry.
+fn pass_through(resp: reqwest::Response, ns: Option<&str>) -> Response {
     let mut out = Response::builder().status(resp.status());
     if let Some(h) = out.headers_mut() {
         for (k, v) in resp.headers() {
-            if !HOP_BY_HOP.contains(&k.as_str()) {
-                h.append(k.clone(), v.clone());
+            if HOP_BY_HOP.contains(&k.as_str()) {
+                continue;
             }
+            let linked = (k == header::LINK)
+                .then_some(ns)
+                .flatten()
+                .and_then(|ns| link_with_ns(v.to_str().ok()?, ns).parse().ok());
+            h.append(k.clone(), linked.unwrap_or_else(|| v.clone()));
         }
     }
     let stream = resp.bytes_stream().map(|r| r.map_err(std::io::Error::other));
@@ -377,6 +404,21 @@ pub async fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pagination_links_keep_the_registry() {
+        assert_eq!(
+            link_with_ns(r#"</v2/r/tags/list?n=1&last=a>; rel="next""#, "127.0.0.1:5000"),
+            r#"</v2/r/tags/list?n=1&last=a&ns=127.0.0.1%3A5000>; rel="next""#
+        );
+        assert_eq!(
+            link_with_ns(r#"</v2/_catalog>; rel="next""#, "docker.io"),
+            r#"</v2/_catalog?ns=docker.io>; rel="next""#
+        );
+        let abs = r#"<https://r.example/v2/x>; rel="next""#;
+        assert_eq!(link_with_ns(abs, "r.example"), abs);
+        assert_eq!(link_with_ns("garbage", "r"), "garbage");
+    }
 
     #[test]
     fn ns_is_taken_out_of_the_query() {

@@ -156,7 +156,7 @@ impl Upstream {
             });
         }
         let challenge = first.headers().get(header::WWW_AUTHENTICATE).cloned();
-        let Some(auth) = self.answer_challenge(origin, challenge.as_ref(), scope).await else {
+        let Some((auth, expires_in)) = self.answer_challenge(origin, challenge.as_ref(), scope).await else {
             return Ok(OriginResponse {
                 response: first,
                 authorization: None,
@@ -176,7 +176,7 @@ impl Upstream {
             self.tokens
                 .lock()
                 .expect("token cache lock")
-                .put(token_key, (auth.clone(), token_deadline(None)));
+                .put(token_key, (auth.clone(), token_deadline(expires_in)));
         }
         Ok(OriginResponse {
             response: second,
@@ -196,19 +196,20 @@ impl Upstream {
         }
     }
 
-    /// An Authorization value that answers `challenge`, if the proxy has one.
+    /// An Authorization value that answers `challenge`, if the proxy has
+    /// one, and for a token how many seconds it is valid.
     async fn answer_challenge(
         &self,
         origin: &Origin,
         challenge: Option<&HeaderValue>,
         scope: Option<&str>,
-    ) -> Option<Secret> {
+    ) -> Option<(Secret, Option<u64>)> {
         let challenge = Challenge::parse(challenge?.to_str().ok()?)?;
         let creds = self.config.credentials(&origin.registry);
         match challenge {
             Challenge::Basic => {
                 let (user, pass) = creds?;
-                Some(basic(user, pass))
+                Some((basic(user, pass), None))
             }
             Challenge::Bearer {
                 realm,
@@ -236,7 +237,7 @@ impl Upstream {
         service: Option<&str>,
         scope: Option<&str>,
         creds: Option<(&str, &Secret)>,
-    ) -> Result<Secret, String> {
+    ) -> Result<(Secret, Option<u64>), String> {
         let mut url = Url::parse(realm).map_err(|e| format!("bad realm: {e}"))?;
         if !matches!(url.scheme(), "http" | "https") {
             return Err("realm is not http(s)".into());
@@ -268,7 +269,8 @@ impl Upstream {
             .and_then(|t| t.as_str())
             .filter(|t| !t.is_empty())
             .ok_or("no token in the answer")?;
-        Ok(Secret::new(format!("Bearer {token}")))
+        let expires_in = v.get("expires_in").and_then(|e| e.as_u64());
+        Ok((Secret::new(format!("Bearer {token}")), expires_in))
     }
 
     /// One request with retries on connection errors and 5xx, following

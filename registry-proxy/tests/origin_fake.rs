@@ -363,3 +363,23 @@ async fn secrets_stay_out_of_debug_output() {
     let toml = toml::to_string(&config).unwrap();
     assert!(toml.contains("hunter2"), "serialising for a file keeps it");
 }
+
+#[tokio::test]
+async fn only_listed_registries_are_served_when_asked() {
+    let w = world().await;
+    let mut config = config_for("docker.io");
+    config.only_listed_registries = true;
+    config
+        .registries
+        .insert(w.origin.to_string(), RegistryConfig::default());
+    let p = ProxyServer::start(config).await;
+    let r = client().get(blob_url(&p, &w)).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let r = client()
+        .get(p.url(&format!("/v2/team/app/blobs/{}?ns=attacker.example", w.digest)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    assert_eq!(oci_code(&r.bytes().await.unwrap()), "DENIED");
+}
