@@ -1,9 +1,9 @@
 //! `damselfly proxy`: the registry mirror proxy on its own, with blobs
 //! fetched straight from the origin. `damselfly peer` serves the same proxy
-//! with the mesh as its blob source.
+//! with the mesh as its blob source. `GET /metrics` on the same address.
 
 use anyhow::Context as _;
-use damselfly_registry_proxy::{Proxy, ProxyConfig, router, serve};
+use damselfly_registry_proxy::{Proxy, ProxyConfig, router_with_metrics, serve};
 use damselfly_service::shutdown::{Shutdown, signal};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -34,7 +34,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     tracing::info!(%addr, "registry proxy listening");
     println!("listening on {addr}");
     let (shutdown, drain) = Shutdown::new();
-    let server = tokio::spawn(serve(listener, router(Arc::new(proxy)), shutdown.clone()));
+    let server = tokio::spawn(serve(
+        listener,
+        router_with_metrics(Arc::new(proxy)),
+        shutdown.clone(),
+    ));
     signal().await;
     shutdown.trigger();
     drop(shutdown);

@@ -16,6 +16,7 @@
 //! - [`authz`]: the short-lived cache of access proofs.
 //! - [`range`]: `Range` headers.
 //! - [`config`]: [`ProxyConfig`] and its validation.
+//! - [`metrics`]: Prometheus counters ([`Proxy::metrics`]).
 //! - [`setup`]: writes containerd `hosts.toml` and Docker `daemon.json`.
 //! - [`error`]: [`ProxyError`]; the one place where errors become OCI error
 //!   JSON. Each variant says which side caused it and whether a retry may
@@ -25,6 +26,7 @@
 pub mod authz;
 pub mod config;
 pub mod error;
+pub mod metrics;
 pub mod range;
 pub mod route;
 pub mod server;
@@ -35,6 +37,6 @@ pub mod upstream;
 pub use config::{ProxyConfig, RegistryConfig};
 pub use error::{ProxyError, StartError};
 pub use range::ByteRange;
-pub use server::{Proxy, router, serve};
+pub use server::{Proxy, router, router_with_metrics, serve};
 pub use source::{BlobBody, BlobRequest, BlobSource, DirectSource};
 pub use upstream::Upstream;

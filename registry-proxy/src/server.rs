@@ -5,6 +5,7 @@
 use crate::authz::{Access, AccessCache, AccessKey};
 use crate::config::ProxyConfig;
 use crate::error::{ProxyError, StartError};
+use crate::metrics::Metrics;
 use crate::range::parse_range;
 use crate::route::{Route, parse_path, validate_registry_host};
 use crate::source::{BlobRequest, BlobSource};
@@ -28,6 +29,7 @@ pub struct Proxy {
     upstream: Arc<Upstream>,
     source: Arc<dyn BlobSource>,
     access: AccessCache,
+    metrics: Metrics,
 }
 
 impl Proxy {
@@ -45,6 +47,7 @@ impl Proxy {
             upstream,
             source,
             access,
+            metrics: Metrics::default(),
         })
     }
 
@@ -57,6 +60,11 @@ impl Proxy {
 
     pub fn config(&self) -> &ProxyConfig {
         &self.config
+    }
+
+    /// Register these in the serving role's metrics registry.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     /// Which origin a request is for: `?ns=`, else the default registry.
@@ -209,11 +217,21 @@ impl Proxy {
         let key = AccessKey::new(client_auth.as_deref(), &origin.registry, name, digest);
         let url = origin.url(path)?;
         let access = match self.access.get(&key) {
-            Some(a) => a,
+            Some(a) => {
+                self.metrics.access_check("cached");
+                a
+            }
             None => {
-                let a = self
+                let proof = self
                     .prove_access(origin, name, digest, url.clone(), headers)
-                    .await?;
+                    .await;
+                self.metrics.access_check(match &proof {
+                    Ok(_) => "allowed",
+                    Err(ProxyError::Denied { .. }) => "denied",
+                    Err(ProxyError::BlobUnknown(_)) => "unknown",
+                    Err(_) => "error",
+                });
+                let a = proof?;
                 self.access.insert(key, a.clone());
                 a
             }
@@ -260,7 +278,13 @@ impl Proxy {
                 body.total_length
             )));
         }
-        Ok(resp.body(Body::from_stream(body.stream)).expect("valid response"))
+        let metrics = self.metrics.clone();
+        let stream = body.stream.inspect(move |chunk| {
+            if let Ok(c) = chunk {
+                metrics.blob_bytes(c.len() as u64);
+            }
+        });
+        Ok(resp.body(Body::from_stream(stream)).expect("valid response"))
     }
 
     async fn prove_access(
@@ -374,8 +398,18 @@ pub fn router(proxy: Arc<Proxy>) -> axum::Router {
     axum::Router::new().fallback(handle).with_state(proxy)
 }
 
+/// The proxy plus `GET /metrics` with its own metrics, for running it
+/// alone (`damselfly proxy`); a role that serves more registers
+/// [`Proxy::metrics`] in its own registry instead.
+pub fn router_with_metrics(proxy: Arc<Proxy>) -> axum::Router {
+    let mut registry = prometheus_client::registry::Registry::default();
+    proxy.metrics().register(&mut registry);
+    damselfly_service::telemetry::metrics_router(Arc::new(registry)).merge(router(proxy))
+}
+
 async fn handle(State(proxy): State<Arc<Proxy>>, req: Request) -> Response {
-    match proxy.handle(req).await {
+    let route = route_label(req.uri().path());
+    let resp = match proxy.handle(req).await {
         Ok(r) => r,
         Err(e) => {
             // Refusals and unknown blobs are ordinary answers; only a failing
@@ -387,6 +421,20 @@ async fn handle(State(proxy): State<Arc<Proxy>>, req: Request) -> Response {
             }
             e.into_response()
         }
+    };
+    proxy.metrics.request(route, resp.status().as_u16());
+    resp
+}
+
+/// A low-cardinality name for a path, for metrics.
+fn route_label(path: &str) -> &'static str {
+    match parse_path(path) {
+        Ok(Route::Base) => "base",
+        Ok(Route::Manifest { .. }) => "manifest",
+        Ok(Route::Blob { .. }) => "blob",
+        Ok(Route::Tags { .. }) => "tags",
+        Ok(Route::Referrers { .. }) => "referrers",
+        Err(_) => "invalid",
     }
 }
 
