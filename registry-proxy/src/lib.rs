@@ -38,5 +38,5 @@ pub use config::{ProxyConfig, RegistryConfig};
 pub use error::{ProxyError, StartError};
 pub use range::ByteRange;
 pub use server::{Proxy, router, router_with_metrics, serve};
-pub use source::{BlobBody, BlobRequest, BlobSource, DirectSource};
+pub use source::{BlobBody, BlobRequest, BlobSource, DirectSource, FallbackSource};
 pub use upstream::Upstream;

@@ -157,6 +157,30 @@ impl BlobSource for DirectSource {
     }
 }
 
+/// Tries `primary` (the mesh) and, when it fails before sending a byte
+/// with an error that another source may not have, `fallback` (the
+/// origin): a pull never fails because the mesh is unhealthy.
+pub struct FallbackSource<P, F> {
+    pub primary: P,
+    pub fallback: F,
+}
+
+impl<P: BlobSource, F: BlobSource> BlobSource for FallbackSource<P, F> {
+    fn fetch(&self, req: BlobRequest) -> BoxFuture<'_, Result<BlobBody, ProxyError>> {
+        async move {
+            match self.primary.fetch(req.clone()).await {
+                Ok(body) => Ok(body),
+                Err(e) if e.is_retryable() => {
+                    tracing::debug!(digest = %req.digest, error = %e, "primary blob source failed, using the fallback");
+                    self.fallback.fetch(req).await
+                }
+                Err(e) => Err(e),
+            }
+        }
+        .boxed()
+    }
+}
+
 /// Skips `skip` bytes, yields `take` bytes, and, if `verify` is set, checks
 /// the whole stream's length and sha256 at its end.
 fn window(
@@ -311,6 +335,52 @@ mod tests {
         assert!(e.unwrap().contains("does not match"));
         let (_, e) = collect(window(chunks(&[b"abc"]), 0, 9, Some((d, 9)))).await;
         assert!(e.unwrap().contains("early"));
+    }
+
+    struct Fixed(Result<&'static [u8], fn() -> ProxyError>);
+
+    impl BlobSource for Fixed {
+        fn fetch(&self, _req: BlobRequest) -> BoxFuture<'_, Result<BlobBody, ProxyError>> {
+            let r = self.0.map(|b| BlobBody {
+                total_length: b.len() as u64,
+                stream: chunks(&[b]),
+            });
+            async move { r.map_err(|f| f()) }.boxed()
+        }
+    }
+
+    fn request() -> BlobRequest {
+        BlobRequest {
+            digest: digest_of(b"x"),
+            url: "http://r/v2/a/blobs/sha256:00".into(),
+            headers: vec![],
+            content_length: None,
+            range: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn fallback_only_for_retryable_errors() {
+        let down = || ProxyError::Source("mesh down".into());
+        let s = FallbackSource {
+            primary: Fixed(Err(down)),
+            fallback: Fixed(Ok(b"origin")),
+        };
+        let body = s.fetch(request()).await.unwrap();
+        assert_eq!(collect(body.stream).await.0, b"origin");
+        let s = FallbackSource {
+            primary: Fixed(Ok(b"mesh")),
+            fallback: Fixed(Ok(b"origin")),
+        };
+        assert_eq!(collect(s.fetch(request()).await.unwrap().stream).await.0, b"mesh");
+        let s = FallbackSource {
+            primary: Fixed(Err(|| ProxyError::BlobUnknown("d".into()))),
+            fallback: Fixed(Ok(b"origin")),
+        };
+        assert!(matches!(
+            s.fetch(request()).await,
+            Err(ProxyError::BlobUnknown(_))
+        ));
     }
 
     #[test]

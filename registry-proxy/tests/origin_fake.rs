@@ -383,3 +383,64 @@ async fn only_listed_registries_are_served_when_asked() {
     assert_eq!(r.status(), 403);
     assert_eq!(oci_code(&r.bytes().await.unwrap()), "DENIED");
 }
+
+/// A source that sends the first bytes, then waits to be released: the
+/// mesh streaming pieces as they land.
+struct Trickle {
+    release: Arc<tokio::sync::Notify>,
+}
+
+impl damselfly_registry_proxy::BlobSource for Trickle {
+    fn fetch(
+        &self,
+        req: damselfly_registry_proxy::BlobRequest,
+    ) -> futures::future::BoxFuture<
+        '_,
+        Result<damselfly_registry_proxy::BlobBody, damselfly_registry_proxy::ProxyError>,
+    > {
+        let release = self.release.clone();
+        Box::pin(async move {
+            assert_eq!(req.content_length, Some(BLOB.len() as u64));
+            let first = futures::stream::once(async { Ok(bytes::Bytes::from_static(&BLOB[..10])) });
+            let rest = futures::stream::once(async move {
+                release.notified().await;
+                Ok(bytes::Bytes::from_static(&BLOB[10..]))
+            });
+            Ok(damselfly_registry_proxy::BlobBody {
+                total_length: BLOB.len() as u64,
+                stream: Box::pin(futures::StreamExt::chain(first, rest)),
+            })
+        })
+    }
+}
+
+#[tokio::test]
+async fn bytes_reach_the_client_as_the_source_yields_them() {
+    let w = world().await;
+    let release = Arc::new(tokio::sync::Notify::new());
+    let config = config_for("docker.io");
+    let upstream = Arc::new(damselfly_registry_proxy::Upstream::new(Arc::new(config.clone())).unwrap());
+    let proxy = damselfly_registry_proxy::Proxy::new(
+        config,
+        upstream,
+        Arc::new(Trickle {
+            release: release.clone(),
+        }),
+    )
+    .unwrap();
+    let p = ProxyServer::start_with(proxy).await;
+    let mut r = client().get(blob_url(&p, &w)).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let first = tokio::time::timeout(std::time::Duration::from_secs(5), r.chunk())
+        .await
+        .expect("the first bytes arrive before the source has the rest")
+        .unwrap()
+        .unwrap();
+    assert_eq!(first, &BLOB[..10]);
+    release.notify_one();
+    let mut all = first.to_vec();
+    while let Some(c) = r.chunk().await.unwrap() {
+        all.extend_from_slice(&c);
+    }
+    assert_eq!(all, BLOB);
+}

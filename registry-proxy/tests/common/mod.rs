@@ -348,7 +348,11 @@ pub struct ProxyServer {
 
 impl ProxyServer {
     pub async fn start(config: ProxyConfig) -> ProxyServer {
-        let proxy = Arc::new(Proxy::direct(config).expect("valid proxy config"));
+        Self::start_with(Proxy::direct(config).expect("valid proxy config")).await
+    }
+
+    pub async fn start_with(proxy: Proxy) -> ProxyServer {
+        let proxy = Arc::new(proxy);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (shutdown, _drain) = Shutdown::new();
