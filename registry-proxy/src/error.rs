@@ -24,7 +24,9 @@ pub enum ProxyError {
     NameInvalid(String),
     #[error("invalid digest: {0}")]
     DigestInvalid(String),
-    #[error("invalid tag: {0}")]
+    /// A reference that is neither a digest nor a valid tag: no such
+    /// manifest can exist, so 404 (the conformance suites expect it).
+    #[error("manifest unknown (invalid tag {0})")]
     TagInvalid(String),
     #[error("invalid request: {0}")]
     BadRequest(String),
@@ -68,10 +70,8 @@ impl ProxyError {
 
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::NameInvalid(_) | Self::DigestInvalid(_) | Self::TagInvalid(_) | Self::BadRequest(_) => {
-                StatusCode::BAD_REQUEST
-            }
-            Self::RouteUnknown | Self::BlobUnknown(_) => StatusCode::NOT_FOUND,
+            Self::NameInvalid(_) | Self::DigestInvalid(_) | Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::RouteUnknown | Self::BlobUnknown(_) | Self::TagInvalid(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::RegistryNotAllowed(_) => StatusCode::FORBIDDEN,
             Self::RangeNotSatisfiable { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
@@ -83,7 +83,8 @@ impl ProxyError {
     /// The OCI distribution-spec error code.
     pub fn code(&self) -> &'static str {
         match self {
-            Self::NameInvalid(_) | Self::TagInvalid(_) => "NAME_INVALID",
+            Self::NameInvalid(_) => "NAME_INVALID",
+            Self::TagInvalid(_) => "MANIFEST_UNKNOWN",
             Self::DigestInvalid(_) => "DIGEST_INVALID",
             Self::BadRequest(_) | Self::RouteUnknown | Self::MethodNotAllowed => "UNSUPPORTED",
             Self::BlobUnknown(_) => "BLOB_UNKNOWN",

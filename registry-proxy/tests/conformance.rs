@@ -1,8 +1,8 @@
 //! The OCI distribution-spec conformance suite (pull mode) against the
 //! proxy in front of a seeded CNCF registry. The registry alone fails some
 //! checks (no referrers API, 500 for a malformed digest); through the proxy
-//! every check passes. The suite is a Go program built once per target dir
-//! by tests/scripts/conformance.sh. Needs go, docker-registry, umoci,
+//! every check passes; so does the 2023 suite's pull workflow. The suites
+//! are Go programs built once per target dir by tests/scripts/conformance.sh. Needs go, docker-registry, umoci,
 //! skopeo, busybox.
 
 mod common;
@@ -82,4 +82,43 @@ async fn conformance_pull_mode() {
     assert_eq!(pf, 0, "through the proxy:\n{through}");
     assert_eq!(pp, dp + df, "the proxy passes every check the registry runs");
     assert!(!through.contains("panic"), "{through}");
+
+    // The 2023 suite (a ginkgo `go test -c` binary), pull workflow.
+    run_async(
+        tokio::process::Command::new(script())
+            .arg("build-legacy")
+            .arg(&work),
+    )
+    .await
+    .expect("build the legacy conformance suite");
+    let legacy = run_async(
+        tokio::process::Command::new(script())
+            .args(["run-legacy"])
+            .arg(&work)
+            .args([
+                "proxy",
+                &proxy.addr.to_string(),
+                repo,
+                "v1",
+                &manifest,
+                blobs.last().unwrap(),
+            ]),
+    )
+    .await
+    .expect("run the legacy suite");
+    // "Ran 14 of 79 Specs", possibly wrapped in colour codes.
+    let ran = legacy
+        .lines()
+        .find_map(|l| {
+            l.find("Ran ")
+                .map(|i| l[i..].split('\u{1b}').next().unwrap_or(""))
+        })
+        .unwrap_or("");
+    eprintln!("legacy suite through the proxy: {ran}");
+    assert!(
+        legacy.contains("SUCCESS!")
+            && !legacy.contains("conformance exit status")
+            && !ran.starts_with("Ran 0 "),
+        "{legacy}"
+    );
 }

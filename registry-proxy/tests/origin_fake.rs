@@ -270,7 +270,12 @@ async fn hostile_requests_get_errors_not_crashes() {
         ("/v2/team/app/blobs/sha256:totallywrong", 400, "DIGEST_INVALID"),
         ("/v2/team/app/manifests/sha256:zz", 400, "DIGEST_INVALID"),
         ("/v2/Team/app/manifests/latest", 400, "NAME_INVALID"),
-        ("/v2/team/app/manifests/-bad", 400, "NAME_INVALID"),
+        ("/v2/team/app/manifests/-bad", 404, "MANIFEST_UNKNOWN"),
+        (
+            "/v2/team/app/manifests/.INVALID_MANIFEST_NAME",
+            404,
+            "MANIFEST_UNKNOWN",
+        ),
         ("/v2/team/app/blobs/uploads/", 404, "UNSUPPORTED"),
         ("/v1/_ping", 404, "UNSUPPORTED"),
         ("/v2/a/manifests/latest?ns=evil/path", 400, "UNSUPPORTED"),
