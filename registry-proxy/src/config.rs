@@ -220,6 +220,30 @@ mod tests {
     }
 
     #[test]
+    fn example_file_is_the_defaults() {
+        let text = include_str!("../proxy.example.toml");
+        let example: ProxyConfig = parse(text, "proxy.example.toml").unwrap();
+        example.validate().unwrap();
+        assert_eq!(
+            toml::to_string(&example).unwrap(),
+            toml::to_string(&ProxyConfig::default()).unwrap()
+        );
+        // The commented-out examples are valid too.
+        let uncommented: String = text
+            .lines()
+            .map(|l| {
+                l.strip_prefix("# ")
+                    .filter(|r| r.starts_with('[') || r.contains(" = "))
+                    .unwrap_or(l)
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        let full: ProxyConfig = parse(&uncommented, "uncommented").unwrap();
+        full.validate().unwrap();
+        assert_eq!(full.registries.len(), 2);
+    }
+
+    #[test]
     fn validate_names_the_field() {
         let bad = |toml: &str, field: &str| {
             let c: ProxyConfig = parse(toml, "t").unwrap();
