@@ -171,3 +171,34 @@ async fn twenty_layers_and_a_multi_platform_index() {
     .await;
     assert!(out.contains("multi-ok"), "{out}");
 }
+
+/// Trap 3: containerd 1.6 tries HTTPS for a non-loopback `server = "http://..."`
+/// alone; the `[host."http://..."]` entry that `setup` writes keeps the
+/// mirror on plain HTTP.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mirror_on_a_non_loopback_address() {
+    if !lab_ready("containerd non-loopback", TOOLS, true) {
+        return;
+    }
+    let Some(ip) = common::non_loopback_ipv4() else {
+        eprintln!("mirror_on_a_non_loopback_address: SKIPPED, no non-loopback IPv4 address");
+        return;
+    };
+    let registry = Registry::start("");
+    let layout = ImageLayout::new();
+    layout.build("app", 0, 0, &["/bin/sh"]);
+    let image = format!("{}/test/app:latest", registry.addr);
+    layout.push("app", &image, None);
+    let proxy = damselfly_registry_proxy::Proxy::direct(config_for("docker.io")).unwrap();
+    let proxy = ProxyServer::start_on(proxy, &format!("{ip}:0")).await;
+    let ctd = Containerd::start("");
+    hosts_for(&ctd, &registry, &proxy);
+    pull(&ctd, &image, &[])
+        .await
+        .expect("pull through a non-loopback mirror");
+    assert!(
+        proxy.seen("/blobs/sha256:") >= 2,
+        "{:?}",
+        proxy.requests.lock().unwrap()
+    );
+}

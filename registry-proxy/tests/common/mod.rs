@@ -352,8 +352,12 @@ impl ProxyServer {
     }
 
     pub async fn start_with(proxy: Proxy) -> ProxyServer {
+        Self::start_on(proxy, "127.0.0.1:0").await
+    }
+
+    pub async fn start_on(proxy: Proxy, bind: &str) -> ProxyServer {
         let proxy = Arc::new(proxy);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = tokio::net::TcpListener::bind(bind).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (shutdown, _drain) = Shutdown::new();
         let requests = Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -631,4 +635,15 @@ impl Drop for Dockerd {
             let _ = Command::new("umount").arg("-l").arg(m).status();
         }
     }
+}
+
+/// The first IPv4 address of this host that is not loopback, if any.
+pub fn non_loopback_ipv4() -> Option<String> {
+    let out = Command::new("ip").args(["-4", "-o", "addr"]).output().ok()?;
+    String::from_utf8_lossy(&out.stdout).lines().find_map(|l| {
+        let mut f = l.split_whitespace();
+        let dev = f.nth(1)?;
+        let addr = f.nth(1)?.split('/').next()?.to_string();
+        (dev != "lo" && !addr.starts_with("127.")).then_some(addr)
+    })
 }
