@@ -22,6 +22,20 @@
 //!   JSON. Each variant says which side caused it and whether a retry may
 //!   help, which is what the peer needs to choose "try again elsewhere" or
 //!   "tell the client".
+//!
+//! Serving it (what `damselfly peer` does, with its mesh as the source):
+//!
+//! ```no_run
+//! # async fn demo(mesh: std::sync::Arc<dyn damselfly_registry_proxy::BlobSource>) -> anyhow::Result<()> {
+//! use damselfly_registry_proxy::{Proxy, ProxyConfig, router, serve};
+//! let config: ProxyConfig = damselfly_service::config::load(None)?;
+//! let proxy = std::sync::Arc::new(Proxy::with_fallback(config, mesh)?);
+//! // proxy.metrics().register(&mut registry);
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:65001").await?;
+//! let (shutdown, _drain) = damselfly_service::shutdown::Shutdown::new();
+//! serve(listener, router(proxy), shutdown).await?;
+//! # Ok(()) }
+//! ```
 
 pub mod authz;
 pub mod config;

@@ -58,6 +58,17 @@ impl Proxy {
         Self::new(config, upstream, source)
     }
 
+    /// A proxy whose blobs come from `primary` (the mesh), and from the
+    /// origin when `primary` fails before sending a byte.
+    pub fn with_fallback(config: ProxyConfig, primary: Arc<dyn BlobSource>) -> Result<Self, StartError> {
+        let upstream = Arc::new(Upstream::new(Arc::new(config.clone()))?);
+        let source = Arc::new(crate::FallbackSource {
+            primary,
+            fallback: crate::DirectSource::new(upstream.clone()),
+        });
+        Self::new(config, upstream, source)
+    }
+
     pub fn config(&self) -> &ProxyConfig {
         &self.config
     }

@@ -52,6 +52,12 @@ pub trait BlobSource: Send + Sync + 'static {
     fn fetch(&self, req: BlobRequest) -> BoxFuture<'_, Result<BlobBody, ProxyError>>;
 }
 
+impl<T: BlobSource + ?Sized> BlobSource for Arc<T> {
+    fn fetch(&self, req: BlobRequest) -> BoxFuture<'_, Result<BlobBody, ProxyError>> {
+        (**self).fetch(req)
+    }
+}
+
 /// Fetches blobs straight from the origin, with `Range`, following
 /// redirects without credentials. A whole blob is checked against its
 /// digest as it streams: a mismatch ends the stream with an error, so the
@@ -67,7 +73,12 @@ impl DirectSource {
 
     async fn fetch_inner(&self, req: BlobRequest) -> Result<BlobBody, ProxyError> {
         let url = url::Url::parse(&req.url).map_err(|e| ProxyError::Source(format!("bad blob URL: {e}")))?;
-        let registry = url.host_str().unwrap_or_default().to_string();
+        // host[:port], as clients name registries (for logs and settings).
+        let registry = match (url.host_str(), url.port()) {
+            (Some(h), Some(p)) => format!("{h}:{p}"),
+            (Some(h), None) => h.to_string(),
+            (None, _) => String::new(),
+        };
         let mut headers = http::HeaderMap::new();
         for (name, value) in &req.headers {
             let name = http::HeaderName::from_bytes(name.as_bytes())

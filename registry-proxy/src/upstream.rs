@@ -128,7 +128,9 @@ impl Upstream {
         }
         if let Some(auth) = client_headers.get(header::AUTHORIZATION) {
             // The client speaks for itself: its credentials, its challenges.
-            let auth = Secret::new(auth.to_str().unwrap_or_default());
+            let auth = Secret::new(auth.to_str().map_err(|_| {
+                ProxyError::BadRequest("the Authorization header is not visible ASCII".into())
+            })?);
             let response = self
                 .send(method, url, &headers, Some(&auth), origin, timeout)
                 .await?;

@@ -309,6 +309,16 @@ async fn hostile_requests_get_errors_not_crashes() {
             format!("bytes */{}", BLOB.len()).as_str()
         );
     }
+    let r = c
+        .get(p.url("/v2/team/app/manifests/latest"))
+        .header(
+            "authorization",
+            http::HeaderValue::from_bytes(b"Basic \xff\xfe").unwrap(),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
     // Path tricks reqwest would normalise away, and huge headers.
     let addr = p.addr;
     let (code, _) = tokio::task::spawn_blocking(move || {
