@@ -97,6 +97,7 @@ impl Proxy {
         Ok(Origin { registry, endpoint })
     }
 
+    #[tracing::instrument(skip_all, fields(method = %req.method(), path = %req.uri().path()))]
     pub async fn handle(&self, req: Request) -> Result<Response, ProxyError> {
         // Only the head matters (pull-only); `Body` is not `Sync`.
         let (req, _body) = req.into_parts();
@@ -112,7 +113,7 @@ impl Proxy {
             path.push('?');
             path.push_str(&rest);
         }
-        tracing::debug!(registry = %origin.registry, %method, path = %route.origin_path(), "request");
+        tracing::debug!(registry = %origin.registry, "request");
         let headers = &req.headers;
         match &route {
             Route::Blob { name, digest } if digest.starts_with("sha256:") => {
