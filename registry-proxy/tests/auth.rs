@@ -165,6 +165,7 @@ async fn htpasswd_registry() {
 }
 
 struct TokenServer {
+    issued: std::sync::atomic::AtomicUsize,
     key: PathBuf,
     cert_b64: String,
     service: String,
@@ -230,6 +231,7 @@ async fn issue(
         other => return (http::StatusCode::INTERNAL_SERVER_ERROR, format!("{other:?}")).into_response(),
     };
     let token = format!("{signing_input}.{}", b64url(&sig));
+    t.issued.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     axum::Json(serde_json::json!({"token": token, "access_token": token, "expires_in": 300})).into_response()
 }
 
@@ -269,6 +271,7 @@ async fn bearer_token_registry() {
         .unwrap()
         .stdout;
     let tokens = Arc::new(TokenServer {
+        issued: Default::default(),
         key,
         cert_b64: base64::engine::general_purpose::STANDARD.encode(der),
         service: "damselfly-test-registry".into(),
@@ -317,5 +320,21 @@ async fn bearer_token_registry() {
     );
 
     check_private(&registry, &layout, &bearer).await;
+
+    // The proxy's own token for a repository is fetched once and reused.
+    let trusted = ProxyServer::start(with_creds(&registry.addr)).await;
+    let issued = || tokens.issued.load(std::sync::atomic::Ordering::SeqCst);
+    let before = issued();
+    let (_, blobs) = layout.manifest("app");
+    for b in &blobs {
+        let r = client()
+            .get(trusted.url(&format!("/v2/test/app/blobs/{b}?ns={}", registry.addr)))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    assert_eq!(issued() - before, 1, "one token for test/app:pull");
+
     ctr_pull_with_user(&registry).await;
 }
