@@ -1,1 +1,30 @@
+//! End-to-end tests and benchmarks for Damselfly, run on real processes in
+//! network-namespace "hosts" on one machine.
+//!
+//! Layout:
+//! - [`lab`]: builds a lab (bridge, one namespace per host, shaped links),
+//!   starts processes in hosts, reads interface counters, cleans up on drop;
+//! - [`process`]: handles for daemons ([`process::Proc`]) and background
+//!   clients ([`process::Job`]) that are stopped by pid, never by name;
+//! - [`wait`]: polling helpers (no fixed sleeps) and the Ctrl-C flag;
+//! - [`mesh`]: a Damselfly scheduler, seed and peers started in lab hosts;
+//! - [`bench`]: the swarm benchmark behind `damselfly-bench`;
+//! - [`origin`]: the `damselfly-origin` test server and its request log;
+//! - [`bins`]: where the binaries under test are found;
+//! - [`data`]: random test files and their SHA-256.
+//!
+//! Errors are `anyhow`: every failure here ends a test or the bench with a
+//! message for a person, so context strings matter more than error types.
 
+pub mod bench;
+pub mod bins;
+pub mod data;
+pub mod lab;
+pub mod mesh;
+pub mod origin;
+pub mod process;
+pub mod wait;
+
+pub use lab::Lab;
+pub use process::{Job, JobResult, Proc, wait_all};
+pub use wait::{free_port, wait_for, wait_for_tcp};

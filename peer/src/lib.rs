@@ -1,1 +1,41 @@
-pub mod placeholder {}
+//! The peer daemon: every node runs one.
+//!
+//! A peer downloads a task's pieces from several parents at once, checks each
+//! one against the digest the scheduler relayed from the task's source,
+//! stores it, and serves it to other peers from that moment on. When the
+//! scheduler says so, cannot be reached, or no parent works, it fetches from
+//! the origin itself: a download never fails only because the mesh is sick.
+//!
+//! Layout:
+//! - [`config`]: the peer's config file.
+//! - [`store`]: content files and the redb metadata store; [`gc`] evicts from it.
+//! - [`task`]: one task's shared in-memory state (layout, bitmap, digests, progress).
+//! - [`wire`]: frames of the peer-to-peer piece protocol.
+//! - [`piece_server`]: serves pieces to children (super-seeding when this peer is the source).
+//! - [`parent`]: one connection to a parent, as a child.
+//! - [`source`]: back-to-source over HTTP(S) with Range and retries.
+//! - [`download`]: the engine that drives one task to completion.
+//! - [`announcer`]: the host stream to the scheduler (keepalive, seed triggers).
+//! - [`local_api`]: the unix-socket gRPC API used by `damselfly get`.
+//! - [`daemon`]: starts all of the above.
+//! - [`rate`], [`metrics`], [`fault`]: rate limits, Prometheus metrics, test-only fault switches.
+
+pub mod announcer;
+pub mod config;
+pub mod daemon;
+pub mod download;
+pub mod error;
+pub mod fault;
+pub mod gc;
+pub mod local_api;
+pub mod metrics;
+pub mod parent;
+pub mod piece_server;
+pub mod rate;
+pub mod source;
+pub mod store;
+pub mod task;
+pub mod wire;
+
+pub use config::PeerConfig;
+pub use error::Error;

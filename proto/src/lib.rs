@@ -5,10 +5,12 @@
 //! - [`daemon`]: the peer daemon's local API on a unix socket (generated).
 //! - [`task_id`]: how a download is named, so every peer of one file meets in one swarm.
 //! - [`piece`]: how a task is cut into pieces.
+//! - [`ring`]: consistent hashing of tasks onto seeds and schedulers.
 //!
 //! Everything here is shared by more than one role; nothing here does I/O.
 
 pub mod piece;
+pub mod ring;
 pub mod task_id;
 
 pub mod scheduler {

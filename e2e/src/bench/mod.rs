@@ -1,0 +1,96 @@
+//! The swarm benchmark (issue 3): Damselfly against plain HTTP and
+//! BitTorrent on a lab of shaped network-namespace hosts.
+//!
+//! Layout: [`units`] parses sizes and rates, [`swarm`] builds the lab and
+//! measures one method, [`methods`] holds the methods, [`single`] the
+//! one-peer measurement, [`report`] and [`chart`] the output.
+
+pub mod chart;
+pub mod methods;
+pub mod report;
+pub mod single;
+pub mod swarm;
+pub mod units;
+
+use std::path::PathBuf;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::Result;
+
+use methods::MethodName;
+use report::{Report, Setup};
+use units::{Rate, Size};
+
+pub struct Config {
+    pub hosts: usize,
+    pub rate: Rate,
+    pub size: Size,
+    pub methods: Vec<MethodName>,
+    pub out: PathBuf,
+    pub damselfly_bin: Option<PathBuf>,
+    /// Run the one-peer measurement (needs the damselfly method).
+    pub single: bool,
+    pub single_size: Size,
+    pub single_concurrent_size: Size,
+    /// Lab name prefix; the single-peer lab uses `<prefix>s`.
+    pub prefix: String,
+    /// Third octet of the swarm lab's subnet; the single-peer lab uses the next one.
+    pub subnet: u8,
+    /// The command line, for the report.
+    pub command: String,
+}
+
+/// Runs every selected method and writes the report to `config.out` after
+/// each step, so an interrupted run keeps what it measured.
+pub fn run(config: &Config) -> Result<Report> {
+    let started_unix = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    eprintln!(
+        "bench: building a lab of {} peer hosts, links {}, blob {}",
+        config.hosts, config.rate, config.size
+    );
+    let swarm = swarm::Swarm::build(
+        &config.prefix,
+        config.subnet,
+        config.hosts,
+        config.rate.clone(),
+        config.size,
+    )?;
+    let mut report = Report {
+        started_unix,
+        command: config.command.clone(),
+        setup: Setup {
+            hosts: config.hosts,
+            rate: config.rate.to_string(),
+            rate_bits_per_sec: config.rate.bits_per_sec(),
+            size: config.size.to_string(),
+            size_bytes: config.size.0,
+            blob_sha256: swarm.blob_sha256.clone(),
+            su_seconds: swarm.su_seconds(),
+        },
+        methods: Vec::new(),
+        single: None,
+    };
+    for name in &config.methods {
+        crate::wait::check_interrupted()?;
+        let mut method = name.build(config.damselfly_bin.clone());
+        report.methods.push(swarm::measure(&swarm, method.as_mut()));
+        report.write(&config.out)?;
+    }
+    drop(swarm);
+
+    if config.single {
+        crate::wait::check_interrupted()?;
+        let single = single::SingleConfig {
+            prefix: format!("{}s", config.prefix),
+            subnet: config.subnet.wrapping_add(1),
+            size: config.single_size,
+            concurrent_size: config.single_concurrent_size,
+            damselfly_bin: config.damselfly_bin.clone(),
+        };
+        report.single = Some(single::measure(&single)?);
+    }
+    report.write(&config.out)?;
+    Ok(report)
+}

@@ -1,0 +1,235 @@
+//! The bench's results: `report.json` (these types, serialised) and
+//! `report.md` (a table for people and for README.md).
+
+use std::fmt::Write as _;
+use std::fs;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+const MIB: f64 = 1024.0 * 1024.0;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Report {
+    /// Unix time the run started.
+    pub started_unix: u64,
+    /// The command line that reproduces the run.
+    pub command: String,
+    pub setup: Setup,
+    pub methods: Vec<MethodReport>,
+    /// The single-peer measurement on unshaped links, if it ran.
+    pub single: Option<SingleReport>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Setup {
+    pub hosts: usize,
+    /// tc rate of every link, or "none".
+    pub rate: String,
+    pub rate_bits_per_sec: Option<u64>,
+    pub size: String,
+    pub size_bytes: u64,
+    pub blob_sha256: String,
+    /// S/U: the time one link needs to carry the blob once (None if unshaped).
+    pub su_seconds: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MethodReport {
+    pub method: String,
+    /// True when every host finished and every copy has the blob's sha256.
+    pub ok: bool,
+    /// Why the method failed as a whole (set-up error, timeout), if it did.
+    pub error: Option<String>,
+    /// How the method was set up (e.g. seeding policy), for the reader.
+    pub notes: String,
+    pub hosts: Vec<HostReport>,
+    /// Last host done, seconds after all downloads started (None unless ok).
+    pub makespan_s: Option<f64>,
+    pub median_s: Option<f64>,
+    /// makespan / (S/U).
+    pub makespan_over_su: Option<f64>,
+    /// Bytes the origin host sent during the method (interface counter).
+    pub origin_tx_bytes: Option<u64>,
+    /// origin_tx_bytes / S.
+    pub origin_over_size: Option<f64>,
+    /// Largest peak RSS (VmHWM) of the per-host agents: peer daemons for
+    /// damselfly, aria2c for bittorrent, curl for direct.
+    pub peak_rss_bytes: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HostReport {
+    pub host: String,
+    /// Seconds from the common start until this host had the blob.
+    pub done_s: Option<f64>,
+    pub sha256: Option<String>,
+    pub sha256_ok: bool,
+    pub peak_rss_bytes: Option<u64>,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SingleReport {
+    pub size_bytes: u64,
+    pub curl_s: Option<f64>,
+    pub cold_get_s: Option<f64>,
+    pub cached_get_s: Option<f64>,
+    /// Cold get throughput / curl throughput (target >= 0.9).
+    pub cold_vs_curl: Option<f64>,
+    /// Cached get throughput / curl throughput (target >= 2).
+    pub cached_vs_curl: Option<f64>,
+    /// Concurrent downloads served by one peer daemon for the RSS figure.
+    pub concurrent_downloads: usize,
+    pub concurrent_size_bytes: u64,
+    /// Peak RSS of that peer daemon (target < 100 MiB).
+    pub peer_peak_rss_bytes: Option<u64>,
+    pub sha256_ok: bool,
+    pub errors: Vec<String>,
+}
+
+impl MethodReport {
+    /// A method that failed before producing per-host results.
+    pub fn failed(method: &str, notes: &str, error: String) -> Self {
+        MethodReport {
+            method: method.to_string(),
+            ok: false,
+            error: Some(error),
+            notes: notes.to_string(),
+            hosts: Vec::new(),
+            makespan_s: None,
+            median_s: None,
+            makespan_over_su: None,
+            origin_tx_bytes: None,
+            origin_over_size: None,
+            peak_rss_bytes: None,
+        }
+    }
+}
+
+impl Report {
+    pub fn write(&self, dir: &Path) -> Result<()> {
+        fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+        let json = serde_json::to_string_pretty(self)?;
+        fs::write(dir.join("report.json"), json + "\n").context("write report.json")?;
+        fs::write(dir.join("report.md"), self.markdown()).context("write report.md")?;
+        fs::write(dir.join("completion.svg"), super::chart::completion_svg(self))
+            .context("write completion.svg")?;
+        Ok(())
+    }
+
+    pub fn read(dir: &Path) -> Result<Report> {
+        let text = fs::read_to_string(dir.join("report.json")).context("read report.json")?;
+        serde_json::from_str(&text).context("parse report.json")
+    }
+
+    pub fn markdown(&self) -> String {
+        let s = &self.setup;
+        let mut md = String::new();
+        let su = s
+            .su_seconds
+            .map_or("n/a (unshaped)".to_string(), |v| format!("{v:.1} s"));
+        let _ = writeln!(
+            md,
+            "N = {} hosts, links {}, blob {} ({} bytes), S/U = {su}\n",
+            s.hosts, s.rate, s.size, s.size_bytes
+        );
+        md.push_str("| method | last host done | median host done | makespan / (S/U) | origin bytes / S | peak RSS per host | sha256 |\n");
+        md.push_str("| --- | --- | --- | --- | --- | --- | --- |\n");
+        for m in &self.methods {
+            let sha = if m.hosts.is_empty() {
+                "-".to_string()
+            } else {
+                format!(
+                    "{}/{} ok",
+                    m.hosts.iter().filter(|h| h.sha256_ok).count(),
+                    m.hosts.len()
+                )
+            };
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {} | {} | {} | {sha} |",
+                m.method,
+                opt(m.makespan_s, seconds),
+                opt(m.median_s, seconds),
+                opt(m.makespan_over_su, |v| format!("{v:.2} x")),
+                opt(m.origin_over_size, |v| format!("{v:.2} x")),
+                opt(m.peak_rss_bytes, |v| format!("{:.0} MiB", v as f64 / MIB)),
+            );
+        }
+        for m in &self.methods {
+            if !m.notes.is_empty() {
+                let _ = writeln!(md, "\n`{}`: {}", m.method, m.notes);
+            }
+            if let Some(error) = &m.error {
+                let _ = writeln!(md, "\n`{}` failed: {}", m.method, first_lines(error, 6));
+            }
+            for h in m.hosts.iter().filter(|h| h.error.is_some()) {
+                let _ = writeln!(
+                    md,
+                    "\n`{}` on {}: {}",
+                    m.method,
+                    h.host,
+                    first_lines(h.error.as_deref().unwrap_or(""), 4)
+                );
+            }
+        }
+        if let Some(single) = &self.single {
+            md.push_str(&single.markdown());
+        }
+        let _ = writeln!(md, "\nReproduce: `{}`", self.command);
+        md
+    }
+}
+
+impl SingleReport {
+    fn markdown(&self) -> String {
+        let mut md = String::new();
+        let mib = self.size_bytes as f64 / MIB;
+        let rate = |secs: Option<f64>| opt(secs, |s| format!("{s:.2} s ({:.0} MiB/s)", mib / s));
+        let _ = writeln!(md, "\nOne peer, unshaped links, {mib:.0} MiB:\n");
+        md.push_str("| measurement | result | target |\n| --- | --- | --- |\n");
+        let _ = writeln!(md, "| curl from the origin | {} | |", rate(self.curl_s));
+        let _ = writeln!(
+            md,
+            "| cold `damselfly get` | {} = {} of curl | >= 0.9 x |",
+            rate(self.cold_get_s),
+            opt(self.cold_vs_curl, |v| format!("{v:.2} x"))
+        );
+        let _ = writeln!(
+            md,
+            "| cached `damselfly get` | {} = {} of curl | >= 2 x |",
+            rate(self.cached_get_s),
+            opt(self.cached_vs_curl, |v| format!("{v:.2} x"))
+        );
+        let _ = writeln!(
+            md,
+            "| peer daemon peak RSS, {} concurrent gets of {:.0} MiB | {} | < 100 MiB |",
+            self.concurrent_downloads,
+            self.concurrent_size_bytes as f64 / MIB,
+            opt(self.peer_peak_rss_bytes, |v| format!("{:.0} MiB", v as f64 / MIB))
+        );
+        for e in &self.errors {
+            let _ = writeln!(md, "\nsingle-peer error: {}", first_lines(e, 6));
+        }
+        md
+    }
+}
+
+/// Seconds with one decimal, or more for short times.
+fn seconds(v: f64) -> String {
+    if v < 1.0 {
+        format!("{v:.3} s")
+    } else {
+        format!("{v:.1} s")
+    }
+}
+
+fn opt<T>(value: Option<T>, show: impl FnOnce(T) -> String) -> String {
+    value.map_or("-".to_string(), show)
+}
+
+fn first_lines(text: &str, n: usize) -> String {
+    text.lines().take(n).collect::<Vec<_>>().join(" / ")
+}

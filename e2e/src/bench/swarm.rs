@@ -1,0 +1,291 @@
+//! The swarm lab and the runner that measures one method in it.
+//!
+//! Hosts: `origin` (serves the blob over HTTP), `sched` (scheduler or
+//! tracker), `seed`, and `peer1`..`peerN` that download. A method starts
+//! what it needs (daemons, trackers) in `prepare`, then the runner starts
+//! all N downloads at once and records when each host has the blob.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+
+use super::report::{HostReport, MethodReport};
+use super::units::{Rate, Size};
+use crate::data::{sha256_file, write_random_file};
+use crate::lab::Lab;
+use crate::origin::Origin;
+use crate::process::{Job, peak_rss_bytes, tail};
+use crate::wait::check_interrupted;
+
+pub const ORIGIN: &str = "origin";
+pub const SCHEDULER: &str = "sched";
+pub const SEED: &str = "seed";
+pub const ORIGIN_PORT: u16 = 8080;
+pub const BLOB: &str = "blob";
+/// Unshaped veth links carry roughly this much; used only for timeouts.
+const UNSHAPED_BITS_PER_SEC: f64 = 1e9;
+/// How often the runner samples the agents' peak RSS.
+const RSS_SAMPLE: Duration = Duration::from_millis(100);
+
+/// The lab, the blob and its origin, shared by every method of a run.
+pub struct Swarm {
+    pub lab: Lab,
+    pub origin: Origin,
+    pub peers: Vec<String>,
+    pub blob: PathBuf,
+    pub blob_sha256: String,
+    pub size: Size,
+    pub rate: Rate,
+}
+
+impl Swarm {
+    pub fn build(prefix: &str, subnet: u8, peers: usize, rate: Rate, size: Size) -> Result<Swarm> {
+        let peers: Vec<String> = (1..=peers).map(|i| format!("peer{i}")).collect();
+        let mut hosts = vec![ORIGIN, SCHEDULER, SEED];
+        hosts.extend(peers.iter().map(String::as_str));
+        let lab = Lab::new(prefix, subnet, &hosts, rate.tc())?;
+        let www = lab.dir().join("www");
+        fs::create_dir_all(&www)?;
+        let blob = www.join(BLOB);
+        write_random_file(&blob, size.0)?;
+        let blob_sha256 = sha256_file(&blob)?;
+        let origin = Origin::start(&lab, ORIGIN, &www, ORIGIN_PORT)?;
+        Ok(Swarm {
+            lab,
+            origin,
+            peers,
+            blob,
+            blob_sha256,
+            size,
+            rate,
+        })
+    }
+
+    pub fn blob_url(&self) -> String {
+        self.origin.url(BLOB)
+    }
+
+    /// S/U in seconds, if links are shaped.
+    pub fn su_seconds(&self) -> Option<f64> {
+        self.rate
+            .bits_per_sec()
+            .map(|bits| self.size.0 as f64 * 8.0 / bits as f64)
+    }
+
+    /// Generous: every host fetching the whole blob through one link, 4 times over.
+    fn timeout(&self) -> Duration {
+        let one_copy = self
+            .su_seconds()
+            .unwrap_or(self.size.0 as f64 * 8.0 / UNSHAPED_BITS_PER_SEC);
+        Duration::from_secs_f64(60.0 + 4.0 * one_copy * self.peers.len() as f64)
+    }
+}
+
+/// One host's download, as a method started it.
+pub struct Download {
+    pub job: Job,
+    /// Where the blob will be.
+    pub output: PathBuf,
+    /// If set, the host is done when this file exists (the client keeps
+    /// running, e.g. to seed); otherwise when the client exits 0.
+    pub done_marker: Option<PathBuf>,
+    /// The process whose peak RSS counts for this host (a peer daemon, or
+    /// the client itself).
+    pub agent_pid: u32,
+}
+
+/// A way to get the blob onto every peer host.
+pub trait Method {
+    fn name(&self) -> &'static str;
+    /// How the method is set up, for the report.
+    fn notes(&self) -> String;
+    /// Starts trackers, seeds or daemons in the lab; `workdir` is the
+    /// method's own directory.
+    fn prepare(&mut self, swarm: &Swarm, workdir: &Path) -> Result<()>;
+    /// Starts the download on `host` into `out_dir`.
+    fn start(&mut self, swarm: &Swarm, host: &str, out_dir: &Path) -> Result<Download>;
+    /// Stops whatever `prepare` started.
+    fn stop(&mut self);
+}
+
+/// Measures `method`: all downloads at once, per-host completion, origin
+/// bytes, peak RSS, and the sha256 of every copy. Failures end up in the
+/// report, never as an error.
+pub fn measure(swarm: &Swarm, method: &mut dyn Method) -> MethodReport {
+    let name = method.name();
+    eprintln!("bench: {name}: {} hosts", swarm.peers.len());
+    let report = match Measurement::run(swarm, method) {
+        Ok(measurement) => measurement.into_report(swarm, name, method.notes()),
+        Err(e) => MethodReport::failed(name, &method.notes(), format!("{e:#}")),
+    };
+    method.stop();
+    let workdir = swarm.lab.dir().join(name);
+    if std::env::var(crate::lab::KEEP_ENV).is_err() {
+        let _ = fs::remove_dir_all(workdir);
+    }
+    match (&report.error, report.makespan_s) {
+        (Some(e), _) => eprintln!("bench: {name}: failed: {}", e.lines().next().unwrap_or("")),
+        (None, Some(m)) => eprintln!("bench: {name}: last host done after {m:.1} s"),
+        (None, None) => eprintln!("bench: {name}: some hosts failed"),
+    }
+    report
+}
+
+struct HostState {
+    host: String,
+    download: Download,
+    done: Option<Duration>,
+    error: Option<String>,
+    peak_rss: Option<u64>,
+}
+
+struct Measurement {
+    hosts: Vec<HostState>,
+    origin_tx: u64,
+}
+
+impl Measurement {
+    fn run(swarm: &Swarm, method: &mut dyn Method) -> Result<Measurement> {
+        let workdir = swarm.lab.dir().join(method.name());
+        fs::create_dir_all(&workdir)?;
+        let tx_before = swarm.lab.tx_bytes(ORIGIN)?;
+        method.prepare(swarm, &workdir).context("prepare")?;
+
+        let start = Instant::now();
+        let mut hosts = Vec::new();
+        for host in &swarm.peers {
+            let out_dir = workdir.join("out").join(host);
+            fs::create_dir_all(&out_dir)?;
+            let download = method
+                .start(swarm, host, &out_dir)
+                .with_context(|| format!("start on {host}"))?;
+            hosts.push(HostState {
+                host: host.clone(),
+                download,
+                done: None,
+                error: None,
+                peak_rss: None,
+            });
+        }
+        let deadline = start + swarm.timeout();
+        let mut next_sample = Instant::now();
+        while hosts.iter().any(|h| h.done.is_none() && h.error.is_none()) {
+            for h in hosts.iter_mut() {
+                h.poll(start)?;
+            }
+            if Instant::now() >= next_sample {
+                hosts.iter_mut().for_each(HostState::sample_rss);
+                next_sample += RSS_SAMPLE;
+            }
+            check_interrupted()?;
+            if Instant::now() >= deadline {
+                for h in hosts.iter_mut().filter(|h| h.done.is_none() && h.error.is_none()) {
+                    h.error = Some(format!("not done after {:?}", swarm.timeout()));
+                }
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // Daemons still run: their VmHWM now is their exact peak.
+        hosts.iter_mut().for_each(HostState::sample_rss);
+        let origin_tx = swarm.lab.tx_bytes(ORIGIN)? - tx_before;
+        for h in hosts.iter_mut() {
+            h.download.job.kill()?;
+        }
+        Ok(Measurement { hosts, origin_tx })
+    }
+
+    fn into_report(self, swarm: &Swarm, name: &str, notes: String) -> MethodReport {
+        let size = swarm.size.0 as f64;
+        let hosts: Vec<HostReport> = self
+            .hosts
+            .into_iter()
+            .map(|h| h.into_report(&swarm.blob_sha256))
+            .collect();
+        let ok = hosts.iter().all(|h| h.error.is_none() && h.sha256_ok);
+        let mut done: Vec<f64> = hosts.iter().filter_map(|h| h.done_s).collect();
+        done.sort_by(f64::total_cmp);
+        let makespan = ok.then(|| done.last().copied()).flatten();
+        MethodReport {
+            method: name.to_string(),
+            ok,
+            error: None,
+            notes,
+            makespan_s: makespan,
+            median_s: ok.then(|| median(&done)).flatten(),
+            makespan_over_su: makespan.zip(swarm.su_seconds()).map(|(m, su)| m / su),
+            origin_tx_bytes: Some(self.origin_tx),
+            origin_over_size: Some(self.origin_tx as f64 / size),
+            peak_rss_bytes: hosts.iter().filter_map(|h| h.peak_rss_bytes).max(),
+            hosts,
+        }
+    }
+}
+
+impl HostState {
+    fn poll(&mut self, start: Instant) -> Result<()> {
+        if self.done.is_some() || self.error.is_some() {
+            return Ok(());
+        }
+        if let Some(marker) = &self.download.done_marker
+            && marker.exists()
+        {
+            self.done = Some(start.elapsed());
+            return Ok(());
+        }
+        let Some(result) = self.download.job.poll()? else {
+            return Ok(());
+        };
+        if result.success() && self.download.done_marker.is_none() {
+            self.done = Some(result.finished - start);
+        } else {
+            let log = fs::read_to_string(&result.log).unwrap_or_default();
+            self.error = Some(format!(
+                "{} ({}):\n{}",
+                result.status,
+                result.log.display(),
+                tail(&log, 10)
+            ));
+        }
+        Ok(())
+    }
+
+    fn sample_rss(&mut self) {
+        if let Some(rss) = peak_rss_bytes(self.download.agent_pid) {
+            self.peak_rss = Some(self.peak_rss.map_or(rss, |p| p.max(rss)));
+        }
+    }
+
+    fn into_report(self, expected_sha256: &str) -> HostReport {
+        let mut error = self.error;
+        let sha256 = match (&error, sha256_file(&self.download.output)) {
+            (None, Ok(sha)) => Some(sha),
+            (None, Err(e)) => {
+                error = Some(format!("{e:#}"));
+                None
+            }
+            (Some(_), _) => None,
+        };
+        let sha256_ok = sha256.as_deref() == Some(expected_sha256);
+        if error.is_none() && !sha256_ok {
+            error = Some(format!("sha256 mismatch: {}", sha256.as_deref().unwrap_or("-")));
+        }
+        HostReport {
+            host: self.host,
+            done_s: self.done.map(|d| d.as_secs_f64()),
+            sha256,
+            sha256_ok,
+            peak_rss_bytes: self.peak_rss,
+            error,
+        }
+    }
+}
+
+fn median(sorted: &[f64]) -> Option<f64> {
+    match sorted.len() {
+        0 => None,
+        n if n % 2 == 1 => Some(sorted[n / 2]),
+        n => Some((sorted[n / 2 - 1] + sorted[n / 2]) / 2.0),
+    }
+}

@@ -1,0 +1,89 @@
+//! `damselfly-bench`: the swarm benchmark. See `damselfly_e2e::bench` and
+//! README.md ("Performance").
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::Parser;
+use damselfly_e2e::bench::methods::MethodName;
+use damselfly_e2e::bench::units::{Rate, Size};
+use damselfly_e2e::bench::{self, Config};
+
+#[derive(Parser)]
+#[command(
+    name = "damselfly-bench",
+    about = "Damselfly vs HTTP vs BitTorrent on a lab of shaped network-namespace hosts (needs root)"
+)]
+struct Args {
+    /// Number of downloading peer hosts.
+    #[arg(long, default_value_t = 8)]
+    hosts: usize,
+    /// Rate of every link each way, in tc notation, or "none".
+    #[arg(long, default_value = "100mbit")]
+    rate: Rate,
+    /// Size of the blob.
+    #[arg(long, default_value = "128MiB")]
+    size: Size,
+    /// Methods to compare, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "damselfly,direct,bittorrent")]
+    methods: Vec<MethodName>,
+    /// Directory for report.json, report.md and completion.svg.
+    #[arg(long, default_value = "bench-out")]
+    out: PathBuf,
+    /// The damselfly binary (default: $DAMSELFLY_BIN, else next to this one, else target/debug).
+    #[arg(long)]
+    damselfly_bin: Option<PathBuf>,
+    /// Skip the one-peer measurement on unshaped links.
+    #[arg(long)]
+    no_single: bool,
+    /// Blob size of the one-peer measurement.
+    #[arg(long, default_value = "256MiB")]
+    single_size: Size,
+    /// Size of each of the 8 blobs the one peer downloads at once (peak RSS).
+    #[arg(long, default_value = "64MiB")]
+    single_concurrent_size: Size,
+    /// Lab name prefix (namespaces, bridge).
+    #[arg(long, default_value = "dfbench")]
+    prefix: String,
+    /// Third octet of the lab subnet 10.213.X.0/24 (the one-peer lab uses X+1).
+    #[arg(long, default_value_t = 10)]
+    subnet: u8,
+}
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("damselfly-bench: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// True when every method succeeded.
+fn run() -> Result<bool> {
+    damselfly_e2e::wait::install_interrupt_handler()?;
+    let args = Args::parse();
+    let single = !args.no_single && args.methods.contains(&MethodName::Damselfly);
+    let config = Config {
+        hosts: args.hosts,
+        rate: args.rate,
+        size: args.size,
+        methods: args.methods,
+        out: args.out,
+        damselfly_bin: args.damselfly_bin,
+        single,
+        single_size: args.single_size,
+        single_concurrent_size: args.single_concurrent_size,
+        prefix: args.prefix,
+        subnet: args.subnet,
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+    };
+    let report = bench::run(&config)?;
+    print!("{}", report.markdown());
+    eprintln!("bench: report in {}", config.out.display());
+    let single_ok = report.single.as_ref().is_none_or(|s| s.errors.is_empty());
+    Ok(report.methods.iter().all(|m| m.ok) && single_ok)
+}

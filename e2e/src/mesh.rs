@@ -1,0 +1,199 @@
+//! A Damselfly mesh in a lab: a scheduler, a seed peer and peer daemons,
+//! each in its own host, started through the `damselfly` CLI.
+//!
+//! Ports are fixed because every host has its own network namespace.
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+
+use crate::lab::Lab;
+use crate::process::{Job, Proc};
+use crate::wait::{wait_for, wait_for_tcp};
+
+pub const SCHEDULER_PORT: u16 = 8002;
+pub const SCHEDULER_METRICS_PORT: u16 = 8003;
+pub const PIECE_PORT: u16 = 8001;
+pub const PEER_METRICS_PORT: u16 = 8004;
+/// How long a daemon may take to answer on its ports.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A running peer daemon (seed or not).
+pub struct PeerDaemon {
+    pub host: String,
+    pub proc: Proc,
+    pub socket: PathBuf,
+    pub data_dir: PathBuf,
+}
+
+/// Scheduler, seed and peers of one mesh. Dropping it stops them all.
+pub struct Mesh {
+    bin: PathBuf,
+    scheduler_ip: Ipv4Addr,
+    pub scheduler: Proc,
+    pub seed: PeerDaemon,
+    pub peers: Vec<PeerDaemon>,
+}
+
+impl Mesh {
+    /// Starts the scheduler in `scheduler_host`, a seed peer in `seed_host`
+    /// and a peer in each of `peer_hosts`, with state under `state_dir`, and
+    /// waits until every daemon answers.
+    pub fn start(
+        lab: &Lab,
+        bin: &Path,
+        state_dir: &Path,
+        scheduler_host: &str,
+        seed_host: &str,
+        peer_hosts: &[&str],
+    ) -> Result<Mesh> {
+        let scheduler_ip = lab.ip(scheduler_host);
+        let mut cmd = Command::new(bin);
+        cmd.arg("scheduler")
+            .arg("--listen")
+            .arg(format!("{scheduler_ip}:{SCHEDULER_PORT}"))
+            .arg("--metrics-listen")
+            .arg(format!("{scheduler_ip}:{SCHEDULER_METRICS_PORT}"));
+        let scheduler = lab.spawn(scheduler_host, "scheduler", &cmd)?;
+        ready(&scheduler, scheduler_ip, SCHEDULER_PORT, None)?;
+
+        let scheduler_url = format!("http://{scheduler_ip}:{SCHEDULER_PORT}");
+        let start_peer = |host: &str, seed: bool| -> Result<PeerDaemon> {
+            start_peer(lab, bin, &scheduler_url, &state_dir.join(host), host, seed)
+        };
+        let seed = start_peer(seed_host, true)?;
+        let peers = peer_hosts
+            .iter()
+            .map(|h| start_peer(h, false))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Mesh {
+            scheduler_ip,
+            bin: bin.to_path_buf(),
+            scheduler,
+            seed,
+            peers,
+        })
+    }
+
+    /// Starts (or restarts, keeping its data dir) a peer in `host` with extra
+    /// environment variables, e.g. a fault switch.
+    pub fn start_peer(
+        &mut self,
+        lab: &Lab,
+        state_dir: &Path,
+        host: &str,
+        env: &[(&str, &str)],
+    ) -> Result<()> {
+        self.peers.retain(|p| p.host != host);
+        let url = format!("http://{}:{SCHEDULER_PORT}", self.scheduler_ip);
+        let peer = start_peer_with(lab, &self.bin, &url, &state_dir.join(host), host, false, env)?;
+        self.peers.push(peer);
+        Ok(())
+    }
+
+    /// Stops the peer in `host` (SIGTERM, then SIGKILL) and forgets it.
+    pub fn stop_peer(&mut self, host: &str) -> Result<()> {
+        if let Some(i) = self.peers.iter().position(|p| p.host == host) {
+            let mut p = self.peers.remove(i);
+            p.proc.stop()?;
+        }
+        Ok(())
+    }
+
+    pub fn peer(&self, host: &str) -> &PeerDaemon {
+        self.peers
+            .iter()
+            .find(|p| p.host == host)
+            .unwrap_or_else(|| panic!("no peer daemon in {host}"))
+    }
+
+    /// `damselfly get URL -o OUT` through `host`'s daemon, as a command.
+    pub fn get_command(&self, host: &str, url: &str, out: &Path) -> Command {
+        let mut cmd = Command::new(&self.bin);
+        cmd.arg("get")
+            .arg(url)
+            .arg("-o")
+            .arg(out)
+            .arg("--socket")
+            .arg(&self.peer(host).socket);
+        cmd
+    }
+
+    /// Starts `damselfly get` in `host` in the background.
+    pub fn start_get(&self, lab: &Lab, host: &str, url: &str, out: &Path) -> Result<Job> {
+        lab.start(host, "get", &self.get_command(host, url, out))
+    }
+}
+
+fn start_peer(
+    lab: &Lab,
+    bin: &Path,
+    scheduler: &str,
+    dir: &Path,
+    host: &str,
+    seed: bool,
+) -> Result<PeerDaemon> {
+    start_peer_with(lab, bin, scheduler, dir, host, seed, &[])
+}
+
+fn start_peer_with(
+    lab: &Lab,
+    bin: &Path,
+    scheduler: &str,
+    dir: &Path,
+    host: &str,
+    seed: bool,
+    env: &[(&str, &str)],
+) -> Result<PeerDaemon> {
+    let ip = lab.ip(host);
+    let data_dir = dir.join("data");
+    std::fs::create_dir_all(&data_dir).with_context(|| format!("create {}", data_dir.display()))?;
+    let socket = dir.join("daemon.sock");
+    let mut cmd = Command::new(bin);
+    cmd.arg("peer");
+    if seed {
+        cmd.arg("--seed");
+    }
+    cmd.arg("--scheduler")
+        .arg(scheduler)
+        .arg("--data-dir")
+        .arg(&data_dir)
+        .arg("--socket")
+        .arg(&socket)
+        .arg("--piece-listen")
+        .arg(format!("{ip}:{PIECE_PORT}"))
+        .arg("--advertise-ip")
+        .arg(ip.to_string())
+        .arg("--metrics-listen")
+        .arg(format!("{ip}:{PEER_METRICS_PORT}"));
+    cmd.envs(env.iter().copied());
+    let proc = lab.spawn(host, if seed { "seed" } else { "peer" }, &cmd)?;
+    ready(&proc, ip, PIECE_PORT, Some(&socket))?;
+    Ok(PeerDaemon {
+        host: host.to_string(),
+        proc,
+        socket,
+        data_dir,
+    })
+}
+
+/// Waits until `proc` accepts TCP on `ip:port` and, if given, its socket
+/// file exists; fails early with the log if the process died.
+fn ready(proc: &Proc, ip: Ipv4Addr, port: u16, socket: Option<&Path>) -> Result<()> {
+    let failed = || format!("{} did not become ready:\n{}", proc.name(), proc.log_tail(20));
+    wait_for(&format!("{} to listen", proc.name()), READY_TIMEOUT, || {
+        !proc.is_running() || std::net::TcpStream::connect((ip, port)).is_ok()
+    })
+    .with_context(failed)?;
+    if let Some(socket) = socket {
+        wait_for(&format!("{}", socket.display()), READY_TIMEOUT, || {
+            !proc.is_running() || socket.exists()
+        })
+        .with_context(failed)?;
+    }
+    anyhow::ensure!(proc.is_running(), "{}", failed());
+    wait_for_tcp(ip, port, READY_TIMEOUT).with_context(failed)
+}

@@ -1,0 +1,201 @@
+//! The peer's config file (TOML). Every field has a named default; the
+//! common ones can be overridden by flags.
+//!
+//! ```toml
+//! data_dir = "/var/lib/damselfly"
+//! socket = "/run/damselfly/daemon.sock"    # local API for `damselfly get`
+//! schedulers = ["http://10.0.0.2:8002"]
+//! piece_listen = "0.0.0.0:4001"            # other peers fetch pieces here
+//! advertise_ip = ""                        # empty: the address used to reach the first scheduler
+//! metrics_listen = "127.0.0.1:4002"
+//! seed = false
+//! idc = ""
+//! location = ""                            # "country|city|rack"
+//! upload_slots = 16                        # children served at once per task
+//! upload_rate = "0"                        # bytes/s, 0 = unlimited ("100MiB" also works)
+//! download_rate = "0"
+//! task_ttl = "24h"
+//! gc_interval = "1m"
+//! disk_high_watermark = 90                 # percent of the data_dir filesystem
+//! disk_low_watermark = 80
+//! ```
+
+use bytesize::ByteSize;
+use damselfly_service::config::ConfigError;
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PeerConfig {
+    pub data_dir: PathBuf,
+    pub socket: PathBuf,
+    pub schedulers: Vec<String>,
+    pub piece_listen: SocketAddr,
+    pub advertise_ip: String,
+    pub metrics_listen: SocketAddr,
+    pub seed: bool,
+    pub idc: String,
+    pub location: String,
+    pub upload_slots: u32,
+    pub upload_rate: ByteSize,
+    pub download_rate: ByteSize,
+    #[serde(with = "humantime_serde")]
+    pub task_ttl: Duration,
+    #[serde(with = "humantime_serde")]
+    pub gc_interval: Duration,
+    pub disk_high_watermark: u8,
+    pub disk_low_watermark: u8,
+    /// A download with no new piece for this long asks for new parents,
+    /// and after twice this long goes back to source.
+    #[serde(with = "humantime_serde")]
+    pub stall_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub keepalive_interval: Duration,
+    pub source: SourceConfig,
+    pub log_level: String,
+}
+
+/// Back-to-source behaviour.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SourceConfig {
+    pub retries: u32,
+    #[serde(with = "humantime_serde")]
+    pub retry_backoff: Duration,
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Accept origins with self-signed certificates (tests, labs).
+    pub insecure_tls: bool,
+}
+
+const DEFAULT_DATA_DIR: &str = "/var/lib/damselfly";
+const DEFAULT_SOCKET: &str = "/run/damselfly/daemon.sock";
+const DEFAULT_UPLOAD_SLOTS: u32 = 16;
+
+impl Default for PeerConfig {
+    fn default() -> Self {
+        Self {
+            data_dir: DEFAULT_DATA_DIR.into(),
+            socket: DEFAULT_SOCKET.into(),
+            schedulers: Vec::new(),
+            piece_listen: "0.0.0.0:4001".parse().expect("valid literal"),
+            advertise_ip: String::new(),
+            metrics_listen: "127.0.0.1:4002".parse().expect("valid literal"),
+            seed: false,
+            idc: String::new(),
+            location: String::new(),
+            upload_slots: DEFAULT_UPLOAD_SLOTS,
+            upload_rate: ByteSize(0),
+            download_rate: ByteSize(0),
+            task_ttl: Duration::from_secs(24 * 3600),
+            gc_interval: Duration::from_secs(60),
+            disk_high_watermark: 90,
+            disk_low_watermark: 80,
+            stall_timeout: Duration::from_secs(5),
+            keepalive_interval: Duration::from_secs(5),
+            source: SourceConfig::default(),
+            log_level: "info".into(),
+        }
+    }
+}
+
+impl Default for SourceConfig {
+    fn default() -> Self {
+        Self {
+            retries: 5,
+            retry_backoff: Duration::from_millis(200),
+            connect_timeout: Duration::from_secs(10),
+            insecure_tls: false,
+        }
+    }
+}
+
+impl PeerConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.data_dir.as_os_str().is_empty() || !self.data_dir.is_absolute() {
+            return Err(ConfigError::invalid("data_dir", "must be an absolute path"));
+        }
+        if !self.socket.is_absolute() {
+            return Err(ConfigError::invalid("socket", "must be an absolute path"));
+        }
+        for (i, s) in self.schedulers.iter().enumerate() {
+            let ok = url::Url::parse(s)
+                .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some());
+            if !ok {
+                return Err(ConfigError::invalid(
+                    format!("schedulers[{i}]"),
+                    format!("{s:?} is not an http(s)://host:port URL"),
+                ));
+            }
+        }
+        if !self.advertise_ip.is_empty() && self.advertise_ip.parse::<std::net::IpAddr>().is_err() {
+            return Err(ConfigError::invalid(
+                "advertise_ip",
+                format!("{:?} is not an IP address", self.advertise_ip),
+            ));
+        }
+        if self.upload_slots == 0 {
+            return Err(ConfigError::invalid("upload_slots", "must be at least 1"));
+        }
+        if self.disk_high_watermark > 100 || self.disk_low_watermark >= self.disk_high_watermark {
+            return Err(ConfigError::invalid(
+                "disk_low_watermark",
+                "watermarks must satisfy low < high <= 100",
+            ));
+        }
+        if self.gc_interval.is_zero() || self.keepalive_interval.is_zero() || self.stall_timeout.is_zero() {
+            return Err(ConfigError::invalid("gc_interval", "intervals must be positive"));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use damselfly_service::config::parse;
+
+    #[test]
+    fn defaults_are_valid() {
+        PeerConfig::default().validate().unwrap();
+    }
+
+    #[test]
+    fn sizes_and_durations_parse() {
+        let c: PeerConfig = parse(
+            "upload_rate = \"100MiB\"\ntask_ttl = \"2h\"\n[source]\nretries = 2\n",
+            "p",
+        )
+        .unwrap();
+        assert_eq!(c.upload_rate.as_u64(), 100 * 1024 * 1024);
+        assert_eq!(c.task_ttl, Duration::from_secs(7200));
+        assert_eq!(c.source.retries, 2);
+    }
+
+    #[test]
+    fn errors_name_fields() {
+        let mut c = PeerConfig {
+            schedulers: vec!["nope".into()],
+            ..PeerConfig::default()
+        };
+        assert!(c.validate().unwrap_err().to_string().contains("schedulers[0]"));
+        c.schedulers.clear();
+        c.advertise_ip = "x".into();
+        assert!(c.validate().unwrap_err().to_string().contains("advertise_ip"));
+        assert!(
+            parse::<PeerConfig>("upload_slots = -1", "p.toml")
+                .unwrap_err()
+                .to_string()
+                .contains("upload_slots")
+        );
+        assert!(
+            parse::<PeerConfig>("seeds = true", "p.toml")
+                .unwrap_err()
+                .to_string()
+                .contains("seeds")
+        );
+    }
+}

@@ -1,0 +1,171 @@
+//! The piece protocol between peers: length-prefixed frames on one TCP
+//! connection per (child, parent, task).
+//!
+//! Frame: `kind: u8`, `len: u32` (big-endian), `len` bytes of payload.
+//! The child opens with `Hello` and then sends `Request`s, pipelining several;
+//! the parent answers with its `Bitmap`, then `Have`s as it gets (or decides
+//! to advertise) pieces, and a `Piece` per request, in request order. No
+//! per-piece connection set-up, no per-piece framing beyond 9 bytes.
+
+use bytes::Bytes;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// Largest frame accepted: a max-size piece plus its header.
+pub const MAX_FRAME: u32 = damselfly_proto::piece::MAX_PIECE_LENGTH + 64;
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Frame {
+    /// Child -> parent, first frame.
+    Hello { task_id: String, peer_id: String },
+    /// Child -> parent: send me this piece.
+    Request(u32),
+    /// Parent -> child: what it advertises now (little-endian bitmap).
+    Bitmap { pieces: u32, bits: Vec<u8> },
+    /// Parent -> child: newly advertised pieces.
+    Have(Vec<u32>),
+    /// Parent -> child: the bytes of one piece.
+    Piece { index: u32, data: Bytes },
+    /// Either way: a reason to close.
+    Error(String),
+}
+
+const HELLO: u8 = 1;
+const REQUEST: u8 = 2;
+const BITMAP: u8 = 10;
+const HAVE: u8 = 11;
+const PIECE: u8 = 12;
+const ERROR: u8 = 13;
+
+fn bad(msg: impl Into<String>) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidData, msg.into())
+}
+
+fn u32_at(b: &[u8], at: usize) -> std::io::Result<u32> {
+    b.get(at..at + 4)
+        .map(|s| u32::from_be_bytes(s.try_into().expect("4 bytes")))
+        .ok_or_else(|| bad("frame too short"))
+}
+
+pub async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, f: &Frame) -> std::io::Result<()> {
+    let (kind, head, body): (u8, Vec<u8>, &[u8]) = match f {
+        Frame::Hello { task_id, peer_id } => (HELLO, format!("{task_id}\n{peer_id}").into_bytes(), &[]),
+        Frame::Request(i) => (REQUEST, i.to_be_bytes().to_vec(), &[]),
+        Frame::Bitmap { pieces, bits } => {
+            let mut h = pieces.to_be_bytes().to_vec();
+            h.extend_from_slice(bits);
+            (BITMAP, h, &[])
+        }
+        Frame::Have(list) => (HAVE, list.iter().flat_map(|i| i.to_be_bytes()).collect(), &[]),
+        Frame::Piece { index, data } => (PIECE, index.to_be_bytes().to_vec(), data.as_ref()),
+        Frame::Error(m) => (ERROR, m.as_bytes().to_vec(), &[]),
+    };
+    let len = (head.len() + body.len()) as u32;
+    let mut header = Vec::with_capacity(5 + head.len());
+    header.push(kind);
+    header.extend_from_slice(&len.to_be_bytes());
+    header.extend_from_slice(&head);
+    w.write_all(&header).await?;
+    if !body.is_empty() {
+        w.write_all(body).await?;
+    }
+    Ok(())
+}
+
+/// Reads one frame; `Ok(None)` at a clean end of stream.
+pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> std::io::Result<Option<Frame>> {
+    let kind = match r.read_u8().await {
+        Ok(k) => k,
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let len = r.read_u32().await?;
+    if len > MAX_FRAME {
+        return Err(bad(format!("frame of {len} bytes is too large")));
+    }
+    let mut buf = vec![0u8; len as usize];
+    r.read_exact(&mut buf).await?;
+    let frame = match kind {
+        HELLO => {
+            let s = String::from_utf8(buf).map_err(|_| bad("hello is not utf-8"))?;
+            let (task_id, peer_id) = s.split_once('\n').ok_or_else(|| bad("malformed hello"))?;
+            Frame::Hello {
+                task_id: task_id.into(),
+                peer_id: peer_id.into(),
+            }
+        }
+        REQUEST => Frame::Request(u32_at(&buf, 0)?),
+        BITMAP => Frame::Bitmap {
+            pieces: u32_at(&buf, 0)?,
+            bits: buf[4..].to_vec(),
+        },
+        HAVE => {
+            if !buf.len().is_multiple_of(4) {
+                return Err(bad("malformed have"));
+            }
+            Frame::Have(
+                buf.chunks_exact(4)
+                    .map(|c| u32::from_be_bytes(c.try_into().expect("4 bytes")))
+                    .collect(),
+            )
+        }
+        PIECE => {
+            let index = u32_at(&buf, 0)?;
+            let mut data = Bytes::from(buf);
+            let data = data.split_off(4);
+            Frame::Piece { index, data }
+        }
+        ERROR => Frame::Error(String::from_utf8_lossy(&buf).into_owned()),
+        other => return Err(bad(format!("unknown frame kind {other}"))),
+    };
+    Ok(Some(frame))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn round_trip() {
+        let frames = vec![
+            Frame::Hello {
+                task_id: "t".into(),
+                peer_id: "p".into(),
+            },
+            Frame::Request(7),
+            Frame::Bitmap {
+                pieces: 9,
+                bits: vec![0xff, 1],
+            },
+            Frame::Have(vec![1, 2, 300]),
+            Frame::Piece {
+                index: 3,
+                data: Bytes::from_static(b"hello"),
+            },
+            Frame::Error("gone".into()),
+        ];
+        let mut buf = Vec::new();
+        for f in &frames {
+            write_frame(&mut buf, f).await.unwrap();
+        }
+        let mut r = buf.as_slice();
+        for f in &frames {
+            assert_eq!(&read_frame(&mut r).await.unwrap().unwrap(), f);
+        }
+        assert!(read_frame(&mut r).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn garbage_is_an_error_not_a_panic() {
+        for input in [
+            vec![99u8, 0, 0, 0, 0],
+            vec![PIECE, 0xff, 0xff, 0xff, 0xff],
+            vec![HAVE, 0, 0, 0, 3, 1, 2, 3],
+            vec![REQUEST, 0, 0, 0, 1, 0],
+            vec![HELLO, 0, 0, 0, 1, b'x'],
+            vec![PIECE, 0, 0],
+        ] {
+            let mut r = input.as_slice();
+            assert!(read_frame(&mut r).await.is_err(), "{input:?}");
+        }
+    }
+}

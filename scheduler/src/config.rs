@@ -1,0 +1,162 @@
+//! The scheduler's config file (TOML). Every field has a named default.
+//!
+//! ```toml
+//! listen = "0.0.0.0:8002"          # gRPC for peers
+//! http_listen = "0.0.0.0:8003"     # /metrics and /tasks/{id}
+//! host_timeout = "30s"             # a host silent this long is removed with its peers
+//! task_ttl = "1h"                  # a task with no peer for this long is forgotten
+//! gc_interval = "30s"
+//! [evaluator]
+//! candidate_parent_limit = 4       # parents handed to one peer
+//! filter_parent_limit = 40         # candidates looked at per decision
+//! ```
+
+use damselfly_service::config::ConfigError;
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SchedulerConfig {
+    pub listen: SocketAddr,
+    pub http_listen: SocketAddr,
+    #[serde(with = "humantime_serde")]
+    pub host_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub task_ttl: Duration,
+    #[serde(with = "humantime_serde")]
+    pub gc_interval: Duration,
+    pub evaluator: EvaluatorConfig,
+    pub log_level: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EvaluatorConfig {
+    /// How many parents one peer is given.
+    pub candidate_parent_limit: usize,
+    /// How many candidates are filtered and scored per decision (bounds the work at scale).
+    pub filter_parent_limit: usize,
+    /// A parent whose piece cost exceeds its own mean by this many standard
+    /// deviations (with enough samples) is a bad node.
+    pub bad_node_sigma: f64,
+    /// With few samples: a cost above this many times the mean is a bad node.
+    pub bad_node_mean_factor: f64,
+    /// Samples needed before the sigma rule is used.
+    pub bad_node_min_samples: u64,
+    /// Distinct peers that must report corrupt pieces from one host before
+    /// that host is excluded for the whole task (a single reporter only
+    /// blocklists it for itself).
+    pub corrupt_reports_for_bad_host: usize,
+}
+
+fn default_listen() -> SocketAddr {
+    "0.0.0.0:8002".parse().expect("valid literal")
+}
+fn default_http_listen() -> SocketAddr {
+    "0.0.0.0:8003".parse().expect("valid literal")
+}
+const DEFAULT_HOST_TIMEOUT: Duration = Duration::from_secs(30);
+const DEFAULT_TASK_TTL: Duration = Duration::from_secs(3600);
+const DEFAULT_GC_INTERVAL: Duration = Duration::from_secs(30);
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        Self {
+            listen: default_listen(),
+            http_listen: default_http_listen(),
+            host_timeout: DEFAULT_HOST_TIMEOUT,
+            task_ttl: DEFAULT_TASK_TTL,
+            gc_interval: DEFAULT_GC_INTERVAL,
+            evaluator: EvaluatorConfig::default(),
+            log_level: "info".into(),
+        }
+    }
+}
+
+impl Default for EvaluatorConfig {
+    fn default() -> Self {
+        Self {
+            candidate_parent_limit: 4,
+            filter_parent_limit: 40,
+            bad_node_sigma: 3.0,
+            bad_node_mean_factor: 20.0,
+            bad_node_min_samples: 30,
+            corrupt_reports_for_bad_host: 2,
+        }
+    }
+}
+
+impl SchedulerConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.host_timeout < Duration::from_secs(1) {
+            return Err(ConfigError::invalid("host_timeout", "must be at least 1s"));
+        }
+        if self.gc_interval.is_zero() {
+            return Err(ConfigError::invalid("gc_interval", "must be positive"));
+        }
+        let e = &self.evaluator;
+        if e.candidate_parent_limit == 0 || e.candidate_parent_limit > 64 {
+            return Err(ConfigError::invalid(
+                "evaluator.candidate_parent_limit",
+                "must be 1..=64",
+            ));
+        }
+        if e.filter_parent_limit < e.candidate_parent_limit {
+            return Err(ConfigError::invalid(
+                "evaluator.filter_parent_limit",
+                "must be at least evaluator.candidate_parent_limit",
+            ));
+        }
+        let positive = e.bad_node_sigma > 0.0 && e.bad_node_mean_factor > 1.0;
+        if !positive {
+            return Err(ConfigError::invalid(
+                "evaluator.bad_node_sigma",
+                "bad_node_sigma must be > 0 and bad_node_mean_factor > 1",
+            ));
+        }
+        if e.corrupt_reports_for_bad_host == 0 {
+            return Err(ConfigError::invalid(
+                "evaluator.corrupt_reports_for_bad_host",
+                "must be at least 1",
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use damselfly_service::config::parse;
+
+    #[test]
+    fn defaults_validate_and_parse() {
+        SchedulerConfig::default().validate().unwrap();
+        let c: SchedulerConfig = parse(
+            "host_timeout = \"10s\"\n[evaluator]\ncandidate_parent_limit = 2\n",
+            "t",
+        )
+        .unwrap();
+        assert_eq!(c.host_timeout, Duration::from_secs(10));
+        assert_eq!(c.evaluator.candidate_parent_limit, 2);
+        assert_eq!(c.evaluator.filter_parent_limit, 40);
+    }
+
+    #[test]
+    fn bad_values_name_the_field() {
+        let mut c = SchedulerConfig::default();
+        c.evaluator.candidate_parent_limit = 0;
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("evaluator.candidate_parent_limit")
+        );
+        let e = parse::<SchedulerConfig>("host_timeout = \"soon\"", "s.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("host_timeout"), "{e}");
+    }
+}

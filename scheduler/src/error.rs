@@ -1,0 +1,29 @@
+//! The scheduler's one error type, converted to `tonic::Status` in one place.
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    #[error("unknown host {0}: announce the host first")]
+    UnknownHost(String),
+    #[error("config: {0}")]
+    Config(#[from] damselfly_service::config::ConfigError),
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("gRPC server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+impl From<Error> for tonic::Status {
+    fn from(e: Error) -> Self {
+        match e {
+            Error::BadRequest(m) => tonic::Status::invalid_argument(m),
+            Error::UnknownHost(_) => tonic::Status::failed_precondition(e.to_string()),
+            other => tonic::Status::internal(other.to_string()),
+        }
+    }
+}

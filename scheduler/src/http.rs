@@ -1,0 +1,83 @@
+//! HTTP for operators and tests: `/metrics`, `/healthz` and `/tasks/{id}`.
+
+use crate::service::Shared;
+use crate::state::PeerState;
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::routing::get;
+use prometheus_client::registry::Registry;
+use serde::Serialize;
+use std::sync::Arc;
+
+#[derive(Serialize)]
+pub struct TaskView {
+    pub task_id: String,
+    pub content_length: Option<u64>,
+    pub piece_length: Option<u32>,
+    pub digests_known: usize,
+    pub seed_host: Option<String>,
+    pub bad_hosts: Vec<String>,
+    pub peers: Vec<PeerView>,
+}
+
+#[derive(Serialize)]
+pub struct PeerView {
+    pub peer_id: String,
+    pub host_id: String,
+    pub state: &'static str,
+    pub source: bool,
+    pub pieces: u32,
+    pub parents: Vec<String>,
+    pub blocklist: Vec<String>,
+}
+
+pub fn router(shared: Arc<Shared>, registry: Arc<Registry>) -> axum::Router {
+    damselfly_service::telemetry::metrics_router(registry).merge(
+        axum::Router::new()
+            .route("/healthz", get(|| async { "ok" }))
+            .route("/tasks/{id}", get(task))
+            .with_state(shared),
+    )
+}
+
+async fn task(
+    State(shared): State<Arc<Shared>>,
+    Path(id): Path<String>,
+) -> Result<Json<TaskView>, StatusCode> {
+    let state = shared.state.lock().expect("state lock");
+    let t = state.tasks.get(&id).ok_or(StatusCode::NOT_FOUND)?;
+    let mut peers: Vec<PeerView> = t
+        .peers
+        .values()
+        .map(|p| {
+            let mut blocklist: Vec<String> = p.blocklist.iter().cloned().collect();
+            blocklist.sort();
+            PeerView {
+                peer_id: p.id.clone(),
+                host_id: p.host_id.clone(),
+                state: if p.state == PeerState::Running && p.tx.is_none() {
+                    "left"
+                } else {
+                    p.state.as_str()
+                },
+                source: p.source,
+                pieces: p.pieces,
+                parents: p.parents.clone(),
+                blocklist,
+            }
+        })
+        .collect();
+    peers.sort_by(|a, b| a.peer_id.cmp(&b.peer_id));
+    let mut bad_hosts: Vec<String> = t.bad_hosts.iter().cloned().collect();
+    bad_hosts.sort();
+    Ok(Json(TaskView {
+        task_id: t.id.clone(),
+        content_length: t.layout.map(|l| l.content_length),
+        piece_length: t.layout.map(|l| l.piece_length),
+        digests_known: t.digests_known(),
+        seed_host: t.seed_host.clone(),
+        bad_hosts,
+        peers,
+    }))
+}

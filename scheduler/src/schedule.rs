@@ -1,0 +1,327 @@
+//! Parent selection and re-planning.
+//!
+//! A peer gets up to `candidate_parent_limit` parents, chosen from at most
+//! `filter_parent_limit` candidates of the task (sources always among them),
+//! so one decision never scans a whole large swarm. Filters, in order: the
+//! peer itself, the same host, the peer's blocklist, hosts that several peers
+//! caught serving corrupt pieces, and the evaluator's judgement (alive, free
+//! upload slot, not a bad node).
+//!
+//! The parent graph is a DAG towards the sources: a source never gets a
+//! parent, and a peer never gets one of its own descendants as a parent
+//! unless the two can trade (both running): siblings under one seed are
+//! each other's parents on purpose, because the seed hands each of them
+//! different pieces (see the piece server's super-seeding) and they swap
+//! them. A piece itself only ever flows from a holder to a peer lacking it,
+//! so piece flow cannot cycle.
+
+use crate::config::EvaluatorConfig;
+use crate::evaluator::{Evaluator, View};
+use crate::state::{PeerState, State, Task};
+use damselfly_proto::scheduler::{Parent, Parents, TaskCommand, task_command};
+use rand::seq::IteratorRandom;
+
+/// Bonus that keeps a current parent over an equally good newcomer, so
+/// re-planning does not churn connections.
+const STICKY_BONUS: f64 = 0.2;
+
+pub struct Planner {
+    pub evaluator: Box<dyn Evaluator>,
+    pub config: EvaluatorConfig,
+}
+
+impl Planner {
+    /// Chooses parents for `peer_id`, records the edges and sends the set.
+    /// Returns how many parents it got.
+    pub fn schedule(&self, state: &mut State, task_id: &str, peer_id: &str) -> usize {
+        let Some(task) = state.tasks.get(task_id) else {
+            return 0;
+        };
+        let Some(peer) = task.peers.get(peer_id) else {
+            return 0;
+        };
+        if peer.source || peer.state != PeerState::Running {
+            return 0;
+        }
+        let Some(child_host) = state.hosts.get(&peer.host_id) else {
+            return 0;
+        };
+        let total = task.layout.map(|l| l.piece_count()).unwrap_or(0);
+        let child = View {
+            peer,
+            host: child_host,
+            total_pieces: total,
+        };
+        let mut scored: Vec<(f64, String)> = self
+            .candidates(task, peer_id)
+            .into_iter()
+            .filter_map(|cand_id| {
+                let cand = task.peers.get(cand_id)?;
+                let host = state.hosts.get(&cand.host_id)?;
+                if cand.host_id == peer.host_id
+                    || peer.blocklist.contains(cand_id)
+                    || task.bad_hosts.contains(&cand.host_id)
+                    || (!cand.source
+                        && cand.state != PeerState::Running
+                        && cand.state != PeerState::Succeeded)
+                {
+                    return None;
+                }
+                // A cycle is fine only between two running peers trading pieces.
+                if cand.state != PeerState::Running && task.is_descendant(peer_id, cand_id) {
+                    return None;
+                }
+                let parent = View {
+                    peer: cand,
+                    host,
+                    total_pieces: total,
+                };
+                if !self.evaluator.usable(&child, &parent) {
+                    return None;
+                }
+                let sticky = if peer.parents.iter().any(|p| p == cand_id) {
+                    STICKY_BONUS
+                } else {
+                    0.0
+                };
+                Some((
+                    self.evaluator.score(&child, &parent) + sticky,
+                    cand_id.to_string(),
+                ))
+            })
+            .collect();
+        scored.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+        scored.truncate(self.config.candidate_parent_limit);
+        let chosen: Vec<String> = scored.into_iter().map(|(_, id)| id).collect();
+        let msg = parents_message(state, task_id, &chosen);
+        let task = state.tasks.get_mut(task_id).expect("checked above");
+        task.set_parents(peer_id, chosen.clone());
+        task.send(peer_id, msg);
+        chosen.len()
+    }
+
+    /// Sources first, then the rest in registration order, capped at
+    /// `filter_parent_limit` (a random sample when the swarm is larger).
+    fn candidates<'t>(&self, task: &'t Task, peer_id: &str) -> Vec<&'t str> {
+        let mut out: Vec<&str> = task
+            .peers
+            .values()
+            .filter(|p| p.source)
+            .map(|p| p.id.as_str())
+            .collect();
+        let others: Vec<&str> = task
+            .order
+            .iter()
+            .map(String::as_str)
+            .filter(|id| *id != peer_id && !task.peers.get(*id).is_some_and(|p| p.source))
+            .collect();
+        let room = self.config.filter_parent_limit.saturating_sub(out.len());
+        if others.len() <= room {
+            out.extend(others);
+        } else {
+            out.extend(others.into_iter().choose_multiple(&mut rand::rng(), room));
+        }
+        out
+    }
+
+    /// Gives new parents to every running peer that has fewer than the limit,
+    /// oldest first.
+    pub fn replan(&self, state: &mut State, task_id: &str) {
+        let Some(task) = state.tasks.get(task_id) else {
+            return;
+        };
+        let needy: Vec<String> = task
+            .order
+            .iter()
+            .filter(|id| {
+                task.peers.get(*id).is_some_and(|p| {
+                    !p.source
+                        && p.state == PeerState::Running
+                        && p.tx.is_some()
+                        && p.parents.len() < self.config.candidate_parent_limit
+                })
+            })
+            .cloned()
+            .collect();
+        for id in needy {
+            self.schedule(state, task_id, &id);
+        }
+    }
+}
+
+/// The `Parents` command for these peer ids, with their addresses.
+pub fn parents_message(state: &State, task_id: &str, ids: &[String]) -> TaskCommand {
+    let task = &state.tasks[task_id];
+    let parents = ids
+        .iter()
+        .filter_map(|id| {
+            let p = task.peers.get(id)?;
+            let h = state.hosts.get(&p.host_id)?;
+            Some(Parent {
+                peer_id: p.id.clone(),
+                host_id: p.host_id.clone(),
+                ip: h.info.ip.clone(),
+                piece_port: h.info.piece_port,
+                seed: p.source,
+            })
+        })
+        .collect();
+    TaskCommand {
+        cmd: Some(task_command::Cmd::Parents(Parents { parents })),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::evaluator::DefaultEvaluator;
+    use crate::state::{CostStats, Host, Peer};
+    use damselfly_proto::scheduler::{HostInfo, TaskSpec};
+    use std::collections::HashSet;
+    use std::time::Instant;
+
+    fn planner(limit: usize) -> Planner {
+        let config = EvaluatorConfig {
+            candidate_parent_limit: limit,
+            ..EvaluatorConfig::default()
+        };
+        Planner {
+            evaluator: Box::new(DefaultEvaluator {
+                config: config.clone(),
+            }),
+            config,
+        }
+    }
+
+    fn add_host(s: &mut State, id: &str, slots: u32, idc: &str) {
+        let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+        s.hosts.insert(
+            id.into(),
+            Host {
+                info: HostInfo {
+                    host_id: id.into(),
+                    ip: "10.0.0.1".into(),
+                    piece_port: 1,
+                    upload_slots: slots,
+                    idc: idc.into(),
+                    ..Default::default()
+                },
+                tx,
+                conn: 0,
+                last_seen: Instant::now(),
+                active_uploads: 0,
+                costs: CostStats::default(),
+            },
+        );
+    }
+
+    fn add_peer(s: &mut State, id: &str, host: &str, source: bool) {
+        let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+        let t = s
+            .tasks
+            .entry("t".into())
+            .or_insert_with(|| Task::new("t".into(), TaskSpec::default()));
+        t.peers.insert(
+            id.into(),
+            Peer {
+                id: id.into(),
+                host_id: host.into(),
+                state: PeerState::Running,
+                source,
+                pieces: 0,
+                parents: vec![],
+                children: HashSet::new(),
+                blocklist: HashSet::new(),
+                tx: Some(tx),
+                registered: Instant::now(),
+            },
+        );
+        t.order.push(id.into());
+    }
+
+    fn parents(s: &State, id: &str) -> Vec<String> {
+        s.tasks["t"].peers[id].parents.clone()
+    }
+
+    #[test]
+    fn filters_same_host_blocklist_and_bad_hosts() {
+        let mut s = State::default();
+        for h in ["h1", "h2", "h3", "h4"] {
+            add_host(&mut s, h, 8, "");
+        }
+        add_peer(&mut s, "seed", "h1", true);
+        add_peer(&mut s, "a", "h2", false);
+        add_peer(&mut s, "a2", "h2", false);
+        add_peer(&mut s, "b", "h3", false);
+        add_peer(&mut s, "c", "h4", false);
+        let p = planner(8);
+        p.schedule(&mut s, "t", "a");
+        let got = parents(&s, "a");
+        assert!(got.contains(&"seed".to_string()));
+        assert!(!got.contains(&"a2".to_string()), "same host filtered: {got:?}");
+        assert!(!got.contains(&"a".to_string()));
+
+        s.tasks
+            .get_mut("t")
+            .unwrap()
+            .peers
+            .get_mut("a")
+            .unwrap()
+            .blocklist
+            .insert("b".into());
+        s.tasks.get_mut("t").unwrap().bad_hosts.insert("h4".into());
+        p.schedule(&mut s, "t", "a");
+        assert_eq!(parents(&s, "a"), vec!["seed".to_string()]);
+    }
+
+    #[test]
+    fn sources_get_no_parents_and_limits_hold() {
+        let mut s = State::default();
+        for h in ["h1", "h2", "h3", "h4", "h5"] {
+            add_host(&mut s, h, 2, "");
+        }
+        add_peer(&mut s, "seed", "h1", true);
+        for (i, h) in ["h2", "h3", "h4", "h5"].iter().enumerate() {
+            add_peer(&mut s, &format!("p{i}"), h, false);
+        }
+        let p = planner(2);
+        assert_eq!(p.schedule(&mut s, "t", "seed"), 0);
+        p.replan(&mut s, "t");
+        for i in 0..4 {
+            assert!(parents(&s, &format!("p{i}")).len() <= 2);
+        }
+        // upload slots: nobody serves more than 2 children
+        for peer in s.tasks["t"].peers.values() {
+            assert!(peer.children.len() <= 2, "{} has {:?}", peer.id, peer.children);
+        }
+    }
+
+    #[test]
+    fn finished_descendants_are_not_parents() {
+        let mut s = State::default();
+        for h in ["h1", "h2", "h3"] {
+            add_host(&mut s, h, 8, "");
+        }
+        add_peer(&mut s, "a", "h1", false);
+        add_peer(&mut s, "b", "h2", false);
+        let t = s.tasks.get_mut("t").unwrap();
+        t.set_parents("b", vec!["a".into()]);
+        t.peers.get_mut("b").unwrap().state = PeerState::Succeeded;
+        let p = planner(4);
+        p.schedule(&mut s, "t", "a");
+        assert!(parents(&s, "a").is_empty(), "b descends from a");
+    }
+
+    #[test]
+    fn same_idc_scores_higher() {
+        let mut s = State::default();
+        add_host(&mut s, "me", 8, "east");
+        add_host(&mut s, "far", 8, "west");
+        add_host(&mut s, "near", 8, "east");
+        add_peer(&mut s, "child", "me", false);
+        add_peer(&mut s, "far", "far", false);
+        add_peer(&mut s, "near", "near", false);
+        planner(1).schedule(&mut s, "t", "child");
+        assert_eq!(parents(&s, "child"), vec!["near".to_string()]);
+    }
+}

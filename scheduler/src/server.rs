@@ -1,0 +1,75 @@
+//! Starts the gRPC and HTTP servers and the GC loop; stops them on shutdown.
+
+use crate::config::SchedulerConfig;
+use crate::error::Error;
+use crate::evaluator::DefaultEvaluator;
+use crate::metrics::Metrics;
+use crate::schedule::Planner;
+use crate::service::{SchedulerService, Shared};
+use damselfly_proto::scheduler::scheduler_server::SchedulerServer;
+use damselfly_service::shutdown::Shutdown;
+use prometheus_client::registry::Registry;
+use std::sync::{Arc, Mutex};
+use tracing::info;
+
+/// Runs a scheduler until `shutdown` fires.
+pub async fn run(config: SchedulerConfig, shutdown: Shutdown) -> Result<(), Error> {
+    config.validate()?;
+    let mut registry = Registry::default();
+    let metrics = Metrics::new(&mut registry);
+    let shared = Arc::new(Shared {
+        state: Mutex::new(Default::default()),
+        planner: Planner {
+            evaluator: Box::new(DefaultEvaluator {
+                config: config.evaluator.clone(),
+            }),
+            config: config.evaluator.clone(),
+        },
+        metrics,
+    });
+
+    let http = tokio::net::TcpListener::bind(config.http_listen)
+        .await
+        .map_err(|source| Error::Io {
+            context: format!("bind http_listen {}", config.http_listen),
+            source,
+        })?;
+    let app = crate::http::router(shared.clone(), Arc::new(registry));
+    let stop = shutdown.clone();
+    let http_task = tokio::spawn(async move {
+        let _ = axum::serve(http, app)
+            .with_graceful_shutdown(async move { stop.wait().await })
+            .await;
+    });
+
+    let gc_shared = shared.clone();
+    let gc_stop = shutdown.clone();
+    let (host_timeout, ttl, every) = (config.host_timeout, config.task_ttl, config.gc_interval);
+    let gc_task = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => gc_shared.gc(host_timeout, ttl),
+                _ = gc_stop.wait() => break,
+            }
+        }
+    });
+
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| Error::Io {
+            context: format!("bind listen {}", config.listen),
+            source,
+        })?;
+    info!(grpc = %config.listen, http = %config.http_listen, "scheduler serving");
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let stop = shutdown.clone();
+    tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(10)))
+        .add_service(SchedulerServer::new(SchedulerService { shared }))
+        .serve_with_incoming_shutdown(incoming, async move { stop.wait().await })
+        .await?;
+    let _ = tokio::join!(http_task, gc_task);
+    Ok(())
+}
