@@ -7,6 +7,7 @@
 use clap::{Parser, Subcommand};
 
 mod get;
+mod manager;
 mod peer;
 mod scheduler;
 
@@ -25,6 +26,8 @@ enum Command {
     Peer(peer::Args),
     /// Download a URL through the local peer daemon.
     Get(get::Args),
+    /// Run a manager: clusters, liveness, preheat, REST API and web console.
+    Manager(manager::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -38,6 +41,7 @@ fn main() -> std::process::ExitCode {
             Command::Scheduler(args) => scheduler::run(args).await,
             Command::Peer(args) => peer::run(args).await,
             Command::Get(args) => get::run(args).await,
+            Command::Manager(args) => manager::run(args).await,
         }
     });
     match result {

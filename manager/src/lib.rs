@@ -73,17 +73,25 @@ pub struct Running {
     pub tasks: Vec<(&'static str, JoinHandle<()>)>,
 }
 
-/// Connects to the database, applies migrations, creates the defaults and
-/// the root user, binds both listeners and starts every loop.
+/// [`start_with`] with root's first password from `DAMSELFLY_ROOT_PASSWORD`
+/// (generated and printed once when unset).
 pub async fn start(config: config::Config, shutdown: Shutdown) -> error::Result<Running> {
+    let root_pw = std::env::var("DAMSELFLY_ROOT_PASSWORD").ok().filter(|p| !p.is_empty());
+    start_with(config, root_pw, shutdown).await
+}
+
+/// Connects to the database, applies migrations, creates the defaults and
+/// the root user (on first start), binds both listeners and starts every loop.
+pub async fn start_with(config: config::Config, root_password: Option<String>, shutdown: Shutdown) -> error::Result<Running> {
+    // reqwest is built without a default crypto provider: install ring once.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     config
         .validate()
         .map_err(|e| error::Error::invalid("config", e.to_string()))?;
     let db = db::Db::connect(&config.database).await?;
     store::clusters::ensure_defaults(&db).await?;
     let hasher = auth::Hasher::new(&config.auth);
-    let root_pw = std::env::var("DAMSELFLY_ROOT_PASSWORD").ok().filter(|p| !p.is_empty());
-    if let Some(generated) = store::users::ensure_root(&db, &hasher, root_pw).await? {
+    if let Some(generated) = store::users::ensure_root(&db, &hasher, root_password).await? {
         // Printed once, on the first start only; it is not stored anywhere in clear.
         eprintln!("damselfly manager: created user root with password {generated}");
     }

@@ -136,7 +136,8 @@ pub struct Credentials {
 
 impl Resolver {
     pub fn new(plain_http: Vec<String>) -> Result<Resolver> {
-        // reqwest is built without a default crypto provider: install ring once.
+        // reqwest is built without a default crypto provider: install ring once
+        // (a no-op when `start_with` already did).
         let _ = rustls::crypto::ring::default_provider().install_default();
         let client = reqwest::Client::builder()
             .user_agent(concat!("damselfly-manager/", env!("CARGO_PKG_VERSION")))
