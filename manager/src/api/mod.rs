@@ -11,6 +11,7 @@ mod clusters;
 mod instances;
 mod jobs;
 mod sessions;
+pub use sessions::session_cookie_header;
 mod users;
 
 use crate::Ctx;
