@@ -43,9 +43,16 @@ pub fn test_config(database: &str) -> Config {
 impl TestManager {
     /// A manager on a fresh SQLite file.
     pub async fn sqlite() -> TestManager {
+        TestManager::sqlite_with(|_| {}).await
+    }
+
+    /// A manager on a fresh SQLite file (removed on drop), config adjusted by `f`.
+    pub async fn sqlite_with(f: impl FnOnce(&mut Config)) -> TestManager {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}?mode=rwc", dir.path().join("m.db").display());
-        let mut m = TestManager::start(test_config(&url)).await;
+        let mut config = test_config(&url);
+        f(&mut config);
+        let mut m = TestManager::start(config).await;
         m._dir = Some(dir);
         m
     }
