@@ -93,8 +93,8 @@ pub struct Hasher {
 
 impl Hasher {
     pub fn new(cfg: &AuthConfig) -> Hasher {
-        let params =
-            Params::new(cfg.argon2_memory_kib, cfg.argon2_iterations, 1, None).expect("validated argon2 params");
+        let params = Params::new(cfg.argon2_memory_kib, cfg.argon2_iterations, 1, None)
+            .expect("validated argon2 params");
         Hasher {
             argon: Argon2::new(Algorithm::Argon2id, Version::V0x13, params),
             token_cache: Mutex::new(HashMap::new()),

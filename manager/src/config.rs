@@ -127,17 +127,26 @@ impl Config {
             return Err(ConfigError::invalid("sweep_interval", "must be positive"));
         }
         if self.auth.argon2_memory_kib < 8 || self.auth.argon2_iterations == 0 {
-            return Err(ConfigError::invalid("auth.argon2_memory_kib", "too small (>= 8 KiB, >= 1 iteration)"));
+            return Err(ConfigError::invalid(
+                "auth.argon2_memory_kib",
+                "too small (>= 8 KiB, >= 1 iteration)",
+            ));
         }
         if self.preheat.max_attempts == 0 {
             return Err(ConfigError::invalid("preheat.max_attempts", "must be at least 1"));
         }
         if self.preheat.poll_interval.is_zero() || self.preheat.lease.is_zero() {
-            return Err(ConfigError::invalid("preheat.lease", "intervals must be positive"));
+            return Err(ConfigError::invalid(
+                "preheat.lease",
+                "intervals must be positive",
+            ));
         }
         let parts = self.preheat.platform.split('/').count();
         if !(2..=3).contains(&parts) {
-            return Err(ConfigError::invalid("preheat.platform", "must be os/arch or os/arch/variant"));
+            return Err(ConfigError::invalid(
+                "preheat.platform",
+                "must be os/arch or os/arch/variant",
+            ));
         }
         Ok(())
     }
@@ -153,9 +162,11 @@ mod tests {
         let c: Config = damselfly_service::config::parse("database = \"mysql://x\"", "m.toml").unwrap();
         let e = c.validate().unwrap_err().to_string();
         assert!(e.contains("`database`"), "{e}");
-        let c: Config =
-            damselfly_service::config::parse("keepalive_timeout = \"2s\"\n[preheat]\nmax_attempts = 5", "m.toml")
-                .unwrap();
+        let c: Config = damselfly_service::config::parse(
+            "keepalive_timeout = \"2s\"\n[preheat]\nmax_attempts = 5",
+            "m.toml",
+        )
+        .unwrap();
         assert_eq!(c.keepalive_timeout, Duration::from_secs(2));
         assert_eq!(c.preheat.max_attempts, 5);
         assert_eq!(c.preheat.lease, Duration::from_secs(30));

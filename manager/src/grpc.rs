@@ -56,7 +56,10 @@ impl Service {
         Ok(crate::scope::rank(&all, facts).into_iter().cloned().collect())
     }
 
-    async fn register_scheduler(&self, r: pb::RegisterSchedulerRequest) -> Result<pb::RegisterSchedulerResponse> {
+    async fn register_scheduler(
+        &self,
+        r: pb::RegisterSchedulerRequest,
+    ) -> Result<pb::RegisterSchedulerResponse> {
         let cluster = if r.cluster_id == 0 {
             let facts = PeerFacts {
                 hostname: r.hostname.clone(),
@@ -122,7 +125,9 @@ impl Service {
                 });
             }
         }
-        let best = ranked.first().ok_or_else(|| Error::not_found("scheduler cluster"))?;
+        let best = ranked
+            .first()
+            .ok_or_else(|| Error::not_found("scheduler cluster"))?;
         Ok(pb::ListSchedulersResponse {
             cluster_id: best.id as u64,
             schedulers: vec![],
@@ -148,7 +153,11 @@ impl Service {
             let cluster = if hello.seed_peer_cluster_id == 0 {
                 clusters::default_seed_peer_cluster(&ctx.db).await?
             } else {
-                clusters::get_seed_peer_cluster(&ctx.db, id(hello.seed_peer_cluster_id, "seed_peer_cluster_id")?).await?
+                clusters::get_seed_peer_cluster(
+                    &ctx.db,
+                    id(hello.seed_peer_cluster_id, "seed_peer_cluster_id")?,
+                )
+                .await?
             };
             let inst = instances::register(
                 &ctx.db,
@@ -187,10 +196,7 @@ impl Service {
         let conn = ctx.hub.join(inst.id, tx);
         tracing::info!(instance = inst.id, hostname = %inst.hostname, "seed peer connected");
         ctx.wake.notify_one();
-        let p = &ctx.config.preheat;
-        let max_attempts = p.max_attempts as i64;
-        let extend = p.task_timeout.as_millis() as i64;
-        let retry = (p.poll_interval.as_millis() as i64) * 2;
+        let policy = crate::preheat::retry_policy(&ctx);
         while let Some(msg) = inbound.next().await {
             let Ok(msg) = msg else { break };
             let result = match msg.message {
@@ -210,9 +216,7 @@ impl Service {
                         report,
                         pr.bytes as i64,
                         &pr.error,
-                        max_attempts,
-                        extend,
-                        retry,
+                        &policy,
                     )
                     .await;
                     ctx.wake.notify_one();
@@ -339,7 +343,9 @@ impl Manager for Service {
         self.ctx.metrics.grpc_call("SeedPeerSession");
         let inbound = req.into_inner();
         let (tx, rx) = mpsc::channel(64);
-        let me = Service { ctx: self.ctx.clone() };
+        let me = Service {
+            ctx: self.ctx.clone(),
+        };
         tokio::spawn(async move { me.seed_session(inbound, tx).await });
         Ok(Response::new(ReceiverStream::new(rx)))
     }

@@ -18,7 +18,10 @@ impl SeedHub {
     /// Adds a session; returns its connection number (for [`SeedHub::leave`]).
     pub fn join(&self, instance_id: i64, tx: CommandTx) -> u64 {
         let conn = self.next.fetch_add(1, Ordering::Relaxed);
-        self.sessions.lock().expect("hub lock").insert(instance_id, (conn, tx));
+        self.sessions
+            .lock()
+            .expect("hub lock")
+            .insert(instance_id, (conn, tx));
         conn
     }
 
@@ -37,6 +40,10 @@ impl SeedHub {
     }
 
     pub fn sender(&self, instance_id: i64) -> Option<CommandTx> {
-        self.sessions.lock().expect("hub lock").get(&instance_id).map(|(_, tx)| tx.clone())
+        self.sessions
+            .lock()
+            .expect("hub lock")
+            .get(&instance_id)
+            .map(|(_, tx)| tx.clone())
     }
 }

@@ -76,13 +76,19 @@ pub struct Running {
 /// [`start_with`] with root's first password from `DAMSELFLY_ROOT_PASSWORD`
 /// (generated and printed once when unset).
 pub async fn start(config: config::Config, shutdown: Shutdown) -> error::Result<Running> {
-    let root_pw = std::env::var("DAMSELFLY_ROOT_PASSWORD").ok().filter(|p| !p.is_empty());
+    let root_pw = std::env::var("DAMSELFLY_ROOT_PASSWORD")
+        .ok()
+        .filter(|p| !p.is_empty());
     start_with(config, root_pw, shutdown).await
 }
 
 /// Connects to the database, applies migrations, creates the defaults and
 /// the root user (on first start), binds both listeners and starts every loop.
-pub async fn start_with(config: config::Config, root_password: Option<String>, shutdown: Shutdown) -> error::Result<Running> {
+pub async fn start_with(
+    config: config::Config,
+    root_password: Option<String>,
+    shutdown: Shutdown,
+) -> error::Result<Running> {
     // reqwest is built without a default crypto provider: install ring once.
     let _ = rustls::crypto::ring::default_provider().install_default();
     config
@@ -95,7 +101,7 @@ pub async fn start_with(config: config::Config, root_password: Option<String>, s
         // Printed once, on the first start only; it is not stored anywhere in clear.
         eprintln!("damselfly manager: created user root with password {generated}");
     }
-    let owner = format!("{}-{}", hostname(), auth::random_secret()[..8].to_string());
+    let owner = format!("{}-{}", hostname(), &auth::random_secret()[..8]);
     let ctx: Ctx = Arc::new(Inner {
         db,
         config: config.clone(),
@@ -109,11 +115,15 @@ pub async fn start_with(config: config::Config, root_password: Option<String>, s
     let http = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| error::Error::Internal(format!("bind {}: {e}", config.listen)))?;
-    let http_addr = http.local_addr().map_err(|e| error::Error::Internal(e.to_string()))?;
+    let http_addr = http
+        .local_addr()
+        .map_err(|e| error::Error::Internal(e.to_string()))?;
     let grpc = tokio::net::TcpListener::bind(config.grpc_listen)
         .await
         .map_err(|e| error::Error::Internal(format!("bind {}: {e}", config.grpc_listen)))?;
-    let grpc_addr = grpc.local_addr().map_err(|e| error::Error::Internal(e.to_string()))?;
+    let grpc_addr = grpc
+        .local_addr()
+        .map_err(|e| error::Error::Internal(e.to_string()))?;
 
     let mut tasks = Vec::new();
     let app = app(ctx.clone());
@@ -149,7 +159,10 @@ pub async fn start_with(config: config::Config, root_password: Option<String>, s
         }),
     ));
     tasks.push(("sweeper", tokio::spawn(sweeper(ctx.clone(), shutdown.clone()))));
-    tasks.push(("preheat", tokio::spawn(preheat::run(ctx.clone(), shutdown.clone()))));
+    tasks.push((
+        "preheat",
+        tokio::spawn(preheat::run(ctx.clone(), shutdown.clone())),
+    ));
     tracing::info!(%http_addr, %grpc_addr, backend = ?ctx.db.backend, "manager started");
     Ok(Running {
         http_addr,
@@ -179,7 +192,9 @@ async fn sweeper(ctx: Ctx, shutdown: Shutdown) {
             _ = tick.tick() => {}
         }
         match store::instances::sweep(&ctx.db, ctx.keepalive_timeout_ms()).await {
-            Ok(n) if n > 0 => tracing::info!(count = n, "instances missed their keepalives and turned inactive"),
+            Ok(n) if n > 0 => {
+                tracing::info!(count = n, "instances missed their keepalives and turned inactive")
+            }
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "liveness sweep failed; retrying next interval"),
         }

@@ -22,10 +22,16 @@ impl Metrics {
     pub fn new() -> Metrics {
         let mut registry = Registry::with_prefix("damselfly_manager");
         let instances = Family::<Labels, Gauge>::default();
-        registry.register("instances", "Registered schedulers and seed peers by kind and state", instances.clone());
+        registry.register(
+            "instances",
+            "Registered schedulers and seed peers by kind and state",
+            instances.clone(),
+        );
         let jobs = Family::<Labels, Gauge>::default();
         registry.register("preheat_jobs", "Preheat jobs by state", jobs.clone());
-        let http = Family::<Labels, Histogram>::new_with_constructor(|| Histogram::new(exponential_buckets(0.0005, 2.0, 16)));
+        let http = Family::<Labels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+        });
         registry.register(
             "http_request_duration_seconds",
             "REST API and console latency by method, route and status",
@@ -52,7 +58,10 @@ impl Metrics {
                     .map(|(_, _, n)| *n)
                     .sum();
                 self.instances
-                    .get_or_create(&vec![("kind".into(), kind.into()), ("state".into(), state.into())])
+                    .get_or_create(&vec![
+                        ("kind".into(), kind.into()),
+                        ("state".into(), state.into()),
+                    ])
                     .set(n);
             }
         }
@@ -61,7 +70,9 @@ impl Metrics {
     pub fn set_jobs(&self, counts: &[(String, i64)]) {
         for state in ["pending", "running", "succeeded", "failed"] {
             let n = counts.iter().filter(|(s, _)| s == state).map(|(_, n)| *n).sum();
-            self.jobs.get_or_create(&vec![("state".into(), state.into())]).set(n);
+            self.jobs
+                .get_or_create(&vec![("state".into(), state.into())])
+                .set(n);
         }
     }
 
@@ -76,7 +87,9 @@ impl Metrics {
     }
 
     pub fn grpc_call(&self, method: &str) {
-        self.grpc.get_or_create(&vec![("method".into(), method.into())]).inc();
+        self.grpc
+            .get_or_create(&vec![("method".into(), method.into())])
+            .inc();
     }
 }
 

@@ -8,7 +8,7 @@ use crate::error::{Error, Result};
 use crate::registry::{Credentials, ImageRef, Resolver};
 use crate::store::clusters;
 use crate::store::instances;
-use crate::store::preheat::{self, ClaimedJob, NewTask, PreheatKind, PreheatScope, TaskReport};
+use crate::store::preheat::{self, ClaimedJob, NewTask, PreheatKind, PreheatScope, RetryPolicy, TaskReport};
 use damselfly_proto::manager as pb;
 use damselfly_service::shutdown::Shutdown;
 use std::collections::BTreeSet;
@@ -30,6 +30,15 @@ pub async fn run(ctx: Ctx, shutdown: Shutdown) {
         if let Err(e) = step(&ctx, &resolver).await {
             tracing::warn!(error = %e, "preheat step failed; retrying");
         }
+    }
+}
+
+pub fn retry_policy(ctx: &Ctx) -> RetryPolicy {
+    let p = &ctx.config.preheat;
+    RetryPolicy {
+        max_attempts: p.max_attempts as i64,
+        extend_ms: p.task_timeout.as_millis() as i64,
+        retry_ms: (p.poll_interval.as_millis() as i64) * 2,
     }
 }
 
@@ -74,10 +83,14 @@ async fn resolve(ctx: &Ctx, resolver: &Resolver, job: &ClaimedJob) -> Result<Vec
                         username: u.clone(),
                         password: pw.clone(),
                     }),
-                    _ => p.registries.iter().find(|r| r.host == image.host).map(|r| Credentials {
-                        username: r.username.clone(),
-                        password: r.password.clone(),
-                    }),
+                    _ => p
+                        .registries
+                        .iter()
+                        .find(|r| r.host == image.host)
+                        .map(|r| Credentials {
+                            username: r.username.clone(),
+                            password: r.password.clone(),
+                        }),
                 };
                 for l in resolver.layers(&image, &platform, creds.as_ref()).await? {
                     blobs.push((l.url, l.digest, l.size, l.headers));
@@ -92,7 +105,11 @@ async fn resolve(ctx: &Ctx, resolver: &Resolver, job: &ClaimedJob) -> Result<Vec
     }
     // Seed peers of the chosen clusters that are alive now.
     let cluster_ids: Vec<i64> = if spec.scheduler_cluster_ids.is_empty() {
-        clusters::list_scheduler_clusters(&ctx.db).await?.iter().map(|c| c.id).collect()
+        clusters::list_scheduler_clusters(&ctx.db)
+            .await?
+            .iter()
+            .map(|c| c.id)
+            .collect()
     } else {
         spec.scheduler_cluster_ids.clone()
     };
@@ -104,7 +121,9 @@ async fn resolve(ctx: &Ctx, resolver: &Resolver, job: &ClaimedJob) -> Result<Vec
         }
     }
     if per_cluster.is_empty() {
-        return Err(Error::Conflict("no active seed peer in the chosen clusters".into()));
+        return Err(Error::Conflict(
+            "no active seed peer in the chosen clusters".into(),
+        ));
     }
     let mut tasks = Vec::new();
     let mut seen = BTreeSet::new();
@@ -159,7 +178,12 @@ async fn dispatch(ctx: &Ctx) -> Result<()> {
             None => false,
         };
         if sent {
-            tracing::debug!(task = t.id, job = t.job_id, seed = t.seed_instance_id, "preheat task sent");
+            tracing::debug!(
+                task = t.id,
+                job = t.job_id,
+                seed = t.seed_instance_id,
+                "preheat task sent"
+            );
         } else {
             preheat::report_task(
                 &ctx.db,
@@ -168,9 +192,7 @@ async fn dispatch(ctx: &Ctx) -> Result<()> {
                 TaskReport::Failed,
                 0,
                 "the seed peer disconnected before the task was sent",
-                p.max_attempts as i64,
-                0,
-                p.poll_interval.as_millis() as i64,
+                &retry_policy(ctx),
             )
             .await?;
         }

@@ -34,7 +34,9 @@ impl ImageRef {
             return Err("not an image reference".into());
         }
         let (host, path) = match rest.split_once('/') {
-            Some((h, p)) if h.contains('.') || h.contains(':') || h == "localhost" => (h.to_string(), p.to_string()),
+            Some((h, p)) if h.contains('.') || h.contains(':') || h == "localhost" => {
+                (h.to_string(), p.to_string())
+            }
             _ => ("registry-1.docker.io".to_string(), rest.to_string()),
         };
         let (repo, reference) = if let Some((r, d)) = path.split_once('@') {
@@ -51,16 +53,24 @@ impl ImageRef {
             repo
         };
         let valid_repo = !repo.is_empty()
-            && repo
-                .split('/')
-                .all(|c| !c.is_empty() && c.chars().all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || "._-".contains(ch)));
+            && repo.split('/').all(|c| {
+                !c.is_empty()
+                    && c.chars()
+                        .all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || "._-".contains(ch))
+            });
         if !valid_repo {
             return Err(format!("repository {repo:?} is not a valid name"));
         }
         let valid_ref = if reference.contains(':') {
-            reference.split_once(':').is_some_and(|(a, h)| !a.is_empty() && h.len() >= 32 && h.chars().all(|c| c.is_ascii_hexdigit()))
+            reference.split_once(':').is_some_and(|(a, h)| {
+                !a.is_empty() && h.len() >= 32 && h.chars().all(|c| c.is_ascii_hexdigit())
+            })
         } else {
-            !reference.is_empty() && reference.len() <= 128 && reference.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+            !reference.is_empty()
+                && reference.len() <= 128
+                && reference
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
         };
         if !valid_ref {
             return Err(format!("tag or digest {reference:?} is not valid"));
@@ -148,11 +158,19 @@ impl Resolver {
     }
 
     /// The layers of `image` for `platform` (`os/arch[/variant]`).
-    pub async fn layers(&self, image: &ImageRef, platform: &str, creds: Option<&Credentials>) -> Result<Vec<Layer>> {
+    pub async fn layers(
+        &self,
+        image: &ImageRef,
+        platform: &str,
+        creds: Option<&Credentials>,
+    ) -> Result<Vec<Layer>> {
         let base = image.base(&self.plain_http);
         let url = format!("{base}/v2/{}/manifests/{}", image.repository, image.reference);
         let (manifest, auth) = self.fetch_manifest(&url, image, creds, None).await?;
-        let manifest = if !manifest.manifests.is_empty() || manifest.media_type.contains("index") || manifest.media_type.contains("list") {
+        let manifest = if !manifest.manifests.is_empty()
+            || manifest.media_type.contains("index")
+            || manifest.media_type.contains("list")
+        {
             let want: Vec<&str> = platform.split('/').collect();
             let chosen = manifest
                 .manifests
@@ -227,7 +245,8 @@ impl Resolver {
             return Err(upstream(format!("GET {url}: HTTP {status}")));
         }
         let body = resp.bytes().await.map_err(|e| upstream(e.to_string()))?;
-        let manifest: Manifest = serde_json::from_slice(&body).map_err(|e| upstream(format!("bad manifest: {e}")))?;
+        let manifest: Manifest =
+            serde_json::from_slice(&body).map_err(|e| upstream(format!("bad manifest: {e}")))?;
         Ok((manifest, auth))
     }
 
@@ -238,7 +257,8 @@ impl Resolver {
         };
         let (scheme, params) = challenge.split_once(' ').unwrap_or((challenge, ""));
         if scheme.eq_ignore_ascii_case("basic") {
-            let c = creds.ok_or_else(|| upstream("the registry wants credentials and none were given".into()))?;
+            let c =
+                creds.ok_or_else(|| upstream("the registry wants credentials and none were given".into()))?;
             return Ok(basic(&c.username, c.password.expose()));
         }
         if !scheme.eq_ignore_ascii_case("bearer") {
@@ -262,9 +282,15 @@ impl Resolver {
         }
         let mut req = self.client.get(url);
         if let Some(c) = creds {
-            req = req.header(reqwest::header::AUTHORIZATION, basic(&c.username, c.password.expose()));
+            req = req.header(
+                reqwest::header::AUTHORIZATION,
+                basic(&c.username, c.password.expose()),
+            );
         }
-        let resp = req.send().await.map_err(|e| upstream(format!("token request: {e}")))?;
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| upstream(format!("token request: {e}")))?;
         if !resp.status().is_success() {
             return Err(upstream(format!("token request: HTTP {}", resp.status())));
         }
@@ -273,7 +299,10 @@ impl Resolver {
             token: Option<String>,
             access_token: Option<String>,
         }
-        let t: TokenAnswer = resp.json().await.map_err(|e| upstream(format!("token answer: {e}")))?;
+        let t: TokenAnswer = resp
+            .json()
+            .await
+            .map_err(|e| upstream(format!("token answer: {e}")))?;
         let token = t
             .token
             .or(t.access_token)
@@ -309,7 +338,9 @@ fn parse_challenge(s: &str) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
     let mut rest = s.trim();
     while !rest.is_empty() {
-        let Some((k, after)) = rest.split_once('=') else { break };
+        let Some((k, after)) = rest.split_once('=') else {
+            break;
+        };
         let k = k.trim().trim_start_matches(',').trim().to_ascii_lowercase();
         let (v, after) = if let Some(stripped) = after.strip_prefix('"') {
             match stripped.split_once('"') {
@@ -335,9 +366,15 @@ mod tests {
     #[test]
     fn references() {
         let r = ImageRef::parse("127.0.0.1:5000/test/app:latest").unwrap();
-        assert_eq!((r.host.as_str(), r.repository.as_str(), r.reference.as_str()), ("127.0.0.1:5000", "test/app", "latest"));
+        assert_eq!(
+            (r.host.as_str(), r.repository.as_str(), r.reference.as_str()),
+            ("127.0.0.1:5000", "test/app", "latest")
+        );
         let r = ImageRef::parse("busybox").unwrap();
-        assert_eq!((r.host.as_str(), r.repository.as_str(), r.reference.as_str()), ("registry-1.docker.io", "library/busybox", "latest"));
+        assert_eq!(
+            (r.host.as_str(), r.repository.as_str(), r.reference.as_str()),
+            ("registry-1.docker.io", "library/busybox", "latest")
+        );
         let d = format!("sha256:{}", "a".repeat(64));
         let r = ImageRef::parse(&format!("http://reg.local/x/y@{d}")).unwrap();
         assert_eq!(r.scheme.as_deref(), Some("http"));
@@ -349,7 +386,9 @@ mod tests {
 
     #[test]
     fn challenges_and_base64() {
-        let c = parse_challenge(r#"realm="https://auth.example/token",service="registry.example",scope="repository:a/b:pull""#);
+        let c = parse_challenge(
+            r#"realm="https://auth.example/token",service="registry.example",scope="repository:a/b:pull""#,
+        );
         assert_eq!(c["realm"], "https://auth.example/token");
         assert_eq!(c["service"], "registry.example");
         assert_eq!(c["scope"], "repository:a/b:pull");

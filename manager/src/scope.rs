@@ -138,7 +138,8 @@ pub fn score(scopes: &ClusterScopes, peer: &PeerFacts) -> f64 {
 /// Clusters ordered best first for this peer: by score, then the default
 /// cluster before others (it wins when nothing matches), then lowest id.
 pub fn rank<'a>(clusters: &'a [SchedulerCluster], peer: &PeerFacts) -> Vec<&'a SchedulerCluster> {
-    let mut scored: Vec<(f64, &SchedulerCluster)> = clusters.iter().map(|c| (score(&c.scopes, peer), c)).collect();
+    let mut scored: Vec<(f64, &SchedulerCluster)> =
+        clusters.iter().map(|c| (score(&c.scopes, peer), c)).collect();
     scored.sort_by(|a, b| {
         b.0.partial_cmp(&a.0)
             .unwrap_or(std::cmp::Ordering::Equal)
@@ -158,8 +159,16 @@ mod tests {
         assert!(c.contains("10.1.200.3".parse().unwrap()));
         assert!(!c.contains("10.2.0.1".parse().unwrap()));
         assert!(c.contains("::ffff:10.1.0.9".parse().unwrap()));
-        assert!(Cidr::parse("fd00::/8").unwrap().contains("fd12::1".parse().unwrap()));
-        assert!(Cidr::parse("0.0.0.0/0").unwrap().contains("1.2.3.4".parse().unwrap()));
+        assert!(
+            Cidr::parse("fd00::/8")
+                .unwrap()
+                .contains("fd12::1".parse().unwrap())
+        );
+        assert!(
+            Cidr::parse("0.0.0.0/0")
+                .unwrap()
+                .contains("1.2.3.4".parse().unwrap())
+        );
         assert!(Cidr::parse("10.0.0.0/33").is_err());
         assert!(Cidr::parse("nonsense").is_err());
     }

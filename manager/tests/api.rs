@@ -11,78 +11,149 @@ use std::time::Duration;
 async fn scenario_auth_and_scopes(m: TestManager) {
     let anon = m.anon();
     // Everything but sign-in needs credentials.
-    for path in ["/api/v1/clusters", "/api/v1/instances", "/api/v1/preheat-jobs", "/api/v1/users", "/api/v1/me"] {
+    for path in [
+        "/api/v1/clusters",
+        "/api/v1/instances",
+        "/api/v1/preheat-jobs",
+        "/api/v1/users",
+        "/api/v1/me",
+    ] {
         let (s, body) = anon.get(path).await;
         assert_eq!(s, 401, "{path}: {body}");
         assert_eq!(body["error"], "unauthenticated");
     }
     let (s, _) = anon.post("/api/v1/clusters", json!({"name": "x"})).await;
     assert_eq!(s, 401);
-    let (s, _) = anon.post("/api/v1/sessions", json!({"username": "root", "password": "wrong-password"})).await;
+    let (s, _) = anon
+        .post(
+            "/api/v1/sessions",
+            json!({"username": "root", "password": "wrong-password"}),
+        )
+        .await;
     assert_eq!(s, 401);
-    let (s, _) = anon.post("/api/v1/sessions", json!({"username": "nobody", "password": "whatever1"})).await;
+    let (s, _) = anon
+        .post(
+            "/api/v1/sessions",
+            json!({"username": "nobody", "password": "whatever1"}),
+        )
+        .await;
     assert_eq!(s, 401);
     assert_eq!(m.token("dfly_1_deadbeef").get("/api/v1/clusters").await.0, 401);
     assert_eq!(m.token("garbage").get("/api/v1/clusters").await.0, 401);
 
     let root = m.root().await;
     let (s, me) = root.get("/api/v1/me").await;
-    assert_eq!((s, me["user"]["username"].as_str(), me["scope"].as_str()), (200, Some("root"), Some("admin")));
+    assert_eq!(
+        (s, me["user"]["username"].as_str(), me["scope"].as_str()),
+        (200, Some("root"), Some("admin"))
+    );
 
     // Users of each role, and tokens of each scope.
     for (name, role) in [("viewer", "read-only"), ("deployer", "preheat")] {
         let (s, u) = root
-            .post("/api/v1/users", json!({"username": name, "password": "password-1", "role": role}))
+            .post(
+                "/api/v1/users",
+                json!({"username": name, "password": "password-1", "role": role}),
+            )
             .await;
         assert_eq!(s, 201, "{u}");
         assert!(u.get("password").is_none() && u.get("password_hash").is_none());
     }
     let viewer = m.session("viewer", "password-1").await;
     let deployer = m.session("deployer", "password-1").await;
-    let (s, t) = viewer.post("/api/v1/tokens", json!({"name": "ci", "scope": "admin"})).await;
+    let (s, t) = viewer
+        .post("/api/v1/tokens", json!({"name": "ci", "scope": "admin"}))
+        .await;
     assert_eq!((s, t["field"].as_str()), (400, Some("scope")), "{t}");
-    let (s, t) = viewer.post("/api/v1/tokens", json!({"name": "ro", "scope": "read-only"})).await;
+    let (s, t) = viewer
+        .post("/api/v1/tokens", json!({"name": "ro", "scope": "read-only"}))
+        .await;
     assert_eq!(s, 201, "{t}");
     let ro = m.token(t["token_value"].as_str().unwrap());
-    let (_, t) = deployer.post("/api/v1/tokens", json!({"name": "deploys", "scope": "preheat"})).await;
+    let (_, t) = deployer
+        .post("/api/v1/tokens", json!({"name": "deploys", "scope": "preheat"}))
+        .await;
     let pre = m.token(t["token_value"].as_str().unwrap());
-    let (_, t) = root.post("/api/v1/tokens", json!({"name": "automation", "scope": "admin"})).await;
+    let (_, t) = root
+        .post("/api/v1/tokens", json!({"name": "automation", "scope": "admin"}))
+        .await;
     let admin_token_id = t["id"].as_i64().unwrap();
     let admin = m.token(t["token_value"].as_str().unwrap());
     // The secret is shown once only.
     let (_, list) = root.get("/api/v1/tokens").await;
-    assert!(list.as_array().unwrap().iter().all(|t| t.get("token_value").is_none()));
+    assert!(
+        list.as_array()
+            .unwrap()
+            .iter()
+            .all(|t| t.get("token_value").is_none())
+    );
 
     // read-only: reads yes, writes 403.
     assert_eq!(ro.get("/api/v1/clusters").await.0, 200);
     assert_eq!(ro.get("/api/v1/instances").await.0, 200);
     let (s, e) = ro.post("/api/v1/clusters", json!({"name": "ro-cluster"})).await;
     assert_eq!((s, e["error"].as_str()), (403, Some("forbidden")));
-    assert_eq!(ro.post("/api/v1/preheat-jobs", json!({"urls": ["reg.local/a:1"]})).await.0, 403);
+    assert_eq!(
+        ro.post("/api/v1/preheat-jobs", json!({"urls": ["reg.local/a:1"]}))
+            .await
+            .0,
+        403
+    );
     assert_eq!(ro.get("/api/v1/audit-logs").await.0, 403);
     assert_eq!(ro.get("/api/v1/users").await.0, 403);
     // preheat: may start jobs, not change clusters.
-    let (s, j) = pre.post("/api/v1/preheat-jobs", json!({"urls": ["reg.local/a:1"]})).await;
+    let (s, j) = pre
+        .post("/api/v1/preheat-jobs", json!({"urls": ["reg.local/a:1"]}))
+        .await;
     assert_eq!(s, 201, "{j}");
-    assert_eq!(pre.patch("/api/v1/clusters/1", json!({"description": "x"})).await.0, 403);
+    assert_eq!(
+        pre.patch("/api/v1/clusters/1", json!({"description": "x"}))
+            .await
+            .0,
+        403
+    );
     // A token cannot mint tokens unless it is an admin token.
-    assert_eq!(pre.post("/api/v1/tokens", json!({"name": "more", "scope": "read-only"})).await.0, 403);
+    assert_eq!(
+        pre.post("/api/v1/tokens", json!({"name": "more", "scope": "read-only"}))
+            .await
+            .0,
+        403
+    );
     // admin token: everything.
     let (s, c) = admin.post("/api/v1/clusters", json!({"name": "by-token"})).await;
     assert_eq!(s, 201, "{c}");
     // A token's scope never exceeds its user's role: demote deployer, its token follows.
     let deployer_id = deployer.get("/api/v1/me").await.1["user"]["id"].as_i64().unwrap();
-    assert_eq!(root.patch(&format!("/api/v1/users/{deployer_id}"), json!({"role": "read-only"})).await.0, 200);
-    assert_eq!(pre.post("/api/v1/preheat-jobs", json!({"urls": ["reg.local/a:1"]})).await.0, 403);
+    assert_eq!(
+        root.patch(
+            &format!("/api/v1/users/{deployer_id}"),
+            json!({"role": "read-only"})
+        )
+        .await
+        .0,
+        200
+    );
+    assert_eq!(
+        pre.post("/api/v1/preheat-jobs", json!({"urls": ["reg.local/a:1"]}))
+            .await
+            .0,
+        403
+    );
     // Revoked tokens stop working at once.
-    assert_eq!(root.delete(&format!("/api/v1/tokens/{admin_token_id}")).await.0, 204);
+    assert_eq!(
+        root.delete(&format!("/api/v1/tokens/{admin_token_id}")).await.0,
+        204
+    );
     assert_eq!(admin.get("/api/v1/clusters").await.0, 401);
     // Signing out ends the session.
     assert_eq!(viewer.delete("/api/v1/sessions").await.0, 204);
     assert_eq!(viewer.get("/api/v1/clusters").await.0, 401);
     // A user may change their own password; then sessions end.
     let (s, _) = deployer
-        .patch(&format!("/api/v1/users/{deployer_id}"), json!({"password": "new-password-2"}))
+        .patch(
+            &format!("/api/v1/users/{deployer_id}"),
+            json!({"password": "new-password-2"}),
+        )
         .await;
     assert_eq!(s, 200);
     assert_eq!(deployer.get("/api/v1/me").await.0, 401);
@@ -99,12 +170,30 @@ async fn scenario_validation_and_injection(m: TestManager) {
         (json!({"name": ""}), "name"),
         (json!({"name": 7}), "name"),
         (json!({"name": "a", "color": "red"}), "color"),
-        (json!({"name": "a", "settings": {"candidate_parent_limit": 0}}), "settings.candidate_parent_limit"),
-        (json!({"name": "a", "settings": {"candidate_parent_limit": "many"}}), "settings.candidate_parent_limit"),
-        (json!({"name": "a", "settings": {"candidate_parent_limit": 8, "filter_parent_limit": 4}}), "settings.filter_parent_limit"),
-        (json!({"name": "a", "settings": {"min_piece_length": 1000}}), "settings.min_piece_length"),
-        (json!({"name": "a", "scopes": {"cidrs": ["10.0.0.0/8", "300.1.1.1/8"]}}), "scopes.cidrs[1]"),
-        (json!({"name": "a", "scopes": {"hostnames": ["has space"]}}), "scopes.hostnames[0]"),
+        (
+            json!({"name": "a", "settings": {"candidate_parent_limit": 0}}),
+            "settings.candidate_parent_limit",
+        ),
+        (
+            json!({"name": "a", "settings": {"candidate_parent_limit": "many"}}),
+            "settings.candidate_parent_limit",
+        ),
+        (
+            json!({"name": "a", "settings": {"candidate_parent_limit": 8, "filter_parent_limit": 4}}),
+            "settings.filter_parent_limit",
+        ),
+        (
+            json!({"name": "a", "settings": {"min_piece_length": 1000}}),
+            "settings.min_piece_length",
+        ),
+        (
+            json!({"name": "a", "scopes": {"cidrs": ["10.0.0.0/8", "300.1.1.1/8"]}}),
+            "scopes.cidrs[1]",
+        ),
+        (
+            json!({"name": "a", "scopes": {"hostnames": ["has space"]}}),
+            "scopes.hostnames[0]",
+        ),
     ];
     for (body, field) in cases {
         let (s, e) = root.post("/api/v1/clusters", body.clone()).await;
@@ -115,7 +204,12 @@ async fn scenario_validation_and_injection(m: TestManager) {
     assert_eq!(s, 400, "{e}");
     // Unknown ids 404, malformed ids 400.
     assert_eq!(root.get("/api/v1/clusters/99999").await.0, 404);
-    assert_eq!(root.patch("/api/v1/clusters/99999", json!({"description": "x"})).await.0, 404);
+    assert_eq!(
+        root.patch("/api/v1/clusters/99999", json!({"description": "x"}))
+            .await
+            .0,
+        404
+    );
     assert_eq!(root.get("/api/v1/preheat-jobs/99999").await.0, 404);
     assert_eq!(root.get("/api/v1/instances/99999").await.0, 404);
     assert_eq!(root.delete("/api/v1/users/99999").await.0, 404);
@@ -129,32 +223,70 @@ async fn scenario_validation_and_injection(m: TestManager) {
     // Preheat input.
     let (s, e) = root.post("/api/v1/preheat-jobs", json!({"urls": []})).await;
     assert_eq!((s, e["field"].as_str()), (400, Some("urls")));
-    let (s, e) = root.post("/api/v1/preheat-jobs", json!({"urls": ["reg.local/ok:1", "reg.local/Bad Name"]})).await;
+    let (s, e) = root
+        .post(
+            "/api/v1/preheat-jobs",
+            json!({"urls": ["reg.local/ok:1", "reg.local/Bad Name"]}),
+        )
+        .await;
     assert_eq!((s, e["field"].as_str()), (400, Some("urls[1]")));
-    let (s, e) = root.post("/api/v1/preheat-jobs", json!({"kind": "file", "urls": ["ftp://x/y"]})).await;
+    let (s, e) = root
+        .post(
+            "/api/v1/preheat-jobs",
+            json!({"kind": "file", "urls": ["ftp://x/y"]}),
+        )
+        .await;
     assert_eq!((s, e["field"].as_str()), (400, Some("urls[0]")));
     let (s, e) = root
-        .post("/api/v1/preheat-jobs", json!({"urls": ["reg.local/a:1"], "scheduler_cluster_ids": [424242]}))
+        .post(
+            "/api/v1/preheat-jobs",
+            json!({"urls": ["reg.local/a:1"], "scheduler_cluster_ids": [424242]}),
+        )
         .await;
     assert_eq!((s, e["field"].as_str()), (400, Some("scheduler_cluster_ids[0]")));
-    let (s, e) = root.post("/api/v1/preheat-jobs", json!({"urls": ["reg.local/a:1"], "username": "u"})).await;
+    let (s, e) = root
+        .post(
+            "/api/v1/preheat-jobs",
+            json!({"urls": ["reg.local/a:1"], "username": "u"}),
+        )
+        .await;
     assert_eq!((s, e["field"].as_str()), (400, Some("password")));
-    let (s, e) = root.post("/api/v1/users", json!({"username": "x", "password": "short", "role": "admin"})).await;
+    let (s, e) = root
+        .post(
+            "/api/v1/users",
+            json!({"username": "x", "password": "short", "role": "admin"}),
+        )
+        .await;
     assert_eq!((s, e["field"].as_str()), (400, Some("password")));
-    let (s, e) = root.post("/api/v1/users", json!({"username": "x", "password": "long-enough", "role": "god"})).await;
+    let (s, e) = root
+        .post(
+            "/api/v1/users",
+            json!({"username": "x", "password": "long-enough", "role": "god"}),
+        )
+        .await;
     assert_eq!((s, e["field"].as_str()), (400, Some("role")), "{e}");
 
     // Injection attempts are stored and returned as plain text.
-    let nasty = ["'; DROP TABLE users; --", "<script>alert('xss')</script>", "\" OR \"1\"=\"1", "Robert'); DELETE FROM scheduler_clusters;--"];
+    let nasty = [
+        "'; DROP TABLE users; --",
+        "<script>alert('xss')</script>",
+        "\" OR \"1\"=\"1",
+        "Robert'); DELETE FROM scheduler_clusters;--",
+    ];
     for n in nasty {
-        let (s, c) = root.post("/api/v1/clusters", json!({"name": n, "description": n})).await;
+        let (s, c) = root
+            .post("/api/v1/clusters", json!({"name": n, "description": n}))
+            .await;
         assert_eq!(s, 201, "{c}");
         let (_, back) = root.get(&format!("/api/v1/clusters/{}", c["id"])).await;
         assert_eq!(back["name"], n);
         assert_eq!(back["description"], n);
     }
     let (s, _) = root
-        .post("/api/v1/sessions", json!({"username": "root' OR '1'='1", "password": "' OR '1'='1"}))
+        .post(
+            "/api/v1/sessions",
+            json!({"username": "root' OR '1'='1", "password": "' OR '1'='1"}),
+        )
         .await;
     assert_eq!(s, 401);
     let (_, all) = root.get("/api/v1/clusters").await;
@@ -167,19 +299,35 @@ async fn scenario_validation_and_injection(m: TestManager) {
     assert_eq!(s, 409);
     // Seed peer clusters must point at a scheduler cluster.
     let (s, e) = root
-        .post("/api/v1/seed-peer-clusters", json!({"name": "s", "scheduler_cluster_id": 999}))
+        .post(
+            "/api/v1/seed-peer-clusters",
+            json!({"name": "s", "scheduler_cluster_id": 999}),
+        )
         .await;
     assert_eq!((s, e["field"].as_str()), (400, Some("scheduler_cluster_id")));
 }
 
 async fn scenario_audit(m: TestManager) {
     let root = m.root().await;
-    let _ = m.anon().post("/api/v1/sessions", json!({"username": "root", "password": "bad-password"})).await;
+    let _ = m
+        .anon()
+        .post(
+            "/api/v1/sessions",
+            json!({"username": "root", "password": "bad-password"}),
+        )
+        .await;
     let (_, c) = root.post("/api/v1/clusters", json!({"name": "audited"})).await;
     let id = c["id"].as_i64().unwrap();
-    root.patch(&format!("/api/v1/clusters/{id}"), json!({"settings": {"candidate_parent_limit": 7, "filter_parent_limit": 70}}))
-        .await;
-    root.post("/api/v1/users", json!({"username": "ro", "password": "password-1", "role": "read-only"})).await;
+    root.patch(
+        &format!("/api/v1/clusters/{id}"),
+        json!({"settings": {"candidate_parent_limit": 7, "filter_parent_limit": 70}}),
+    )
+    .await;
+    root.post(
+        "/api/v1/users",
+        json!({"username": "ro", "password": "password-1", "role": "read-only"}),
+    )
+    .await;
     let ro = m.session("ro", "password-1").await;
     assert_eq!(ro.delete(&format!("/api/v1/clusters/{id}")).await.0, 403);
     root.delete(&format!("/api/v1/clusters/{id}")).await;
@@ -196,29 +344,53 @@ async fn scenario_audit(m: TestManager) {
     assert_eq!(find("session.create", "denied")["actor"], "root");
     assert_eq!(find("cluster.create", "ok")["target_id"], id.to_string());
     let upd = find("cluster.update", "ok");
-    assert!(upd["detail"].as_str().unwrap().contains("\"candidate_parent_limit\":7"), "{upd}");
+    assert!(
+        upd["detail"]
+            .as_str()
+            .unwrap()
+            .contains("\"candidate_parent_limit\":7"),
+        "{upd}"
+    );
     assert_eq!(find("cluster.delete", "denied")["actor"], "ro");
     assert_eq!(find("cluster.delete", "ok")["actor"], "root");
     find("user.create", "ok");
     // Newest first, pageable, filterable.
     assert!(entries[0]["id"].as_i64() > entries[entries.len() - 1]["id"].as_i64());
-    let (_, page) = root.get(&format!("/api/v1/audit-logs?before={}&limit=2", entries[0]["id"])).await;
+    let (_, page) = root
+        .get(&format!("/api/v1/audit-logs?before={}&limit=2", entries[0]["id"]))
+        .await;
     assert_eq!(page.as_array().unwrap().len(), 2);
     let (_, only) = root.get("/api/v1/audit-logs?action=cluster.delete").await;
-    assert!(only.as_array().unwrap().iter().all(|e| e["action"] == "cluster.delete"));
+    assert!(
+        only.as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["action"] == "cluster.delete")
+    );
     // No secret ever reaches the log.
     let text = log.to_string();
-    assert!(!text.contains("password-1") && !text.contains("bad-password"), "{text}");
+    assert!(
+        !text.contains("password-1") && !text.contains("bad-password"),
+        "{text}"
+    );
 }
 
-fn keepalive_stream(instance_id: u64) -> (tokio::sync::mpsc::Sender<pb::KeepAliveRequest>, impl tokio_stream::Stream<Item = pb::KeepAliveRequest>) {
+fn keepalive_stream(
+    instance_id: u64,
+) -> (
+    tokio::sync::mpsc::Sender<pb::KeepAliveRequest>,
+    impl tokio_stream::Stream<Item = pb::KeepAliveRequest>,
+) {
     let (tx, rx) = tokio::sync::mpsc::channel(16);
     let _ = instance_id;
     (tx, tokio_stream::wrappers::ReceiverStream::new(rx))
 }
 
 async fn instance_state(api: &Api, id: u64) -> String {
-    api.get(&format!("/api/v1/instances/{id}")).await.1["state"].as_str().unwrap_or("").to_string()
+    api.get(&format!("/api/v1/instances/{id}")).await.1["state"]
+        .as_str()
+        .unwrap_or("")
+        .to_string()
 }
 
 async fn scenario_keepalive_and_scopes(m: TestManager) {
@@ -226,7 +398,10 @@ async fn scenario_keepalive_and_scopes(m: TestManager) {
     let mut g = m.grpc_client().await;
     // A second cluster that claims 10.9.0.0/16.
     let (_, c2) = root
-        .post("/api/v1/clusters", json!({"name": "rack-9", "scopes": {"cidrs": ["10.9.0.0/16"], "idc": ["hz9"]}}))
+        .post(
+            "/api/v1/clusters",
+            json!({"name": "rack-9", "scopes": {"cidrs": ["10.9.0.0/16"], "idc": ["hz9"]}}),
+        )
         .await;
     let c2 = c2["id"].as_u64().unwrap();
     let reg = |host: &str, ip: &str, cluster: u64| pb::RegisterSchedulerRequest {
@@ -236,9 +411,21 @@ async fn scenario_keepalive_and_scopes(m: TestManager) {
         cluster_id: cluster,
         ..Default::default()
     };
-    let s1 = g.register_scheduler(reg("sched-a", "192.168.0.10", 0)).await.unwrap().into_inner();
-    assert_eq!(s1.config.as_ref().unwrap().cluster_id, 1, "no scope matches: the default cluster");
-    let s2 = g.register_scheduler(reg("sched-b", "10.9.0.10", 0)).await.unwrap().into_inner();
+    let s1 = g
+        .register_scheduler(reg("sched-a", "192.168.0.10", 0))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        s1.config.as_ref().unwrap().cluster_id,
+        1,
+        "no scope matches: the default cluster"
+    );
+    let s2 = g
+        .register_scheduler(reg("sched-b", "10.9.0.10", 0))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(s2.config.as_ref().unwrap().cluster_id, c2, "picked by CIDR");
     let bad = g.register_scheduler(reg("", "not-an-ip", 0)).await.unwrap_err();
     assert_eq!(bad.code(), tonic::Code::InvalidArgument);
@@ -251,10 +438,25 @@ async fn scenario_keepalive_and_scopes(m: TestManager) {
         location: String::new(),
     };
     let r = g.list_schedulers(ask("10.9.3.3", "")).await.unwrap().into_inner();
-    assert_eq!((r.cluster_id, r.schedulers.len(), r.schedulers[0].hostname.as_str()), (c2, 1, "sched-b"));
-    let r = g.list_schedulers(ask("172.16.0.1", "hz9")).await.unwrap().into_inner();
+    assert_eq!(
+        (
+            r.cluster_id,
+            r.schedulers.len(),
+            r.schedulers[0].hostname.as_str()
+        ),
+        (c2, 1, "sched-b")
+    );
+    let r = g
+        .list_schedulers(ask("172.16.0.1", "hz9"))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(r.cluster_id, c2, "picked by IDC");
-    let r = g.list_schedulers(ask("172.16.0.1", "")).await.unwrap().into_inner();
+    let r = g
+        .list_schedulers(ask("172.16.0.1", ""))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!((r.cluster_id, r.schedulers[0].hostname.as_str()), (1, "sched-a"));
 
     // Keepalives keep sched-b active; silence turns it inactive and peers of
@@ -264,7 +466,11 @@ async fn scenario_keepalive_and_scopes(m: TestManager) {
     let mut g2 = g.clone();
     let ka = tokio::spawn(async move { g2.keep_alive(stream).await });
     for _ in 0..6 {
-        tx.send(pb::KeepAliveRequest { instance_id: s2.instance_id }).await.unwrap();
+        tx.send(pb::KeepAliveRequest {
+            instance_id: s2.instance_id,
+        })
+        .await
+        .unwrap();
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(instance_state(&root, s2.instance_id).await, "active");
@@ -273,10 +479,23 @@ async fn scenario_keepalive_and_scopes(m: TestManager) {
     })
     .await;
     let r = g.list_schedulers(ask("10.9.3.3", "")).await.unwrap().into_inner();
-    assert!(r.schedulers.iter().all(|s| s.hostname != "sched-b"), "a dead scheduler is never handed out");
+    assert!(
+        r.schedulers.iter().all(|s| s.hostname != "sched-b"),
+        "a dead scheduler is never handed out"
+    );
     let (_, inactive) = root.get("/api/v1/instances?state=inactive&kind=scheduler").await;
-    assert!(inactive.as_array().unwrap().iter().any(|i| i["hostname"] == "sched-b"));
-    tx.send(pb::KeepAliveRequest { instance_id: s2.instance_id }).await.unwrap();
+    assert!(
+        inactive
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|i| i["hostname"] == "sched-b")
+    );
+    tx.send(pb::KeepAliveRequest {
+        instance_id: s2.instance_id,
+    })
+    .await
+    .unwrap();
     eventually(5, "scheduler back to active", || async {
         instance_state(&root, s2.instance_id).await == "active"
     })
@@ -289,9 +508,14 @@ async fn scenario_keepalive_and_scopes(m: TestManager) {
     assert_eq!(instance_state(&root, s2.instance_id).await, "inactive");
     // Unknown instance ids are refused.
     let (tx, stream) = keepalive_stream(0);
-    tx.send(pb::KeepAliveRequest { instance_id: 777777 }).await.unwrap();
+    tx.send(pb::KeepAliveRequest { instance_id: 777777 })
+        .await
+        .unwrap();
     drop(tx);
-    assert_eq!(g.keep_alive(stream).await.unwrap_err().code(), tonic::Code::NotFound);
+    assert_eq!(
+        g.keep_alive(stream).await.unwrap_err().code(),
+        tonic::Code::NotFound
+    );
 
     // Dynamic settings: a change shows up with a new version.
     let before = g
@@ -299,8 +523,11 @@ async fn scenario_keepalive_and_scopes(m: TestManager) {
         .await
         .unwrap()
         .into_inner();
-    root.patch(&format!("/api/v1/clusters/{c2}"), json!({"settings": {"candidate_parent_limit": 9, "filter_parent_limit": 90}}))
-        .await;
+    root.patch(
+        &format!("/api/v1/clusters/{c2}"),
+        json!({"settings": {"candidate_parent_limit": 9, "filter_parent_limit": 90}}),
+    )
+    .await;
     let after = g
         .get_scheduler_cluster_config(pb::GetSchedulerClusterConfigRequest { cluster_id: c2 })
         .await
@@ -317,23 +544,35 @@ async fn scenario_keepalive_and_scopes(m: TestManager) {
     // Seed peers: listed while connected, gone when their session ends.
     let seed = FakeSeed::connect(&m.grpc, "seed-1", SeedBehaviour::Succeed).await;
     let seeds = g
-        .list_seed_peers(pb::ListSeedPeersRequest { scheduler_cluster_id: 1 })
+        .list_seed_peers(pb::ListSeedPeersRequest {
+            scheduler_cluster_id: 1,
+        })
         .await
         .unwrap()
         .into_inner();
     assert_eq!(seeds.seed_peers.len(), 1);
     assert_eq!(seeds.seed_peers[0].hostname, "seed-1");
     let none = g
-        .list_seed_peers(pb::ListSeedPeersRequest { scheduler_cluster_id: c2 })
+        .list_seed_peers(pb::ListSeedPeersRequest {
+            scheduler_cluster_id: c2,
+        })
         .await
         .unwrap()
         .into_inner();
-    assert!(none.seed_peers.is_empty(), "seeds belong to the default cluster's seed peer cluster");
+    assert!(
+        none.seed_peers.is_empty(),
+        "seeds belong to the default cluster's seed peer cluster"
+    );
     let sid = seed.instance_id;
     seed.disconnect();
-    eventually(5, "seed inactive after its session ends", || async { instance_state(&root, sid).await == "inactive" }).await;
+    eventually(5, "seed inactive after its session ends", || async {
+        instance_state(&root, sid).await == "inactive"
+    })
+    .await;
     let seeds = g
-        .list_seed_peers(pb::ListSeedPeersRequest { scheduler_cluster_id: 1 })
+        .list_seed_peers(pb::ListSeedPeersRequest {
+            scheduler_cluster_id: 1,
+        })
         .await
         .unwrap()
         .into_inner();
@@ -351,25 +590,50 @@ async fn scenario_keepalive_and_scopes(m: TestManager) {
         .await
         .unwrap();
     }
-    let (s, t) = root.get(&format!("/api/v1/traffic?cluster_id={c2}&bucket_secs=60")).await;
+    let (s, t) = root
+        .get(&format!("/api/v1/traffic?cluster_id={c2}&bucket_secs=60"))
+        .await;
     assert_eq!(s, 200, "{t}");
-    assert_eq!((t["origin_bytes"].as_i64(), t["peer_bytes"].as_i64()), (Some(150), Some(1850)));
+    assert_eq!(
+        (t["origin_bytes"].as_i64(), t["peer_bytes"].as_i64()),
+        (Some(150), Some(1850))
+    );
     assert!((t["peer_ratio"].as_f64().unwrap() - 0.925).abs() < 1e-9);
     let (_, t1) = root.get("/api/v1/traffic?cluster_id=1").await;
     assert_eq!(t1["origin_bytes"], 0);
     assert_eq!(root.get("/api/v1/traffic?bucket_secs=1").await.0, 400);
 
     // Metrics see the instances and the API.
-    let text = reqwest::get(format!("{}/metrics", m.base)).await.unwrap().text().await.unwrap();
-    assert!(text.contains("damselfly_manager_instances{kind=\"scheduler\",state=\"active\"}"), "{text}");
-    assert!(text.contains("damselfly_manager_http_request_duration_seconds_bucket"), "{text}");
+    let text = reqwest::get(format!("{}/metrics", m.base))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.contains("damselfly_manager_instances{kind=\"scheduler\",state=\"active\"}"),
+        "{text}"
+    );
+    assert!(
+        text.contains("damselfly_manager_http_request_duration_seconds_bucket"),
+        "{text}"
+    );
     assert!(text.contains("route=\"/api/v1/clusters/{id}\""), "{text}");
 }
 
 async fn scenario_openapi(m: TestManager) {
     let (s, doc) = m.anon().get("/api/v1/openapi.json").await;
     assert_eq!(s, 200);
-    for p in ["/api/v1/sessions", "/api/v1/clusters/{id}", "/api/v1/instances", "/api/v1/preheat-jobs/{id}", "/api/v1/users", "/api/v1/tokens", "/api/v1/audit-logs", "/api/v1/traffic"] {
+    for p in [
+        "/api/v1/sessions",
+        "/api/v1/clusters/{id}",
+        "/api/v1/instances",
+        "/api/v1/preheat-jobs/{id}",
+        "/api/v1/users",
+        "/api/v1/tokens",
+        "/api/v1/audit-logs",
+        "/api/v1/traffic",
+    ] {
         assert!(doc["paths"][p].is_object(), "{p} missing");
     }
     assert!(doc["components"]["schemas"]["ClusterSettings"].is_object());
@@ -387,7 +651,13 @@ macro_rules! on_sqlite {
 
 mod sqlite {
     use super::*;
-    on_sqlite!(scenario_auth_and_scopes, scenario_validation_and_injection, scenario_audit, scenario_keepalive_and_scopes, scenario_openapi);
+    on_sqlite!(
+        scenario_auth_and_scopes,
+        scenario_validation_and_injection,
+        scenario_audit,
+        scenario_keepalive_and_scopes,
+        scenario_openapi
+    );
 }
 
 /// Every scenario on PostgreSQL, plus what only a shared database can show:
@@ -408,8 +678,15 @@ async fn postgres() {
 
     // Two managers on one database: both start (migrations once), share state.
     let url = fresh();
-    let (a, b) = tokio::join!(TestManager::start(test_config(&url)), TestManager::start(test_config(&url)));
-    let (s, c) = a.root().await.post("/api/v1/clusters", json!({"name": "shared"})).await;
+    let (a, b) = tokio::join!(
+        TestManager::start(test_config(&url)),
+        TestManager::start(test_config(&url))
+    );
+    let (s, c) = a
+        .root()
+        .await
+        .post("/api/v1/clusters", json!({"name": "shared"}))
+        .await;
     assert_eq!(s, 201);
     let (s, back) = b.root().await.get(&format!("/api/v1/clusters/{}", c["id"])).await;
     assert_eq!((s, back["name"].as_str()), (200, Some("shared")));

@@ -26,7 +26,11 @@ impl Drop for Registry {
 
 fn run(cmd: &mut Command) {
     let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(out.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// `None` (skip) when the tools are missing outside CI.
@@ -47,7 +51,10 @@ fn tools() -> bool {
 async fn registry_with_image() -> Registry {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let htpasswd = Command::new("htpasswd").args(["-Bbn", "alice", "secret"]).output().unwrap();
+    let htpasswd = Command::new("htpasswd")
+        .args(["-Bbn", "alice", "secret"])
+        .output()
+        .unwrap();
     std::fs::write(d.join("htpasswd"), &htpasswd.stdout).unwrap();
     let port = free_port();
     let host = format!("127.0.0.1:{port}");
@@ -87,10 +94,14 @@ fn build_and_push(d: &Path, host: &str) {
     run(Command::new("umoci").args(["new", "--image", &image]));
     for (i, size) in [(1, 300_000usize), (2, 700_000), (3, 50_000)] {
         let bundle = d.join(format!("bundle{i}"));
-        run(Command::new("umoci").args(["unpack", "--image", &image]).arg(&bundle));
+        run(Command::new("umoci")
+            .args(["unpack", "--image", &image])
+            .arg(&bundle));
         let data: Vec<u8> = (0..size).map(|n| ((n * 7 + i * 13) % 251) as u8).collect();
         std::fs::write(bundle.join("rootfs").join(format!("layer{i}.bin")), data).unwrap();
-        run(Command::new("umoci").args(["repack", "--image", &image]).arg(&bundle));
+        run(Command::new("umoci")
+            .args(["repack", "--image", &image])
+            .arg(&bundle));
         std::fs::remove_dir_all(&bundle).unwrap();
     }
     run(Command::new("skopeo").args([
@@ -117,7 +128,6 @@ async fn wait_job(api: &Api, id: i64) -> Value {
     panic!("job {id} did not finish: {last}");
 }
 
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn preheat_image_from_registry_with_auth() {
     if !tools() {
@@ -143,13 +153,22 @@ async fn preheat_image_from_registry_with_auth() {
     assert_eq!(job["state"], "succeeded", "{job}");
     let tasks = job["tasks"].as_array().unwrap();
     assert_eq!(tasks.len(), 3 * 2, "three layers on each of two seeds: {job}");
-    assert!(tasks.iter().all(|t| t["state"] == "succeeded" && t["bytes"].as_i64().unwrap() > 0 && t["attempts"] == 1));
-    let digests: std::collections::BTreeSet<&str> = tasks.iter().map(|t| t["digest"].as_str().unwrap()).collect();
+    assert!(
+        tasks
+            .iter()
+            .all(|t| t["state"] == "succeeded" && t["bytes"].as_i64().unwrap() > 0 && t["attempts"] == 1)
+    );
+    let digests: std::collections::BTreeSet<&str> =
+        tasks.iter().map(|t| t["digest"].as_str().unwrap()).collect();
     assert_eq!(digests.len(), 3);
     for seed in [&seed_a, &seed_b] {
         let got = seed.received.lock().unwrap().clone();
         assert_eq!(got.len(), 3, "each seed gets each layer once");
-        assert!(got.iter().all(|c| c.headers.get("Authorization").is_some_and(|a| a.starts_with("Basic "))));
+        assert!(got.iter().all(|c| {
+            c.headers
+                .get("Authorization")
+                .is_some_and(|a| a.starts_with("Basic "))
+        }));
         assert!(got.iter().all(|c| c.url.contains("/v2/test/app/blobs/sha256:")));
     }
 
@@ -172,7 +191,11 @@ async fn preheat_image_from_registry_with_auth() {
         )
         .await;
     let one = wait_job(&root, one["id"].as_i64().unwrap()).await;
-    assert_eq!((one["state"].as_str(), one["tasks"].as_array().unwrap().len()), (Some("succeeded"), 3), "{one}");
+    assert_eq!(
+        (one["state"].as_str(), one["tasks"].as_array().unwrap().len()),
+        (Some("succeeded"), 3),
+        "{one}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -194,11 +217,21 @@ async fn failed_layers_are_retried_and_config_credentials_work() {
     let root = m.root().await;
     let _seed = FakeSeed::connect(&m.grpc, "flaky-seed", SeedBehaviour::FailFirstThenDownload).await;
     let (_, job) = root
-        .post("/api/v1/preheat-jobs", json!({"urls": [format!("{}/test/app:latest", reg.host)]}))
+        .post(
+            "/api/v1/preheat-jobs",
+            json!({"urls": [format!("{}/test/app:latest", reg.host)]}),
+        )
         .await;
     let job = wait_job(&root, job["id"].as_i64().unwrap()).await;
     assert_eq!(job["state"], "succeeded", "{job}");
-    assert!(job["tasks"].as_array().unwrap().iter().all(|t| t["attempts"] == 2), "{job}");
+    assert!(
+        job["tasks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|t| t["attempts"] == 2),
+        "{job}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -206,11 +239,17 @@ async fn a_job_without_seed_peers_fails_clearly() {
     let m = TestManager::sqlite().await;
     let root = m.root().await;
     let (_, job) = root
-        .post("/api/v1/preheat-jobs", json!({"kind": "file", "urls": ["http://127.0.0.1:9/file.bin"]}))
+        .post(
+            "/api/v1/preheat-jobs",
+            json!({"kind": "file", "urls": ["http://127.0.0.1:9/file.bin"]}),
+        )
         .await;
     let job = wait_job(&root, job["id"].as_i64().unwrap()).await;
     assert_eq!(job["state"], "failed");
-    assert!(job["error"].as_str().unwrap().contains("no active seed peer"), "{job}");
+    assert!(
+        job["error"].as_str().unwrap().contains("no active seed peer"),
+        "{job}"
+    );
 }
 
 /// Two managers on one PostgreSQL, one seed peer on each: every task is sent
@@ -240,7 +279,11 @@ async fn two_managers_never_run_a_task_twice() {
     for id in ids {
         let j = wait_job(&root_a, id).await;
         assert_eq!(j["state"], "succeeded", "{j}");
-        assert_eq!(j["tasks"].as_array().unwrap().len(), 4, "2 URLs x 2 seeds, resolved once: {j}");
+        assert_eq!(
+            j["tasks"].as_array().unwrap().len(),
+            4,
+            "2 URLs x 2 seeds, resolved once: {j}"
+        );
         assert!(j["tasks"].as_array().unwrap().iter().all(|t| t["attempts"] == 1));
     }
     let mut all: Vec<u64> = Vec::new();
@@ -264,10 +307,12 @@ async fn bearer_token_flow_and_platform_index() {
     let addr = listener.local_addr().unwrap();
     let d = |s: &str| format!("sha256:{:x}", sha2::Sha256::digest(s.as_bytes()));
     let (amd, arm) = (d("amd64"), d("arm64"));
-    let layers = |p: &str| json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+    let layers = |p: &str| {
+        json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
         "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": d(&format!("{p}-config")), "size": 2},
         "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": d(&format!("{p}-l1")), "size": 10},
-                   {"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": d(&format!("{p}-l2")), "size": 20}]});
+                   {"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": d(&format!("{p}-l2")), "size": 20}]})
+    };
     let index = json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": [
         {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": amd, "size": 1, "platform": {"os": "linux", "architecture": "amd64"}},
         {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": arm, "size": 1, "platform": {"os": "linux", "architecture": "arm64", "variant": "v8"}}]});
@@ -319,10 +364,18 @@ async fn bearer_token_flow_and_platform_index() {
         assert_eq!(s, 201, "{job}");
         let job = wait_job(&root, job["id"].as_i64().unwrap()).await;
         assert_eq!(job["state"], "succeeded", "{job}");
-        let got: Vec<&str> = job["tasks"].as_array().unwrap().iter().map(|t| t["digest"].as_str().unwrap()).collect();
+        let got: Vec<&str> = job["tasks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["digest"].as_str().unwrap())
+            .collect();
         assert_eq!(got, vec![d(&format!("{arch}-l1")), d(&format!("{arch}-l2"))]);
     }
     let cmds = seed.received.lock().unwrap().clone();
-    assert!(cmds.iter().all(|c| c.headers.get("Authorization").map(String::as_str) == Some("Bearer tkn-123")));
+    assert!(
+        cmds.iter()
+            .all(|c| c.headers.get("Authorization").map(String::as_str) == Some("Bearer tkn-123"))
+    );
     server.abort();
 }

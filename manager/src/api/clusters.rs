@@ -17,7 +17,11 @@ pub fn routes() -> OpenApiRouter<Ctx> {
         .routes(routes!(list_clusters, create_cluster))
         .routes(routes!(get_cluster, update_cluster, delete_cluster))
         .routes(routes!(list_seed_clusters, create_seed_cluster))
-        .routes(routes!(get_seed_cluster, update_seed_cluster, delete_seed_cluster))
+        .routes(routes!(
+            get_seed_cluster,
+            update_seed_cluster,
+            delete_seed_cluster
+        ))
 }
 
 /// Scheduler clusters with their settings and scopes.
@@ -36,7 +40,15 @@ async fn create_cluster(
 ) -> ApiResult<(StatusCode, Json<SchedulerCluster>)> {
     allow(&ctx, &p, Scope::Admin, "cluster.create", "scheduler_cluster", "").await?;
     let c = clusters::create_scheduler_cluster(&ctx.db, body).await?;
-    audit(&ctx, &p, "cluster.create", "scheduler_cluster", c.id, serde_json::json!({"name": c.name})).await;
+    audit(
+        &ctx,
+        &p,
+        "cluster.create",
+        "scheduler_cluster",
+        c.id,
+        serde_json::json!({"name": c.name}),
+    )
+    .await;
     Ok((StatusCode::CREATED, Json(c)))
 }
 
@@ -55,7 +67,15 @@ async fn update_cluster(
     Id(id): Id,
     Body(body): Body<SchedulerClusterPatch>,
 ) -> ApiResult<Json<SchedulerCluster>> {
-    allow(&ctx, &p, Scope::Admin, "cluster.update", "scheduler_cluster", &id.to_string()).await?;
+    allow(
+        &ctx,
+        &p,
+        Scope::Admin,
+        "cluster.update",
+        "scheduler_cluster",
+        &id.to_string(),
+    )
+    .await?;
     let before = clusters::get_scheduler_cluster(&ctx.db, id).await?;
     let c = clusters::update_scheduler_cluster(&ctx.db, id, body).await?;
     audit(
@@ -74,9 +94,25 @@ async fn update_cluster(
 #[utoipa::path(delete, path = "/api/v1/clusters/{id}", tag = "clusters", params(("id" = i64, Path)),
     responses((status = 204), (status = 404, body = super::ErrorBody), (status = 409, body = super::ErrorBody)))]
 async fn delete_cluster(State(ctx): State<Ctx>, p: Principal, Id(id): Id) -> ApiResult<StatusCode> {
-    allow(&ctx, &p, Scope::Admin, "cluster.delete", "scheduler_cluster", &id.to_string()).await?;
+    allow(
+        &ctx,
+        &p,
+        Scope::Admin,
+        "cluster.delete",
+        "scheduler_cluster",
+        &id.to_string(),
+    )
+    .await?;
     clusters::delete_scheduler_cluster(&ctx.db, id).await?;
-    audit(&ctx, &p, "cluster.delete", "scheduler_cluster", id, serde_json::json!({})).await;
+    audit(
+        &ctx,
+        &p,
+        "cluster.delete",
+        "scheduler_cluster",
+        id,
+        serde_json::json!({}),
+    )
+    .await;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -92,15 +128,35 @@ async fn create_seed_cluster(
     p: Principal,
     Body(body): Body<NewSeedPeerCluster>,
 ) -> ApiResult<(StatusCode, Json<SeedPeerCluster>)> {
-    allow(&ctx, &p, Scope::Admin, "seed_peer_cluster.create", "seed_peer_cluster", "").await?;
+    allow(
+        &ctx,
+        &p,
+        Scope::Admin,
+        "seed_peer_cluster.create",
+        "seed_peer_cluster",
+        "",
+    )
+    .await?;
     let c = clusters::create_seed_peer_cluster(&ctx.db, body).await?;
-    audit(&ctx, &p, "seed_peer_cluster.create", "seed_peer_cluster", c.id, serde_json::json!({"name": c.name})).await;
+    audit(
+        &ctx,
+        &p,
+        "seed_peer_cluster.create",
+        "seed_peer_cluster",
+        c.id,
+        serde_json::json!({"name": c.name}),
+    )
+    .await;
     Ok((StatusCode::CREATED, Json(c)))
 }
 
 #[utoipa::path(get, path = "/api/v1/seed-peer-clusters/{id}", tag = "clusters", params(("id" = i64, Path)),
     responses((status = 200, body = SeedPeerCluster), (status = 404, body = super::ErrorBody)))]
-async fn get_seed_cluster(State(ctx): State<Ctx>, _p: Principal, Id(id): Id) -> ApiResult<Json<SeedPeerCluster>> {
+async fn get_seed_cluster(
+    State(ctx): State<Ctx>,
+    _p: Principal,
+    Id(id): Id,
+) -> ApiResult<Json<SeedPeerCluster>> {
     Ok(Json(clusters::get_seed_peer_cluster(&ctx.db, id).await?))
 }
 
@@ -112,7 +168,15 @@ async fn update_seed_cluster(
     Id(id): Id,
     Body(body): Body<SeedPeerClusterPatch>,
 ) -> ApiResult<Json<SeedPeerCluster>> {
-    allow(&ctx, &p, Scope::Admin, "seed_peer_cluster.update", "seed_peer_cluster", &id.to_string()).await?;
+    allow(
+        &ctx,
+        &p,
+        Scope::Admin,
+        "seed_peer_cluster.update",
+        "seed_peer_cluster",
+        &id.to_string(),
+    )
+    .await?;
     let c = clusters::update_seed_peer_cluster(&ctx.db, id, body).await?;
     audit(
         &ctx,
@@ -129,8 +193,24 @@ async fn update_seed_cluster(
 #[utoipa::path(delete, path = "/api/v1/seed-peer-clusters/{id}", tag = "clusters", params(("id" = i64, Path)),
     responses((status = 204), (status = 404, body = super::ErrorBody)))]
 async fn delete_seed_cluster(State(ctx): State<Ctx>, p: Principal, Id(id): Id) -> ApiResult<StatusCode> {
-    allow(&ctx, &p, Scope::Admin, "seed_peer_cluster.delete", "seed_peer_cluster", &id.to_string()).await?;
+    allow(
+        &ctx,
+        &p,
+        Scope::Admin,
+        "seed_peer_cluster.delete",
+        "seed_peer_cluster",
+        &id.to_string(),
+    )
+    .await?;
     clusters::delete_seed_peer_cluster(&ctx.db, id).await?;
-    audit(&ctx, &p, "seed_peer_cluster.delete", "seed_peer_cluster", id, serde_json::json!({})).await;
+    audit(
+        &ctx,
+        &p,
+        "seed_peer_cluster.delete",
+        "seed_peer_cluster",
+        id,
+        serde_json::json!({}),
+    )
+    .await;
     Ok(StatusCode::NO_CONTENT)
 }

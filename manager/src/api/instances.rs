@@ -38,7 +38,15 @@ async fn get_instance(State(ctx): State<Ctx>, _p: Principal, Id(id): Id) -> ApiR
 #[utoipa::path(delete, path = "/api/v1/instances/{id}", tag = "instances", params(("id" = i64, Path)),
     responses((status = 204), (status = 404, body = super::ErrorBody)))]
 async fn delete_instance(State(ctx): State<Ctx>, p: Principal, Id(id): Id) -> ApiResult<StatusCode> {
-    allow(&ctx, &p, Scope::Admin, "instance.delete", "instance", &id.to_string()).await?;
+    allow(
+        &ctx,
+        &p,
+        Scope::Admin,
+        "instance.delete",
+        "instance",
+        &id.to_string(),
+    )
+    .await?;
     instances::delete(&ctx.db, id).await?;
     audit(&ctx, &p, "instance.delete", "instance", id, serde_json::json!({})).await;
     Ok(StatusCode::NO_CONTENT)
@@ -47,6 +55,10 @@ async fn delete_instance(State(ctx): State<Ctx>, p: Principal, Id(id): Id) -> Ap
 /// Bytes from the origin vs from peers, per time bucket.
 #[utoipa::path(get, path = "/api/v1/traffic", tag = "traffic", params(TrafficQuery),
     responses((status = 200, body = TrafficStats), (status = 400, body = super::ErrorBody)))]
-async fn traffic_stats(State(ctx): State<Ctx>, _p: Principal, Params(q): Params<TrafficQuery>) -> ApiResult<Json<TrafficStats>> {
+async fn traffic_stats(
+    State(ctx): State<Ctx>,
+    _p: Principal,
+    Params(q): Params<TrafficQuery>,
+) -> ApiResult<Json<TrafficStats>> {
     Ok(Json(traffic::stats(&ctx.db, &q).await?))
 }

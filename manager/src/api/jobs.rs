@@ -18,7 +18,11 @@ pub fn routes() -> OpenApiRouter<Ctx> {
 /// Preheat jobs, newest first, with progress counts.
 #[utoipa::path(get, path = "/api/v1/preheat-jobs", tag = "preheat", params(JobQuery),
     responses((status = 200, body = Vec<PreheatJob>)))]
-async fn list_jobs(State(ctx): State<Ctx>, _p: Principal, Params(q): Params<JobQuery>) -> ApiResult<Json<Vec<PreheatJob>>> {
+async fn list_jobs(
+    State(ctx): State<Ctx>,
+    _p: Principal,
+    Params(q): Params<JobQuery>,
+) -> ApiResult<Json<Vec<PreheatJob>>> {
     Ok(Json(preheat::list(&ctx.db, &q).await?))
 }
 
@@ -33,7 +37,15 @@ async fn create_job(
 ) -> ApiResult<(StatusCode, Json<PreheatJob>)> {
     allow(&ctx, &p, Scope::Preheat, "preheat_job.create", "preheat_job", "").await?;
     let job = preheat::create(&ctx.db, &p, body).await?;
-    audit(&ctx, &p, "preheat_job.create", "preheat_job", job.id, serde_json::json!({"urls": job.spec.urls})).await;
+    audit(
+        &ctx,
+        &p,
+        "preheat_job.create",
+        "preheat_job",
+        job.id,
+        serde_json::json!({"urls": job.spec.urls}),
+    )
+    .await;
     ctx.wake.notify_one();
     Ok((StatusCode::CREATED, Json(job)))
 }

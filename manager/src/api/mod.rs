@@ -22,8 +22,8 @@ use axum::extract::{FromRequest, FromRequestParts, MatchedPath, Request, State};
 use axum::http::{HeaderValue, StatusCode, header, request::Parts};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use serde::de::DeserializeOwned;
 use serde::Serialize;
+use serde::de::DeserializeOwned;
 use std::time::Instant;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi, ToSchema};
@@ -114,7 +114,9 @@ impl IntoResponse for Error {
             Error::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             Error::Unauthenticated => (StatusCode::UNAUTHORIZED, "unauthenticated"),
             Error::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
-            Error::Unavailable(_) | Error::Upstream { .. } => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            Error::Unavailable(_) | Error::Upstream { .. } => {
+                (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
+            }
             Error::Database(_) | Error::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         };
         if status.is_server_error() {
@@ -123,13 +125,25 @@ impl IntoResponse for Error {
         let (message, field) = match &self {
             Error::Invalid { field, message } => (message.clone(), Some(field.clone())),
             // Internal details stay in the log.
-            Error::Database(_) | Error::Internal(_) => ("internal error; see the manager's log".to_string(), None),
+            Error::Database(_) | Error::Internal(_) => {
+                ("internal error; see the manager's log".to_string(), None)
+            }
             e => (e.to_string(), None),
         };
-        let mut resp = (status, axum::Json(ErrorBody { error: code, message, field })).into_response();
+        let mut resp = (
+            status,
+            axum::Json(ErrorBody {
+                error: code,
+                message,
+                field,
+            }),
+        )
+            .into_response();
         if status == StatusCode::UNAUTHORIZED {
-            resp.headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"damselfly\""));
+            resp.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"damselfly\""),
+            );
         }
         resp
     }
@@ -172,17 +186,42 @@ impl FromRequestParts<Ctx> for Principal {
 }
 
 /// Checks a scope for a mutation; a refusal is itself audited.
-pub async fn allow(ctx: &Ctx, p: &Principal, needed: Scope, action: &str, target_type: &str, target_id: &str) -> ApiResult<()> {
+pub async fn allow(
+    ctx: &Ctx,
+    p: &Principal,
+    needed: Scope,
+    action: &str,
+    target_type: &str,
+    target_id: &str,
+) -> ApiResult<()> {
     if let Err(e) = p.require(needed) {
-        let _ = store::audit::record(&ctx.db, &p.actor(), action, target_type, target_id, "denied", serde_json::json!({"needed": needed.as_str()})).await;
+        let _ = store::audit::record(
+            &ctx.db,
+            &p.actor(),
+            action,
+            target_type,
+            target_id,
+            "denied",
+            serde_json::json!({"needed": needed.as_str()}),
+        )
+        .await;
         return Err(e);
     }
     Ok(())
 }
 
 /// Audits a successful mutation.
-pub async fn audit(ctx: &Ctx, p: &Principal, action: &str, target_type: &str, target_id: impl ToString, detail: serde_json::Value) {
-    if let Err(e) = store::audit::record(&ctx.db, &p.actor(), action, target_type, target_id, "ok", detail).await {
+pub async fn audit(
+    ctx: &Ctx,
+    p: &Principal,
+    action: &str,
+    target_type: &str,
+    target_id: impl ToString,
+    detail: serde_json::Value,
+) {
+    if let Err(e) =
+        store::audit::record(&ctx.db, &p.actor(), action, target_type, target_id, "ok", detail).await
+    {
         tracing::warn!(error = %e, action, "audit log write failed");
     }
 }
@@ -207,9 +246,11 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
         let inner = e.into_inner();
         let msg = inner.to_string();
         // serde names missing and unknown fields in the message, one level below the path.
-        let named = ["missing field `", "unknown field `"]
-            .iter()
-            .find_map(|p| msg.split_once(p).and_then(|(_, rest)| rest.split_once('`')).map(|(f, _)| f.to_string()));
+        let named = ["missing field `", "unknown field `"].iter().find_map(|p| {
+            msg.split_once(p)
+                .and_then(|(_, rest)| rest.split_once('`'))
+                .map(|(f, _)| f.to_string())
+        });
         let field = match (path.as_str(), named) {
             (".", Some(f)) | ("", Some(f)) => f,
             (p, Some(f)) if msg.starts_with("missing") => format!("{p}.{f}"),
@@ -260,8 +301,12 @@ pub async fn observe(State(ctx): State<Ctx>, req: Request, next: Next) -> Respon
         .map(|m| m.as_str().to_string())
         .unwrap_or_else(|| "unmatched".into());
     let resp = next.run(req).await;
-    ctx.metrics
-        .observe_http(&method, &route, resp.status().as_u16(), start.elapsed().as_secs_f64());
+    ctx.metrics.observe_http(
+        &method,
+        &route,
+        resp.status().as_u16(),
+        start.elapsed().as_secs_f64(),
+    );
     resp
 }
 
@@ -281,7 +326,10 @@ mod tests {
     fn body_errors_name_the_field() {
         assert_eq!(field_of("{}"), "name");
         assert_eq!(field_of(r#"{"name": 5}"#), "name");
-        assert_eq!(field_of(r#"{"name": "a", "settings": {"candidate_parent_limit": "x"}}"#), "settings.candidate_parent_limit");
+        assert_eq!(
+            field_of(r#"{"name": "a", "settings": {"candidate_parent_limit": "x"}}"#),
+            "settings.candidate_parent_limit"
+        );
         assert_eq!(field_of(r#"{"name": "a", "bogus": 1}"#), "bogus");
         assert_eq!(field_of("not json"), "body");
     }
@@ -290,8 +338,17 @@ mod tests {
     fn openapi_lists_the_routes() {
         let doc = openapi();
         let paths: Vec<&String> = doc.paths.paths.keys().collect();
-        for p in ["/api/v1/clusters", "/api/v1/clusters/{id}", "/api/v1/preheat-jobs", "/api/v1/tokens", "/api/v1/audit-logs"] {
-            assert!(paths.iter().any(|x| x.as_str() == p), "{p} missing from {paths:?}");
+        for p in [
+            "/api/v1/clusters",
+            "/api/v1/clusters/{id}",
+            "/api/v1/preheat-jobs",
+            "/api/v1/tokens",
+            "/api/v1/audit-logs",
+        ] {
+            assert!(
+                paths.iter().any(|x| x.as_str() == p),
+                "{p} missing from {paths:?}"
+            );
         }
     }
 }

@@ -28,10 +28,22 @@ async fn list_users(State(ctx): State<Ctx>, p: Principal) -> ApiResult<Json<Vec<
 
 #[utoipa::path(post, path = "/api/v1/users", tag = "users", request_body = NewUser,
     responses((status = 201, body = User), (status = 400, body = super::ErrorBody), (status = 409, body = super::ErrorBody)))]
-async fn create_user(State(ctx): State<Ctx>, p: Principal, Body(body): Body<NewUser>) -> ApiResult<(StatusCode, Json<User>)> {
+async fn create_user(
+    State(ctx): State<Ctx>,
+    p: Principal,
+    Body(body): Body<NewUser>,
+) -> ApiResult<(StatusCode, Json<User>)> {
     allow(&ctx, &p, Scope::Admin, "user.create", "user", "").await?;
     let u = users::create(&ctx.db, &ctx.hasher, body).await?;
-    audit(&ctx, &p, "user.create", "user", u.id, serde_json::json!({"username": u.username, "role": u.role})).await;
+    audit(
+        &ctx,
+        &p,
+        "user.create",
+        "user",
+        u.id,
+        serde_json::json!({"username": u.username, "role": u.role}),
+    )
+    .await;
     Ok((StatusCode::CREATED, Json(u)))
 }
 
@@ -47,18 +59,34 @@ async fn get_user(State(ctx): State<Ctx>, p: Principal, Id(id): Id) -> ApiResult
 /// Changes a user's password or role (admin; anyone may change their own password).
 #[utoipa::path(patch, path = "/api/v1/users/{id}", tag = "users", params(("id" = i64, Path)), request_body = UserPatch,
     responses((status = 200, body = User), (status = 400, body = super::ErrorBody), (status = 404, body = super::ErrorBody)))]
-async fn update_user(State(ctx): State<Ctx>, p: Principal, Id(id): Id, Body(body): Body<UserPatch>) -> ApiResult<Json<User>> {
+async fn update_user(
+    State(ctx): State<Ctx>,
+    p: Principal,
+    Id(id): Id,
+    Body(body): Body<UserPatch>,
+) -> ApiResult<Json<User>> {
     let own_password_only = p.user_id == id && body.role.is_none() && p.token_id.is_none();
     if !own_password_only {
         allow(&ctx, &p, Scope::Admin, "user.update", "user", &id.to_string()).await?;
     }
-    let changed: Vec<&str> = [("password", body.password.is_some()), ("role", body.role.is_some())]
-        .iter()
-        .filter(|(_, c)| *c)
-        .map(|(n, _)| *n)
-        .collect();
+    let changed: Vec<&str> = [
+        ("password", body.password.is_some()),
+        ("role", body.role.is_some()),
+    ]
+    .iter()
+    .filter(|(_, c)| *c)
+    .map(|(n, _)| *n)
+    .collect();
     let u = users::update(&ctx.db, &ctx.hasher, id, body).await?;
-    audit(&ctx, &p, "user.update", "user", id, serde_json::json!({"changed": changed, "role": u.role})).await;
+    audit(
+        &ctx,
+        &p,
+        "user.update",
+        "user",
+        id,
+        serde_json::json!({"changed": changed, "role": u.role}),
+    )
+    .await;
     Ok(Json(u))
 }
 
@@ -74,7 +102,11 @@ async fn delete_user(State(ctx): State<Ctx>, p: Principal, Id(id): Id) -> ApiRes
 /// The caller's tokens (an admin sees everyone's). Secrets are never shown again.
 #[utoipa::path(get, path = "/api/v1/tokens", tag = "tokens", responses((status = 200, body = Vec<Token>)))]
 async fn list_tokens(State(ctx): State<Ctx>, p: Principal) -> ApiResult<Json<Vec<Token>>> {
-    let who = if p.scope == Scope::Admin { None } else { Some(p.user_id) };
+    let who = if p.scope == Scope::Admin {
+        None
+    } else {
+        Some(p.user_id)
+    };
     Ok(Json(users::list_tokens(&ctx.db, who).await?))
 }
 
@@ -82,12 +114,24 @@ async fn list_tokens(State(ctx): State<Ctx>, p: Principal) -> ApiResult<Json<Vec
 /// Needs a signed-in session, or a token with the admin scope.
 #[utoipa::path(post, path = "/api/v1/tokens", tag = "tokens", request_body = NewToken,
     responses((status = 201, body = CreatedToken), (status = 400, body = super::ErrorBody), (status = 403, body = super::ErrorBody)))]
-async fn create_token(State(ctx): State<Ctx>, p: Principal, Body(body): Body<NewToken>) -> ApiResult<(StatusCode, Json<CreatedToken>)> {
+async fn create_token(
+    State(ctx): State<Ctx>,
+    p: Principal,
+    Body(body): Body<NewToken>,
+) -> ApiResult<(StatusCode, Json<CreatedToken>)> {
     if p.token_id.is_some() {
         allow(&ctx, &p, Scope::Admin, "token.create", "token", "").await?;
     }
     let t = users::create_token(&ctx.db, &ctx.hasher, &p, body).await?;
-    audit(&ctx, &p, "token.create", "token", t.token.id, serde_json::json!({"name": t.token.name, "scope": t.token.scope})).await;
+    audit(
+        &ctx,
+        &p,
+        "token.create",
+        "token",
+        t.token.id,
+        serde_json::json!({"name": t.token.name, "scope": t.token.scope}),
+    )
+    .await;
     Ok((StatusCode::CREATED, Json(t)))
 }
 
@@ -99,17 +143,31 @@ async fn delete_token(State(ctx): State<Ctx>, p: Principal, Id(id): Id) -> ApiRe
     if t.user_id != p.user_id {
         allow(&ctx, &p, Scope::Admin, "token.delete", "token", &id.to_string()).await?;
     } else if p.scope == Scope::ReadOnly && p.token_id.is_some_and(|own| own != id) {
-        return Err(Error::Forbidden("a read-only token can only revoke itself".into()));
+        return Err(Error::Forbidden(
+            "a read-only token can only revoke itself".into(),
+        ));
     }
     users::delete_token(&ctx.db, &ctx.hasher, id).await?;
-    audit(&ctx, &p, "token.delete", "token", id, serde_json::json!({"name": t.name})).await;
+    audit(
+        &ctx,
+        &p,
+        "token.delete",
+        "token",
+        id,
+        serde_json::json!({"name": t.name}),
+    )
+    .await;
     Ok(StatusCode::NO_CONTENT)
 }
 
 /// The audit log, newest first (admin).
 #[utoipa::path(get, path = "/api/v1/audit-logs", tag = "audit", params(AuditQuery),
     responses((status = 200, body = Vec<AuditEntry>), (status = 403, body = super::ErrorBody)))]
-async fn list_audit(State(ctx): State<Ctx>, p: Principal, Params(q): Params<AuditQuery>) -> ApiResult<Json<Vec<AuditEntry>>> {
+async fn list_audit(
+    State(ctx): State<Ctx>,
+    p: Principal,
+    Params(q): Params<AuditQuery>,
+) -> ApiResult<Json<Vec<AuditEntry>>> {
     p.require(Scope::Admin)?;
     Ok(Json(audit_log::list(&ctx.db, &q).await?))
 }

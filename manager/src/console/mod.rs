@@ -41,7 +41,10 @@ pub fn router(ctx: Ctx) -> axum::Router {
 
 async fn css() -> Response {
     (
-        [(header::CONTENT_TYPE, "text/css; charset=utf-8"), (header::CACHE_CONTROL, "max-age=3600")],
+        [
+            (header::CONTENT_TYPE, "text/css; charset=utf-8"),
+            (header::CACHE_CONTROL, "max-age=3600"),
+        ],
         include_str!("style.css"),
     )
         .into_response()
@@ -51,7 +54,11 @@ async fn css() -> Response {
 /// from, it must be this host.
 async fn same_origin(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
     if req.method() == axum::http::Method::POST {
-        let host = req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("");
+        let host = req
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or("");
         if let Some(origin) = req.headers().get(header::ORIGIN).and_then(|o| o.to_str().ok()) {
             let origin_host = origin.split("://").nth(1).unwrap_or("");
             if origin != "null" && origin_host != host {
@@ -94,23 +101,42 @@ fn page_error(p: Option<&Principal>, e: Error) -> Response {
     (status, view::error_page(p, status, &msg)).into_response()
 }
 
-type Out = Result<Response, Response>;
+/// A page that could not be built: the error page to show instead (boxed: a
+/// `Response` is large and this travels through every `?`).
+struct PageErr(Box<Response>);
+
+impl IntoResponse for PageErr {
+    fn into_response(self) -> Response {
+        *self.0
+    }
+}
+
+impl From<Response> for PageErr {
+    fn from(r: Response) -> Self {
+        PageErr(Box::new(r))
+    }
+}
+
+type Out = Result<Response, PageErr>;
 
 fn ok(m: Markup) -> Out {
     Ok(m.into_response())
 }
 
 trait OrPage<T> {
-    fn or_page(self, p: &Principal) -> Result<T, Response>;
+    fn or_page(self, p: &Principal) -> Result<T, PageErr>;
 }
 impl<T> OrPage<T> for Result<T, Error> {
-    fn or_page(self, p: &Principal) -> Result<T, Response> {
-        self.map_err(|e| page_error(Some(p), e))
+    fn or_page(self, p: &Principal) -> Result<T, PageErr> {
+        self.map_err(|e| page_error(Some(p), e).into())
     }
 }
 
 fn field<'a>(form: &'a [(String, String)], name: &str) -> &'a str {
-    form.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str()).unwrap_or("")
+    form.iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+        .unwrap_or("")
 }
 
 fn lines(form: &[(String, String)], name: &str) -> Vec<String> {
@@ -139,27 +165,63 @@ async fn login(State(ctx): State<Ctx>, Form(form): Form<Vec<(String, String)>>) 
     let ttl = ctx.config.auth.session_ttl;
     match users::sign_in(&ctx.db, &ctx.hasher, user, pw, ttl.as_millis() as i64).await {
         Ok((cookie, u)) => {
-            let _ = store::audit::record(&ctx.db, &u.username, "session.create", "user", u.id, "ok", serde_json::json!({"via": "console"})).await;
+            let _ = store::audit::record(
+                &ctx.db,
+                &u.username,
+                "session.create",
+                "user",
+                u.id,
+                "ok",
+                serde_json::json!({"via": "console"}),
+            )
+            .await;
             let mut h = HeaderMap::new();
-            h.insert(header::SET_COOKIE, crate::api::session_cookie_header(&ctx, &cookie, ttl.as_secs()));
+            h.insert(
+                header::SET_COOKIE,
+                crate::api::session_cookie_header(&ctx, &cookie, ttl.as_secs()),
+            );
             (h, Redirect::to("/")).into_response()
         }
         Err(Error::Unauthenticated) => {
             let name: String = user.chars().take(64).collect();
-            let _ = store::audit::record(&ctx.db, &name, "session.create", "user", "", "denied", serde_json::json!({"via": "console"})).await;
-            (StatusCode::UNAUTHORIZED, view::login(Some("Wrong username or password."))).into_response()
+            let _ = store::audit::record(
+                &ctx.db,
+                &name,
+                "session.create",
+                "user",
+                "",
+                "denied",
+                serde_json::json!({"via": "console"}),
+            )
+            .await;
+            (
+                StatusCode::UNAUTHORIZED,
+                view::login(Some("Wrong username or password.")),
+            )
+                .into_response()
         }
         Err(e) => page_error(None, e),
     }
 }
 
 async fn logout(State(ctx): State<Ctx>, User(p): User, headers: HeaderMap) -> Response {
-    let (mut parts, _) = axum::http::Request::builder().body(()).expect("empty request").into_parts();
+    let (mut parts, _) = axum::http::Request::builder()
+        .body(())
+        .expect("empty request")
+        .into_parts();
     parts.headers = headers;
     if let Some(s) = session_cookie(&parts) {
         let _ = users::sign_out(&ctx.db, &s).await;
     }
-    audit(&ctx, &p, "session.delete", "user", p.user_id, serde_json::json!({"via": "console"})).await;
+    audit(
+        &ctx,
+        &p,
+        "session.delete",
+        "user",
+        p.user_id,
+        serde_json::json!({"via": "console"}),
+    )
+    .await;
     let mut h = HeaderMap::new();
     h.insert(header::SET_COOKIE, crate::api::session_cookie_header(&ctx, "", 0));
     (h, Redirect::to("/login")).into_response()
@@ -168,8 +230,18 @@ async fn logout(State(ctx): State<Ctx>, User(p): User, headers: HeaderMap) -> Re
 async fn overview(State(ctx): State<Ctx>, User(p): User) -> Out {
     let cl = clusters::list_scheduler_clusters(&ctx.db).await.or_page(&p)?;
     let inst = instances::list(&ctx.db, &Default::default()).await.or_page(&p)?;
-    let jobs = preheat::list(&ctx.db, &preheat::JobQuery { state: None, limit: Some(8) }).await.or_page(&p)?;
-    let traffic = store::traffic::stats(&ctx.db, &Default::default()).await.or_page(&p)?;
+    let jobs = preheat::list(
+        &ctx.db,
+        &preheat::JobQuery {
+            state: None,
+            limit: Some(8),
+        },
+    )
+    .await
+    .or_page(&p)?;
+    let traffic = store::traffic::stats(&ctx.db, &Default::default())
+        .await
+        .or_page(&p)?;
     ok(view::overview(&p, &cl, &inst, &jobs, &traffic))
 }
 
@@ -184,8 +256,14 @@ async fn render_clusters(ctx: &Ctx, p: &Principal, error: Option<String>) -> Out
     ok(view::clusters(p, &cl, &inst, &seeds, error.as_deref()))
 }
 
-async fn create_cluster(State(ctx): State<Ctx>, User(p): User, Form(form): Form<Vec<(String, String)>>) -> Out {
-    allow(&ctx, &p, Scope::Admin, "cluster.create", "scheduler_cluster", "").await.or_page(&p)?;
+async fn create_cluster(
+    State(ctx): State<Ctx>,
+    User(p): User,
+    Form(form): Form<Vec<(String, String)>>,
+) -> Out {
+    allow(&ctx, &p, Scope::Admin, "cluster.create", "scheduler_cluster", "")
+        .await
+        .or_page(&p)?;
     let new = clusters::NewSchedulerCluster {
         name: field(&form, "name").to_string(),
         description: field(&form, "description").to_string(),
@@ -194,14 +272,22 @@ async fn create_cluster(State(ctx): State<Ctx>, User(p): User, Form(form): Form<
     };
     match clusters::create_scheduler_cluster(&ctx.db, new).await {
         Ok(c) => {
-            audit(&ctx, &p, "cluster.create", "scheduler_cluster", c.id, serde_json::json!({"name": c.name, "via": "console"})).await;
+            audit(
+                &ctx,
+                &p,
+                "cluster.create",
+                "scheduler_cluster",
+                c.id,
+                serde_json::json!({"name": c.name, "via": "console"}),
+            )
+            .await;
             Ok(Redirect::to(&format!("/clusters/{}", c.id)).into_response())
         }
         Err(e @ (Error::Invalid { .. } | Error::Conflict(_))) => {
             let r = render_clusters(&ctx, &p, Some(e.to_string())).await?;
             Ok((StatusCode::BAD_REQUEST, r).into_response())
         }
-        Err(e) => Err(page_error(Some(&p), e)),
+        Err(e) => Err(page_error(Some(&p), e).into()),
     }
 }
 
@@ -217,7 +303,13 @@ async fn cluster_page(State(ctx): State<Ctx>, User(p): User, Path(id): Path<Stri
     render_cluster(&ctx, &p, id, None, None).await
 }
 
-async fn render_cluster(ctx: &Ctx, p: &Principal, id: i64, error: Option<String>, saved: Option<&str>) -> Out {
+async fn render_cluster(
+    ctx: &Ctx,
+    p: &Principal,
+    id: i64,
+    error: Option<String>,
+    saved: Option<&str>,
+) -> Out {
     let c = clusters::get_scheduler_cluster(&ctx.db, id).await.or_page(p)?;
     let inst = instances::list(
         &ctx.db,
@@ -232,9 +324,23 @@ async fn render_cluster(ctx: &Ctx, p: &Principal, id: i64, error: Option<String>
     ok(view::cluster(p, &c, &inst, error.as_deref(), saved))
 }
 
-async fn update_cluster(State(ctx): State<Ctx>, User(p): User, Path(id): Path<String>, Form(form): Form<Vec<(String, String)>>) -> Out {
+async fn update_cluster(
+    State(ctx): State<Ctx>,
+    User(p): User,
+    Path(id): Path<String>,
+    Form(form): Form<Vec<(String, String)>>,
+) -> Out {
     let id = path_id(&id).or_page(&p)?;
-    allow(&ctx, &p, Scope::Admin, "cluster.update", "scheduler_cluster", &id.to_string()).await.or_page(&p)?;
+    allow(
+        &ctx,
+        &p,
+        Scope::Admin,
+        "cluster.update",
+        "scheduler_cluster",
+        &id.to_string(),
+    )
+    .await
+    .or_page(&p)?;
     let patch = (|| -> Result<clusters::SchedulerClusterPatch, Error> {
         Ok(clusters::SchedulerClusterPatch {
             name: Some(field(&form, "name").to_string()),
@@ -261,14 +367,29 @@ async fn update_cluster(State(ctx): State<Ctx>, User(p): User, Path(id): Path<St
     };
     match result {
         Ok(c) => {
-            audit(&ctx, &p, "cluster.update", "scheduler_cluster", id, serde_json::json!({"settings": c.settings, "scopes": c.scopes, "via": "console"})).await;
-            render_cluster(&ctx, &p, id, None, Some("Saved. Schedulers and peers apply the new settings within one refresh interval.")).await
+            audit(
+                &ctx,
+                &p,
+                "cluster.update",
+                "scheduler_cluster",
+                id,
+                serde_json::json!({"settings": c.settings, "scopes": c.scopes, "via": "console"}),
+            )
+            .await;
+            render_cluster(
+                &ctx,
+                &p,
+                id,
+                None,
+                Some("Saved. Schedulers and peers apply the new settings within one refresh interval."),
+            )
+            .await
         }
         Err(e @ (Error::Invalid { .. } | Error::Conflict(_))) => {
             let r = render_cluster(&ctx, &p, id, Some(e.to_string()), None).await?;
             Ok((StatusCode::BAD_REQUEST, r).into_response())
         }
-        Err(e) => Err(page_error(Some(&p), e)),
+        Err(e) => Err(page_error(Some(&p), e).into()),
     }
 }
 
@@ -290,17 +411,26 @@ async fn render_preheat(ctx: &Ctx, p: &Principal, error: Option<String>) -> Out 
 }
 
 async fn create_job(State(ctx): State<Ctx>, User(p): User, Form(form): Form<Vec<(String, String)>>) -> Out {
-    allow(&ctx, &p, Scope::Preheat, "preheat_job.create", "preheat_job", "").await.or_page(&p)?;
+    allow(&ctx, &p, Scope::Preheat, "preheat_job.create", "preheat_job", "")
+        .await
+        .or_page(&p)?;
     let opt = |n: &str| Some(field(&form, n).trim().to_string()).filter(|s| !s.is_empty());
     let cluster_ids: Result<Vec<i64>, Error> = form
         .iter()
         .filter(|(k, _)| k == "cluster")
-        .map(|(_, v)| v.parse().map_err(|_| Error::invalid("scheduler_cluster_ids", "not a cluster id")))
+        .map(|(_, v)| {
+            v.parse()
+                .map_err(|_| Error::invalid("scheduler_cluster_ids", "not a cluster id"))
+        })
         .collect();
     let result = match cluster_ids {
         Ok(ids) => {
             let new = preheat::NewPreheatJob {
-                kind: if field(&form, "kind") == "file" { preheat::PreheatKind::File } else { preheat::PreheatKind::Image },
+                kind: if field(&form, "kind") == "file" {
+                    preheat::PreheatKind::File
+                } else {
+                    preheat::PreheatKind::Image
+                },
                 urls: lines(&form, "urls"),
                 platform: opt("platform"),
                 username: opt("username"),
@@ -319,7 +449,15 @@ async fn create_job(State(ctx): State<Ctx>, User(p): User, Form(form): Form<Vec<
     };
     match result {
         Ok(job) => {
-            audit(&ctx, &p, "preheat_job.create", "preheat_job", job.id, serde_json::json!({"urls": job.spec.urls, "via": "console"})).await;
+            audit(
+                &ctx,
+                &p,
+                "preheat_job.create",
+                "preheat_job",
+                job.id,
+                serde_json::json!({"urls": job.spec.urls, "via": "console"}),
+            )
+            .await;
             ctx.wake.notify_one();
             Ok(Redirect::to(&format!("/preheat/{}", job.id)).into_response())
         }
@@ -327,7 +465,7 @@ async fn create_job(State(ctx): State<Ctx>, User(p): User, Form(form): Form<Vec<
             let r = render_preheat(&ctx, &p, Some(e.to_string())).await?;
             Ok((StatusCode::BAD_REQUEST, r).into_response())
         }
-        Err(e) => Err(page_error(Some(&p), e)),
+        Err(e) => Err(page_error(Some(&p), e).into()),
     }
 }
 
@@ -341,15 +479,30 @@ async fn users_page(State(ctx): State<Ctx>, User(p): User) -> Out {
     render_users(&ctx, &p, None, None).await
 }
 
-async fn render_users(ctx: &Ctx, p: &Principal, error: Option<String>, new_token: Option<&users::CreatedToken>) -> Out {
-    let all = if p.scope == Scope::Admin { users::list(&ctx.db).await.or_page(p)? } else { vec![] };
-    let who = if p.scope == Scope::Admin { None } else { Some(p.user_id) };
+async fn render_users(
+    ctx: &Ctx,
+    p: &Principal,
+    error: Option<String>,
+    new_token: Option<&users::CreatedToken>,
+) -> Out {
+    let all = if p.scope == Scope::Admin {
+        users::list(&ctx.db).await.or_page(p)?
+    } else {
+        vec![]
+    };
+    let who = if p.scope == Scope::Admin {
+        None
+    } else {
+        Some(p.user_id)
+    };
     let tokens = users::list_tokens(&ctx.db, who).await.or_page(p)?;
     ok(view::users(p, &all, &tokens, error.as_deref(), new_token))
 }
 
 async fn create_user(State(ctx): State<Ctx>, User(p): User, Form(form): Form<Vec<(String, String)>>) -> Out {
-    allow(&ctx, &p, Scope::Admin, "user.create", "user", "").await.or_page(&p)?;
+    allow(&ctx, &p, Scope::Admin, "user.create", "user", "")
+        .await
+        .or_page(&p)?;
     let role = Scope::parse(field(&form, "role")).ok_or_else(|| Error::invalid("role", "unknown role"));
     let result = match role {
         Ok(role) => {
@@ -368,14 +521,22 @@ async fn create_user(State(ctx): State<Ctx>, User(p): User, Form(form): Form<Vec
     };
     match result {
         Ok(u) => {
-            audit(&ctx, &p, "user.create", "user", u.id, serde_json::json!({"username": u.username, "role": u.role, "via": "console"})).await;
+            audit(
+                &ctx,
+                &p,
+                "user.create",
+                "user",
+                u.id,
+                serde_json::json!({"username": u.username, "role": u.role, "via": "console"}),
+            )
+            .await;
             Ok(Redirect::to("/users").into_response())
         }
         Err(e @ (Error::Invalid { .. } | Error::Conflict(_))) => {
             let r = render_users(&ctx, &p, Some(e.to_string()), None).await?;
             Ok((StatusCode::BAD_REQUEST, r).into_response())
         }
-        Err(e) => Err(page_error(Some(&p), e)),
+        Err(e) => Err(page_error(Some(&p), e).into()),
     }
 }
 
@@ -400,14 +561,22 @@ async fn create_token(State(ctx): State<Ctx>, User(p): User, Form(form): Form<Ve
     };
     match result {
         Ok(t) => {
-            audit(&ctx, &p, "token.create", "token", t.token.id, serde_json::json!({"name": t.token.name, "scope": t.token.scope, "via": "console"})).await;
+            audit(
+                &ctx,
+                &p,
+                "token.create",
+                "token",
+                t.token.id,
+                serde_json::json!({"name": t.token.name, "scope": t.token.scope, "via": "console"}),
+            )
+            .await;
             render_users(&ctx, &p, None, Some(&t)).await
         }
         Err(e @ Error::Invalid { .. }) => {
             let r = render_users(&ctx, &p, Some(e.to_string()), None).await?;
             Ok((StatusCode::BAD_REQUEST, r).into_response())
         }
-        Err(e) => Err(page_error(Some(&p), e)),
+        Err(e) => Err(page_error(Some(&p), e).into()),
     }
 }
 
@@ -415,17 +584,33 @@ async fn delete_token(State(ctx): State<Ctx>, User(p): User, Path(id): Path<Stri
     let id = path_id(&id).or_page(&p)?;
     let t = users::get_token(&ctx.db, id).await.or_page(&p)?;
     if t.user_id != p.user_id {
-        allow(&ctx, &p, Scope::Admin, "token.delete", "token", &id.to_string()).await.or_page(&p)?;
+        allow(&ctx, &p, Scope::Admin, "token.delete", "token", &id.to_string())
+            .await
+            .or_page(&p)?;
     }
     users::delete_token(&ctx.db, &ctx.hasher, id).await.or_page(&p)?;
-    audit(&ctx, &p, "token.delete", "token", id, serde_json::json!({"name": t.name, "via": "console"})).await;
+    audit(
+        &ctx,
+        &p,
+        "token.delete",
+        "token",
+        id,
+        serde_json::json!({"name": t.name, "via": "console"}),
+    )
+    .await;
     Ok(Redirect::to("/users").into_response())
 }
 
 async fn audit_page(State(ctx): State<Ctx>, User(p): User) -> Out {
     p.require(Scope::Admin).or_page(&p)?;
-    let entries = store::audit::list(&ctx.db, &store::audit::AuditQuery { limit: Some(200), ..Default::default() })
-        .await
-        .or_page(&p)?;
+    let entries = store::audit::list(
+        &ctx.db,
+        &store::audit::AuditQuery {
+            limit: Some(200),
+            ..Default::default()
+        },
+    )
+    .await
+    .or_page(&p)?;
     ok(view::audit(&p, &entries))
 }

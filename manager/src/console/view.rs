@@ -93,7 +93,9 @@ pub fn error_page(p: Option<&Principal>, status: StatusCode, msg: &str) -> Marku
     };
     match p {
         Some(p) => layout(p, "", "Error", None, body),
-        None => html! { (DOCTYPE) html { head { link rel="stylesheet" href="/assets/console.css"; } body { div.content { (body) } } } },
+        None => {
+            html! { (DOCTYPE) html { head { link rel="stylesheet" href="/assets/console.css"; } body { div.content { (body) } } } }
+        }
     }
 }
 
@@ -134,7 +136,11 @@ fn bytes(n: i64) -> String {
         v /= 1024.0;
         i += 1;
     }
-    if i == 0 { format!("{n} B") } else { format!("{v:.1} {}", units[i]) }
+    if i == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", units[i])
+    }
 }
 
 fn badge(state: &str) -> Markup {
@@ -156,13 +162,23 @@ fn progress_bar(p: &Progress) -> Markup {
 /// Stacked bars of origin vs peer bytes per bucket, as inline SVG.
 fn traffic_chart(t: &TrafficStats) -> Markup {
     let (w, h, left, bottom) = (760.0_f64, 200.0_f64, 56.0_f64, 22.0_f64);
-    let max = t.buckets.iter().map(|b| b.origin_bytes + b.peer_bytes).max().unwrap_or(0).max(1) as f64;
+    let max = t
+        .buckets
+        .iter()
+        .map(|b| b.origin_bytes + b.peer_bytes)
+        .max()
+        .unwrap_or(0)
+        .max(1) as f64;
     let n = t.buckets.len().max(1) as f64;
     let slot = (w - left) / n;
     let bar = (slot * 0.7).max(1.0);
     let plot_h = h - bottom - 8.0;
     html! {
         svg.chart #traffic-chart viewBox=(format!("0 0 {w} {h}")) width="100%" role="img" aria-label="Origin vs peer traffic" {
+            @for k in 1..=4 {
+                @let y = h - bottom - plot_h * k as f64 / 4.0;
+                line x1=(left) y1=(format!("{y:.1}")) x2=(w) y2=(format!("{y:.1}")) stroke="#f0f2f5" {}
+            }
             line x1=(left) y1=(h - bottom) x2=(w) y2=(h - bottom) stroke="#e4e7ec" {}
             text x="4" y="14" { (bytes(max as i64)) }
             text x="4" y=(h - bottom) { "0" }
@@ -179,8 +195,10 @@ fn traffic_chart(t: &TrafficStats) -> Markup {
                 rect x=(format!("{x:.1}")) y=(format!("{:.1}", h - bottom - ph - oh)) width=(format!("{bar:.1}")) height=(format!("{oh:.1}")) fill="var(--origin)" {
                     title { (datetime(b.at)) ": " (bytes(b.origin_bytes)) " from origin" }
                 }
-                @if i == 0 || i + 1 == t.buckets.len() {
+                @if i == 0 {
                     text x=(format!("{x:.1}")) y=(h - 6.0) { (datetime(b.at)[11..].to_string()) }
+                } @else if i + 1 == t.buckets.len() {
+                    text x=(format!("{:.1}", x + bar)) y=(h - 6.0) text-anchor="end" { (datetime(b.at)[11..].to_string()) }
                 }
             }
         }
@@ -213,110 +231,157 @@ fn jobs_table(jobs: &[PreheatJob]) -> Markup {
     }
 }
 
-pub fn overview(p: &Principal, cl: &[SchedulerCluster], inst: &[Instance], jobs: &[PreheatJob], t: &TrafficStats) -> Markup {
-    let count = |k: InstanceKind, active: bool| inst.iter().filter(|i| i.kind == k && (i.state == "active") == active).count();
-    let running = jobs.iter().filter(|j| j.state == "running" || j.state == "pending").count();
-    layout(p, "/", "Overview", Some(15), html! {
-        div.cards {
-            div.card { div.l { "Scheduler clusters" } div.n { (cl.len()) } }
-            div.card { div.l { "Schedulers active" } div.n { (count(InstanceKind::Scheduler, true)) span.muted { " / " (count(InstanceKind::Scheduler, true) + count(InstanceKind::Scheduler, false)) } } }
-            div.card { div.l { "Seed peers active" } div.n { (count(InstanceKind::SeedPeer, true)) span.muted { " / " (count(InstanceKind::SeedPeer, true) + count(InstanceKind::SeedPeer, false)) } } }
-            div.card { div.l { "Preheat jobs in flight" } div.n { (running) } }
-        }
-        div.panel { h2 { "Traffic: origin vs peers (24 h)" } (traffic_chart(t)) }
-        div.panel { h2 { "Recent preheat jobs" } (jobs_table(jobs)) }
-    })
+pub fn overview(
+    p: &Principal,
+    cl: &[SchedulerCluster],
+    inst: &[Instance],
+    jobs: &[PreheatJob],
+    t: &TrafficStats,
+) -> Markup {
+    let count = |k: InstanceKind, active: bool| {
+        inst.iter()
+            .filter(|i| i.kind == k && (i.state == "active") == active)
+            .count()
+    };
+    let running = jobs
+        .iter()
+        .filter(|j| j.state == "running" || j.state == "pending")
+        .count();
+    layout(
+        p,
+        "/",
+        "Overview",
+        Some(15),
+        html! {
+            div.cards {
+                div.card { div.l { "Scheduler clusters" } div.n { (cl.len()) } }
+                div.card { div.l { "Schedulers active" } div.n { (count(InstanceKind::Scheduler, true)) span.muted { " / " (count(InstanceKind::Scheduler, true) + count(InstanceKind::Scheduler, false)) } } }
+                div.card { div.l { "Seed peers active" } div.n { (count(InstanceKind::SeedPeer, true)) span.muted { " / " (count(InstanceKind::SeedPeer, true) + count(InstanceKind::SeedPeer, false)) } } }
+                div.card { div.l { "Preheat jobs in flight" } div.n { (running) } }
+            }
+            div.panel { h2 { "Traffic: origin vs peers (24 h)" } (traffic_chart(t)) }
+            div.panel { h2 { "Recent preheat jobs" } (jobs_table(jobs)) }
+        },
+    )
 }
 
-pub fn clusters(p: &Principal, cl: &[SchedulerCluster], inst: &[Instance], seeds: &[SeedPeerCluster], error: Option<&str>) -> Markup {
-    layout(p, "/clusters", "Clusters", None, html! {
-        @if let Some(e) = error { div.alert.err #form-error { (e) } }
-        div.panel {
-            h2 { "Scheduler clusters" }
-            table #clusters {
-                thead { tr { th { "Name" } th { "Scopes" } th { "Parents" } th { "Schedulers" } th { "Seed peer clusters" } } }
-                tbody {
-                    @for c in cl {
-                        @let live = inst.iter().filter(|i| i.kind == InstanceKind::Scheduler && i.cluster_id == c.id && i.state == "active").count();
-                        @let all = inst.iter().filter(|i| i.kind == InstanceKind::Scheduler && i.cluster_id == c.id).count();
-                        tr {
-                            td { a.cluster-link href=(format!("/clusters/{}", c.id)) { (c.name) } " " @if c.is_default { span.badge.b-default { "default" } }
-                                 div.muted { (c.description) } }
-                            td.mono {
-                                @for s in &c.scopes.idc { div { "idc " (s) } }
-                                @for s in &c.scopes.location { div { "location " (s) } }
-                                @for s in &c.scopes.cidrs { div { "cidr " (s) } }
-                                @for s in &c.scopes.hostnames { div { "host " (s) } }
-                                @if c.scopes.idc.is_empty() && c.scopes.location.is_empty() && c.scopes.cidrs.is_empty() && c.scopes.hostnames.is_empty() { span.muted { "—" } }
+pub fn clusters(
+    p: &Principal,
+    cl: &[SchedulerCluster],
+    inst: &[Instance],
+    seeds: &[SeedPeerCluster],
+    error: Option<&str>,
+) -> Markup {
+    layout(
+        p,
+        "/clusters",
+        "Clusters",
+        None,
+        html! {
+            @if let Some(e) = error { div.alert.err #form-error { (e) } }
+            div.panel {
+                h2 { "Scheduler clusters" }
+                table #clusters {
+                    thead { tr { th { "Name" } th { "Scopes" } th { "Parents" } th { "Schedulers" } th { "Seed peer clusters" } } }
+                    tbody {
+                        @for c in cl {
+                            @let live = inst.iter().filter(|i| i.kind == InstanceKind::Scheduler && i.cluster_id == c.id && i.state == "active").count();
+                            @let all = inst.iter().filter(|i| i.kind == InstanceKind::Scheduler && i.cluster_id == c.id).count();
+                            tr {
+                                td { a.cluster-link href=(format!("/clusters/{}", c.id)) { (c.name) } " " @if c.is_default { span.badge.b-default { "default" } }
+                                     div.muted { (c.description) } }
+                                td.mono {
+                                    @for s in &c.scopes.idc { div { "idc " (s) } }
+                                    @for s in &c.scopes.location { div { "location " (s) } }
+                                    @for s in &c.scopes.cidrs { div { "cidr " (s) } }
+                                    @for s in &c.scopes.hostnames { div { "host " (s) } }
+                                    @if c.scopes.idc.is_empty() && c.scopes.location.is_empty() && c.scopes.cidrs.is_empty() && c.scopes.hostnames.is_empty() { span.muted { "—" } }
+                                }
+                                td { (c.settings.candidate_parent_limit) " of " (c.settings.filter_parent_limit) }
+                                td { (live) " active / " (all) }
+                                td { @for s in seeds.iter().filter(|s| s.scheduler_cluster_id == c.id) { div { (s.name) } } }
                             }
-                            td { (c.settings.candidate_parent_limit) " of " (c.settings.filter_parent_limit) }
-                            td { (live) " active / " (all) }
-                            td { @for s in seeds.iter().filter(|s| s.scheduler_cluster_id == c.id) { div { (s.name) } } }
                         }
                     }
                 }
             }
-        }
-        @if p.scope == Scope::Admin {
-            div.panel {
-                h2 { "New scheduler cluster" }
-                form.grid method="post" action="/clusters" {
-                    div { label for="new-cluster-name" { "Name" } input #new-cluster-name type="text" name="name" required; }
-                    div { label for="new-cluster-description" { "Description" } input #new-cluster-description type="text" name="description"; }
-                    div { button #create-cluster type="submit" { "Create cluster" } }
+            @if p.scope == Scope::Admin {
+                div.panel {
+                    h2 { "New scheduler cluster" }
+                    form.grid method="post" action="/clusters" {
+                        div { label for="new-cluster-name" { "Name" } input #new-cluster-name type="text" name="name" required; }
+                        div { label for="new-cluster-description" { "Description" } input #new-cluster-description type="text" name="description"; }
+                        div { button #create-cluster type="submit" { "Create cluster" } }
+                    }
                 }
             }
-        }
-    })
+        },
+    )
 }
 
-pub fn cluster(p: &Principal, c: &SchedulerCluster, schedulers: &[Instance], error: Option<&str>, saved: Option<&str>) -> Markup {
+pub fn cluster(
+    p: &Principal,
+    c: &SchedulerCluster,
+    schedulers: &[Instance],
+    error: Option<&str>,
+    saved: Option<&str>,
+) -> Markup {
     let s = &c.settings;
     let admin = p.scope == Scope::Admin;
-    let num = |name: &'static str, label: &'static str, hint: &'static str, v: u64| html! {
-        div { label for=(name) { (label) " " small { (hint) } } input id=(name) type="number" name=(name) value=(v) disabled[!admin]; }
-    };
-    let list = |name: &'static str, label: &'static str, hint: &'static str, v: &[String]| html! {
-        div { label for=(name) { (label) " " small { (hint) } } textarea id=(name) name=(name) disabled[!admin] { (v.join("\n")) } }
-    };
-    layout(p, "/clusters", &format!("Cluster: {}", c.name), None, html! {
-        @if let Some(e) = error { div.alert.err #form-error { (e) } }
-        @if let Some(m) = saved { div.alert.ok #saved { (m) } }
-        form method="post" action=(format!("/clusters/{}", c.id)) {
-            div.panel {
-                h2 { "General" }
-                div.grid style="display:grid;grid-template-columns:1fr 2fr;gap:14px 18px" {
-                    div { label for="name" { "Name" } input #name type="text" name="name" value=(c.name) disabled[!admin]; }
-                    div { label for="description" { "Description" } input #description type="text" name="description" value=(c.description) disabled[!admin]; }
-                }
-            }
-            div.panel {
-                h2 { "Scheduling settings" }
-                div style="display:grid;grid-template-columns:repeat(auto-fit,minmax(220px,1fr));gap:14px 18px" {
-                    (num("candidate_parent_limit", "Candidate parents", "(1–20)", s.candidate_parent_limit as u64))
-                    (num("filter_parent_limit", "Parents examined", "(≤ 1000)", s.filter_parent_limit as u64))
-                    (num("peer_upload_concurrency", "Uploads per peer", "(1–1000)", s.peer_upload_concurrency as u64))
-                    (num("peer_download_concurrency", "Downloads per peer", "(1–1000)", s.peer_download_concurrency as u64))
-                    (num("min_piece_length", "Min piece length", "(bytes)", s.min_piece_length))
-                    (num("max_piece_length", "Max piece length", "(bytes)", s.max_piece_length))
-                }
-            }
-            div.panel {
-                h2 { "Scopes " small.muted { "— which peers this cluster serves (one per line)" } }
-                div style="display:grid;grid-template-columns:repeat(auto-fit,minmax(220px,1fr));gap:14px 18px" {
-                    (list("idc", "IDC", "exact", &c.scopes.idc))
-                    (list("location", "Location", "a|b|c prefix", &c.scopes.location))
-                    (list("cidrs", "CIDRs", "10.0.0.0/8", &c.scopes.cidrs))
-                    (list("hostnames", "Hostnames", "globs: node-*", &c.scopes.hostnames))
-                }
-            }
-            @if admin { button #save-cluster type="submit" { "Save changes" } }
+    let num = |name: &'static str, label: &'static str, hint: &'static str, v: u64| {
+        html! {
+            div { label for=(name) { (label) " " small { (hint) } } input id=(name) type="number" name=(name) value=(v) disabled[!admin]; }
         }
-        div.panel style="margin-top:20px" {
-            h2 { "Schedulers in this cluster" }
-            (instance_rows(schedulers, &[], &[]))
+    };
+    let list = |name: &'static str, label: &'static str, hint: &'static str, v: &[String]| {
+        html! {
+            div { label for=(name) { (label) " " small { (hint) } } textarea id=(name) name=(name) disabled[!admin] { (v.join("\n")) } }
         }
-    })
+    };
+    layout(
+        p,
+        "/clusters",
+        &format!("Cluster: {}", c.name),
+        None,
+        html! {
+            @if let Some(e) = error { div.alert.err #form-error { (e) } }
+            @if let Some(m) = saved { div.alert.ok #saved { (m) } }
+            form method="post" action=(format!("/clusters/{}", c.id)) {
+                div.panel {
+                    h2 { "General" }
+                    div.grid style="display:grid;grid-template-columns:1fr 2fr;gap:14px 18px" {
+                        div { label for="name" { "Name" } input #name type="text" name="name" value=(c.name) disabled[!admin]; }
+                        div { label for="description" { "Description" } input #description type="text" name="description" value=(c.description) disabled[!admin]; }
+                    }
+                }
+                div.panel {
+                    h2 { "Scheduling settings" }
+                    div style="display:grid;grid-template-columns:repeat(auto-fit,minmax(220px,1fr));gap:14px 18px" {
+                        (num("candidate_parent_limit", "Candidate parents", "(1–20)", s.candidate_parent_limit as u64))
+                        (num("filter_parent_limit", "Parents examined", "(≤ 1000)", s.filter_parent_limit as u64))
+                        (num("peer_upload_concurrency", "Uploads per peer", "(1–1000)", s.peer_upload_concurrency as u64))
+                        (num("peer_download_concurrency", "Downloads per peer", "(1–1000)", s.peer_download_concurrency as u64))
+                        (num("min_piece_length", "Min piece length", "(bytes)", s.min_piece_length))
+                        (num("max_piece_length", "Max piece length", "(bytes)", s.max_piece_length))
+                    }
+                }
+                div.panel {
+                    h2 { "Scopes " small.muted { "— which peers this cluster serves (one per line)" } }
+                    div style="display:grid;grid-template-columns:repeat(auto-fit,minmax(220px,1fr));gap:14px 18px" {
+                        (list("idc", "IDC", "exact", &c.scopes.idc))
+                        (list("location", "Location", "a|b|c prefix", &c.scopes.location))
+                        (list("cidrs", "CIDRs", "10.0.0.0/8", &c.scopes.cidrs))
+                        (list("hostnames", "Hostnames", "globs: node-*", &c.scopes.hostnames))
+                    }
+                }
+                @if admin { button #save-cluster type="submit" { "Save changes" } }
+            }
+            div.panel style="margin-top:20px" {
+                h2 { "Schedulers in this cluster" }
+                (instance_rows(schedulers, &[], &[]))
+            }
+        },
+    )
 }
 
 fn instance_rows(inst: &[Instance], cl: &[SchedulerCluster], seeds: &[SeedPeerCluster]) -> Markup {
@@ -345,146 +410,187 @@ fn instance_rows(inst: &[Instance], cl: &[SchedulerCluster], seeds: &[SeedPeerCl
     }
 }
 
-pub fn instances(p: &Principal, inst: &[Instance], cl: &[SchedulerCluster], seeds: &[SeedPeerCluster]) -> Markup {
-    layout(p, "/instances", "Instances", Some(3), html! {
-        div.panel { h2 { "Schedulers and seed peers" } (instance_rows(inst, cl, seeds)) }
-    })
+pub fn instances(
+    p: &Principal,
+    inst: &[Instance],
+    cl: &[SchedulerCluster],
+    seeds: &[SeedPeerCluster],
+) -> Markup {
+    layout(
+        p,
+        "/instances",
+        "Instances",
+        Some(3),
+        html! {
+            div.panel { h2 { "Schedulers and seed peers" } (instance_rows(inst, cl, seeds)) }
+        },
+    )
 }
 
 pub fn preheat(p: &Principal, jobs: &[PreheatJob], cl: &[SchedulerCluster], error: Option<&str>) -> Markup {
-    layout(p, "/preheat", "Preheat", None, html! {
-        @if let Some(e) = error { div.alert.err #form-error { (e) } }
-        @if p.scope >= Scope::Preheat {
-            div.panel {
-                h2 { "Warm images before a deploy" }
-                form.grid method="post" action="/preheat" {
-                    div.span-all { label for="preheat-urls" { "Images " small { "one per line: registry:5000/team/app:1.2 (or URLs for kind file)" } }
-                        textarea #preheat-urls name="urls" required {} }
-                    div { label for="kind" { "Kind" } select #kind name="kind" { option value="image" { "image" } option value="file" { "file (URL)" } } }
-                    div { label for="platform" { "Platform" } input #platform type="text" name="platform" placeholder="linux/amd64"; }
-                    div { label for="scope" { "Seed peers" } select #scope name="scope" {
-                        option value="all_seed_peers" { "every seed peer" } option value="single_seed_peer" { "one per cluster" } } }
-                    div { label for="reg-user" { "Registry user " small { "(optional)" } } input #reg-user type="text" name="username" autocomplete="off"; }
-                    div { label for="reg-pass" { "Registry password" } input #reg-pass type="password" name="password" autocomplete="new-password"; }
-                    div.span-all { label { "Clusters " small { "(none ticked: all)" } }
-                        @for c in cl { label style="display:inline-block;font-weight:400;margin-right:14px" { input type="checkbox" name="cluster" value=(c.id); " " (c.name) } } }
-                    div { button #start-preheat type="submit" { "Start preheat" } }
+    layout(
+        p,
+        "/preheat",
+        "Preheat",
+        None,
+        html! {
+            @if let Some(e) = error { div.alert.err #form-error { (e) } }
+            @if p.scope >= Scope::Preheat {
+                div.panel {
+                    h2 { "Warm images before a deploy" }
+                    form.grid method="post" action="/preheat" {
+                        div.span-all { label for="preheat-urls" { "Images " small { "one per line: registry:5000/team/app:1.2 (or URLs for kind file)" } }
+                            textarea #preheat-urls name="urls" required {} }
+                        div { label for="kind" { "Kind" } select #kind name="kind" { option value="image" { "image" } option value="file" { "file (URL)" } } }
+                        div { label for="platform" { "Platform" } input #platform type="text" name="platform" placeholder="linux/amd64"; }
+                        div { label for="scope" { "Seed peers" } select #scope name="scope" {
+                            option value="all_seed_peers" { "every seed peer" } option value="single_seed_peer" { "one per cluster" } } }
+                        div { label for="reg-user" { "Registry user " small { "(optional)" } } input #reg-user type="text" name="username" autocomplete="off"; }
+                        div { label for="reg-pass" { "Registry password" } input #reg-pass type="password" name="password" autocomplete="new-password"; }
+                        div.span-all { label { "Clusters " small { "(none ticked: all)" } }
+                            @for c in cl { label style="display:inline-block;font-weight:400;margin-right:14px" { input type="checkbox" name="cluster" value=(c.id); " " (c.name) } } }
+                        div { button #start-preheat type="submit" { "Start preheat" } }
+                    }
                 }
             }
-        }
-        div.panel { h2 { "Jobs" } (jobs_table(jobs)) }
-    })
+            div.panel { h2 { "Jobs" } (jobs_table(jobs)) }
+        },
+    )
 }
 
 pub fn job(p: &Principal, j: &PreheatJob) -> Markup {
     let live = j.state == "pending" || j.state == "running";
-    layout(p, "/preheat", &format!("Preheat job #{}", j.id), live.then_some(1), html! {
-        div.cards {
-            div.card { div.l { "State" } div.n #job-state data-state=(j.state) { (j.state) } }
-            div.card { div.l { "Layers × seeds done" } div.n { (j.progress.succeeded) span.muted { " / " (j.progress.total) } } }
-            div.card { div.l { "Failed" } div.n { (j.progress.failed) } }
-            div.card { div.l { "Started by" } div.n style="font-size:16px" { (j.created_by) } div.muted { (datetime(j.created_at)) " UTC" } }
-        }
-        @if !j.error.is_empty() { div.alert.err #job-error { (j.error) } }
-        div.panel {
-            h2 { "Progress" } (progress_bar(&j.progress))
-            div.muted style="margin-top:8px" { @for u in &j.spec.urls { div.mono { (u) } } }
-        }
-        div.panel {
-            h2 { "Per layer and seed peer" }
-            table #tasks {
-                thead { tr { th { "Digest / URL" } th { "Seed peer" } th { "State" } th { "Attempts" } th { "Bytes" } th { "Error" } } }
-                tbody {
-                    @for t in &j.tasks {
-                        tr {
-                            td.mono { @if t.digest.is_empty() { (t.url) } @else { (t.digest.get(..19).unwrap_or(&t.digest)) "…" } }
-                            td.mono { (t.seed_hostname) }
-                            td { (badge(&t.state)) }
-                            td { (t.attempts) }
-                            td { (bytes(t.bytes.max(t.size))) }
-                            td.muted { (t.error) }
+    layout(
+        p,
+        "/preheat",
+        &format!("Preheat job #{}", j.id),
+        live.then_some(1),
+        html! {
+            div.cards {
+                div.card { div.l { "State" } div.n #job-state data-state=(j.state) { (j.state) } }
+                div.card { div.l { "Layers × seeds done" } div.n { (j.progress.succeeded) span.muted { " / " (j.progress.total) } } }
+                div.card { div.l { "Failed" } div.n { (j.progress.failed) } }
+                div.card { div.l { "Started by" } div.n style="font-size:16px" { (j.created_by) } div.muted { (datetime(j.created_at)) " UTC" } }
+            }
+            @if !j.error.is_empty() { div.alert.err #job-error { (j.error) } }
+            div.panel {
+                h2 { "Progress" } (progress_bar(&j.progress))
+                div.muted style="margin-top:8px" { @for u in &j.spec.urls { div.mono { (u) } } }
+            }
+            div.panel {
+                h2 { "Per layer and seed peer" }
+                table #tasks {
+                    thead { tr { th { "Digest / URL" } th { "Seed peer" } th { "State" } th { "Attempts" } th { "Bytes" } th { "Error" } } }
+                    tbody {
+                        @for t in &j.tasks {
+                            tr {
+                                td.mono { @if t.digest.is_empty() { (t.url) } @else { (t.digest.get(..19).unwrap_or(&t.digest)) "…" } }
+                                td.mono { (t.seed_hostname) }
+                                td { (badge(&t.state)) }
+                                td { (t.attempts) }
+                                td { (bytes(t.bytes.max(t.size))) }
+                                td.muted { (t.error) }
+                            }
                         }
+                        @if j.tasks.is_empty() { tr { td colspan="6" .muted { "Resolving the image…" } } }
                     }
-                    @if j.tasks.is_empty() { tr { td colspan="6" .muted { "Resolving the image…" } } }
                 }
             }
-        }
-    })
+        },
+    )
 }
 
-pub fn users(p: &Principal, all: &[User], tokens: &[Token], error: Option<&str>, new_token: Option<&CreatedToken>) -> Markup {
+pub fn users(
+    p: &Principal,
+    all: &[User],
+    tokens: &[Token],
+    error: Option<&str>,
+    new_token: Option<&CreatedToken>,
+) -> Markup {
     let admin = p.scope == Scope::Admin;
     let scopes = [Scope::ReadOnly, Scope::Preheat, Scope::Admin];
-    layout(p, "/users", "Users & tokens", None, html! {
-        @if let Some(e) = error { div.alert.err #form-error { (e) } }
-        @if let Some(t) = new_token {
-            div.alert.ok { "Token " strong { (t.token.name) } " created. Copy it now; it is not shown again:" div.token.mono #new-token { (t.token_value) } }
-        }
-        @if admin {
-            div.panel {
-                h2 { "Users" }
-                table #users {
-                    thead { tr { th { "User" } th { "Role" } th { "Created" } } }
-                    tbody { @for u in all { tr { td { (u.username) } td { (u.role.as_str()) } td.muted { (datetime(u.created_at)) } } } }
-                }
-                h2 style="margin-top:18px" { "Add a user" }
-                form.grid method="post" action="/users" {
-                    div { label for="new-username" { "Username" } input #new-username type="text" name="username" required; }
-                    div { label for="new-password" { "Password " small { "(8+ characters)" } } input #new-password type="password" name="password" autocomplete="new-password" required; }
-                    div { label for="new-role" { "Role" } select #new-role name="role" { @for s in scopes { option value=(s.as_str()) { (s.as_str()) } } } }
-                    div { button type="submit" { "Add user" } }
-                }
+    layout(
+        p,
+        "/users",
+        "Users & tokens",
+        None,
+        html! {
+            @if let Some(e) = error { div.alert.err #form-error { (e) } }
+            @if let Some(t) = new_token {
+                div.alert.ok { "Token " strong { (t.token.name) } " created. Copy it now; it is not shown again:" div.token.mono #new-token { (t.token_value) } }
             }
-        }
-        div.panel {
-            h2 { "Personal access tokens" }
-            table #tokens {
-                thead { tr { th { "Name" } th { "Owner" } th { "Scope" } th { "Expires" } th { "Last used" } th {} } }
-                tbody {
-                    @for t in tokens {
-                        tr {
-                            td { (t.name) } td { (t.username) } td { (t.scope.as_str()) }
-                            td.muted { @if let Some(e) = t.expires_at { (datetime(e)) } @else { "never" } }
-                            td.muted { @if let Some(u) = t.last_used_at { (ago(u)) } @else { "never" } }
-                            td { form method="post" action=(format!("/tokens/{}/delete", t.id)) { button.danger type="submit" { "Revoke" } } }
-                        }
+            @if admin {
+                div.panel {
+                    h2 { "Users" }
+                    table #users {
+                        thead { tr { th { "User" } th { "Role" } th { "Created" } } }
+                        tbody { @for u in all { tr { td { (u.username) } td { (u.role.as_str()) } td.muted { (datetime(u.created_at)) } } } }
                     }
-                    @if tokens.is_empty() { tr { td colspan="6" .muted { "No tokens." } } }
+                    h2 style="margin-top:18px" { "Add a user" }
+                    form.grid method="post" action="/users" {
+                        div { label for="new-username" { "Username" } input #new-username type="text" name="username" required; }
+                        div { label for="new-password" { "Password " small { "(8+ characters)" } } input #new-password type="password" name="password" autocomplete="new-password" required; }
+                        div { label for="new-role" { "Role" } select #new-role name="role" { @for s in scopes { option value=(s.as_str()) { (s.as_str()) } } } }
+                        div { button type="submit" { "Add user" } }
+                    }
                 }
             }
-            h2 style="margin-top:18px" { "New token" }
-            form.grid method="post" action="/tokens" {
-                div { label for="token-name" { "Name" } input #token-name type="text" name="name" required placeholder="ci-preheat"; }
-                div { label for="token-scope" { "Scope" } select #token-scope name="scope" {
-                    @for s in scopes { @if s <= p.scope { option value=(s.as_str()) { (s.as_str()) } } } } }
-                div { label for="token-days" { "Expires in days " small { "(empty: never)" } } input #token-days type="number" name="days" min="1"; }
-                div { button #create-token type="submit" { "Create token" } }
+            div.panel {
+                h2 { "Personal access tokens" }
+                table #tokens {
+                    thead { tr { th { "Name" } th { "Owner" } th { "Scope" } th { "Expires" } th { "Last used" } th {} } }
+                    tbody {
+                        @for t in tokens {
+                            tr {
+                                td { (t.name) } td { (t.username) } td { (t.scope.as_str()) }
+                                td.muted { @if let Some(e) = t.expires_at { (datetime(e)) } @else { "never" } }
+                                td.muted { @if let Some(u) = t.last_used_at { (ago(u)) } @else { "never" } }
+                                td { form method="post" action=(format!("/tokens/{}/delete", t.id)) { button.danger type="submit" { "Revoke" } } }
+                            }
+                        }
+                        @if tokens.is_empty() { tr { td colspan="6" .muted { "No tokens." } } }
+                    }
+                }
+                h2 style="margin-top:18px" { "New token" }
+                form.grid method="post" action="/tokens" {
+                    div { label for="token-name" { "Name" } input #token-name type="text" name="name" required placeholder="ci-preheat"; }
+                    div { label for="token-scope" { "Scope" } select #token-scope name="scope" {
+                        @for s in scopes { @if s <= p.scope { option value=(s.as_str()) { (s.as_str()) } } } } }
+                    div { label for="token-days" { "Expires in days " small { "(empty: never)" } } input #token-days type="number" name="days" min="1"; }
+                    div { button #create-token type="submit" { "Create token" } }
+                }
+                p.muted { "Use as " code { "Authorization: Bearer <token>" } " with the API at " code { "/api/v1" } " (" a href="/api/v1/openapi.json" { "OpenAPI" } ")." }
             }
-            p.muted { "Use as " code { "Authorization: Bearer <token>" } " with the API at " code { "/api/v1" } " (" a href="/api/v1/openapi.json" { "OpenAPI" } ")." }
-        }
-    })
+        },
+    )
 }
 
 pub fn audit(p: &Principal, entries: &[AuditEntry]) -> Markup {
-    layout(p, "/audit", "Audit log", None, html! {
-        div.panel {
-            table #audit {
-                thead { tr { th { "When (UTC)" } th { "Who" } th { "Action" } th { "Target" } th { "Outcome" } th { "Detail" } } }
-                tbody {
-                    @for e in entries {
-                        tr {
-                            td.muted { (datetime(e.at)) }
-                            td { (e.actor) }
-                            td.mono { (e.action) }
-                            td.mono { (e.target_type) " " (e.target_id) }
-                            td { @if e.outcome == "ok" { span.badge.b-succeeded { "ok" } } @else { span.badge.b-failed { (e.outcome) } } }
-                            td.mono.muted { (e.detail) }
+    layout(
+        p,
+        "/audit",
+        "Audit log",
+        None,
+        html! {
+            div.panel {
+                table #audit {
+                    thead { tr { th { "When (UTC)" } th { "Who" } th { "Action" } th { "Target" } th { "Outcome" } th { "Detail" } } }
+                    tbody {
+                        @for e in entries {
+                            tr {
+                                td.muted { (datetime(e.at)) }
+                                td { (e.actor) }
+                                td.mono { (e.action) }
+                                td.mono { (e.target_type) " " (e.target_id) }
+                                td { @if e.outcome == "ok" { span.badge.b-succeeded { "ok" } } @else { span.badge.b-failed { (e.outcome) } } }
+                                td.mono.muted { (e.detail) }
+                            }
                         }
                     }
                 }
             }
-        }
-    })
+        },
+    )
 }
 
 #[cfg(test)]
@@ -501,7 +607,12 @@ mod tests {
 
     #[test]
     fn names_are_escaped() {
-        let p = Principal { user_id: 1, username: "<b>root</b>".into(), scope: Scope::Admin, token_id: None };
+        let p = Principal {
+            user_id: 1,
+            username: "<b>root</b>".into(),
+            scope: Scope::Admin,
+            token_id: None,
+        };
         let c = SchedulerCluster {
             id: 2,
             name: "<script>alert(1)</script>".into(),

@@ -44,7 +44,10 @@ impl ClusterSettings {
     pub fn validate(&self, prefix: &str) -> Result<()> {
         let f = |name: &str| format!("{prefix}{name}");
         if !(1..=20).contains(&self.candidate_parent_limit) {
-            return Err(Error::invalid(f("candidate_parent_limit"), "must be within 1..=20"));
+            return Err(Error::invalid(
+                f("candidate_parent_limit"),
+                "must be within 1..=20",
+            ));
         }
         if self.filter_parent_limit < self.candidate_parent_limit || self.filter_parent_limit > 1000 {
             return Err(Error::invalid(
@@ -53,18 +56,33 @@ impl ClusterSettings {
             ));
         }
         if !(1..=1000).contains(&self.peer_upload_concurrency) {
-            return Err(Error::invalid(f("peer_upload_concurrency"), "must be within 1..=1000"));
+            return Err(Error::invalid(
+                f("peer_upload_concurrency"),
+                "must be within 1..=1000",
+            ));
         }
         if !(1..=1000).contains(&self.peer_download_concurrency) {
-            return Err(Error::invalid(f("peer_download_concurrency"), "must be within 1..=1000"));
+            return Err(Error::invalid(
+                f("peer_download_concurrency"),
+                "must be within 1..=1000",
+            ));
         }
-        for (name, v) in [("min_piece_length", self.min_piece_length), ("max_piece_length", self.max_piece_length)] {
+        for (name, v) in [
+            ("min_piece_length", self.min_piece_length),
+            ("max_piece_length", self.max_piece_length),
+        ] {
             if !v.is_power_of_two() || !(64 * 1024..=64 * 1024 * 1024).contains(&v) {
-                return Err(Error::invalid(f(name), "must be a power of two within 64 KiB..=64 MiB"));
+                return Err(Error::invalid(
+                    f(name),
+                    "must be a power of two within 64 KiB..=64 MiB",
+                ));
             }
         }
         if self.min_piece_length > self.max_piece_length {
-            return Err(Error::invalid(f("min_piece_length"), "must not exceed max_piece_length"));
+            return Err(Error::invalid(
+                f("min_piece_length"),
+                "must not exceed max_piece_length",
+            ));
         }
         Ok(())
     }
@@ -93,7 +111,10 @@ impl ClusterScopes {
                 return Err(Error::invalid(format!("{prefix}{name}"), "at most 256 entries"));
             }
             for (i, v) in list.iter().enumerate() {
-                if v.trim().is_empty() || v.len() > 253 || v.chars().any(|c| c.is_control() || c.is_whitespace()) {
+                if v.trim().is_empty()
+                    || v.len() > 253
+                    || v.chars().any(|c| c.is_control() || c.is_whitespace())
+                {
                     return Err(Error::invalid(
                         format!("{prefix}{name}[{i}]"),
                         "must be 1..=253 characters without spaces",
@@ -273,18 +294,22 @@ pub async fn default_seed_peer_cluster(db: &Db) -> Result<SeedPeerCluster> {
 }
 
 pub async fn list_scheduler_clusters(db: &Db) -> Result<Vec<SchedulerCluster>> {
-    let rows = sqlx::query(AssertSqlSafe(format!("SELECT {SC_COLS} FROM scheduler_clusters ORDER BY id")))
-        .fetch_all(&db.pool)
-        .await?;
+    let rows = sqlx::query(AssertSqlSafe(format!(
+        "SELECT {SC_COLS} FROM scheduler_clusters ORDER BY id"
+    )))
+    .fetch_all(&db.pool)
+    .await?;
     Ok(rows.iter().map(scheduler_cluster_from).collect())
 }
 
 pub async fn get_scheduler_cluster(db: &Db, id: i64) -> Result<SchedulerCluster> {
-    let row = sqlx::query(AssertSqlSafe(format!("SELECT {SC_COLS} FROM scheduler_clusters WHERE id = $1")))
-        .bind(id)
-        .fetch_optional(&db.pool)
-        .await?
-        .ok_or_else(|| Error::not_found(format!("scheduler cluster {id}")))?;
+    let row = sqlx::query(AssertSqlSafe(format!(
+        "SELECT {SC_COLS} FROM scheduler_clusters WHERE id = $1"
+    )))
+    .bind(id)
+    .fetch_optional(&db.pool)
+    .await?
+    .ok_or_else(|| Error::not_found(format!("scheduler cluster {id}")))?;
     Ok(scheduler_cluster_from(&row))
 }
 
@@ -308,7 +333,11 @@ pub async fn create_scheduler_cluster(db: &Db, new: NewSchedulerCluster) -> Resu
     get_scheduler_cluster(db, id).await
 }
 
-pub async fn update_scheduler_cluster(db: &Db, id: i64, patch: SchedulerClusterPatch) -> Result<SchedulerCluster> {
+pub async fn update_scheduler_cluster(
+    db: &Db,
+    id: i64,
+    patch: SchedulerClusterPatch,
+) -> Result<SchedulerCluster> {
     let mut c = get_scheduler_cluster(db, id).await?;
     if let Some(name) = patch.name {
         validate_name("name", &name)?;
@@ -348,12 +377,15 @@ pub async fn delete_scheduler_cluster(db: &Db, id: i64) -> Result<()> {
     if c.is_default {
         return Err(Error::Conflict("the default cluster cannot be deleted".into()));
     }
-    let seeds: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM seed_peer_clusters WHERE scheduler_cluster_id = $1")
-        .bind(id)
-        .fetch_one(&db.pool)
-        .await?;
+    let seeds: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM seed_peer_clusters WHERE scheduler_cluster_id = $1")
+            .bind(id)
+            .fetch_one(&db.pool)
+            .await?;
     if seeds > 0 {
-        return Err(Error::Conflict("delete or move this cluster's seed peer clusters first".into()));
+        return Err(Error::Conflict(
+            "delete or move this cluster's seed peer clusters first".into(),
+        ));
     }
     sqlx::query("DELETE FROM instances WHERE kind = 'scheduler' AND cluster_id = $1")
         .bind(id)
@@ -367,24 +399,31 @@ pub async fn delete_scheduler_cluster(db: &Db, id: i64) -> Result<()> {
 }
 
 pub async fn list_seed_peer_clusters(db: &Db) -> Result<Vec<SeedPeerCluster>> {
-    let rows = sqlx::query(AssertSqlSafe(format!("SELECT {SPC_COLS} FROM seed_peer_clusters ORDER BY id")))
-        .fetch_all(&db.pool)
-        .await?;
+    let rows = sqlx::query(AssertSqlSafe(format!(
+        "SELECT {SPC_COLS} FROM seed_peer_clusters ORDER BY id"
+    )))
+    .fetch_all(&db.pool)
+    .await?;
     Ok(rows.iter().map(seed_peer_cluster_from).collect())
 }
 
 pub async fn get_seed_peer_cluster(db: &Db, id: i64) -> Result<SeedPeerCluster> {
-    let row = sqlx::query(AssertSqlSafe(format!("SELECT {SPC_COLS} FROM seed_peer_clusters WHERE id = $1")))
-        .bind(id)
-        .fetch_optional(&db.pool)
-        .await?
-        .ok_or_else(|| Error::not_found(format!("seed peer cluster {id}")))?;
+    let row = sqlx::query(AssertSqlSafe(format!(
+        "SELECT {SPC_COLS} FROM seed_peer_clusters WHERE id = $1"
+    )))
+    .bind(id)
+    .fetch_optional(&db.pool)
+    .await?
+    .ok_or_else(|| Error::not_found(format!("seed peer cluster {id}")))?;
     Ok(seed_peer_cluster_from(&row))
 }
 
 async fn check_scheduler_cluster_ref(db: &Db, id: i64) -> Result<()> {
     match get_scheduler_cluster(db, id).await {
-        Err(Error::NotFound { .. }) => Err(Error::invalid("scheduler_cluster_id", "no such scheduler cluster")),
+        Err(Error::NotFound { .. }) => Err(Error::invalid(
+            "scheduler_cluster_id",
+            "no such scheduler cluster",
+        )),
         other => other.map(|_| ()),
     }
 }
@@ -406,7 +445,11 @@ pub async fn create_seed_peer_cluster(db: &Db, new: NewSeedPeerCluster) -> Resul
     get_seed_peer_cluster(db, id).await
 }
 
-pub async fn update_seed_peer_cluster(db: &Db, id: i64, patch: SeedPeerClusterPatch) -> Result<SeedPeerCluster> {
+pub async fn update_seed_peer_cluster(
+    db: &Db,
+    id: i64,
+    patch: SeedPeerClusterPatch,
+) -> Result<SeedPeerCluster> {
     let mut c = get_seed_peer_cluster(db, id).await?;
     if let Some(name) = patch.name {
         validate_name("name", &name)?;
@@ -437,7 +480,9 @@ pub async fn update_seed_peer_cluster(db: &Db, id: i64, patch: SeedPeerClusterPa
 pub async fn delete_seed_peer_cluster(db: &Db, id: i64) -> Result<()> {
     let c = get_seed_peer_cluster(db, id).await?;
     if c.is_default {
-        return Err(Error::Conflict("the default seed peer cluster cannot be deleted".into()));
+        return Err(Error::Conflict(
+            "the default seed peer cluster cannot be deleted".into(),
+        ));
     }
     sqlx::query("DELETE FROM instances WHERE kind = 'seed_peer' AND cluster_id = $1")
         .bind(id)
@@ -470,11 +515,15 @@ mod tests {
             max_piece_length: 1 << 20,
             ..Default::default()
         };
-        assert!(matches!(s.validate("").unwrap_err(), Error::Invalid { field, .. } if field == "min_piece_length"));
+        assert!(
+            matches!(s.validate("").unwrap_err(), Error::Invalid { field, .. } if field == "min_piece_length")
+        );
         let sc = ClusterScopes {
             cidrs: vec!["10.0.0.0/33".into()],
             ..Default::default()
         };
-        assert!(matches!(sc.validate("scopes.").unwrap_err(), Error::Invalid { field, .. } if field == "scopes.cidrs[0]"));
+        assert!(
+            matches!(sc.validate("scopes.").unwrap_err(), Error::Invalid { field, .. } if field == "scopes.cidrs[0]")
+        );
     }
 }

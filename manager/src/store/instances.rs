@@ -79,8 +79,7 @@ pub struct InstanceFilter {
     pub cluster_id: Option<i64>,
 }
 
-const COLS: &str =
-    "id, kind, hostname, ip, port, download_port, idc, location, cluster_id, state, last_keepalive_at, created_at, updated_at";
+const COLS: &str = "id, kind, hostname, ip, port, download_port, idc, location, cluster_id, state, last_keepalive_at, created_at, updated_at";
 
 fn from_row(r: &AnyRow) -> Instance {
     Instance {
@@ -148,11 +147,13 @@ pub async fn register(db: &Db, r: &Registration) -> Result<Instance> {
 }
 
 pub async fn get(db: &Db, id: i64) -> Result<Instance> {
-    let row = sqlx::query(AssertSqlSafe(format!("SELECT {COLS} FROM instances WHERE id = $1")))
-        .bind(id)
-        .fetch_optional(&db.pool)
-        .await?
-        .ok_or_else(|| Error::not_found(format!("instance {id}")))?;
+    let row = sqlx::query(AssertSqlSafe(format!(
+        "SELECT {COLS} FROM instances WHERE id = $1"
+    )))
+    .bind(id)
+    .fetch_optional(&db.pool)
+    .await?
+    .ok_or_else(|| Error::not_found(format!("instance {id}")))?;
     Ok(from_row(&row))
 }
 
@@ -265,7 +266,10 @@ pub async fn counts(db: &Db) -> Result<Vec<(String, String, i64)>> {
     let rows = sqlx::query("SELECT kind, state, COUNT(*) AS n FROM instances GROUP BY kind, state")
         .fetch_all(&db.pool)
         .await?;
-    Ok(rows.iter().map(|r| (r.string("kind"), r.string("state"), r.i64("n"))).collect())
+    Ok(rows
+        .iter()
+        .map(|r| (r.string("kind"), r.string("state"), r.i64("n")))
+        .collect())
 }
 
 pub async fn delete(db: &Db, id: i64) -> Result<()> {

@@ -96,7 +96,8 @@ impl NewPreheatJob {
             return Err(Error::invalid("password", "username and password go together"));
         }
         for (k, v) in &self.headers {
-            if http::HeaderName::from_bytes(k.as_bytes()).is_err() || http::HeaderValue::from_str(v).is_err() {
+            if http::HeaderName::from_bytes(k.as_bytes()).is_err() || http::HeaderValue::from_str(v).is_err()
+            {
                 return Err(Error::invalid(format!("headers.{k}"), "not a valid HTTP header"));
             }
         }
@@ -114,7 +115,11 @@ impl NewPreheatJob {
                 .headers
                 .iter()
                 .map(|(k, v)| {
-                    let v = if is_sensitive_header(k) { "<redacted>".to_string() } else { v.clone() };
+                    let v = if is_sensitive_header(k) {
+                        "<redacted>".to_string()
+                    } else {
+                        v.clone()
+                    };
                     (k.clone(), v)
                 })
                 .collect(),
@@ -273,11 +278,13 @@ pub async fn list(db: &Db, q: &JobQuery) -> Result<Vec<PreheatJob>> {
 }
 
 pub async fn get(db: &Db, id: i64) -> Result<PreheatJob> {
-    let row = sqlx::query(AssertSqlSafe(format!("SELECT {JOB_COLS} FROM preheat_jobs WHERE id = $1")))
-        .bind(id)
-        .fetch_optional(&db.pool)
-        .await?
-        .ok_or_else(|| Error::not_found(format!("preheat job {id}")))?;
+    let row = sqlx::query(AssertSqlSafe(format!(
+        "SELECT {JOB_COLS} FROM preheat_jobs WHERE id = $1"
+    )))
+    .bind(id)
+    .fetch_optional(&db.pool)
+    .await?
+    .ok_or_else(|| Error::not_found(format!("preheat job {id}")))?;
     let (mut job, _) = job_from(&row);
     job.progress = progress(db, id).await?;
     let rows = sqlx::query(
@@ -435,7 +442,14 @@ pub async fn start_job(db: &Db, job_id: i64, owner: &str, tasks: &[NewTask]) -> 
 }
 
 /// Resolution failed: try again after `retry_ms`, or fail the job for good.
-pub async fn job_attempt_failed(db: &Db, job_id: i64, owner: &str, error: &str, give_up: bool, retry_ms: i64) -> Result<()> {
+pub async fn job_attempt_failed(
+    db: &Db,
+    job_id: i64,
+    owner: &str,
+    error: &str,
+    give_up: bool,
+    retry_ms: i64,
+) -> Result<()> {
     let now = now_ms();
     if give_up {
         sqlx::query(
@@ -477,7 +491,13 @@ pub struct DispatchTask {
 }
 
 /// Leases pending tasks of the given (locally connected) seed peers.
-pub async fn claim_tasks(db: &Db, owner: &str, seeds: &[i64], lease_ms: i64, limit: i64) -> Result<Vec<DispatchTask>> {
+pub async fn claim_tasks(
+    db: &Db,
+    owner: &str,
+    seeds: &[i64],
+    lease_ms: i64,
+    limit: i64,
+) -> Result<Vec<DispatchTask>> {
     let mut out = Vec::new();
     for seed in seeds {
         let now = now_ms();
@@ -529,9 +549,19 @@ pub enum TaskReport {
     Failed,
 }
 
+/// How failed or slow tasks are retried.
+#[derive(Debug, Clone, Copy)]
+pub struct RetryPolicy {
+    /// Attempts per task before it fails for good.
+    pub max_attempts: i64,
+    /// How far a progress report pushes the task's lease out.
+    pub extend_ms: i64,
+    /// How long a failed task waits before its next attempt.
+    pub retry_ms: i64,
+}
+
 /// Applies a seed's report. `seed` must be the task's seed peer (a seed
-/// cannot report for another). A failure is retried after `retry_ms` until
-/// `max_attempts`.
+/// cannot report for another). A failure is retried per `policy`.
 pub async fn report_task(
     db: &Db,
     task_id: i64,
@@ -539,10 +569,13 @@ pub async fn report_task(
     report: TaskReport,
     bytes: i64,
     error: &str,
-    max_attempts: i64,
-    extend_ms: i64,
-    retry_ms: i64,
+    policy: &RetryPolicy,
 ) -> Result<()> {
+    let RetryPolicy {
+        max_attempts,
+        extend_ms,
+        retry_ms,
+    } = *policy;
     let now = now_ms();
     let q = match report {
         TaskReport::Running => sqlx::query(
@@ -619,7 +652,10 @@ pub async fn housekeeping(db: &Db, max_attempts: i64, stale_ms: i64) -> Result<(
         let (state, error) = if failed.is_empty() {
             ("succeeded", String::new())
         } else {
-            ("failed", format!("{} layer(s) failed: {}", failed.len(), failed.join(", ")))
+            (
+                "failed",
+                format!("{} layer(s) failed: {}", failed.len(), failed.join(", ")),
+            )
         };
         sqlx::query(
             "UPDATE preheat_jobs SET state = $1, error = $2, updated_at = $3, finished_at = $3

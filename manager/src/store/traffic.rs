@@ -35,7 +35,14 @@ pub struct TrafficStats {
     pub peer_ratio: f64,
 }
 
-pub async fn report(db: &Db, cluster_id: i64, instance_id: i64, at: i64, origin: i64, peer: i64) -> Result<()> {
+pub async fn report(
+    db: &Db,
+    cluster_id: i64,
+    instance_id: i64,
+    at: i64,
+    origin: i64,
+    peer: i64,
+) -> Result<()> {
     if origin < 0 || peer < 0 {
         return Err(Error::invalid("origin_bytes", "must not be negative"));
     }
@@ -86,6 +93,10 @@ pub async fn stats(db: &Db, q: &TrafficQuery) -> Result<TrafficStats> {
         buckets,
         origin_bytes,
         peer_bytes,
-        peer_ratio: if total > 0 { peer_bytes as f64 / total as f64 } else { 0.0 },
+        peer_ratio: if total > 0 {
+            peer_bytes as f64 / total as f64
+        } else {
+            0.0
+        },
     })
 }

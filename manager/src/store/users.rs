@@ -93,7 +93,10 @@ fn token_from(r: &AnyRow) -> Token {
 
 fn validate_username(u: &str) -> Result<()> {
     if u.is_empty() || u.len() > 64 || !u.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)) {
-        return Err(Error::invalid("username", "must be 1..=64 of letters, digits, '.', '_', '-'"));
+        return Err(Error::invalid(
+            "username",
+            "must be 1..=64 of letters, digits, '.', '_', '-'",
+        ));
     }
     Ok(())
 }
@@ -177,7 +180,10 @@ pub async fn update(db: &Db, hasher: &Hasher, id: i64, patch: UserPatch) -> Resu
             .execute(&db.pool)
             .await?;
         // A new password ends every session of that user.
-        sqlx::query("DELETE FROM sessions WHERE user_id = $1").bind(id).execute(&db.pool).await?;
+        sqlx::query("DELETE FROM sessions WHERE user_id = $1")
+            .bind(id)
+            .execute(&db.pool)
+            .await?;
     }
     if let Some(role) = patch.role {
         if user.username == "root" && role != Scope::Admin {
@@ -199,22 +205,40 @@ pub async fn delete(db: &Db, hasher: &Hasher, id: i64) -> Result<()> {
     if user.username == "root" {
         return Err(Error::Conflict("root cannot be deleted".into()));
     }
-    sqlx::query("DELETE FROM sessions WHERE user_id = $1").bind(id).execute(&db.pool).await?;
-    sqlx::query("DELETE FROM tokens WHERE user_id = $1").bind(id).execute(&db.pool).await?;
-    sqlx::query("DELETE FROM users WHERE id = $1").bind(id).execute(&db.pool).await?;
+    sqlx::query("DELETE FROM sessions WHERE user_id = $1")
+        .bind(id)
+        .execute(&db.pool)
+        .await?;
+    sqlx::query("DELETE FROM tokens WHERE user_id = $1")
+        .bind(id)
+        .execute(&db.pool)
+        .await?;
+    sqlx::query("DELETE FROM users WHERE id = $1")
+        .bind(id)
+        .execute(&db.pool)
+        .await?;
     hasher.forget_tokens();
     Ok(())
 }
 
 /// Checks a password; on success opens a session and returns (cookie value, user).
-pub async fn sign_in(db: &Db, hasher: &Hasher, username: &str, password: &str, ttl_ms: i64) -> Result<(String, User)> {
+pub async fn sign_in(
+    db: &Db,
+    hasher: &Hasher,
+    username: &str,
+    password: &str,
+    ttl_ms: i64,
+) -> Result<(String, User)> {
     let row = sqlx::query("SELECT id, password_hash FROM users WHERE username = $1")
         .bind(username)
         .fetch_optional(&db.pool)
         .await?;
     let Some(row) = row else {
         // Same cost as a wrong password, so a probe cannot tell names apart.
-        let _ = hasher.verify(password, "$argon2id$v=19$m=8,t=1,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA");
+        let _ = hasher.verify(
+            password,
+            "$argon2id$v=19$m=8,t=1,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA",
+        );
         return Err(Error::Unauthenticated);
     };
     if !hasher.verify(password, &row.string("password_hash")) {
@@ -230,7 +254,10 @@ pub async fn sign_in(db: &Db, hasher: &Hasher, username: &str, password: &str, t
         .bind(now + ttl_ms)
         .execute(&db.pool)
         .await?;
-    sqlx::query("DELETE FROM sessions WHERE expires_at < $1").bind(now).execute(&db.pool).await?;
+    sqlx::query("DELETE FROM sessions WHERE expires_at < $1")
+        .bind(now)
+        .execute(&db.pool)
+        .await?;
     Ok((secret, get(db, user_id).await?))
 }
 
@@ -297,7 +324,8 @@ pub async fn principal_from_token(db: &Db, hasher: &Hasher, token: &str) -> Resu
     Ok(p)
 }
 
-const TOKEN_COLS: &str = "t.id, t.user_id, u.username, t.name, t.scope, t.created_at, t.expires_at, t.last_used_at";
+const TOKEN_COLS: &str =
+    "t.id, t.user_id, u.username, t.name, t.scope, t.created_at, t.expires_at, t.last_used_at";
 
 /// Tokens of one user, or of everyone when `user_id` is `None`.
 pub async fn list_tokens(db: &Db, user_id: Option<i64>) -> Result<Vec<Token>> {
@@ -322,7 +350,12 @@ pub async fn get_token(db: &Db, id: i64) -> Result<Token> {
     Ok(token_from(&row))
 }
 
-pub async fn create_token(db: &Db, hasher: &Hasher, owner: &Principal, new: NewToken) -> Result<CreatedToken> {
+pub async fn create_token(
+    db: &Db,
+    hasher: &Hasher,
+    owner: &Principal,
+    new: NewToken,
+) -> Result<CreatedToken> {
     crate::store::clusters::validate_name("name", &new.name)?;
     if new.scope > owner.scope {
         return Err(Error::invalid("scope", "cannot exceed the caller's own scope"));
@@ -351,7 +384,10 @@ pub async fn create_token(db: &Db, hasher: &Hasher, owner: &Principal, new: NewT
 }
 
 pub async fn delete_token(db: &Db, hasher: &Hasher, id: i64) -> Result<()> {
-    sqlx::query("DELETE FROM tokens WHERE id = $1").bind(id).execute(&db.pool).await?;
+    sqlx::query("DELETE FROM tokens WHERE id = $1")
+        .bind(id)
+        .execute(&db.pool)
+        .await?;
     hasher.forget_tokens();
     Ok(())
 }

@@ -26,12 +26,14 @@ pub struct TestManager {
 
 /// Fast liveness and cheap argon2, so tests take milliseconds, not minutes.
 pub fn test_config(database: &str) -> Config {
-    let mut c = Config::default();
-    c.listen = "127.0.0.1:0".parse().unwrap();
-    c.grpc_listen = "127.0.0.1:0".parse().unwrap();
-    c.database = database.to_string();
-    c.keepalive_timeout = Duration::from_millis(800);
-    c.sweep_interval = Duration::from_millis(100);
+    let mut c = Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        grpc_listen: "127.0.0.1:0".parse().unwrap(),
+        database: database.to_string(),
+        keepalive_timeout: Duration::from_millis(800),
+        sweep_interval: Duration::from_millis(100),
+        ..Default::default()
+    };
     c.auth.argon2_memory_kib = 64;
     c.auth.argon2_iterations = 1;
     c.preheat.poll_interval = Duration::from_millis(100);
@@ -76,7 +78,9 @@ impl TestManager {
     }
 
     pub async fn grpc_client(&self) -> ManagerClient<tonic::transport::Channel> {
-        ManagerClient::connect(self.grpc.clone()).await.expect("grpc connects")
+        ManagerClient::connect(self.grpc.clone())
+            .await
+            .expect("grpc connects")
     }
 
     pub fn anon(&self) -> Api {
@@ -203,7 +207,11 @@ pub fn have(tool: &str) -> bool {
 }
 
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A throwaway PostgreSQL cluster (Debian's `postgresql`), run as user
@@ -217,16 +225,25 @@ pub struct PgCluster {
 impl PgCluster {
     /// `None` when PostgreSQL is not installed (and `CI` is unset).
     pub fn start() -> Option<PgCluster> {
-        let bin = std::fs::read_dir("/usr/lib/postgresql")
-            .ok()
-            .and_then(|d| d.filter_map(|e| e.ok()).map(|e| e.path().join("bin")).find(|p| p.join("initdb").exists()));
+        let bin = std::fs::read_dir("/usr/lib/postgresql").ok().and_then(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.path().join("bin"))
+                .find(|p| p.join("initdb").exists())
+        });
         let Some(bin) = bin else {
-            assert!(!required(), "PostgreSQL is not installed (apt-get install postgresql)");
+            assert!(
+                !required(),
+                "PostgreSQL is not installed (apt-get install postgresql)"
+            );
             eprintln!("SKIPPED: PostgreSQL is not installed");
             return None;
         };
         let dir = tempfile::Builder::new().prefix("dfly-pg").tempdir().unwrap();
-        let ok = Command::new("chown").args(["postgres:postgres"]).arg(dir.path()).status().unwrap();
+        let ok = Command::new("chown")
+            .args(["postgres:postgres"])
+            .arg(dir.path())
+            .status()
+            .unwrap();
         assert!(ok.success(), "chown the PostgreSQL dir (tests run as root)");
         let data = dir.path().join("data");
         let as_pg = |args: &[&str]| {
@@ -235,7 +252,11 @@ impl PgCluster {
                 .args(args)
                 .output()
                 .unwrap();
-            assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+            assert!(
+                out.status.success(),
+                "{args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         };
         let initdb = bin.join("initdb");
         as_pg(&[
@@ -277,11 +298,22 @@ impl PgCluster {
         let out = Command::new("runuser")
             .args(["-u", "postgres", "--"])
             .arg(psql)
-            .args(["-h", self.dir.path().to_str().unwrap(), "-p", &self.port.to_string(), "-U", "postgres"])
+            .args([
+                "-h",
+                self.dir.path().to_str().unwrap(),
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "postgres",
+            ])
             .args(["-v", "ON_ERROR_STOP=1", "-qc", &format!("CREATE DATABASE {name}")])
             .output()
             .unwrap();
-        assert!(out.status.success(), "create database: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "create database: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         format!("postgres://postgres@127.0.0.1:{}/{name}", self.port)
     }
 }
@@ -291,7 +323,14 @@ impl Drop for PgCluster {
         let _ = Command::new("runuser")
             .args(["-u", "postgres", "--"])
             .arg(self.bin.join("pg_ctl"))
-            .args(["-D", self.dir.path().join("data").to_str().unwrap(), "-m", "immediate", "-w", "stop"])
+            .args([
+                "-D",
+                self.dir.path().join("data").to_str().unwrap(),
+                "-m",
+                "immediate",
+                "-w",
+                "stop",
+            ])
             .output();
     }
 }
@@ -355,14 +394,20 @@ impl FakeSeed {
                     }
                 };
                 let Ok(Some(cmd)) = msg else { break };
-                let Some(pb::seed_peer_command::Command::Preheat(p)) = cmd.command else { continue };
+                let Some(pb::seed_peer_command::Command::Preheat(p)) = cmd.command else {
+                    continue;
+                };
                 rec.lock().unwrap().push(p.clone());
                 let first = tried.insert(p.task_id);
                 let (state, bytes, error) = match behaviour {
-                    SeedBehaviour::Succeed => (pb::preheat_progress::State::Succeeded, 1, String::new()),
-                    SeedBehaviour::FailFirstThenDownload if first => {
-                        (pb::preheat_progress::State::Failed, 0, "injected failure".to_string())
+                    SeedBehaviour::Succeed => {
+                        (pb::preheat_progress::State::Succeeded, 48 << 20, String::new())
                     }
+                    SeedBehaviour::FailFirstThenDownload if first => (
+                        pb::preheat_progress::State::Failed,
+                        0,
+                        "injected failure".to_string(),
+                    ),
                     _ => match download(&http, &p).await {
                         Ok(n) => (pb::preheat_progress::State::Succeeded, n, String::new()),
                         Err(e) => (pb::preheat_progress::State::Failed, 0, e),
