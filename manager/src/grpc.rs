@@ -197,8 +197,12 @@ impl Service {
         tracing::info!(instance = inst.id, hostname = %inst.hostname, "seed peer connected");
         ctx.wake.notify_one();
         let policy = crate::preheat::retry_policy(&ctx);
-        while let Some(msg) = inbound.next().await {
-            let Ok(msg) = msg else { break };
+        loop {
+            let msg = tokio::select! {
+                m = inbound.next() => m,
+                _ = ctx.closed() => None,
+            };
+            let Some(Ok(msg)) = msg else { break };
             let result = match msg.message {
                 Some(pb::seed_peer_message::Message::Keepalive(_)) => {
                     instances::keepalive(&ctx.db, inst.id).await.map(|_| ())
@@ -229,6 +233,10 @@ impl Service {
             }
         }
         ctx.hub.leave(inst.id, conn);
+        if *ctx.closing.borrow() {
+            // This manager is stopping, not the seed: it reconnects elsewhere.
+            return;
+        }
         if let Err(e) = instances::mark_inactive(&ctx.db, inst.id).await {
             tracing::warn!(instance = inst.id, error = %e, "could not mark seed peer inactive");
         }
@@ -253,8 +261,15 @@ impl Manager for Service {
         self.ctx.metrics.grpc_call("KeepAlive");
         let mut stream = req.into_inner();
         let mut current: Option<i64> = None;
-        while let Some(msg) = stream.next().await {
-            let Ok(msg) = msg else { break };
+        let ctx = self.ctx.clone();
+        loop {
+            let msg = tokio::select! {
+                m = stream.next() => m,
+                // On shutdown the stream ends but the instance is left as it is:
+                // another manager (or this one, restarted) takes its keepalives.
+                _ = ctx.closed() => return Ok(Response::new(pb::KeepAliveResponse {})),
+            };
+            let Some(Ok(msg)) = msg else { break };
             let iid = id(msg.instance_id, "instance_id")?;
             match instances::keepalive(&self.ctx.db, iid).await {
                 Ok(true) => tracing::info!(instance = iid, "instance is back and active again"),

@@ -54,6 +54,8 @@ pub struct Inner {
     pub wake: tokio::sync::Notify,
     /// Names this manager in leases.
     pub owner: String,
+    /// Turns true when the manager shuts down; long-lived gRPC streams end then.
+    pub closing: tokio::sync::watch::Receiver<bool>,
 }
 
 pub type Ctx = Arc<Inner>;
@@ -61,6 +63,12 @@ pub type Ctx = Arc<Inner>;
 impl Inner {
     pub fn keepalive_timeout_ms(&self) -> i64 {
         self.config.keepalive_timeout.as_millis() as i64
+    }
+
+    /// Resolves once the manager is shutting down.
+    pub async fn closed(&self) {
+        let mut rx = self.closing.clone();
+        let _ = rx.wait_for(|c| *c).await;
     }
 }
 
@@ -94,24 +102,7 @@ pub async fn start_with(
     config
         .validate()
         .map_err(|e| error::Error::invalid("config", e.to_string()))?;
-    let db = db::Db::connect(&config.database).await?;
-    store::clusters::ensure_defaults(&db).await?;
-    let hasher = auth::Hasher::new(&config.auth);
-    if let Some(generated) = store::users::ensure_root(&db, &hasher, root_password).await? {
-        // Printed once, on the first start only; it is not stored anywhere in clear.
-        eprintln!("damselfly manager: created user root with password {generated}");
-    }
-    let owner = format!("{}-{}", hostname(), &auth::random_secret()[..8]);
-    let ctx: Ctx = Arc::new(Inner {
-        db,
-        config: config.clone(),
-        hasher,
-        metrics: metrics::Metrics::new(),
-        hub: hub::SeedHub::default(),
-        wake: tokio::sync::Notify::new(),
-        owner,
-    });
-
+    // Bind first: a taken port fails the start before anything is written.
     let http = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| error::Error::Internal(format!("bind {}: {e}", config.listen)))?;
@@ -124,6 +115,31 @@ pub async fn start_with(
     let grpc_addr = grpc
         .local_addr()
         .map_err(|e| error::Error::Internal(e.to_string()))?;
+
+    let db = db::Db::connect(&config.database).await?;
+    store::clusters::ensure_defaults(&db).await?;
+    let hasher = auth::Hasher::new(&config.auth);
+    if let Some(generated) = store::users::ensure_root(&db, &hasher, root_password).await? {
+        // Printed once, on the first start only; it is not stored anywhere in clear.
+        eprintln!("damselfly manager: created user root with password {generated}");
+    }
+    let owner = format!("{}-{}", hostname(), &auth::random_secret()[..8]);
+    let (closing_tx, closing) = tokio::sync::watch::channel(false);
+    let s = shutdown.clone();
+    tokio::spawn(async move {
+        s.wait().await;
+        let _ = closing_tx.send(true);
+    });
+    let ctx: Ctx = Arc::new(Inner {
+        db,
+        config: config.clone(),
+        hasher,
+        metrics: metrics::Metrics::new(),
+        hub: hub::SeedHub::default(),
+        wake: tokio::sync::Notify::new(),
+        owner,
+        closing,
+    });
 
     let mut tasks = Vec::new();
     let app = app(ctx.clone());

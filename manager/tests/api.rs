@@ -688,6 +688,17 @@ async fn postgres() {
         .post("/api/v1/clusters", json!({"name": "shared"}))
         .await;
     assert_eq!(s, 201);
-    let (s, back) = b.root().await.get(&format!("/api/v1/clusters/{}", c["id"])).await;
+    let root_b = b.root().await;
+    let (s, back) = root_b.get(&format!("/api/v1/clusters/{}", c["id"])).await;
     assert_eq!((s, back["name"].as_str()), (200, Some("shared")));
+
+    // The database goes away: calls fail cleanly (503) and recover by themselves.
+    pg.pause();
+    let (s, e) = root_b.get("/api/v1/clusters").await;
+    assert_eq!((s, e["error"].as_str()), (503, Some("unavailable")), "{e}");
+    pg.resume();
+    eventually(20, "API works again after the database returns", || async {
+        root_b.get("/api/v1/clusters").await.0 == 200
+    })
+    .await;
 }

@@ -271,14 +271,39 @@ impl PgCluster {
             "UTF8",
             "--no-sync",
         ]);
-        let port = free_port();
-        let opts = format!(
-            "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200",
-            dir.path().display()
+        let pg = PgCluster {
+            dir,
+            bin,
+            port: free_port(),
+        };
+        pg.resume();
+        Some(pg)
+    }
+
+    fn as_postgres(&self, args: &[&str]) {
+        let out = Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
         );
-        let pg_ctl = bin.join("pg_ctl");
-        let log = dir.path().join("server.log");
-        as_pg(&[
+    }
+
+    /// Starts (or restarts) the server on the same port and data.
+    pub fn resume(&self) {
+        let opts = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200",
+            self.port,
+            self.dir.path().display()
+        );
+        let data = self.dir.path().join("data");
+        let log = self.dir.path().join("server.log");
+        let pg_ctl = self.bin.join("pg_ctl");
+        self.as_postgres(&[
             pg_ctl.to_str().unwrap(),
             "-D",
             data.to_str().unwrap(),
@@ -289,7 +314,21 @@ impl PgCluster {
             &opts,
             "start",
         ]);
-        Some(PgCluster { dir, bin, port })
+    }
+
+    /// Stops the server (to test how the manager copes with an outage).
+    pub fn pause(&self) {
+        let data = self.dir.path().join("data");
+        let pg_ctl = self.bin.join("pg_ctl");
+        self.as_postgres(&[
+            pg_ctl.to_str().unwrap(),
+            "-D",
+            data.to_str().unwrap(),
+            "-m",
+            "fast",
+            "-w",
+            "stop",
+        ]);
     }
 
     /// Creates a fresh database and returns its URL.
