@@ -622,7 +622,8 @@ async fn scenario_keepalive_and_scopes(m: TestManager) {
 }
 
 async fn scenario_openapi(m: TestManager) {
-    let (s, doc) = m.anon().get("/api/v1/openapi.json").await;
+    assert_eq!(m.anon().get("/api/v1/openapi.json").await.0, 401);
+    let (s, doc) = m.root().await.get("/api/v1/openapi.json").await;
     assert_eq!(s, 200);
     for p in [
         "/api/v1/sessions",

@@ -80,7 +80,7 @@ pub fn router(ctx: Ctx) -> axum::Router {
     router
         .route(
             "/api/v1/openapi.json",
-            axum::routing::get(move || {
+            axum::routing::get(move |_p: Principal| {
                 let doc = doc.clone();
                 async move { axum::Json(doc.as_ref().clone()) }
             }),
