@@ -1,0 +1,244 @@
+//! The manager as the other roles use it: every answer is cached on disk, so
+//! a manager outage or restart changes nothing that runs.
+//!
+//! Each call asks the manager (with a timeout); on success the answer is
+//! written to `cache_dir` (protobuf, written to a temp file and renamed, so a
+//! crash never leaves half a file), and on failure the last cached answer is
+//! returned instead, marked [`Source::Cache`]. Only when the manager is
+//! unreachable *and* nothing was ever cached does a call fail.
+//!
+//! Keepalives: [`ManagerClient::keepalive`] runs one scheduler's keepalive
+//! stream until shutdown, reopening it (with backoff) whenever it breaks.
+
+use damselfly_proto::manager as pb;
+use damselfly_proto::manager::manager_client::ManagerClient as Raw;
+use prost::Message;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tonic::transport::{Channel, Endpoint};
+
+/// Where an answer came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Live,
+    Cache,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("manager address {addr:?} is not valid: {source}")]
+    Address {
+        addr: String,
+        #[source]
+        source: tonic::transport::Error,
+    },
+    /// The manager refused the request itself (bad input, unknown id): the
+    /// cache is not used, because retrying with an old answer would hide it.
+    #[error("the manager refused {call}: {status}")]
+    Refused {
+        call: &'static str,
+        status: tonic::Status,
+    },
+    /// Unreachable and nothing cached yet.
+    #[error("the manager is unreachable for {call} ({status}) and no earlier answer is cached")]
+    Unreachable {
+        call: &'static str,
+        status: tonic::Status,
+    },
+}
+
+#[derive(Clone)]
+pub struct ManagerClient {
+    raw: Raw<Channel>,
+    cache_dir: PathBuf,
+    timeout: Duration,
+}
+
+/// Codes that mean "the manager could not answer", as opposed to "it said no".
+fn is_outage(code: tonic::Code) -> bool {
+    matches!(
+        code,
+        tonic::Code::Unavailable
+            | tonic::Code::DeadlineExceeded
+            | tonic::Code::Unknown
+            | tonic::Code::Internal
+            | tonic::Code::Cancelled
+            | tonic::Code::ResourceExhausted
+    )
+}
+
+impl ManagerClient {
+    /// `addr` like `http://10.0.0.5:65003`. Connects lazily: a manager that is
+    /// down at start is not an error.
+    pub fn new(addr: &str, cache_dir: impl Into<PathBuf>, timeout: Duration) -> Result<Self, Error> {
+        let endpoint = Endpoint::from_shared(addr.to_string())
+            .map_err(|source| Error::Address {
+                addr: addr.to_string(),
+                source,
+            })?
+            .connect_timeout(timeout)
+            .timeout(timeout);
+        Ok(ManagerClient {
+            raw: Raw::new(endpoint.connect_lazy()),
+            cache_dir: cache_dir.into(),
+            timeout,
+        })
+    }
+
+    fn path(&self, key: &str) -> PathBuf {
+        self.cache_dir.join(format!("{key}.pb"))
+    }
+
+    async fn cached<T, F, Fut>(&self, call: &'static str, key: String, ask: F) -> Result<(T, Source), Error>
+    where
+        T: Message + Default,
+        F: FnOnce(Raw<Channel>) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let answer = tokio::time::timeout(self.timeout, ask(self.raw.clone()))
+            .await
+            .unwrap_or_else(|_| Err(tonic::Status::deadline_exceeded("manager did not answer in time")));
+        match answer {
+            Ok(resp) => {
+                let msg = resp.into_inner();
+                if let Err(e) = write_atomic(&self.path(&key), &msg.encode_to_vec()).await {
+                    tracing::warn!(error = %e, key, "could not cache the manager's answer");
+                }
+                Ok((msg, Source::Live))
+            }
+            Err(status) if is_outage(status.code()) => match tokio::fs::read(self.path(&key)).await {
+                Ok(bytes) => match T::decode(bytes.as_slice()) {
+                    Ok(msg) => {
+                        tracing::debug!(call, %status, "manager unreachable; using the cached answer");
+                        Ok((msg, Source::Cache))
+                    }
+                    Err(_) => Err(Error::Unreachable { call, status }),
+                },
+                Err(_) => Err(Error::Unreachable { call, status }),
+            },
+            Err(status) => Err(Error::Refused { call, status }),
+        }
+    }
+
+    /// Registers a scheduler; when the manager is down, the last registration
+    /// (instance id and cluster settings) is returned from the cache.
+    pub async fn register_scheduler(
+        &self,
+        req: pb::RegisterSchedulerRequest,
+    ) -> Result<(pb::RegisterSchedulerResponse, Source), Error> {
+        self.cached(
+            "RegisterScheduler",
+            "register_scheduler".into(),
+            |mut c| async move { c.register_scheduler(req).await },
+        )
+        .await
+    }
+
+    /// The dynamic settings of a scheduler cluster.
+    pub async fn scheduler_cluster_config(
+        &self,
+        cluster_id: u64,
+    ) -> Result<(pb::SchedulerClusterConfig, Source), Error> {
+        self.cached(
+            "GetSchedulerClusterConfig",
+            format!("cluster_config-{cluster_id}"),
+            |mut c| async move {
+                c.get_scheduler_cluster_config(pb::GetSchedulerClusterConfigRequest { cluster_id })
+                    .await
+            },
+        )
+        .await
+    }
+
+    /// The schedulers that serve this peer.
+    pub async fn list_schedulers(
+        &self,
+        req: pb::ListSchedulersRequest,
+    ) -> Result<(pb::ListSchedulersResponse, Source), Error> {
+        self.cached("ListSchedulers", "list_schedulers".into(), |mut c| async move {
+            c.list_schedulers(req).await
+        })
+        .await
+    }
+
+    /// The active seed peers of a scheduler cluster.
+    pub async fn list_seed_peers(
+        &self,
+        scheduler_cluster_id: u64,
+    ) -> Result<(pb::ListSeedPeersResponse, Source), Error> {
+        self.cached(
+            "ListSeedPeers",
+            format!("seed_peers-{scheduler_cluster_id}"),
+            |mut c| async move {
+                c.list_seed_peers(pb::ListSeedPeersRequest { scheduler_cluster_id })
+                    .await
+            },
+        )
+        .await
+    }
+
+    /// Best effort: traffic reports are not cached (a lost one only makes the chart thinner).
+    pub async fn report_traffic(&self, req: pb::ReportTrafficRequest) -> Result<(), tonic::Status> {
+        let mut c = self.raw.clone();
+        tokio::time::timeout(self.timeout, c.report_traffic(req))
+            .await
+            .map_err(|_| tonic::Status::deadline_exceeded("manager did not answer in time"))?
+            .map(|_| ())
+    }
+
+    /// Sends a keepalive for `instance_id` every `interval` until `stop`
+    /// resolves, reopening the stream after errors (backoff up to 30 s).
+    pub async fn keepalive(
+        &self,
+        instance_id: u64,
+        interval: Duration,
+        stop: impl std::future::Future<Output = ()>,
+    ) {
+        tokio::pin!(stop);
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            let (tx, rx) = tokio::sync::mpsc::channel(4);
+            let mut c = self.raw.clone();
+            let mut call = tokio::spawn(async move {
+                c.keep_alive(tokio_stream::wrappers::ReceiverStream::new(rx))
+                    .await
+            });
+            let sender = async {
+                let mut tick = tokio::time::interval(interval);
+                loop {
+                    tick.tick().await;
+                    if tx.send(pb::KeepAliveRequest { instance_id }).await.is_err() {
+                        break;
+                    }
+                }
+            };
+            tokio::select! {
+                _ = &mut stop => {
+                    call.abort();
+                    return;
+                }
+                _ = sender => {}
+                r = &mut call => {
+                    match r {
+                        Ok(Err(status)) => tracing::debug!(%status, "keepalive stream ended; reopening"),
+                        _ => tracing::debug!("keepalive stream ended; reopening"),
+                    }
+                }
+            }
+            tokio::select! {
+                _ = &mut stop => return,
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(30));
+        }
+    }
+}
+
+async fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        tokio::fs::create_dir_all(dir).await?;
+    }
+    let tmp = path.with_extension("pb.tmp");
+    tokio::fs::write(&tmp, bytes).await?;
+    tokio::fs::rename(&tmp, path).await
+}
