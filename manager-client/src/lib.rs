@@ -15,7 +15,24 @@ use damselfly_proto::manager::manager_client::ManagerClient as Raw;
 use prost::Message;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
+
+type Conn = InterceptedService<Channel, AuthHeader>;
+
+/// Adds `authorization: Bearer <grpc_token>` when the manager wants one.
+#[derive(Clone)]
+pub struct AuthHeader(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+
+impl Interceptor for AuthHeader {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
+}
 
 /// Where an answer came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,6 +49,8 @@ pub enum Error {
         #[source]
         source: tonic::transport::Error,
     },
+    #[error("the grpc token contains characters a header cannot carry")]
+    Token,
     /// The manager refused the request itself (bad input, unknown id): the
     /// cache is not used, because retrying with an old answer would hide it.
     #[error("the manager refused {call}: {status}")]
@@ -49,7 +68,7 @@ pub enum Error {
 
 #[derive(Clone)]
 pub struct ManagerClient {
-    raw: Raw<Channel>,
+    raw: Raw<Conn>,
     cache_dir: PathBuf,
     timeout: Duration,
 }
@@ -71,6 +90,20 @@ impl ManagerClient {
     /// `addr` like `http://10.0.0.5:65003`. Connects lazily: a manager that is
     /// down at start is not an error.
     pub fn new(addr: &str, cache_dir: impl Into<PathBuf>, timeout: Duration) -> Result<Self, Error> {
+        Self::with_token(addr, None, cache_dir, timeout)
+    }
+
+    /// Like [`ManagerClient::new`], sending the manager's `grpc_token`.
+    pub fn with_token(
+        addr: &str,
+        token: Option<&str>,
+        cache_dir: impl Into<PathBuf>,
+        timeout: Duration,
+    ) -> Result<Self, Error> {
+        let header = match token {
+            Some(t) => Some(format!("Bearer {t}").parse().map_err(|_| Error::Token)?),
+            None => None,
+        };
         let endpoint = Endpoint::from_shared(addr.to_string())
             .map_err(|source| Error::Address {
                 addr: addr.to_string(),
@@ -79,7 +112,7 @@ impl ManagerClient {
             .connect_timeout(timeout)
             .timeout(timeout);
         Ok(ManagerClient {
-            raw: Raw::new(endpoint.connect_lazy()),
+            raw: Raw::with_interceptor(endpoint.connect_lazy(), AuthHeader(header)),
             cache_dir: cache_dir.into(),
             timeout,
         })
@@ -92,7 +125,7 @@ impl ManagerClient {
     async fn cached<T, F, Fut>(&self, call: &'static str, key: String, ask: F) -> Result<(T, Source), Error>
     where
         T: Message + Default,
-        F: FnOnce(Raw<Channel>) -> Fut,
+        F: FnOnce(Raw<Conn>) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
         let answer = tokio::time::timeout(self.timeout, ask(self.raw.clone()))

@@ -7,6 +7,8 @@ use damselfly_proto::manager as pb;
 use damselfly_service::shutdown::Shutdown;
 use std::time::Duration;
 
+const TOKEN: &str = "site-secret-0123456789";
+
 fn config(db: &str, grpc: &str) -> Config {
     let mut c = Config {
         listen: "127.0.0.1:0".parse().unwrap(),
@@ -16,6 +18,7 @@ fn config(db: &str, grpc: &str) -> Config {
         sweep_interval: Duration::from_millis(100),
         ..Default::default()
     };
+    c.grpc_token = Some(damselfly_service::secret::Secret::new(TOKEN));
     c.auth.argon2_memory_kib = 64;
     c.auth.argon2_iterations = 1;
     c
@@ -34,12 +37,24 @@ async fn cached_answers_survive_a_manager_outage() {
     .await
     .unwrap();
     let grpc = running.grpc_addr.to_string();
-    let client = ManagerClient::new(
+    let client = ManagerClient::with_token(
+        &format!("http://{grpc}"),
+        Some(TOKEN),
+        dir.path().join("cache"),
+        Duration::from_secs(2),
+    )
+    .unwrap();
+    // Without the token the manager refuses (and the cache is not used for that).
+    let stranger = ManagerClient::new(
         &format!("http://{grpc}"),
         dir.path().join("cache"),
         Duration::from_secs(2),
     )
     .unwrap();
+    assert!(matches!(
+        stranger.scheduler_cluster_config(1).await,
+        Err(damselfly_manager_client::Error::Refused { .. })
+    ));
 
     // Nothing cached and nothing to ask yet.
     let dead = ManagerClient::new(

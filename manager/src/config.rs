@@ -23,6 +23,10 @@ pub struct Config {
     /// How often inactive instances are swept and gauges refreshed.
     #[serde(with = "humantime_serde")]
     pub sweep_interval: Duration,
+    /// When set, every gRPC call must carry `authorization: Bearer <grpc_token>`
+    /// (schedulers and peers read it from their own config). Unset: the gRPC
+    /// port is open to anyone who can reach it, so keep it on a private network.
+    pub grpc_token: Option<Secret>,
     pub auth: AuthConfig,
     pub preheat: PreheatConfig,
 }
@@ -36,6 +40,7 @@ impl Default for Config {
             log_level: "info".into(),
             keepalive_timeout: Duration::from_secs(30),
             sweep_interval: Duration::from_secs(5),
+            grpc_token: None,
             auth: AuthConfig::default(),
             preheat: PreheatConfig::default(),
         }
@@ -125,6 +130,12 @@ impl Config {
         }
         if self.sweep_interval.is_zero() {
             return Err(ConfigError::invalid("sweep_interval", "must be positive"));
+        }
+        if self.grpc_token.as_ref().is_some_and(|t| t.expose().len() < 16) {
+            return Err(ConfigError::invalid(
+                "grpc_token",
+                "must be at least 16 characters",
+            ));
         }
         if self.auth.argon2_memory_kib < 8 || self.auth.argon2_iterations == 0 {
             return Err(ConfigError::invalid(

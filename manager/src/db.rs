@@ -146,17 +146,27 @@ pub trait RowExt {
 
 impl RowExt for AnyRow {
     fn i64(&self, col: &str) -> i64 {
-        self.try_get::<i64, _>(col).unwrap_or_default()
+        logged(col, self.try_get::<i64, _>(col))
     }
     fn opt_i64(&self, col: &str) -> Option<i64> {
-        self.try_get::<Option<i64>, _>(col).ok().flatten()
+        logged(col, self.try_get::<Option<i64>, _>(col))
     }
     fn string(&self, col: &str) -> String {
-        self.try_get::<String, _>(col).unwrap_or_default()
+        logged(col, self.try_get::<String, _>(col))
     }
     fn opt_string(&self, col: &str) -> Option<String> {
-        self.try_get::<Option<String>, _>(col).ok().flatten()
+        logged(col, self.try_get::<Option<String>, _>(col))
     }
+}
+
+/// A column that does not decode is a bug in a query of ours, not bad input:
+/// it is logged loudly and read as the type's default rather than failing the call.
+fn logged<T: Default>(col: &str, r: Result<T, sqlx::Error>) -> T {
+    r.unwrap_or_else(|e| {
+        tracing::error!(column = col, error = %e, "column did not decode");
+        debug_assert!(false, "column {col} did not decode: {e}");
+        T::default()
+    })
 }
 
 #[cfg(test)]

@@ -14,10 +14,44 @@ use damselfly_proto::manager::manager_server::{Manager, ManagerServer};
 use futures::StreamExt;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Response, Status, Streaming};
 
-pub fn service(ctx: Ctx) -> ManagerServer<Service> {
-    ManagerServer::new(Service { ctx })
+pub fn service(ctx: Ctx) -> InterceptedService<ManagerServer<Service>, TokenGuard> {
+    let guard = TokenGuard {
+        expected: ctx
+            .config
+            .grpc_token
+            .as_ref()
+            .map(|t| crate::auth::sha256(&format!("Bearer {}", t.expose()))),
+    };
+    ManagerServer::with_interceptor(Service { ctx }, guard)
+}
+
+/// Checks `authorization: Bearer <grpc_token>` when a token is configured
+/// (comparing SHA-256 digests, so the time taken says nothing about the token).
+#[derive(Clone)]
+pub struct TokenGuard {
+    expected: Option<[u8; 32]>,
+}
+
+impl Interceptor for TokenGuard {
+    fn call(&mut self, req: Request<()>) -> Result<Request<()>, Status> {
+        let Some(expected) = self.expected else {
+            return Ok(req);
+        };
+        let got = req
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .map(crate::auth::sha256);
+        if got == Some(expected) {
+            Ok(req)
+        } else {
+            Err(Status::unauthenticated("missing or wrong grpc token"))
+        }
+    }
 }
 
 pub struct Service {
