@@ -97,8 +97,7 @@ pub async fn start_with(
     root_password: Option<String>,
     shutdown: Shutdown,
 ) -> error::Result<Running> {
-    // reqwest is built without a default crypto provider: install ring once.
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    install_crypto_provider();
     config
         .validate()
         .map_err(|e| error::Error::invalid("config", e.to_string()))?;
@@ -186,6 +185,12 @@ pub async fn start_with(
         ctx,
         tasks,
     })
+}
+
+/// reqwest is built without a default TLS crypto provider: installs ring as
+/// the process default (a no-op when one is installed already).
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
 /// The whole HTTP surface: console, REST API, OpenAPI, metrics, health.

@@ -146,9 +146,7 @@ pub struct Credentials {
 
 impl Resolver {
     pub fn new(plain_http: Vec<String>) -> Result<Resolver> {
-        // reqwest is built without a default crypto provider: install ring once
-        // (a no-op when `start_with` already did).
-        let _ = rustls::crypto::ring::default_provider().install_default();
+        crate::install_crypto_provider();
         let client = reqwest::Client::builder()
             .user_agent(concat!("damselfly-manager/", env!("CARGO_PKG_VERSION")))
             .timeout(std::time::Duration::from_secs(30))

@@ -55,7 +55,18 @@ async fn console_in_headless_chromium() {
         eprintln!("SKIPPED: chromium/chromedriver not installed");
         return;
     }
-    let m = TestManager::sqlite_with(|c| c.keepalive_timeout = Duration::from_secs(5)).await;
+    // A real registry when its tools are there (always in CI), so the preheat resolves an image.
+    let registry = if common::registry::tools() {
+        Some(common::registry::registry_with_image().await)
+    } else {
+        None
+    };
+    let host = registry.as_ref().map(|r| r.host.clone()).unwrap_or_default();
+    let m = TestManager::sqlite_with(|c| {
+        c.keepalive_timeout = Duration::from_secs(5);
+        c.preheat.plain_http_registries = vec![host];
+    })
+    .await;
     let port = free_port();
     let profile = tempfile::tempdir().unwrap();
     let _driver = Driver(
@@ -89,12 +100,21 @@ async fn console_in_headless_chromium() {
         }
     }
     let c = client.expect("chromedriver answers");
-    let result = tokio::time::timeout(Duration::from_secs(120), drive(&c, &m)).await;
+    // Close the browser even when a check fails, so no Chromium outlives the test.
+    let image = registry.as_ref().map(|r| format!("{}/test/app:latest", r.host));
+    let result = futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(tokio::time::timeout(
+        Duration::from_secs(120),
+        drive(&c, &m, image),
+    )))
+    .await;
     let _ = c.close().await;
-    result.expect("browser test finished in time");
+    match result {
+        Ok(r) => r.expect("browser test finished in time"),
+        Err(panic) => std::panic::resume_unwind(panic),
+    }
 }
 
-async fn drive(c: &Client, m: &TestManager) {
+async fn drive(c: &Client, m: &TestManager, image: Option<String>) {
     let base = &m.base;
     // Some traffic over the last hours, so the chart has bars.
     let mut g = m.grpc_client().await;
@@ -280,29 +300,55 @@ async fn drive(c: &Client, m: &TestManager) {
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
     });
-    let seed = FakeSeed::connect(&m.grpc, "seed-7a", SeedBehaviour::Succeed).await;
+    let seed = FakeSeed::connect(&m.grpc, "seed-7a", SeedBehaviour::Download).await;
     c.goto(&format!("{base}/instances")).await.unwrap();
     let row = wait_for(c, "tr.instance[data-hostname='scheduler-7a']").await;
     assert_eq!(row.attr("data-state").await.unwrap().as_deref(), Some("active"));
     wait_for(c, "tr.instance[data-hostname='seed-7a'][data-state='active']").await;
     shot(c, "instances").await;
 
-    // Start a preheat and watch it finish.
+    // Start a preheat and watch it finish: the image's layers (or two files
+    // when no registry is at hand) land on the seed peer.
     c.goto(&format!("{base}/preheat")).await.unwrap();
-    c.find(Locator::Css("#preheat-urls"))
-        .await
-        .unwrap()
-        .send_keys(
-            "http://origin.example/releases/app-1.4.2.tar.gz\nhttp://origin.example/releases/model-7b.bin",
-        )
-        .await
-        .unwrap();
-    c.find(Locator::Css("#kind"))
-        .await
-        .unwrap()
-        .select_by_value("file")
-        .await
-        .unwrap();
+    let expected = match &image {
+        Some(image) => {
+            c.find(Locator::Css("#preheat-urls"))
+                .await
+                .unwrap()
+                .send_keys(image)
+                .await
+                .unwrap();
+            c.find(Locator::Css("#reg-user"))
+                .await
+                .unwrap()
+                .send_keys("alice")
+                .await
+                .unwrap();
+            c.find(Locator::Css("#reg-pass"))
+                .await
+                .unwrap()
+                .send_keys("secret")
+                .await
+                .unwrap();
+            3
+        }
+        None => {
+            let urls = format!("{base}/healthz\n{base}/assets/console.css");
+            c.find(Locator::Css("#preheat-urls"))
+                .await
+                .unwrap()
+                .send_keys(&urls)
+                .await
+                .unwrap();
+            c.find(Locator::Css("#kind"))
+                .await
+                .unwrap()
+                .select_by_value("file")
+                .await
+                .unwrap();
+            2
+        }
+    };
     c.find(Locator::Css("#start-preheat"))
         .await
         .unwrap()
@@ -326,8 +372,8 @@ async fn drive(c: &Client, m: &TestManager) {
         tokio::time::sleep(Duration::from_millis(200)).await;
         c.refresh().await.unwrap();
     }
-    assert_eq!(state, "succeeded");
-    assert_eq!(seed.received.lock().unwrap().len(), 2);
+    assert_eq!(state, "succeeded", "{}", c.source().await.unwrap_or_default());
+    assert_eq!(seed.received.lock().unwrap().len(), expected);
     shot(c, "preheat-job").await;
     c.goto(&format!("{base}/preheat")).await.unwrap();
     shot(c, "preheat").await;

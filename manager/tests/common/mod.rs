@@ -2,6 +2,8 @@
 //! throwaway PostgreSQL cluster, an HTTP client, and a fake seed peer.
 #![allow(dead_code)]
 
+pub mod registry;
+
 use damselfly_manager::config::Config;
 use damselfly_proto::manager as pb;
 use damselfly_proto::manager::manager_client::ManagerClient;
