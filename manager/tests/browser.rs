@@ -267,6 +267,33 @@ async fn drive(c: &Client, m: &TestManager, image: Option<String>) {
     c.goto(&format!("{base}/clusters/{cluster_id}")).await.unwrap();
     shot(c, "cluster").await;
 
+    // Its seed peer cluster.
+    c.goto(&format!("{base}/clusters")).await.unwrap();
+    c.find(Locator::Css("#new-seed-cluster-name"))
+        .await
+        .unwrap()
+        .send_keys("seeds-room-7")
+        .await
+        .unwrap();
+    c.find(Locator::Css("#new-seed-cluster-parent"))
+        .await
+        .unwrap()
+        .select_by_value(&cluster_id.to_string())
+        .await
+        .unwrap();
+    c.find(Locator::Css("#create-seed-cluster"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let table = wait_for(c, "#seed-clusters").await.text().await.unwrap();
+    assert!(
+        table.contains("seeds-room-7") && table.contains("rack-7"),
+        "{table}"
+    );
+    shot(c, "clusters").await;
+
     // A scheduler registers into the new cluster and keeps alive: it shows active.
     let reg = g
         .register_scheduler(pb::RegisterSchedulerRequest {

@@ -27,6 +27,7 @@ pub fn router(ctx: Ctx) -> axum::Router {
         .route("/logout", post(logout))
         .route("/clusters", get(clusters_page).post(create_cluster))
         .route("/clusters/{id}", get(cluster_page).post(update_cluster))
+        .route("/seed-peer-clusters", post(create_seed_cluster))
         .route("/instances", get(instances_page))
         .route("/preheat", get(preheat_page).post(create_job))
         .route("/preheat/{id}", get(job_page))
@@ -282,6 +283,54 @@ async fn create_cluster(
             )
             .await;
             Ok(Redirect::to(&format!("/clusters/{}", c.id)).into_response())
+        }
+        Err(e @ (Error::Invalid { .. } | Error::Conflict(_))) => {
+            let r = render_clusters(&ctx, &p, Some(e.to_string())).await?;
+            Ok((StatusCode::BAD_REQUEST, r).into_response())
+        }
+        Err(e) => Err(page_error(Some(&p), e).into()),
+    }
+}
+
+async fn create_seed_cluster(
+    State(ctx): State<Ctx>,
+    User(p): User,
+    Form(form): Form<Vec<(String, String)>>,
+) -> Out {
+    allow(
+        &ctx,
+        &p,
+        Scope::Admin,
+        "seed_peer_cluster.create",
+        "seed_peer_cluster",
+        "",
+    )
+    .await
+    .or_page(&p)?;
+    let result = match field(&form, "scheduler_cluster_id").parse::<i64>() {
+        Ok(scheduler_cluster_id) => {
+            let new = clusters::NewSeedPeerCluster {
+                name: field(&form, "name").to_string(),
+                description: String::new(),
+                scheduler_cluster_id,
+            };
+            clusters::create_seed_peer_cluster(&ctx.db, new).await
+        }
+        Err(_) => Err(Error::invalid("scheduler_cluster_id", "not a cluster id")),
+    };
+    match result {
+        Ok(c) => {
+            let detail = serde_json::json!({"name": c.name, "via": "console"});
+            audit(
+                &ctx,
+                &p,
+                "seed_peer_cluster.create",
+                "seed_peer_cluster",
+                c.id,
+                detail,
+            )
+            .await;
+            Ok(Redirect::to("/clusters").into_response())
         }
         Err(e @ (Error::Invalid { .. } | Error::Conflict(_))) => {
             let r = render_clusters(&ctx, &p, Some(e.to_string())).await?;

@@ -305,6 +305,32 @@ pub fn clusters(
                     }
                 }
             }
+            div.panel {
+                h2 { "Seed peer clusters" }
+                table #seed-clusters {
+                    thead { tr { th { "Name" } th { "Serves scheduler cluster" } th { "Seed peers" } } }
+                    tbody {
+                        @for s in seeds {
+                            @let live = inst.iter().filter(|i| i.kind == InstanceKind::SeedPeer && i.cluster_id == s.id && i.state == "active").count();
+                            @let all = inst.iter().filter(|i| i.kind == InstanceKind::SeedPeer && i.cluster_id == s.id).count();
+                            tr {
+                                td { (s.name) " " @if s.is_default { span.badge.b-default { "default" } } div.muted { (s.description) } }
+                                td { (cl.iter().find(|c| c.id == s.scheduler_cluster_id).map(|c| c.name.as_str()).unwrap_or("?")) }
+                                td { (live) " active / " (all) }
+                            }
+                        }
+                    }
+                }
+                @if p.scope == Scope::Admin {
+                    h2 style="margin-top:18px" { "New seed peer cluster" }
+                    form.grid method="post" action="/seed-peer-clusters" {
+                        div { label for="new-seed-cluster-name" { "Name" } input #new-seed-cluster-name type="text" name="name" required; }
+                        div { label for="new-seed-cluster-parent" { "Scheduler cluster" }
+                            select #new-seed-cluster-parent name="scheduler_cluster_id" { @for c in cl { option value=(c.id) { (c.name) } } } }
+                        div { button #create-seed-cluster type="submit" { "Create seed peer cluster" } }
+                    }
+                }
+            }
             @if p.scope == Scope::Admin {
                 div.panel {
                     h2 { "New scheduler cluster" }
