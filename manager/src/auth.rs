@@ -88,7 +88,10 @@ impl Principal {
 
 pub struct Hasher {
     argon: Argon2<'static>,
-    token_cache: Mutex<HashMap<[u8; 32], (Principal, Instant)>>,
+    /// sha256(token) -> (principal, cached at, token expiry in epoch ms).
+    token_cache: Mutex<HashMap<[u8; 32], (Principal, Instant, Option<i64>)>>,
+    /// Failed sign-ins per username: (count, last failure).
+    failures: Mutex<HashMap<String, (u32, Instant)>>,
 }
 
 impl Hasher {
@@ -98,6 +101,7 @@ impl Hasher {
         Hasher {
             argon: Argon2::new(Algorithm::Argon2id, Version::V0x13, params),
             token_cache: Mutex::new(HashMap::new()),
+            failures: Mutex::new(HashMap::new()),
         }
     }
 
@@ -117,16 +121,48 @@ impl Hasher {
     pub fn cached_token(&self, token: &str) -> Option<Principal> {
         let key = sha256(token);
         let cache = self.token_cache.lock().expect("token cache lock");
+        let now = crate::db::now_ms();
         cache
             .get(&key)
-            .filter(|(_, at)| at.elapsed() < TOKEN_CACHE_TTL)
-            .map(|(p, _)| p.clone())
+            .filter(|(_, at, expires)| at.elapsed() < TOKEN_CACHE_TTL && expires.is_none_or(|e| e > now))
+            .map(|(p, _, _)| p.clone())
     }
 
-    pub fn remember_token(&self, token: &str, p: &Principal) {
+    pub fn remember_token(&self, token: &str, p: &Principal, expires_at: Option<i64>) {
         let mut cache = self.token_cache.lock().expect("token cache lock");
-        cache.retain(|_, (_, at)| at.elapsed() < TOKEN_CACHE_TTL);
-        cache.insert(sha256(token), (p.clone(), Instant::now()));
+        cache.retain(|_, (_, at, _)| at.elapsed() < TOKEN_CACHE_TTL);
+        cache.insert(sha256(token), (p.clone(), Instant::now(), expires_at));
+    }
+
+    /// How long a sign-in for `username` must wait after earlier failures:
+    /// nothing for the first 5, then 1 s doubling up to 60 s, forgotten after
+    /// 15 quiet minutes. Slows guessing without locking the real user out.
+    pub fn sign_in_delay(&self, username: &str) -> Duration {
+        let f = self.failures.lock().expect("failures lock");
+        match f.get(username) {
+            Some((n, at)) if *n >= 5 && at.elapsed() < Duration::from_secs(900) => {
+                let d = Duration::from_secs(1u64 << (n - 5).min(6)).min(Duration::from_secs(60));
+                d.saturating_sub(at.elapsed())
+            }
+            _ => Duration::ZERO,
+        }
+    }
+
+    pub fn sign_in_failed(&self, username: &str) {
+        let mut f = self.failures.lock().expect("failures lock");
+        if f.len() > 10_000 {
+            f.retain(|_, (_, at)| at.elapsed() < Duration::from_secs(900));
+        }
+        let e = f.entry(username.to_string()).or_insert((0, Instant::now()));
+        if e.1.elapsed() >= Duration::from_secs(900) {
+            e.0 = 0;
+        }
+        e.0 += 1;
+        e.1 = Instant::now();
+    }
+
+    pub fn sign_in_succeeded(&self, username: &str) {
+        self.failures.lock().expect("failures lock").remove(username);
     }
 
     /// Forgets cached tokens (after a token or user is deleted or changed).
@@ -176,5 +212,30 @@ mod tests {
         assert!(Scope::Admin > Scope::Preheat && Scope::Preheat > Scope::ReadOnly);
         assert_eq!(parse_token("dfly_12_abc"), Some((12, "abc")));
         assert_eq!(parse_token("dfly_x_abc"), None);
+    }
+
+    #[test]
+    fn repeated_sign_in_failures_slow_down() {
+        let h = Hasher::new(&AuthConfig {
+            argon2_memory_kib: 64,
+            argon2_iterations: 1,
+            ..Default::default()
+        });
+        for _ in 0..5 {
+            assert_eq!(h.sign_in_delay("root"), Duration::ZERO);
+            h.sign_in_failed("root");
+        }
+        let d = h.sign_in_delay("root");
+        assert!(
+            d > Duration::from_millis(900) && d <= Duration::from_secs(1),
+            "{d:?}"
+        );
+        assert_eq!(h.sign_in_delay("alice"), Duration::ZERO, "per username");
+        for _ in 0..20 {
+            h.sign_in_failed("root");
+        }
+        assert!(h.sign_in_delay("root") <= Duration::from_secs(60));
+        h.sign_in_succeeded("root");
+        assert_eq!(h.sign_in_delay("root"), Duration::ZERO);
     }
 }

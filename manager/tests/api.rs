@@ -145,6 +145,17 @@ async fn scenario_auth_and_scopes(m: TestManager) {
         204
     );
     assert_eq!(admin.get("/api/v1/clusters").await.0, 401);
+    // Expired tokens stop working, even when recently verified (and cached).
+    let (_, t) = root
+        .post(
+            "/api/v1/tokens",
+            json!({"name": "short", "scope": "read-only", "expires_in_secs": 1}),
+        )
+        .await;
+    let short = m.token(t["token_value"].as_str().unwrap());
+    assert_eq!(short.get("/api/v1/clusters").await.0, 200);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(short.get("/api/v1/clusters").await.0, 401);
     // Signing out ends the session.
     assert_eq!(viewer.delete("/api/v1/sessions").await.0, 204);
     assert_eq!(viewer.get("/api/v1/clusters").await.0, 401);

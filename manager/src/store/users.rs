@@ -222,6 +222,7 @@ pub async fn delete(db: &Db, hasher: &Hasher, id: i64) -> Result<()> {
 }
 
 /// Checks a password; on success opens a session and returns (cookie value, user).
+/// Repeated failures for one username slow further attempts (see `Hasher::sign_in_delay`).
 pub async fn sign_in(
     db: &Db,
     hasher: &Hasher,
@@ -229,6 +230,35 @@ pub async fn sign_in(
     password: &str,
     ttl_ms: i64,
 ) -> Result<(String, User)> {
+    let wait = hasher.sign_in_delay(username);
+    if !wait.is_zero() {
+        tokio::time::sleep(wait).await;
+    }
+    let result = check_password(db, hasher, username, password).await;
+    match &result {
+        Ok(_) => hasher.sign_in_succeeded(username),
+        Err(Error::Unauthenticated) => hasher.sign_in_failed(username),
+        Err(_) => {}
+    }
+    let user_id = result?;
+    let secret = random_secret();
+    let now = now_ms();
+    sqlx::query("INSERT INTO sessions (token_hash, user_id, created_at, expires_at) VALUES ($1, $2, $3, $4)")
+        .bind(sha256_hex(&secret))
+        .bind(user_id)
+        .bind(now)
+        .bind(now + ttl_ms)
+        .execute(&db.pool)
+        .await?;
+    sqlx::query("DELETE FROM sessions WHERE expires_at < $1")
+        .bind(now)
+        .execute(&db.pool)
+        .await?;
+    Ok((secret, get(db, user_id).await?))
+}
+
+/// The user's id when the password is right.
+async fn check_password(db: &Db, hasher: &Hasher, username: &str, password: &str) -> Result<i64> {
     let row = sqlx::query("SELECT id, password_hash FROM users WHERE username = $1")
         .bind(username)
         .fetch_optional(&db.pool)
@@ -244,21 +274,7 @@ pub async fn sign_in(
     if !hasher.verify(password, &row.string("password_hash")) {
         return Err(Error::Unauthenticated);
     }
-    let user_id = row.i64("id");
-    let secret = random_secret();
-    let now = now_ms();
-    sqlx::query("INSERT INTO sessions (token_hash, user_id, created_at, expires_at) VALUES ($1, $2, $3, $4)")
-        .bind(sha256_hex(&secret))
-        .bind(user_id)
-        .bind(now)
-        .bind(now + ttl_ms)
-        .execute(&db.pool)
-        .await?;
-    sqlx::query("DELETE FROM sessions WHERE expires_at < $1")
-        .bind(now)
-        .execute(&db.pool)
-        .await?;
-    Ok((secret, get(db, user_id).await?))
+    Ok(row.i64("id"))
 }
 
 pub async fn sign_out(db: &Db, session: &str) -> Result<()> {
@@ -320,7 +336,7 @@ pub async fn principal_from_token(db: &Db, hasher: &Hasher, token: &str) -> Resu
         .bind(id)
         .execute(&db.pool)
         .await?;
-    hasher.remember_token(token, &p);
+    hasher.remember_token(token, &p, row.opt_i64("expires_at"));
     Ok(p)
 }
 
