@@ -86,10 +86,13 @@ impl Principal {
     }
 }
 
+/// (principal, when it was verified, the token's expiry in epoch ms).
+type CachedToken = (Principal, Instant, Option<i64>);
+
 pub struct Hasher {
     argon: Argon2<'static>,
     /// sha256(token) -> (principal, cached at, token expiry in epoch ms).
-    token_cache: Mutex<HashMap<[u8; 32], (Principal, Instant, Option<i64>)>>,
+    token_cache: Mutex<HashMap<[u8; 32], CachedToken>>,
     /// Failed sign-ins per username: (count, last failure).
     failures: Mutex<HashMap<String, (u32, Instant)>>,
 }
