@@ -633,6 +633,35 @@ async fn scenario_keepalive_and_scopes(m: TestManager) {
 }
 
 async fn scenario_openapi(m: TestManager) {
+    // The console: sign-in page for strangers, no scripts allowed, no cross-site posts.
+    let resp = reqwest::get(format!("{}/login", m.base)).await.unwrap();
+    let csp = resp.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        csp.contains("default-src 'none'") && !csp.contains("script-src"),
+        "{csp}"
+    );
+    let resp = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+        .get(format!("{}/clusters", m.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 303);
+    let resp = reqwest::Client::new()
+        .post(format!("{}/login", m.base))
+        .header("origin", "http://evil.example")
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("username=root&password={ROOT_PW}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 403, "cross-site sign-in refused");
+
     assert_eq!(m.anon().get("/api/v1/openapi.json").await.0, 401);
     let (s, doc) = m.root().await.get("/api/v1/openapi.json").await;
     assert_eq!(s, 200);
