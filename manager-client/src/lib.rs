@@ -7,8 +7,9 @@
 //! returned instead, marked [`Source::Cache`]. Only when the manager is
 //! unreachable *and* nothing was ever cached does a call fail.
 //!
-//! Keepalives: [`ManagerClient::keepalive`] runs one scheduler's keepalive
-//! stream until shutdown, reopening it (with backoff) whenever it breaks.
+//! Long-lived streams reopen themselves (with backoff) whenever they break:
+//! [`ManagerClient::keepalive`] for a scheduler, [`ManagerClient::seed_session`]
+//! for a seed peer (which also runs the preheat work the manager pushes).
 
 use damselfly_proto::manager as pb;
 use damselfly_proto::manager::manager_client::ManagerClient as Raw;
@@ -274,4 +275,95 @@ async fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let tmp = path.with_extension("pb.tmp");
     tokio::fs::write(&tmp, bytes).await?;
     tokio::fs::rename(&tmp, path).await
+}
+
+/// What a seed peer does with one preheat command: fetch `url` (with
+/// `headers`) into the mesh and return the bytes it took, or why it failed.
+pub trait PreheatWork: Send + Sync + 'static {
+    fn run(&self, cmd: pb::PreheatCommand) -> impl std::future::Future<Output = Result<u64, String>> + Send;
+}
+
+impl ManagerClient {
+    /// Runs a seed peer's session until `stop` resolves: registers with
+    /// `hello`, sends a keepalive every `interval`, runs each preheat command
+    /// with `work` (concurrently) and reports the result. Results that finish
+    /// while the manager is unreachable are sent after the stream reopens.
+    pub async fn seed_session<W: PreheatWork>(
+        &self,
+        hello: pb::SeedPeerHello,
+        interval: Duration,
+        work: W,
+        stop: impl std::future::Future<Output = ()>,
+    ) {
+        use pb::seed_peer_command::Command;
+        use pb::seed_peer_message::Message as Msg;
+        let work = std::sync::Arc::new(work);
+        let (results_tx, mut results) = tokio::sync::mpsc::channel::<pb::PreheatProgress>(256);
+        tokio::pin!(stop);
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            let (tx, rx) = tokio::sync::mpsc::channel::<pb::SeedPeerMessage>(64);
+            let _ = tx
+                .send(pb::SeedPeerMessage {
+                    message: Some(Msg::Hello(hello.clone())),
+                })
+                .await;
+            let mut c = self.raw.clone();
+            let opened = tokio::select! {
+                _ = &mut stop => return,
+                r = c.seed_peer_session(tokio_stream::wrappers::ReceiverStream::new(rx)) => r,
+            };
+            match opened {
+                Ok(resp) => {
+                    let mut inbound = resp.into_inner();
+                    let mut tick = tokio::time::interval(interval);
+                    loop {
+                        tokio::select! {
+                            _ = &mut stop => return,
+                            _ = tick.tick() => {
+                                let ka = pb::SeedPeerMessage { message: Some(Msg::Keepalive(pb::SeedPeerKeepAlive {})) };
+                                if tx.send(ka).await.is_err() { break; }
+                            }
+                            Some(done) = results.recv() => {
+                                if tx.send(pb::SeedPeerMessage { message: Some(Msg::Progress(done.clone())) }).await.is_err() {
+                                    // Keep it for the next stream.
+                                    let _ = results_tx.try_send(done);
+                                    break;
+                                }
+                            }
+                            msg = inbound.message() => match msg {
+                                Ok(Some(pb::SeedPeerCommand { command: Some(Command::Welcome(w)) })) => {
+                                    tracing::info!(instance = w.instance_id, "connected to the manager as a seed peer");
+                                    backoff = Duration::from_millis(200);
+                                }
+                                Ok(Some(pb::SeedPeerCommand { command: Some(Command::Preheat(cmd)) })) => {
+                                    let (work, out) = (work.clone(), results_tx.clone());
+                                    tokio::spawn(async move {
+                                        let task_id = cmd.task_id;
+                                        let (state, bytes, error) = match work.run(cmd).await {
+                                            Ok(n) => (pb::preheat_progress::State::Succeeded, n, String::new()),
+                                            Err(e) => (pb::preheat_progress::State::Failed, 0, e),
+                                        };
+                                        let _ = out.send(pb::PreheatProgress { task_id, state: state as i32, bytes, error }).await;
+                                    });
+                                }
+                                Ok(Some(_)) => {}
+                                Ok(None) => break,
+                                Err(status) => {
+                                    tracing::debug!(%status, "seed peer session ended");
+                                    break;
+                                }
+                            },
+                        }
+                    }
+                }
+                Err(status) => tracing::debug!(%status, "seed peer session could not open"),
+            }
+            tokio::select! {
+                _ = &mut stop => return,
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(30));
+        }
+    }
 }
