@@ -367,3 +367,63 @@ impl ManagerClient {
         }
     }
 }
+
+impl ManagerClient {
+    /// Re-fetches the cluster's settings every `every` and publishes each
+    /// change: a scheduler applies new settings within one interval, without
+    /// a restart. The task ends when every receiver is dropped.
+    pub fn watch_scheduler_config(
+        &self,
+        cluster_id: u64,
+        every: Duration,
+        initial: pb::SchedulerClusterConfig,
+    ) -> tokio::sync::watch::Receiver<pb::SchedulerClusterConfig> {
+        let me = self.clone();
+        self.watch(initial, every, move || {
+            let me = me.clone();
+            async move { me.scheduler_cluster_config(cluster_id).await.ok().map(|(c, _)| c) }
+        })
+    }
+
+    /// Re-asks which schedulers serve this peer every `every` and publishes
+    /// each change (a scheduler that died drops out, a new one appears).
+    pub fn watch_schedulers(
+        &self,
+        req: pb::ListSchedulersRequest,
+        every: Duration,
+        initial: pb::ListSchedulersResponse,
+    ) -> tokio::sync::watch::Receiver<pb::ListSchedulersResponse> {
+        let me = self.clone();
+        self.watch(initial, every, move || {
+            let (me, req) = (me.clone(), req.clone());
+            async move { me.list_schedulers(req).await.ok().map(|(r, _)| r) }
+        })
+    }
+
+    fn watch<T, F, Fut>(&self, initial: T, every: Duration, fetch: F) -> tokio::sync::watch::Receiver<T>
+    where
+        T: PartialEq + Send + Sync + 'static,
+        F: Fn() -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = Option<T>> + Send,
+    {
+        let (tx, rx) = tokio::sync::watch::channel(initial);
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = tx.closed() => return,
+                    _ = tokio::time::sleep(every) => {}
+                }
+                if let Some(next) = fetch().await {
+                    tx.send_if_modified(|cur| {
+                        let changed = *cur != next;
+                        if changed {
+                            *cur = next;
+                        }
+                        changed
+                    });
+                }
+            }
+        });
+        rx
+    }
+}

@@ -151,3 +151,40 @@ async fn cached_answers_survive_a_manager_outage() {
     ka.0.await.unwrap();
     stop.trigger();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settings_changes_reach_watchers_within_an_interval() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}?mode=rwc", dir.path().join("m.db").display());
+    let (stop, _drain) = Shutdown::new();
+    let running = damselfly_manager::start_with(config(&db, "127.0.0.1:0"), None, stop.clone())
+        .await
+        .unwrap();
+    let client = ManagerClient::with_token(
+        &format!("http://{}", running.grpc_addr),
+        Some(TOKEN),
+        dir.path().join("cache"),
+        Duration::from_secs(2),
+    )
+    .unwrap();
+    let (first, _) = client.scheduler_cluster_config(1).await.unwrap();
+    let mut rx = client.watch_scheduler_config(1, Duration::from_millis(100), first.clone());
+    let patch = damselfly_manager::store::clusters::SchedulerClusterPatch {
+        settings: Some(damselfly_manager::store::clusters::ClusterSettings {
+            candidate_parent_limit: 2,
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    damselfly_manager::store::clusters::update_scheduler_cluster(&running.ctx.db, 1, patch)
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(2), rx.changed())
+        .await
+        .unwrap()
+        .unwrap();
+    let now = rx.borrow().clone();
+    assert_eq!(now.settings.unwrap().candidate_parent_limit, 2);
+    assert!(now.version > first.version);
+    stop.trigger();
+}
