@@ -427,3 +427,66 @@ impl ManagerClient {
         rx
     }
 }
+
+/// The scheduler for a task, by rendezvous hashing of the task id over the
+/// schedulers' addresses: every peer of one task picks the same scheduler,
+/// and when one scheduler goes away only its own tasks move.
+pub fn pick_scheduler<'a>(
+    schedulers: &'a [pb::SchedulerInfo],
+    task_id: &str,
+) -> Option<&'a pb::SchedulerInfo> {
+    schedulers
+        .iter()
+        .max_by_key(|s| fnv1a(format!("{task_id}|{}:{}", s.ip, s.port).as_bytes()))
+}
+
+/// FNV-1a 64 with a final avalanche (splitmix64), stable across versions and platforms.
+fn fnv1a(data: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in data {
+        h ^= *b as u64;
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h ^= h >> 30;
+    h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h ^= h >> 27;
+    h = h.wrapping_mul(0x94d0_49bb_1331_11eb);
+    h ^ (h >> 31)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sched(n: u32) -> pb::SchedulerInfo {
+        pb::SchedulerInfo {
+            id: n as u64,
+            ip: format!("10.0.0.{n}"),
+            port: 8002,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn rendezvous_is_stable_and_spreads() {
+        let all: Vec<_> = (1..=4).map(sched).collect();
+        let tasks: Vec<String> = (0..2000).map(|i| format!("sha256:{i:064x}")).collect();
+        let before: Vec<u64> = tasks
+            .iter()
+            .map(|t| pick_scheduler(&all, t).unwrap().id)
+            .collect();
+        for id in 1..=4 {
+            let n = before.iter().filter(|x| **x == id).count();
+            assert!((350..=650).contains(&n), "scheduler {id} got {n} of 2000");
+        }
+        // Scheduler 3 dies: only its tasks move.
+        let rest: Vec<_> = all.iter().filter(|s| s.id != 3).cloned().collect();
+        for (t, b) in tasks.iter().zip(&before) {
+            let after = pick_scheduler(&rest, t).unwrap().id;
+            if *b != 3 {
+                assert_eq!(after, *b);
+            }
+        }
+        assert!(pick_scheduler(&[], "x").is_none());
+    }
+}
