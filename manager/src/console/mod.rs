@@ -62,7 +62,7 @@ async fn same_origin(req: axum::extract::Request, next: axum::middleware::Next) 
             .unwrap_or("");
         if let Some(origin) = req.headers().get(header::ORIGIN).and_then(|o| o.to_str().ok()) {
             let origin_host = origin.split("://").nth(1).unwrap_or("");
-            if origin != "null" && origin_host != host {
+            if origin_host != host {
                 return (StatusCode::FORBIDDEN, "cross-site request refused").into_response();
             }
         }

@@ -231,7 +231,8 @@ pub async fn create(db: &Db, by: &Principal, new: NewPreheatJob) -> Result<Prehe
         }
     }
     let now = now_ms();
-    let spec = serde_json::to_string(&SpecStore(&new)).expect("serializable");
+    // With the password: the engine needs it (`Secret` serializes as the plain string).
+    let spec = serde_json::to_string(&new).expect("serializable");
     let kind = match new.kind {
         PreheatKind::Image => "image",
         PreheatKind::File => "file",
@@ -247,15 +248,6 @@ pub async fn create(db: &Db, by: &Principal, new: NewPreheatJob) -> Result<Prehe
     .fetch_one(&db.pool)
     .await?;
     get(db, id).await
-}
-
-/// Serializes a spec with its password (the engine needs it); `Secret`
-/// serializes transparently, so this is the plain spec.
-struct SpecStore<'a>(&'a NewPreheatJob);
-impl Serialize for SpecStore<'_> {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        self.0.serialize(s)
-    }
 }
 
 pub async fn list(db: &Db, q: &JobQuery) -> Result<Vec<PreheatJob>> {
