@@ -15,7 +15,7 @@ use std::collections::BTreeSet;
 
 pub async fn run(ctx: Ctx, shutdown: Shutdown) {
     let resolver = match Resolver::new(ctx.config.preheat.plain_http_registries.clone()) {
-        Ok(r) => r,
+        Ok(r) => std::sync::Arc::new(r),
         Err(e) => {
             tracing::error!(error = %e, "preheat engine cannot start");
             return;
@@ -42,31 +42,42 @@ pub fn retry_policy(ctx: &Ctx) -> RetryPolicy {
     }
 }
 
-/// One round: housekeeping, resolve claimed jobs, dispatch tasks.
-pub async fn step(ctx: &Ctx, resolver: &Resolver) -> Result<()> {
+/// One round: housekeeping, resolve claimed jobs (each in its own task, so a
+/// slow registry delays only its job), dispatch tasks.
+pub async fn step(ctx: &Ctx, resolver: &std::sync::Arc<Resolver>) -> Result<()> {
     let p = &ctx.config.preheat;
-    let max_attempts = p.max_attempts as i64;
-    preheat::housekeeping(&ctx.db, max_attempts, p.task_timeout.as_millis() as i64).await?;
+    preheat::housekeeping(&ctx.db, p.max_attempts as i64, p.task_timeout.as_millis() as i64).await?;
     let lease = p.lease.as_millis() as i64;
     for job in preheat::claim_jobs(&ctx.db, &ctx.owner, lease, 4).await? {
-        let id = job.id;
-        let attempts = job.attempts;
-        match resolve(ctx, resolver, &job).await {
-            Ok(tasks) => {
-                let started = preheat::start_job(&ctx.db, id, &ctx.owner, &tasks).await?;
-                if started {
-                    tracing::info!(job = id, tasks = tasks.len(), "preheat job started");
-                }
+        let (ctx, resolver) = (ctx.clone(), resolver.clone());
+        tokio::spawn(async move {
+            if let Err(e) = start(&ctx, &resolver, job).await {
+                tracing::warn!(error = %e, "preheat job could not be started; its lease will expire and it is retried");
             }
-            Err(e) => {
-                let give_up = attempts >= max_attempts;
-                tracing::warn!(job = id, attempt = attempts, give_up, error = %e, "preheat job could not be resolved");
-                let retry = (p.poll_interval.as_millis() as i64) * 2;
-                preheat::job_attempt_failed(&ctx.db, id, &ctx.owner, &e.to_string(), give_up, retry).await?;
-            }
-        }
+        });
     }
     dispatch(ctx).await
+}
+
+/// Resolves one claimed job and starts it, or records the failed attempt.
+async fn start(ctx: &Ctx, resolver: &Resolver, job: ClaimedJob) -> Result<()> {
+    let p = &ctx.config.preheat;
+    let (id, attempts) = (job.id, job.attempts);
+    match resolve(ctx, resolver, &job).await {
+        Ok(tasks) => {
+            if preheat::start_job(&ctx.db, id, &ctx.owner, &tasks).await? {
+                tracing::info!(job = id, tasks = tasks.len(), "preheat job started");
+                ctx.wake.notify_one();
+            }
+        }
+        Err(e) => {
+            let give_up = attempts >= p.max_attempts as i64;
+            tracing::warn!(job = id, attempt = attempts, give_up, error = %e, "preheat job could not be resolved");
+            let retry = (p.poll_interval.as_millis() as i64) * 2;
+            preheat::job_attempt_failed(&ctx.db, id, &ctx.owner, &e.to_string(), give_up, retry).await?;
+        }
+    }
+    Ok(())
 }
 
 async fn resolve(ctx: &Ctx, resolver: &Resolver, job: &ClaimedJob) -> Result<Vec<NewTask>> {
