@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 
 mod get;
 mod init;
+mod manager;
 mod peer;
 mod proxy;
 mod scheduler;
@@ -35,6 +36,8 @@ enum Command {
     Init(init::Args),
     /// Run the registry mirror proxy alone, blobs straight from the origin.
     Proxy(proxy::Args),
+    /// Run a manager: clusters, liveness, preheat, REST API and web console.
+    Manager(manager::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -50,6 +53,7 @@ fn main() -> std::process::ExitCode {
             Command::Get(args) => get::run(args).await,
             Command::Init(args) => init::run(args).await,
             Command::Proxy(args) => proxy::run(args).await,
+            Command::Manager(args) => manager::run(args).await,
         }
     });
     match result {
