@@ -8,6 +8,8 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
+use super::scale::ScaleReport;
+
 const MIB: f64 = 1024.0 * 1024.0;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -20,6 +22,9 @@ pub struct Report {
     pub methods: Vec<MethodReport>,
     /// The single-peer measurement on unshaped links, if it ran.
     pub single: Option<SingleReport>,
+    /// The scheduler alone under simulated load, if it ran.
+    #[serde(default)]
+    pub scale: Option<ScaleReport>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -178,6 +183,9 @@ impl Report {
         if let Some(single) = &self.single {
             md.push_str(&single.markdown());
         }
+        if let Some(scale) = &self.scale {
+            md.push_str(&scale_markdown(scale));
+        }
         let _ = writeln!(md, "\nReproduce: `{}`", self.command);
         md
     }
@@ -215,6 +223,30 @@ impl SingleReport {
         }
         md
     }
+}
+
+fn scale_markdown(scale: &ScaleReport) -> String {
+    let mut md = String::new();
+    match (&scale.result, &scale.error) {
+        (Some(r), _) => {
+            let _ = writeln!(
+                md,
+                "\nScheduler alone: {} simulated peers on {} hosts across {} tasks ({} registrations in flight):\n",
+                r.peers, r.hosts, r.tasks, r.concurrency
+            );
+            md.push_str("| decisions/s | p50 | p99 | max | errors |\n| --- | --- | --- | --- | --- |\n");
+            let _ = writeln!(
+                md,
+                "| {:.0} | {:.1} ms | {:.1} ms | {:.1} ms | {} |",
+                r.decisions_per_sec, r.p50_ms, r.p99_ms, r.max_ms, r.errors
+            );
+        }
+        (None, Some(e)) => {
+            let _ = writeln!(md, "\nScheduler scale run failed: {}", first_lines(e, 6));
+        }
+        (None, None) => {}
+    }
+    md
 }
 
 /// Seconds with one decimal, or more for short times.
