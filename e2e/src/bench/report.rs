@@ -59,6 +59,9 @@ pub struct MethodReport {
     pub origin_tx_bytes: Option<u64>,
     /// origin_tx_bytes / S.
     pub origin_over_size: Option<f64>,
+    /// Bytes the seed host sent (only the damselfly method uses it).
+    #[serde(default)]
+    pub seed_tx_bytes: Option<u64>,
     /// Largest peak RSS (VmHWM) of the per-host agents: peer daemons for
     /// damselfly, aria2c for bittorrent, curl for direct.
     pub peak_rss_bytes: Option<u64>,
@@ -72,6 +75,9 @@ pub struct HostReport {
     pub sha256: Option<String>,
     pub sha256_ok: bool,
     pub peak_rss_bytes: Option<u64>,
+    /// Bytes this host sent to others during the method (its uploads).
+    #[serde(default)]
+    pub tx_bytes: Option<u64>,
     pub error: Option<String>,
 }
 
@@ -108,6 +114,7 @@ impl MethodReport {
             makespan_over_su: None,
             origin_tx_bytes: None,
             origin_over_size: None,
+            seed_tx_bytes: None,
             peak_rss_bytes: None,
         }
     }
@@ -166,6 +173,14 @@ impl Report {
         for m in &self.methods {
             if !m.notes.is_empty() {
                 let _ = writeln!(md, "\n`{}`: {}", m.method, m.notes);
+            }
+            if let Some(seed) = m.seed_tx_bytes.filter(|b| *b > s.size_bytes / 100) {
+                let _ = writeln!(
+                    md,
+                    "\n`{}`: the seed host sent {:.2} x S",
+                    m.method,
+                    seed as f64 / s.size_bytes as f64
+                );
             }
             if let Some(error) = &m.error {
                 let _ = writeln!(md, "\n`{}` failed: {}", m.method, first_lines(error, 6));

@@ -139,11 +139,13 @@ struct HostState {
     done: Option<Duration>,
     error: Option<String>,
     peak_rss: Option<u64>,
+    tx_bytes: Option<u64>,
 }
 
 struct Measurement {
     hosts: Vec<HostState>,
     origin_tx: u64,
+    seed_tx: u64,
 }
 
 impl Measurement {
@@ -151,6 +153,12 @@ impl Measurement {
         let workdir = swarm.lab.dir().join(method.name());
         fs::create_dir_all(&workdir)?;
         let tx_before = swarm.lab.tx_bytes(ORIGIN)?;
+        let seed_tx_before = swarm.lab.tx_bytes(SEED)?;
+        let peers_tx_before = swarm
+            .peers
+            .iter()
+            .map(|h| swarm.lab.tx_bytes(h))
+            .collect::<Result<Vec<_>>>()?;
         method.prepare(swarm, &workdir).context("prepare")?;
 
         let start = Instant::now();
@@ -167,6 +175,7 @@ impl Measurement {
                 done: None,
                 error: None,
                 peak_rss: None,
+                tx_bytes: None,
             });
         }
         let deadline = start + swarm.timeout();
@@ -190,10 +199,18 @@ impl Measurement {
         // Daemons still run: their VmHWM now is their exact peak.
         hosts.iter_mut().for_each(HostState::sample_rss);
         let origin_tx = swarm.lab.tx_bytes(ORIGIN)? - tx_before;
+        let seed_tx = swarm.lab.tx_bytes(SEED)? - seed_tx_before;
+        for (h, before) in hosts.iter_mut().zip(peers_tx_before) {
+            h.tx_bytes = Some(swarm.lab.tx_bytes(&h.host)? - before);
+        }
         for h in hosts.iter_mut() {
             h.download.job.kill()?;
         }
-        Ok(Measurement { hosts, origin_tx })
+        Ok(Measurement {
+            hosts,
+            origin_tx,
+            seed_tx,
+        })
     }
 
     fn into_report(self, swarm: &Swarm, name: &str, notes: String) -> MethodReport {
@@ -217,6 +234,7 @@ impl Measurement {
             makespan_over_su: makespan.zip(swarm.su_seconds()).map(|(m, su)| m / su),
             origin_tx_bytes: Some(self.origin_tx),
             origin_over_size: Some(self.origin_tx as f64 / size),
+            seed_tx_bytes: Some(self.seed_tx),
             peak_rss_bytes: hosts.iter().filter_map(|h| h.peak_rss_bytes).max(),
             hosts,
         }
@@ -277,6 +295,7 @@ impl HostState {
             sha256,
             sha256_ok,
             peak_rss_bytes: self.peak_rss,
+            tx_bytes: self.tx_bytes,
             error,
         }
     }
