@@ -10,4 +10,5 @@ cargo clippy --workspace --all-targets -- -D warnings
 # The e2e tests drive the real binary, built with the test-only fault switches.
 cargo build --features fault-injection -p damselfly
 export DAMSELFLY_BIN="$CARGO_TARGET_DIR/debug/damselfly"
+export DAMSELFLY_SMOKE_METHODS=damselfly,direct,bittorrent
 cargo test --workspace

@@ -11,7 +11,11 @@ mod peer;
 mod scheduler;
 
 #[derive(Parser)]
-#[command(name = "damselfly", version, about = "P2P file and image distribution for container hosts")]
+#[command(
+    name = "damselfly",
+    version,
+    about = "P2P file and image distribution for container hosts"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -1,6 +1,66 @@
-#[derive(clap::Args)]
-pub struct Args {}
+//! `damselfly peer [--seed]`
 
-pub async fn run(_args: Args) -> anyhow::Result<()> {
-    anyhow::bail!("not implemented yet")
+use anyhow::Context;
+use damselfly_peer::PeerConfig;
+use damselfly_service::shutdown::{self, Shutdown};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Config file (TOML); defaults apply to what it leaves out.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Run as a seed peer: fetch from origins when the scheduler asks.
+    #[arg(long)]
+    seed: bool,
+    /// Scheduler gRPC URL, e.g. http://10.0.0.2:8002 (repeatable; replaces `schedulers`).
+    #[arg(long = "scheduler")]
+    schedulers: Vec<String>,
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Unix socket of the local API.
+    #[arg(long)]
+    socket: Option<PathBuf>,
+    #[arg(long)]
+    piece_listen: Option<SocketAddr>,
+    /// IP other peers use to reach this one.
+    #[arg(long)]
+    advertise_ip: Option<String>,
+    #[arg(long)]
+    metrics_listen: Option<SocketAddr>,
+}
+
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let mut config: PeerConfig = damselfly_service::config::load(args.config.as_deref())?;
+    config.seed |= args.seed;
+    if !args.schedulers.is_empty() {
+        config.schedulers = args.schedulers;
+    }
+    if let Some(v) = args.data_dir {
+        config.data_dir = v;
+    }
+    if let Some(v) = args.socket {
+        config.socket = v;
+    }
+    if let Some(v) = args.piece_listen {
+        config.piece_listen = v;
+    }
+    if let Some(v) = args.advertise_ip {
+        config.advertise_ip = v;
+    }
+    if let Some(v) = args.metrics_listen {
+        config.metrics_listen = v;
+    }
+    config.validate()?;
+    damselfly_service::telemetry::init_logging(&config.log_level, false);
+    let (stop, drain) = Shutdown::new();
+    let signal_stop = stop.clone();
+    tokio::spawn(async move {
+        shutdown::signal().await;
+        signal_stop.trigger();
+    });
+    damselfly_peer::daemon::run(config, stop).await.context("peer")?;
+    drain.drained().await;
+    Ok(())
 }

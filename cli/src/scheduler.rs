@@ -1,6 +1,43 @@
-#[derive(clap::Args)]
-pub struct Args {}
+//! `damselfly scheduler`
 
-pub async fn run(_args: Args) -> anyhow::Result<()> {
-    anyhow::bail!("not implemented yet")
+use anyhow::Context;
+use damselfly_scheduler::SchedulerConfig;
+use damselfly_service::shutdown::{self, Shutdown};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Config file (TOML); defaults apply to what it leaves out.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// gRPC address for peers (overrides `listen`).
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Address of /metrics and /tasks/{id} (overrides `http_listen`).
+    #[arg(long)]
+    metrics_listen: Option<SocketAddr>,
+}
+
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let mut config: SchedulerConfig = damselfly_service::config::load(args.config.as_deref())?;
+    if let Some(l) = args.listen {
+        config.listen = l;
+    }
+    if let Some(l) = args.metrics_listen {
+        config.http_listen = l;
+    }
+    config.validate()?;
+    damselfly_service::telemetry::init_logging(&config.log_level, false);
+    let (stop, drain) = Shutdown::new();
+    let signal_stop = stop.clone();
+    tokio::spawn(async move {
+        shutdown::signal().await;
+        signal_stop.trigger();
+    });
+    damselfly_scheduler::run(config, stop)
+        .await
+        .context("scheduler")?;
+    drain.drained().await;
+    Ok(())
 }

@@ -32,6 +32,7 @@ pub struct PeerDaemon {
 /// Scheduler, seed and peers of one mesh. Dropping it stops them all.
 pub struct Mesh {
     bin: PathBuf,
+    scheduler_ip: Ipv4Addr,
     pub scheduler: Proc,
     pub seed: PeerDaemon,
     pub peers: Vec<PeerDaemon>,
@@ -69,11 +70,37 @@ impl Mesh {
             .map(|h| start_peer(h, false))
             .collect::<Result<Vec<_>>>()?;
         Ok(Mesh {
+            scheduler_ip,
             bin: bin.to_path_buf(),
             scheduler,
             seed,
             peers,
         })
+    }
+
+    /// Starts (or restarts, keeping its data dir) a peer in `host` with extra
+    /// environment variables, e.g. a fault switch.
+    pub fn start_peer(
+        &mut self,
+        lab: &Lab,
+        state_dir: &Path,
+        host: &str,
+        env: &[(&str, &str)],
+    ) -> Result<()> {
+        self.peers.retain(|p| p.host != host);
+        let url = format!("http://{}:{SCHEDULER_PORT}", self.scheduler_ip);
+        let peer = start_peer_with(lab, &self.bin, &url, &state_dir.join(host), host, false, env)?;
+        self.peers.push(peer);
+        Ok(())
+    }
+
+    /// Stops the peer in `host` (SIGTERM, then SIGKILL) and forgets it.
+    pub fn stop_peer(&mut self, host: &str) -> Result<()> {
+        if let Some(i) = self.peers.iter().position(|p| p.host == host) {
+            let mut p = self.peers.remove(i);
+            p.proc.stop()?;
+        }
+        Ok(())
     }
 
     pub fn peer(&self, host: &str) -> &PeerDaemon {
@@ -109,6 +136,18 @@ fn start_peer(
     host: &str,
     seed: bool,
 ) -> Result<PeerDaemon> {
+    start_peer_with(lab, bin, scheduler, dir, host, seed, &[])
+}
+
+fn start_peer_with(
+    lab: &Lab,
+    bin: &Path,
+    scheduler: &str,
+    dir: &Path,
+    host: &str,
+    seed: bool,
+    env: &[(&str, &str)],
+) -> Result<PeerDaemon> {
     let ip = lab.ip(host);
     let data_dir = dir.join("data");
     std::fs::create_dir_all(&data_dir).with_context(|| format!("create {}", data_dir.display()))?;
@@ -130,6 +169,7 @@ fn start_peer(
         .arg(ip.to_string())
         .arg("--metrics-listen")
         .arg(format!("{ip}:{PEER_METRICS_PORT}"));
+    cmd.envs(env.iter().copied());
     let proc = lab.spawn(host, if seed { "seed" } else { "peer" }, &cmd)?;
     ready(&proc, ip, PIECE_PORT, Some(&socket))?;
     Ok(PeerDaemon {

@@ -122,7 +122,8 @@ impl PeerConfig {
             return Err(ConfigError::invalid("socket", "must be an absolute path"));
         }
         for (i, s) in self.schedulers.iter().enumerate() {
-            let ok = url::Url::parse(s).is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some());
+            let ok = url::Url::parse(s)
+                .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some());
             if !ok {
                 return Err(ConfigError::invalid(
                     format!("schedulers[{i}]"),
@@ -131,7 +132,10 @@ impl PeerConfig {
             }
         }
         if !self.advertise_ip.is_empty() && self.advertise_ip.parse::<std::net::IpAddr>().is_err() {
-            return Err(ConfigError::invalid("advertise_ip", format!("{:?} is not an IP address", self.advertise_ip)));
+            return Err(ConfigError::invalid(
+                "advertise_ip",
+                format!("{:?} is not an IP address", self.advertise_ip),
+            ));
         }
         if self.upload_slots == 0 {
             return Err(ConfigError::invalid("upload_slots", "must be at least 1"));
@@ -161,7 +165,11 @@ mod tests {
 
     #[test]
     fn sizes_and_durations_parse() {
-        let c: PeerConfig = parse("upload_rate = \"100MiB\"\ntask_ttl = \"2h\"\n[source]\nretries = 2\n", "p").unwrap();
+        let c: PeerConfig = parse(
+            "upload_rate = \"100MiB\"\ntask_ttl = \"2h\"\n[source]\nretries = 2\n",
+            "p",
+        )
+        .unwrap();
         assert_eq!(c.upload_rate.as_u64(), 100 * 1024 * 1024);
         assert_eq!(c.task_ttl, Duration::from_secs(7200));
         assert_eq!(c.source.retries, 2);
@@ -177,7 +185,17 @@ mod tests {
         c.schedulers.clear();
         c.advertise_ip = "x".into();
         assert!(c.validate().unwrap_err().to_string().contains("advertise_ip"));
-        assert!(parse::<PeerConfig>("upload_slots = -1", "p.toml").unwrap_err().to_string().contains("upload_slots"));
-        assert!(parse::<PeerConfig>("seeds = true", "p.toml").unwrap_err().to_string().contains("seeds"));
+        assert!(
+            parse::<PeerConfig>("upload_slots = -1", "p.toml")
+                .unwrap_err()
+                .to_string()
+                .contains("upload_slots")
+        );
+        assert!(
+            parse::<PeerConfig>("seeds = true", "p.toml")
+                .unwrap_err()
+                .to_string()
+                .contains("seeds")
+        );
     }
 }

@@ -55,7 +55,9 @@ impl From<Error> for tonic::Status {
         match e {
             Error::BadRequest(_) => tonic::Status::invalid_argument(msg),
             Error::OriginStatus { status: 404, .. } => tonic::Status::not_found(msg),
-            Error::OriginStatus { status: 401 | 403, .. } => tonic::Status::permission_denied(msg),
+            Error::OriginStatus {
+                status: 401 | 403, ..
+            } => tonic::Status::permission_denied(msg),
             Error::DigestMismatch { .. } => tonic::Status::data_loss(msg),
             Error::Origin(_) | Error::OriginStatus { .. } => tonic::Status::unavailable(msg),
             _ => tonic::Status::internal(msg),

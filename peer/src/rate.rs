@@ -30,7 +30,11 @@ impl RateLimiter {
             s.0 = (s.0 + now.duration_since(s.1).as_secs_f64() * self.rate as f64).min(burst);
             s.1 = now;
             s.0 -= bytes as f64;
-            if s.0 >= 0.0 { Duration::ZERO } else { Duration::from_secs_f64(-s.0 / self.rate as f64) }
+            if s.0 >= 0.0 {
+                Duration::ZERO
+            } else {
+                Duration::from_secs_f64(-s.0 / self.rate as f64)
+            }
         };
         if !wait.is_zero() {
             tokio::time::sleep(wait).await;

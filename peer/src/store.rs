@@ -33,7 +33,10 @@ pub struct TaskRecord {
 }
 
 pub fn now_unix() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
 }
 
 pub struct Store {
@@ -43,19 +46,31 @@ pub struct Store {
 
 /// Task ids name files: only accept what a task id can be.
 fn check_id(id: &str) -> Result<(), Error> {
-    let ok = !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-    if ok { Ok(()) } else { Err(Error::BadRequest(format!("invalid task id {id:?}"))) }
+    let ok = !id.is_empty()
+        && id.len() <= 128
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::BadRequest(format!("invalid task id {id:?}")))
+    }
 }
 
 impl Store {
     pub fn open(dir: &Path) -> Result<Self, Error> {
         let content = dir.join("content");
-        std::fs::create_dir_all(&content).map_err(|e| Error::io(format!("create {}", content.display()), e))?;
+        std::fs::create_dir_all(&content)
+            .map_err(|e| Error::io(format!("create {}", content.display()), e))?;
         let db = Database::create(dir.join("meta.redb"))?;
         let txn = db.begin_write()?;
         txn.open_table(TASKS)?;
         txn.commit()?;
-        Ok(Self { dir: dir.to_path_buf(), db })
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            db,
+        })
     }
 
     pub fn dir(&self) -> &Path {

@@ -43,7 +43,11 @@ pub struct TaskState {
 
 impl TaskState {
     pub fn missing(&self) -> impl Iterator<Item = u32> + '_ {
-        self.have.iter().enumerate().filter(|(_, h)| !**h).map(|(i, _)| i as u32)
+        self.have
+            .iter()
+            .enumerate()
+            .filter(|(_, h)| !**h)
+            .map(|(i, _)| i as u32)
     }
 
     pub fn count(&self) -> u32 {
@@ -106,7 +110,10 @@ impl Task {
                     s.have[i] = false; // never serve what we cannot check
                 }
             }
-            s.progress.completed_bytes = (0..layout.piece_count()).filter(|i| s.have[*i as usize]).map(|i| layout.len_of(i) as u64).sum();
+            s.progress.completed_bytes = (0..layout.piece_count())
+                .filter(|i| s.have[*i as usize])
+                .map(|i| layout.len_of(i) as u64)
+                .sum();
             s.progress.done = r.done && s.have.iter().all(|h| *h);
         }
         Ok(t)
@@ -159,7 +166,8 @@ impl Task {
             .truncate(false)
             .open(&self.path)
             .map_err(|e| Error::io(format!("open {}", self.path.display()), e))?;
-        file.set_len(layout.content_length).map_err(|e| Error::io("size content file", e))?;
+        file.set_len(layout.content_length)
+            .map_err(|e| Error::io("size content file", e))?;
         let _ = self.file.set(file);
         self.notify();
         Ok(())
@@ -193,14 +201,22 @@ impl Task {
     }
 
     fn file(&self) -> Result<&File, Error> {
-        self.file.get().ok_or_else(|| Error::Failed("task layout not known yet".into()))
+        self.file
+            .get()
+            .ok_or_else(|| Error::Failed("task layout not known yet".into()))
     }
 
     /// Stores a piece whose digest was checked by the caller, and publishes it.
     pub fn write_piece(&self, index: u32, bytes: &[u8], from_source: bool) -> Result<(), Error> {
-        let layout = self.layout().ok_or_else(|| Error::Failed("task layout not known yet".into()))?;
+        let layout = self
+            .layout()
+            .ok_or_else(|| Error::Failed("task layout not known yet".into()))?;
         if bytes.len() != layout.len_of(index) as usize {
-            return Err(Error::Failed(format!("piece {index} has {} bytes, expected {}", bytes.len(), layout.len_of(index))));
+            return Err(Error::Failed(format!(
+                "piece {index} has {} bytes, expected {}",
+                bytes.len(),
+                layout.len_of(index)
+            )));
         }
         self.file()?
             .write_all_at(bytes, layout.offset(index))
@@ -225,7 +241,9 @@ impl Task {
 
     /// Reads a piece that this peer holds.
     pub fn read_piece(&self, index: u32) -> Result<Vec<u8>, Error> {
-        let layout = self.layout().ok_or_else(|| Error::Failed("task layout not known yet".into()))?;
+        let layout = self
+            .layout()
+            .ok_or_else(|| Error::Failed("task layout not known yet".into()))?;
         if !self.has(index) {
             return Err(Error::BadRequest(format!("piece {index} not held")));
         }
@@ -274,7 +292,11 @@ impl Task {
                 content_length: l.content_length,
                 piece_length: l.piece_length,
                 digest: s.digest.clone(),
-                piece_digests: s.digests.iter().map(|d| d.map(hex::encode).unwrap_or_default()).collect(),
+                piece_digests: s
+                    .digests
+                    .iter()
+                    .map(|d| d.map(hex::encode).unwrap_or_default())
+                    .collect(),
                 bitmap: s.bitmap(),
                 done: s.progress.done,
                 last_access_unix: now_unix(),
@@ -313,14 +335,20 @@ impl Tasks {
         if let Some(t) = self.get(id) {
             return Ok(Some(t));
         }
-        let Some(record) = self.store.get(id)? else { return Ok(None) };
+        let Some(record) = self.store.get(id)? else {
+            return Ok(None);
+        };
         let task = Task::from_record(&record, self.store.content_path(id)?)?;
         let mut map = self.map.lock().expect("tasks lock");
         Ok(Some(map.entry(id.to_string()).or_insert(task).clone()))
     }
 
     /// Returns (task, created): the existing task, or a new one from `make`.
-    pub fn get_or_insert(&self, id: &str, make: impl FnOnce() -> Result<Arc<Task>, Error>) -> Result<(Arc<Task>, bool), Error> {
+    pub fn get_or_insert(
+        &self,
+        id: &str,
+        make: impl FnOnce() -> Result<Arc<Task>, Error>,
+    ) -> Result<(Arc<Task>, bool), Error> {
         if let Some(t) = self.get_or_load(id)? {
             return Ok((t, false));
         }
@@ -348,7 +376,11 @@ impl Tasks {
     }
 
     pub fn in_use(&self, id: &str) -> bool {
-        self.map.lock().expect("tasks lock").get(id).is_some_and(|t| Arc::strong_count(t) > 1)
+        self.map
+            .lock()
+            .expect("tasks lock")
+            .get(id)
+            .is_some_and(|t| Arc::strong_count(t) > 1)
     }
 
     /// Forgets a task from memory only (a failed download), keeping nothing in the store.

@@ -99,10 +99,14 @@ pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> std::io::Result<Opti
             bits: buf[4..].to_vec(),
         },
         HAVE => {
-            if buf.len() % 4 != 0 {
+            if !buf.len().is_multiple_of(4) {
                 return Err(bad("malformed have"));
             }
-            Frame::Have(buf.chunks_exact(4).map(|c| u32::from_be_bytes(c.try_into().expect("4 bytes"))).collect())
+            Frame::Have(
+                buf.chunks_exact(4)
+                    .map(|c| u32::from_be_bytes(c.try_into().expect("4 bytes")))
+                    .collect(),
+            )
         }
         PIECE => {
             let index = u32_at(&buf, 0)?;
@@ -152,7 +156,14 @@ mod tests {
 
     #[tokio::test]
     async fn garbage_is_an_error_not_a_panic() {
-        for input in [vec![99u8, 0, 0, 0, 0], vec![PIECE, 0xff, 0xff, 0xff, 0xff], vec![HAVE, 0, 0, 0, 3, 1, 2, 3], vec![REQUEST, 0, 0, 0, 1, 0], vec![HELLO, 0, 0, 0, 1, b'x'], vec![PIECE, 0, 0]] {
+        for input in [
+            vec![99u8, 0, 0, 0, 0],
+            vec![PIECE, 0xff, 0xff, 0xff, 0xff],
+            vec![HAVE, 0, 0, 0, 3, 1, 2, 3],
+            vec![REQUEST, 0, 0, 0, 1, 0],
+            vec![HELLO, 0, 0, 0, 1, b'x'],
+            vec![PIECE, 0, 0],
+        ] {
             let mut r = input.as_slice();
             assert!(read_frame(&mut r).await.is_err(), "{input:?}");
         }

@@ -54,8 +54,12 @@ mod tests {
 
     #[test]
     fn removing_a_seed_moves_only_its_tasks() {
-        let before: Vec<_> = (0..1000).map(|t| pick(&format!("t{t}"), ["a", "b", "c"], "").unwrap()).collect();
-        let after: Vec<_> = (0..1000).map(|t| pick(&format!("t{t}"), ["a", "b"], "").unwrap()).collect();
+        let before: Vec<_> = (0..1000)
+            .map(|t| pick(&format!("t{t}"), ["a", "b", "c"], "").unwrap())
+            .collect();
+        let after: Vec<_> = (0..1000)
+            .map(|t| pick(&format!("t{t}"), ["a", "b"], "").unwrap())
+            .collect();
         for (b, a) in before.iter().zip(&after) {
             if b != "c" {
                 assert_eq!(a, b);

@@ -98,7 +98,10 @@ impl SchedulerConfig {
         }
         let e = &self.evaluator;
         if e.candidate_parent_limit == 0 || e.candidate_parent_limit > 64 {
-            return Err(ConfigError::invalid("evaluator.candidate_parent_limit", "must be 1..=64"));
+            return Err(ConfigError::invalid(
+                "evaluator.candidate_parent_limit",
+                "must be 1..=64",
+            ));
         }
         if e.filter_parent_limit < e.candidate_parent_limit {
             return Err(ConfigError::invalid(
@@ -106,14 +109,18 @@ impl SchedulerConfig {
                 "must be at least evaluator.candidate_parent_limit",
             ));
         }
-        if !(e.bad_node_sigma > 0.0) || !(e.bad_node_mean_factor > 1.0) {
+        let positive = e.bad_node_sigma > 0.0 && e.bad_node_mean_factor > 1.0;
+        if !positive {
             return Err(ConfigError::invalid(
                 "evaluator.bad_node_sigma",
                 "bad_node_sigma must be > 0 and bad_node_mean_factor > 1",
             ));
         }
         if e.corrupt_reports_for_bad_host == 0 {
-            return Err(ConfigError::invalid("evaluator.corrupt_reports_for_bad_host", "must be at least 1"));
+            return Err(ConfigError::invalid(
+                "evaluator.corrupt_reports_for_bad_host",
+                "must be at least 1",
+            ));
         }
         Ok(())
     }
@@ -127,7 +134,11 @@ mod tests {
     #[test]
     fn defaults_validate_and_parse() {
         SchedulerConfig::default().validate().unwrap();
-        let c: SchedulerConfig = parse("host_timeout = \"10s\"\n[evaluator]\ncandidate_parent_limit = 2\n", "t").unwrap();
+        let c: SchedulerConfig = parse(
+            "host_timeout = \"10s\"\n[evaluator]\ncandidate_parent_limit = 2\n",
+            "t",
+        )
+        .unwrap();
         assert_eq!(c.host_timeout, Duration::from_secs(10));
         assert_eq!(c.evaluator.candidate_parent_limit, 2);
         assert_eq!(c.evaluator.filter_parent_limit, 40);
@@ -137,8 +148,15 @@ mod tests {
     fn bad_values_name_the_field() {
         let mut c = SchedulerConfig::default();
         c.evaluator.candidate_parent_limit = 0;
-        assert!(c.validate().unwrap_err().to_string().contains("evaluator.candidate_parent_limit"));
-        let e = parse::<SchedulerConfig>("host_timeout = \"soon\"", "s.toml").unwrap_err().to_string();
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("evaluator.candidate_parent_limit")
+        );
+        let e = parse::<SchedulerConfig>("host_timeout = \"soon\"", "s.toml")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("host_timeout"), "{e}");
     }
 }

@@ -70,7 +70,8 @@ pub fn location_affinity(a: &str, b: &str) -> f64 {
 
 impl Evaluator for DefaultEvaluator {
     fn usable(&self, child: &View, parent: &View) -> bool {
-        let alive = parent.peer.source || matches!(parent.peer.state, PeerState::Running | PeerState::Succeeded);
+        let alive =
+            parent.peer.source || matches!(parent.peer.state, PeerState::Running | PeerState::Succeeded);
         let already = child.peer.parents.contains(&parent.peer.id);
         let has_slot = already || (parent.peer.children.len() as u32) < parent.host.info.upload_slots.max(1);
         alive && has_slot && !self.is_bad_node(&parent.host.costs)
@@ -85,7 +86,11 @@ impl Evaluator for DefaultEvaluator {
             parent.peer.pieces as f64 / parent.total_pieces as f64
         };
         let (ci, pi) = (&child.host.info, &parent.host.info);
-        let idc = if !ci.idc.is_empty() && ci.idc == pi.idc { 1.0 } else { 0.0 };
+        let idc = if !ci.idc.is_empty() && ci.idc == pi.idc {
+            1.0
+        } else {
+            0.0
+        };
         let seed = if pi.seed { 1.0 } else { 0.0 };
         0.4 * free_slots(parent)
             + 0.3 * pieces

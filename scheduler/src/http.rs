@@ -41,7 +41,10 @@ pub fn router(shared: Arc<Shared>, registry: Arc<Registry>) -> axum::Router {
     )
 }
 
-async fn task(State(shared): State<Arc<Shared>>, Path(id): Path<String>) -> Result<Json<TaskView>, StatusCode> {
+async fn task(
+    State(shared): State<Arc<Shared>>,
+    Path(id): Path<String>,
+) -> Result<Json<TaskView>, StatusCode> {
     let state = shared.state.lock().expect("state lock");
     let t = state.tasks.get(&id).ok_or(StatusCode::NOT_FOUND)?;
     let mut peers: Vec<PeerView> = t
@@ -53,7 +56,11 @@ async fn task(State(shared): State<Arc<Shared>>, Path(id): Path<String>) -> Resu
             PeerView {
                 peer_id: p.id.clone(),
                 host_id: p.host_id.clone(),
-                state: if p.state == PeerState::Running && p.tx.is_none() { "left" } else { p.state.as_str() },
+                state: if p.state == PeerState::Running && p.tx.is_none() {
+                    "left"
+                } else {
+                    p.state.as_str()
+                },
                 source: p.source,
                 pieces: p.pieces,
                 parents: p.parents.clone(),

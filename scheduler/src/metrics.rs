@@ -36,16 +36,42 @@ impl Metrics {
         r.register("hosts", "Hosts announcing to this scheduler", m.hosts.clone());
         r.register("tasks", "Tasks known to this scheduler", m.tasks.clone());
         r.register("peers", "Peers of all tasks", m.peers.clone());
-        r.register("schedule_seconds", "Time to choose parents for one peer", m.schedule_seconds.clone());
-        r.register("seed_triggers", "Seed peers told to fetch a task", m.seed_triggers.clone());
-        r.register("back_to_source", "Peers told to fetch from the origin", m.back_to_source.clone());
-        r.register("piece_failures", "Piece failures reported by peers, by reason", m.piece_failures.clone());
-        r.register("source_bytes", "Bytes peers fetched from origins", m.bytes_from_source.clone());
-        r.register("peer_bytes", "Bytes peers fetched from other peers", m.bytes_from_peers.clone());
+        r.register(
+            "schedule_seconds",
+            "Time to choose parents for one peer",
+            m.schedule_seconds.clone(),
+        );
+        r.register(
+            "seed_triggers",
+            "Seed peers told to fetch a task",
+            m.seed_triggers.clone(),
+        );
+        r.register(
+            "back_to_source",
+            "Peers told to fetch from the origin",
+            m.back_to_source.clone(),
+        );
+        r.register(
+            "piece_failures",
+            "Piece failures reported by peers, by reason",
+            m.piece_failures.clone(),
+        );
+        r.register(
+            "source_bytes",
+            "Bytes peers fetched from origins",
+            m.bytes_from_source.clone(),
+        );
+        r.register(
+            "peer_bytes",
+            "Bytes peers fetched from other peers",
+            m.bytes_from_peers.clone(),
+        );
         m
     }
 
     pub fn piece_failed(&self, reason: &str) {
-        self.piece_failures.get_or_create(&vec![("reason".to_string(), reason.to_string())]).inc();
+        self.piece_failures
+            .get_or_create(&vec![("reason".to_string(), reason.to_string())])
+            .inc();
     }
 }

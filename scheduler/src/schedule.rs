@@ -34,12 +34,18 @@ impl Planner {
     /// Chooses parents for `peer_id`, records the edges and sends the set.
     /// Returns how many parents it got.
     pub fn schedule(&self, state: &mut State, task_id: &str, peer_id: &str) -> usize {
-        let Some(task) = state.tasks.get(task_id) else { return 0 };
-        let Some(peer) = task.peers.get(peer_id) else { return 0 };
+        let Some(task) = state.tasks.get(task_id) else {
+            return 0;
+        };
+        let Some(peer) = task.peers.get(peer_id) else {
+            return 0;
+        };
         if peer.source || peer.state != PeerState::Running {
             return 0;
         }
-        let Some(child_host) = state.hosts.get(&peer.host_id) else { return 0 };
+        let Some(child_host) = state.hosts.get(&peer.host_id) else {
+            return 0;
+        };
         let total = task.layout.map(|l| l.piece_count()).unwrap_or(0);
         let child = View {
             peer,
@@ -55,7 +61,9 @@ impl Planner {
                 if cand.host_id == peer.host_id
                     || peer.blocklist.contains(cand_id)
                     || task.bad_hosts.contains(&cand.host_id)
-                    || (!cand.source && cand.state != PeerState::Running && cand.state != PeerState::Succeeded)
+                    || (!cand.source
+                        && cand.state != PeerState::Running
+                        && cand.state != PeerState::Succeeded)
                 {
                     return None;
                 }
@@ -71,8 +79,15 @@ impl Planner {
                 if !self.evaluator.usable(&child, &parent) {
                     return None;
                 }
-                let sticky = if peer.parents.iter().any(|p| p == cand_id) { STICKY_BONUS } else { 0.0 };
-                Some((self.evaluator.score(&child, &parent) + sticky, cand_id.to_string()))
+                let sticky = if peer.parents.iter().any(|p| p == cand_id) {
+                    STICKY_BONUS
+                } else {
+                    0.0
+                };
+                Some((
+                    self.evaluator.score(&child, &parent) + sticky,
+                    cand_id.to_string(),
+                ))
             })
             .collect();
         scored.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
@@ -88,7 +103,12 @@ impl Planner {
     /// Sources first, then the rest in registration order, capped at
     /// `filter_parent_limit` (a random sample when the swarm is larger).
     fn candidates<'t>(&self, task: &'t Task, peer_id: &str) -> Vec<&'t str> {
-        let mut out: Vec<&str> = task.peers.values().filter(|p| p.source).map(|p| p.id.as_str()).collect();
+        let mut out: Vec<&str> = task
+            .peers
+            .values()
+            .filter(|p| p.source)
+            .map(|p| p.id.as_str())
+            .collect();
         let others: Vec<&str> = task
             .order
             .iter()
@@ -107,7 +127,9 @@ impl Planner {
     /// Gives new parents to every running peer that has fewer than the limit,
     /// oldest first.
     pub fn replan(&self, state: &mut State, task_id: &str) {
-        let Some(task) = state.tasks.get(task_id) else { return };
+        let Some(task) = state.tasks.get(task_id) else {
+            return;
+        };
         let needy: Vec<String> = task
             .order
             .iter()
@@ -164,7 +186,9 @@ mod tests {
             ..EvaluatorConfig::default()
         };
         Planner {
-            evaluator: Box::new(DefaultEvaluator { config: config.clone() }),
+            evaluator: Box::new(DefaultEvaluator {
+                config: config.clone(),
+            }),
             config,
         }
     }
@@ -193,7 +217,10 @@ mod tests {
 
     fn add_peer(s: &mut State, id: &str, host: &str, source: bool) {
         let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
-        let t = s.tasks.entry("t".into()).or_insert_with(|| Task::new("t".into(), TaskSpec::default()));
+        let t = s
+            .tasks
+            .entry("t".into())
+            .or_insert_with(|| Task::new("t".into(), TaskSpec::default()));
         t.peers.insert(
             id.into(),
             Peer {
@@ -234,7 +261,14 @@ mod tests {
         assert!(!got.contains(&"a2".to_string()), "same host filtered: {got:?}");
         assert!(!got.contains(&"a".to_string()));
 
-        s.tasks.get_mut("t").unwrap().peers.get_mut("a").unwrap().blocklist.insert("b".into());
+        s.tasks
+            .get_mut("t")
+            .unwrap()
+            .peers
+            .get_mut("a")
+            .unwrap()
+            .blocklist
+            .insert("b".into());
         s.tasks.get_mut("t").unwrap().bad_hosts.insert("h4".into());
         p.schedule(&mut s, "t", "a");
         assert_eq!(parents(&s, "a"), vec!["seed".to_string()]);

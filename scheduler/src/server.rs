@@ -28,14 +28,18 @@ pub async fn run(config: SchedulerConfig, shutdown: Shutdown) -> Result<(), Erro
         metrics,
     });
 
-    let http = tokio::net::TcpListener::bind(config.http_listen).await.map_err(|source| Error::Io {
-        context: format!("bind http_listen {}", config.http_listen),
-        source,
-    })?;
+    let http = tokio::net::TcpListener::bind(config.http_listen)
+        .await
+        .map_err(|source| Error::Io {
+            context: format!("bind http_listen {}", config.http_listen),
+            source,
+        })?;
     let app = crate::http::router(shared.clone(), Arc::new(registry));
     let stop = shutdown.clone();
     let http_task = tokio::spawn(async move {
-        let _ = axum::serve(http, app).with_graceful_shutdown(async move { stop.wait().await }).await;
+        let _ = axum::serve(http, app)
+            .with_graceful_shutdown(async move { stop.wait().await })
+            .await;
     });
 
     let gc_shared = shared.clone();
@@ -51,10 +55,12 @@ pub async fn run(config: SchedulerConfig, shutdown: Shutdown) -> Result<(), Erro
         }
     });
 
-    let listener = tokio::net::TcpListener::bind(config.listen).await.map_err(|source| Error::Io {
-        context: format!("bind listen {}", config.listen),
-        source,
-    })?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| Error::Io {
+            context: format!("bind listen {}", config.listen),
+            source,
+        })?;
     info!(grpc = %config.listen, http = %config.http_listen, "scheduler serving");
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     let stop = shutdown.clone();

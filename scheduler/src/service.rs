@@ -6,13 +6,13 @@
 use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::schedule::Planner;
-use damselfly_proto::ring;
 use crate::state::{Host, Peer, PeerState, State, Task, TaskTx};
 use damselfly_proto::piece::Layout;
+use damselfly_proto::ring;
 use damselfly_proto::scheduler::scheduler_server::Scheduler;
 use damselfly_proto::scheduler::{
-    BackToSource, Digests, FailReason, HostCommand, HostMessage, PieceDigest, Register, SeedTask, TaskCommand,
-    TaskInfo, TaskMessage, host_command, host_message, task_command, task_message,
+    BackToSource, Digests, FailReason, HostCommand, HostMessage, PieceDigest, Register, SeedTask,
+    TaskCommand, TaskInfo, TaskMessage, host_command, host_message, task_command, task_message,
 };
 use std::collections::HashSet;
 use std::pin::Pin;
@@ -47,7 +47,9 @@ impl Shared {
     fn update_gauges(&self, s: &State) {
         self.metrics.hosts.set(s.hosts.len() as i64);
         self.metrics.tasks.set(s.tasks.len() as i64);
-        self.metrics.peers.set(s.tasks.values().map(|t| t.peers.len() as i64).sum());
+        self.metrics
+            .peers
+            .set(s.tasks.values().map(|t| t.peers.len() as i64).sum());
     }
 
     fn replan_orphans(&self, s: &mut State, orphans: Vec<(String, Vec<String>)>) {
@@ -74,7 +76,9 @@ impl Shared {
 
     fn on_host_message(&self, host_id: &str, msg: host_message::Msg) {
         let mut s = self.lock();
-        let Some(host) = s.hosts.get_mut(host_id) else { return };
+        let Some(host) = s.hosts.get_mut(host_id) else {
+            return;
+        };
         host.last_seen = Instant::now();
         match msg {
             host_message::Msg::Hello(_) => {}
@@ -82,14 +86,23 @@ impl Shared {
             host_message::Msg::Stored(stored) => {
                 for st in stored.tasks {
                     let layout = Layout::new(st.content_length, st.piece_length.max(1));
-                    let Some(task) = s.tasks.get_mut(&st.task_id) else { continue };
+                    let Some(task) = s.tasks.get_mut(&st.task_id) else {
+                        continue;
+                    };
                     if task.layout != Some(layout) || task.digests_known() < layout.piece_count() as usize {
                         continue; // only tasks whose trusted digests we hold
                     }
                     let peer_id = format!("{host_id}/stored");
                     task.peers.insert(
                         peer_id.clone(),
-                        new_peer(peer_id.clone(), host_id, PeerState::Succeeded, false, layout.piece_count(), None),
+                        new_peer(
+                            peer_id.clone(),
+                            host_id,
+                            PeerState::Succeeded,
+                            false,
+                            layout.piece_count(),
+                            None,
+                        ),
                     );
                     task.order.push(peer_id);
                     task.last_active = Instant::now();
@@ -102,7 +115,9 @@ impl Shared {
 
     /// Registers a peer on a task and decides who feeds it.
     fn register(&self, reg: Register, tx: TaskTx) -> Result<(String, String), Error> {
-        let spec = reg.spec.ok_or_else(|| Error::BadRequest("register without a task spec".into()))?;
+        let spec = reg
+            .spec
+            .ok_or_else(|| Error::BadRequest("register without a task spec".into()))?;
         if spec.task_id.is_empty() || reg.peer_id.is_empty() {
             return Err(Error::BadRequest("task_id and peer_id are required".into()));
         }
@@ -112,12 +127,22 @@ impl Shared {
         if !s.hosts.contains_key(&reg.host_id) {
             return Err(Error::UnknownHost(reg.host_id));
         }
-        let task = s.tasks.entry(task_id.clone()).or_insert_with(|| Task::new(task_id.clone(), spec.clone()));
+        let task = s
+            .tasks
+            .entry(task_id.clone())
+            .or_insert_with(|| Task::new(task_id.clone(), spec.clone()));
         if task.spec.url.is_empty() {
             task.spec = spec.clone();
         }
         task.last_active = Instant::now();
-        let mut peer = new_peer(reg.peer_id.clone(), &reg.host_id, PeerState::Running, reg.from_source, 0, Some(tx));
+        let mut peer = new_peer(
+            reg.peer_id.clone(),
+            &reg.host_id,
+            PeerState::Running,
+            reg.from_source,
+            0,
+            Some(tx),
+        );
         if reg.content_length > 0 && reg.piece_length > 0 {
             task.set_layout(Layout::new(reg.content_length, reg.piece_length));
             peer.pieces = reg.bitmap.iter().map(|b| b.count_ones()).sum();
@@ -128,7 +153,12 @@ impl Shared {
 
         let needs_source = !task.has_source() && !has_complete_peer(task) && !reg.from_source;
         if needs_source && task.seed_host.is_none() {
-            let seeds: Vec<&str> = s.hosts.values().filter(|h| h.info.seed).map(|h| h.info.host_id.as_str()).collect();
+            let seeds: Vec<&str> = s
+                .hosts
+                .values()
+                .filter(|h| h.info.seed)
+                .map(|h| h.info.host_id.as_str())
+                .collect();
             match ring::pick(&task_id, seeds, &reg.host_id) {
                 Some(seed) => {
                     let host = &s.hosts[&seed];
@@ -151,19 +181,27 @@ impl Shared {
         }
         self.planner.schedule(&mut s, &task_id, &reg.peer_id);
         self.planner.replan(&mut s, &task_id);
-        self.metrics.schedule_seconds.observe(started.elapsed().as_secs_f64());
+        self.metrics
+            .schedule_seconds
+            .observe(started.elapsed().as_secs_f64());
         self.update_gauges(&s);
         Ok((task_id, reg.peer_id))
     }
 
     fn back_to_source(&self, s: &mut State, task_id: &str, peer_id: &str, reason: &str) {
-        let Some(task) = s.tasks.get_mut(task_id) else { return };
-        let Some(peer) = task.peers.get_mut(peer_id) else { return };
+        let Some(task) = s.tasks.get_mut(task_id) else {
+            return;
+        };
+        let Some(peer) = task.peers.get_mut(peer_id) else {
+            return;
+        };
         peer.source = true;
         task.set_parents(peer_id, Vec::new());
         task.send(
             peer_id,
-            cmd(task_command::Cmd::BackToSource(BackToSource { reason: reason.into() })),
+            cmd(task_command::Cmd::BackToSource(BackToSource {
+                reason: reason.into(),
+            })),
         );
         self.metrics.back_to_source.inc();
         info!(task_id, peer_id, reason, "peer sent back to source");
@@ -172,9 +210,13 @@ impl Shared {
 
     fn on_task_message(&self, task_id: &str, peer_id: &str, msg: task_message::Msg) {
         let mut s = self.lock();
-        let Some(task) = s.tasks.get_mut(task_id) else { return };
+        let Some(task) = s.tasks.get_mut(task_id) else {
+            return;
+        };
         task.last_active = Instant::now();
-        let Some(peer) = task.peers.get_mut(peer_id) else { return };
+        let Some(peer) = task.peers.get_mut(peer_id) else {
+            return;
+        };
         let is_source = peer.source;
         match msg {
             task_message::Msg::Register(_) => {}
@@ -190,7 +232,9 @@ impl Shared {
                     warn!(task_id, peer_id, "source reported a different layout; ignored");
                 }
             }
-            task_message::Msg::SourceInfo(_) => warn!(task_id, peer_id, "source info from a non-source peer ignored"),
+            task_message::Msg::SourceInfo(_) => {
+                warn!(task_id, peer_id, "source info from a non-source peer ignored")
+            }
             task_message::Msg::Pieces(done) => {
                 peer.pieces = peer.pieces.saturating_add(done.pieces.len() as u32);
                 self.metrics.bytes_from_peers.inc_by(done.bytes_from_peers);
@@ -198,7 +242,9 @@ impl Shared {
                 if is_source {
                     let mut fresh = Vec::new();
                     for p in done.pieces {
-                        let Ok(d) = <[u8; 32]>::try_from(p.sha256.as_slice()) else { continue };
+                        let Ok(d) = <[u8; 32]>::try_from(p.sha256.as_slice()) else {
+                            continue;
+                        };
                         match task.digests.get_mut(p.index as usize) {
                             Some(slot @ None) => {
                                 *slot = Some(d);
@@ -208,13 +254,21 @@ impl Shared {
                                 });
                             }
                             Some(Some(known)) if *known != d => {
-                                warn!(task_id, peer_id, index = p.index, "source digest disagrees with the first source")
+                                warn!(
+                                    task_id,
+                                    peer_id,
+                                    index = p.index,
+                                    "source digest disagrees with the first source"
+                                )
                             }
                             _ => {}
                         }
                     }
                     if !fresh.is_empty() {
-                        task.broadcast(&cmd(task_command::Cmd::Digests(Digests { pieces: fresh })), peer_id);
+                        task.broadcast(
+                            &cmd(task_command::Cmd::Digests(Digests { pieces: fresh })),
+                            peer_id,
+                        );
                     }
                 }
                 let parents: Vec<(String, u32, u32)> = done
@@ -241,11 +295,21 @@ impl Shared {
                         let reporters = task.corrupt_reports.entry(h.clone()).or_default();
                         reporters.insert(peer_id.to_string());
                         if reporters.len() >= self.planner.config.corrupt_reports_for_bad_host {
-                            warn!(task_id, host_id = h, "host excluded: several peers got corrupt pieces from it");
+                            warn!(
+                                task_id,
+                                host_id = h,
+                                "host excluded: several peers got corrupt pieces from it"
+                            );
                             task.bad_hosts.insert(h);
                         }
                     }
-                    warn!(task_id, peer_id, parent = f.parent_peer_id, index = f.index, "corrupt piece reported");
+                    warn!(
+                        task_id,
+                        peer_id,
+                        parent = f.parent_peer_id,
+                        index = f.index,
+                        "corrupt piece reported"
+                    );
                 } else {
                     self.metrics.piece_failed("unreachable");
                     debug!(task_id, peer_id, parent = f.parent_peer_id, "parent unreachable");
@@ -289,8 +353,13 @@ impl Shared {
     /// still alive); anyone else leaves the task.
     fn task_stream_closed(&self, task_id: &str, peer_id: &str) {
         let mut s = self.lock();
-        let Some(task) = s.tasks.get_mut(task_id) else { return };
-        let keep = task.peers.get(peer_id).is_some_and(|p| p.state == PeerState::Succeeded);
+        let Some(task) = s.tasks.get_mut(task_id) else {
+            return;
+        };
+        let keep = task
+            .peers
+            .get(peer_id)
+            .is_some_and(|p| p.state == PeerState::Succeeded);
         if keep {
             if let Some(p) = task.peers.get_mut(peer_id) {
                 p.tx = None;
@@ -309,19 +378,31 @@ impl Shared {
     pub fn gc(&self, host_timeout: Duration, ttl: Duration) {
         let stale: Vec<String> = {
             let s = self.lock();
-            s.hosts.values().filter(|h| h.last_seen.elapsed() > host_timeout).map(|h| h.info.host_id.clone()).collect()
+            s.hosts
+                .values()
+                .filter(|h| h.last_seen.elapsed() > host_timeout)
+                .map(|h| h.info.host_id.clone())
+                .collect()
         };
         for h in stale {
             warn!(host_id = h, "host stopped announcing");
             self.host_gone(&h, None);
         }
         let mut s = self.lock();
-        s.tasks.retain(|_, t| !t.peers.is_empty() || t.last_active.elapsed() < ttl);
+        s.tasks
+            .retain(|_, t| !t.peers.is_empty() || t.last_active.elapsed() < ttl);
         self.update_gauges(&s);
     }
 }
 
-fn new_peer(id: String, host_id: &str, state: PeerState, source: bool, pieces: u32, tx: Option<TaskTx>) -> Peer {
+fn new_peer(
+    id: String,
+    host_id: &str,
+    state: PeerState,
+    source: bool,
+    pieces: u32,
+    tx: Option<TaskTx>,
+) -> Peer {
     Peer {
         id,
         host_id: host_id.to_string(),
@@ -337,7 +418,8 @@ fn new_peer(id: String, host_id: &str, state: PeerState, source: bool, pieces: u
 }
 
 fn has_complete_peer(task: &Task) -> bool {
-    task.layout.is_some_and(|l| task.digests_known() == l.piece_count() as usize)
+    task.layout
+        .is_some_and(|l| task.digests_known() == l.piece_count() as usize)
         && task.peers.values().any(|p| p.state == PeerState::Succeeded)
 }
 
@@ -439,6 +521,8 @@ impl Scheduler for SchedulerService {
             }
             shared.task_stream_closed(&task_id, &peer_id);
         });
-        Ok(Response::new(Box::pin(UnboundedReceiverStream::new(rx).map(|m| m))))
+        Ok(Response::new(Box::pin(
+            UnboundedReceiverStream::new(rx).map(|m| m),
+        )))
     }
 }

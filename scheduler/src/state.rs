@@ -135,7 +135,9 @@ impl Task {
     }
 
     pub fn has_source(&self) -> bool {
-        self.peers.values().any(|p| p.source && p.state != PeerState::Failed)
+        self.peers
+            .values()
+            .any(|p| p.source && p.state != PeerState::Failed)
     }
 
     pub fn digests_known(&self) -> usize {
@@ -232,7 +234,12 @@ impl State {
         self.hosts.remove(host_id);
         let mut orphans = Vec::new();
         for task in self.tasks.values_mut() {
-            let ids: Vec<String> = task.peers.values().filter(|p| p.host_id == host_id).map(|p| p.id.clone()).collect();
+            let ids: Vec<String> = task
+                .peers
+                .values()
+                .filter(|p| p.host_id == host_id)
+                .map(|p| p.id.clone())
+                .collect();
             let mut children = Vec::new();
             for id in ids {
                 children.extend(task.remove_peer(&id));

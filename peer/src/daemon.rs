@@ -1,0 +1,193 @@
+//! Starts a peer daemon: store, piece server, scheduler streams, local API,
+//! metrics, GC; stops them all on shutdown.
+
+use crate::announcer;
+use crate::config::PeerConfig;
+use crate::download::{Downloader, SchedulerEndpoint};
+use crate::error::Error;
+use crate::gc::{self, GcPolicy};
+use crate::local_api::LocalApi;
+use crate::metrics::Metrics;
+use crate::piece_server::PieceServer;
+use crate::rate::RateLimiter;
+use crate::source;
+use crate::store::{self, Store};
+use crate::task::Tasks;
+use damselfly_proto::daemon::daemon_server::DaemonServer;
+use damselfly_proto::scheduler::HostInfo;
+use damselfly_service::shutdown::Shutdown;
+use prometheus_client::registry::Registry;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::UnixListener;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+/// How long start-up waits for the first scheduler hello before serving
+/// anyway (downloads then go to the origin until the scheduler answers).
+const ANNOUNCE_WAIT: Duration = Duration::from_secs(5);
+
+/// Runs a peer until `shutdown` fires. `on_ready` gets the downloader once
+/// every listener is bound, so embedders can mount more services on it.
+pub async fn run(config: PeerConfig, shutdown: Shutdown) -> Result<(), Error> {
+    config.validate()?;
+    let mut registry = Registry::default();
+    let metrics = Metrics::new(&mut registry);
+    let store = Arc::new(Store::open(&config.data_dir)?);
+    let orphans = store.remove_orphans()?;
+    if orphans > 0 {
+        info!(orphans, "removed content files without metadata");
+    }
+    let host_id = store::host_id(&config.data_dir)?;
+    let tasks = Arc::new(Tasks::new(store));
+
+    let mut schedulers = Vec::new();
+    for addr in &config.schedulers {
+        let channel = tonic::transport::Endpoint::from_shared(addr.clone())
+            .map_err(|e| Error::BadRequest(format!("scheduler address {addr:?}: {e}")))?
+            .connect_timeout(Duration::from_secs(3))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(10))
+            .connect_lazy();
+        schedulers.push(SchedulerEndpoint {
+            addr: addr.clone(),
+            channel,
+        });
+    }
+    let http = source::client(&config.source)?;
+    let downloader = Downloader::new(
+        tasks.clone(),
+        config.clone(),
+        host_id.clone(),
+        metrics.clone(),
+        http,
+        schedulers.clone(),
+    );
+
+    // Piece server.
+    let piece_listener = tokio::net::TcpListener::bind(config.piece_listen)
+        .await
+        .map_err(|e| Error::io(format!("bind piece_listen {}", config.piece_listen), e))?;
+    let piece_port = piece_listener
+        .local_addr()
+        .map_err(|e| Error::io("piece listener", e))?
+        .port();
+    let uploads = Arc::new(RateLimiter::new(config.upload_rate.as_u64()));
+    let server = PieceServer::new(tasks.clone(), uploads, metrics.clone());
+    let mut handles = vec![tokio::spawn(server.serve(piece_listener, shutdown.clone()))];
+
+    // Scheduler host streams.
+    let ip = advertise_ip(&config);
+    let info = HostInfo {
+        host_id: host_id.clone(),
+        hostname: std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .unwrap_or_default()
+            .trim()
+            .to_string(),
+        ip: ip.clone(),
+        piece_port: piece_port as u32,
+        seed: config.seed,
+        idc: config.idc.clone(),
+        location: config.location.clone(),
+        upload_slots: config.upload_slots,
+        upload_rate: config.upload_rate.as_u64(),
+    };
+    let mut announced = Vec::new();
+    for ep in schedulers {
+        let (tx, rx) = watch::channel(false);
+        announced.push(rx);
+        handles.push(tokio::spawn(announcer::run(
+            ep,
+            info.clone(),
+            downloader.clone(),
+            tx,
+            shutdown.clone(),
+        )));
+    }
+    for mut rx in announced {
+        if tokio::time::timeout(ANNOUNCE_WAIT, rx.wait_for(|a| *a))
+            .await
+            .is_err()
+        {
+            warn!("a scheduler did not answer at start-up; downloads go to the origin until it does");
+        }
+    }
+
+    // GC.
+    let gc_tasks = tasks.clone();
+    let policy = GcPolicy {
+        ttl: config.task_ttl,
+        high: config.disk_high_watermark,
+        low: config.disk_low_watermark,
+    };
+    let (gc_every, data_dir, gc_stop) = (config.gc_interval, config.data_dir.clone(), shutdown.clone());
+    handles.push(tokio::spawn(async move {
+        let mut tick = tokio::time::interval(gc_every);
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                _ = tick.tick() => { gc::collect(&gc_tasks, &policy, || gc::disk_used_percent(&data_dir)); }
+                _ = gc_stop.wait() => return,
+            }
+        }
+    }));
+
+    // Metrics.
+    let (metrics_addr, h) = damselfly_service::telemetry::serve_metrics(
+        config.metrics_listen,
+        Arc::new(registry),
+        shutdown.clone(),
+    )
+    .await
+    .map_err(|e| Error::io(format!("bind metrics_listen {}", config.metrics_listen), e))?;
+    handles.push(h);
+
+    // Local API, last: its socket appearing means the daemon is ready.
+    if let Some(dir) = config.socket.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(format!("create {}", dir.display()), e))?;
+    }
+    let _ = std::fs::remove_file(&config.socket);
+    let uds = UnixListener::bind(&config.socket)
+        .map_err(|e| Error::io(format!("bind socket {}", config.socket.display()), e))?;
+    info!(host_id, ip, piece_port, metrics = %metrics_addr, socket = %config.socket.display(), seed = config.seed, "peer serving");
+    let api = LocalApi {
+        downloader: downloader.clone(),
+    };
+    let stop = shutdown.clone();
+    let result = tonic::transport::Server::builder()
+        .add_service(DaemonServer::new(api))
+        .serve_with_incoming_shutdown(tokio_stream::wrappers::UnixListenerStream::new(uds), async move {
+            stop.wait().await
+        })
+        .await;
+    let _ = std::fs::remove_file(&config.socket);
+    shutdown.trigger();
+    for t in downloader.tasks.all() {
+        let _ = t.save(&downloader.tasks.store);
+    }
+    for h in handles {
+        let _ = h.await;
+    }
+    result.map_err(|e| Error::Failed(format!("local API: {e}")))
+}
+
+/// The configured address, else the local address used to reach the first
+/// scheduler, else loopback.
+fn advertise_ip(config: &PeerConfig) -> String {
+    if !config.advertise_ip.is_empty() {
+        return config.advertise_ip.clone();
+    }
+    let target = config
+        .schedulers
+        .first()
+        .and_then(|s| url::Url::parse(s).ok())
+        .and_then(|u| Some(format!("{}:{}", u.host_str()?, u.port_or_known_default()?)));
+    target
+        .and_then(|t| {
+            let sock = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+            sock.connect(t).ok()?;
+            Some(sock.local_addr().ok()?.ip().to_string())
+        })
+        .unwrap_or_else(|| "127.0.0.1".into())
+}

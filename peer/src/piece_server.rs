@@ -1,0 +1,255 @@
+//! Serves pieces to children over the piece protocol ([`crate::wire`]).
+//!
+//! A child says which task it wants; this side sends what it can advertise,
+//! then a `Have` whenever that grows, and answers requests in order.
+//!
+//! Super-seeding: when this peer is the task's source, its uplink is the
+//! swarm's bottleneck, so it advertises each new piece to one child only
+//! (round-robin over connected children). The children trade among
+//! themselves, and the source's uplink carries each piece about once. A
+//! piece becomes visible to every child after [`SUPER_SEED_GRACE`], so a
+//! child that vanished with its share delays the swarm, never blocks it.
+
+use crate::fault;
+use crate::metrics::Metrics;
+use crate::rate::RateLimiter;
+use crate::task::{Task, Tasks};
+use crate::wire::{Frame, read_frame, write_frame};
+use bytes::Bytes;
+use damselfly_service::shutdown::Shutdown;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::io::BufWriter;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tracing::{debug, warn};
+
+pub const SUPER_SEED_GRACE: Duration = Duration::from_secs(2);
+/// Requests a child may queue on one connection.
+const REQUEST_QUEUE: usize = 64;
+
+/// Which child each piece of a source task was first offered to.
+#[derive(Default)]
+struct SuperSeed {
+    children: Vec<String>,
+    offered: HashMap<u32, (String, Instant)>,
+}
+
+impl SuperSeed {
+    fn visible(&mut self, child: &str, index: u32, now: Instant) -> bool {
+        if self.children.is_empty() {
+            return true;
+        }
+        let n = self.children.len();
+        let (owner, at) = self
+            .offered
+            .entry(index)
+            .or_insert_with(|| (self.children[index as usize % n].clone(), now));
+        owner == child || now.duration_since(*at) >= SUPER_SEED_GRACE
+    }
+}
+
+pub struct PieceServer {
+    pub tasks: Arc<Tasks>,
+    pub limiter: Arc<RateLimiter>,
+    pub metrics: Metrics,
+    super_seeds: Mutex<HashMap<String, SuperSeed>>,
+}
+
+impl PieceServer {
+    pub fn new(tasks: Arc<Tasks>, limiter: Arc<RateLimiter>, metrics: Metrics) -> Arc<Self> {
+        Arc::new(Self {
+            tasks,
+            limiter,
+            metrics,
+            super_seeds: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: Shutdown) {
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, addr)) => {
+                        let this = self.clone();
+                        let stop = shutdown.clone();
+                        tokio::spawn(async move {
+                            if let Err(e) = this.handle(stream, stop).await {
+                                debug!(%addr, error = %e, "piece connection ended");
+                            }
+                        });
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                },
+                _ = shutdown.wait() => return,
+            }
+        }
+    }
+
+    async fn handle(self: Arc<Self>, stream: TcpStream, shutdown: Shutdown) -> std::io::Result<()> {
+        stream.set_nodelay(true)?;
+        let (mut rd, wr) = stream.into_split();
+        let mut wr = BufWriter::with_capacity(64 * 1024, wr);
+        let (task_id, child) = match read_frame(&mut rd).await? {
+            Some(Frame::Hello { task_id, peer_id }) => (task_id, peer_id),
+            _ => return Ok(()),
+        };
+        let task = match self.tasks.get_or_load(&task_id) {
+            Ok(Some(t)) => t,
+            _ => {
+                write_frame(&mut wr, &Frame::Error(format!("task {task_id} not here"))).await?;
+                return tokio::io::AsyncWriteExt::flush(&mut wr).await;
+            }
+        };
+        self.metrics.active_uploads.inc();
+        self.join(&task_id, &child);
+        let (req_tx, mut req_rx) = mpsc::channel::<u32>(REQUEST_QUEUE);
+        let reader = tokio::spawn(async move {
+            while let Ok(Some(Frame::Request(i))) = read_frame(&mut rd).await {
+                if req_tx.send(i).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let result = self.pump(&task, &child, &mut wr, &mut req_rx, &shutdown).await;
+        reader.abort();
+        self.leave(&task_id, &child);
+        self.metrics.active_uploads.dec();
+        result
+    }
+
+    /// The writer loop of one child connection.
+    async fn pump(
+        &self,
+        task: &Arc<Task>,
+        child: &str,
+        wr: &mut BufWriter<tokio::net::tcp::OwnedWriteHalf>,
+        requests: &mut mpsc::Receiver<u32>,
+        shutdown: &Shutdown,
+    ) -> std::io::Result<()> {
+        use tokio::io::AsyncWriteExt;
+        let mut changes = task.subscribe();
+        let mut told: Vec<bool> = Vec::new();
+        let mut first = true;
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        let corrupt = fault::corrupt_uploads();
+        loop {
+            let fresh = self.newly_visible(task, child, &mut told);
+            if first {
+                if let Some(l) = task.layout() {
+                    let mut bits = vec![0u8; told.len().div_ceil(8)];
+                    for (i, t) in told.iter().enumerate() {
+                        if *t {
+                            bits[i / 8] |= 1 << (i % 8);
+                        }
+                    }
+                    write_frame(
+                        wr,
+                        &Frame::Bitmap {
+                            pieces: l.piece_count(),
+                            bits,
+                        },
+                    )
+                    .await?;
+                    first = false;
+                }
+            } else if !fresh.is_empty() {
+                write_frame(wr, &Frame::Have(fresh)).await?;
+            }
+            wr.flush().await?;
+            tokio::select! {
+                req = requests.recv() => {
+                    let Some(index) = req else { return Ok(()) };
+                    let data = match task.read_piece(index) {
+                        Ok(d) => d,
+                        Err(e) => {
+                            write_frame(wr, &Frame::Error(e.to_string())).await?;
+                            wr.flush().await?;
+                            return Ok(());
+                        }
+                    };
+                    let mut data = Bytes::from(data);
+                    if corrupt && !data.is_empty() {
+                        let mut v = data.to_vec();
+                        v[0] ^= 0xff;
+                        data = Bytes::from(v);
+                    }
+                    self.limiter.acquire(data.len()).await;
+                    let n = data.len() as u64;
+                    write_frame(wr, &Frame::Piece { index, data }).await?;
+                    self.metrics.bytes_uploaded.inc_by(n);
+                }
+                changed = changes.changed() => {
+                    if changed.is_err() {
+                        return Ok(());
+                    }
+                }
+                _ = tick.tick(), if task.lock().source => {}
+                _ = shutdown.wait() => return Ok(()),
+            }
+        }
+    }
+
+    /// Pieces this child may now be told about, marking them as told.
+    fn newly_visible(&self, task: &Task, child: &str, told: &mut Vec<bool>) -> Vec<u32> {
+        let s = task.lock();
+        if told.len() != s.have.len() {
+            *told = vec![false; s.have.len()];
+        }
+        let now = Instant::now();
+        let mut seeds = self.super_seeds.lock().expect("super-seed lock");
+        let mut ss = if s.source { seeds.get_mut(&task.id) } else { None };
+        let mut out = Vec::new();
+        for (i, have) in s.have.iter().enumerate() {
+            if *have && !told[i] && ss.as_mut().is_none_or(|ss| ss.visible(child, i as u32, now)) {
+                told[i] = true;
+                out.push(i as u32);
+            }
+        }
+        out
+    }
+
+    fn join(&self, task_id: &str, child: &str) {
+        let mut seeds = self.super_seeds.lock().expect("super-seed lock");
+        seeds
+            .entry(task_id.to_string())
+            .or_default()
+            .children
+            .push(child.to_string());
+    }
+
+    fn leave(&self, task_id: &str, child: &str) {
+        let mut seeds = self.super_seeds.lock().expect("super-seed lock");
+        if let Some(ss) = seeds.get_mut(task_id) {
+            ss.children.retain(|c| c != child);
+            if ss.children.is_empty() {
+                seeds.remove(task_id);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn super_seed_offers_each_piece_to_one_child_first() {
+        let mut ss = SuperSeed {
+            children: vec!["a".into(), "b".into()],
+            ..Default::default()
+        };
+        let t0 = Instant::now();
+        assert!(ss.visible("a", 0, t0));
+        assert!(!ss.visible("b", 0, t0));
+        assert!(ss.visible("b", 1, t0));
+        assert!(!ss.visible("a", 1, t0));
+        assert!(ss.visible("a", 1, t0 + SUPER_SEED_GRACE));
+        let mut alone = SuperSeed::default();
+        assert!(alone.visible("x", 5, t0));
+    }
+}

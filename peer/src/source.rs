@@ -1,0 +1,307 @@
+//! Back to source: fetch pieces from the origin over HTTP(S).
+//!
+//! One streaming GET covers a run of missing pieces (a Range request unless
+//! it is the whole content); the body is cut at piece boundaries and each
+//! piece is hashed as it lands. A dropped connection or a 5xx is retried
+//! with exponential backoff from the first piece not yet delivered.
+//! Request headers are passed through and never logged.
+
+use crate::config::SourceConfig;
+use crate::error::Error;
+use crate::task::sha256;
+use bytes::{Bytes, BytesMut};
+use damselfly_proto::piece::Layout;
+use futures::StreamExt;
+use reqwest::header::{CONTENT_LENGTH, CONTENT_RANGE, HeaderMap, HeaderName, HeaderValue, RANGE};
+use std::collections::HashMap;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tracing::{debug, warn};
+
+#[derive(Debug)]
+pub enum SourceEvent {
+    /// The content length, when the caller did not know the layout.
+    Length(u64),
+    Piece {
+        index: u32,
+        data: Bytes,
+        digest: [u8; 32],
+    },
+    Done,
+    Failed(Error),
+}
+
+pub fn client(cfg: &SourceConfig) -> Result<reqwest::Client, Error> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut b = reqwest::Client::builder()
+        .connect_timeout(cfg.connect_timeout)
+        .tcp_nodelay(true)
+        .pool_idle_timeout(Duration::from_secs(30))
+        .redirect(reqwest::redirect::Policy::limited(10));
+    if cfg.insecure_tls {
+        b = b.tls_danger_accept_invalid_certs(true);
+    }
+    b.build()
+        .map_err(|e| Error::Origin(format!("cannot build HTTP client: {e}")))
+}
+
+fn header_map(headers: &HashMap<String, String>) -> Result<HeaderMap, Error> {
+    let mut map = HeaderMap::new();
+    for (k, v) in headers {
+        let name = HeaderName::from_bytes(k.as_bytes())
+            .map_err(|_| Error::BadRequest(format!("invalid header name {k:?}")))?;
+        let value = HeaderValue::from_str(v)
+            .map_err(|_| Error::BadRequest(format!("invalid value for header {k:?}")))?;
+        map.append(name, value);
+    }
+    Ok(map)
+}
+
+/// Learns the content length with a GET of the first byte (HEAD is not
+/// always allowed by object stores' presigned URLs).
+pub async fn content_length(
+    client: &reqwest::Client,
+    url: &str,
+    headers: &HashMap<String, String>,
+    cfg: &SourceConfig,
+) -> Result<u64, Error> {
+    let hm = header_map(headers)?;
+    retry(cfg, || async {
+        let resp = client
+            .get(url)
+            .headers(hm.clone())
+            .header(RANGE, "bytes=0-0")
+            .send()
+            .await
+            .map_err(|e| Error::Origin(without_url(&e)))?;
+        let status = resp.status().as_u16();
+        if status == 206 {
+            let total = resp
+                .headers()
+                .get(CONTENT_RANGE)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.rsplit('/').next())
+                .and_then(|t| t.parse::<u64>().ok());
+            return total
+                .ok_or_else(|| Error::Origin("origin sent 206 without a usable Content-Range".into()));
+        }
+        if status == 200 || status == 416 {
+            // 416: empty content; 200: the origin ignores Range.
+            if status == 416 {
+                return Ok(0);
+            }
+            return resp
+                .headers()
+                .get(CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok())
+                .ok_or_else(|| {
+                    Error::Origin("origin did not send Content-Length; cannot cut it into pieces".into())
+                });
+        }
+        Err(Error::OriginStatus {
+            status,
+            url: redact_url(url),
+        })
+    })
+    .await
+}
+
+/// Streams `pieces` (ascending) from the origin into `events`.
+pub async fn fetch(
+    client: reqwest::Client,
+    url: String,
+    headers: HashMap<String, String>,
+    layout: Layout,
+    pieces: Vec<u32>,
+    cfg: SourceConfig,
+    events: mpsc::UnboundedSender<SourceEvent>,
+) {
+    let result = fetch_all(&client, &url, &headers, layout, pieces, &cfg, &events).await;
+    let _ = events.send(match result {
+        Ok(()) => SourceEvent::Done,
+        Err(e) => SourceEvent::Failed(e),
+    });
+}
+
+/// Consecutive runs of piece indices: [1,2,3,7,8] -> [(1,3),(7,8)].
+pub fn runs(pieces: &[u32]) -> Vec<(u32, u32)> {
+    let mut out: Vec<(u32, u32)> = Vec::new();
+    for &p in pieces {
+        match out.last_mut() {
+            Some((_, end)) if *end + 1 == p => *end = p,
+            _ => out.push((p, p)),
+        }
+    }
+    out
+}
+
+async fn fetch_all(
+    client: &reqwest::Client,
+    url: &str,
+    headers: &HashMap<String, String>,
+    layout: Layout,
+    pieces: Vec<u32>,
+    cfg: &SourceConfig,
+    events: &mpsc::UnboundedSender<SourceEvent>,
+) -> Result<(), Error> {
+    let hm = header_map(headers)?;
+    for (first, last) in runs(&pieces) {
+        let mut next = first;
+        let mut attempt = 0;
+        while next <= last {
+            match fetch_run(client, url, &hm, layout, next, last, events).await {
+                Ok(n) => next = n,
+                Err((n, e)) => {
+                    let progressed = n > next;
+                    next = n;
+                    if next > last {
+                        break;
+                    }
+                    if !e.is_retryable() {
+                        return Err(e);
+                    }
+                    attempt = if progressed { 1 } else { attempt + 1 };
+                    if attempt > cfg.retries {
+                        return Err(e);
+                    }
+                    let backoff = cfg.retry_backoff * 2u32.saturating_pow(attempt - 1);
+                    warn!(error = %e, attempt, ?backoff, "origin fetch failed, retrying");
+                    tokio::time::sleep(backoff).await;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Fetches pieces `first..=last` in one request. Returns the next piece to
+/// fetch, with the error that stopped it early.
+async fn fetch_run(
+    client: &reqwest::Client,
+    url: &str,
+    headers: &HeaderMap,
+    layout: Layout,
+    first: u32,
+    last: u32,
+    events: &mpsc::UnboundedSender<SourceEvent>,
+) -> Result<u32, (u32, Error)> {
+    let start = layout.offset(first);
+    let end = layout.offset(last) + layout.len_of(last) as u64; // exclusive
+    let whole = start == 0 && end == layout.content_length;
+    let mut req = client.get(url).headers(headers.clone());
+    if !whole {
+        req = req.header(RANGE, format!("bytes={start}-{}", end - 1));
+    }
+    let resp = req
+        .send()
+        .await
+        .map_err(|e| (first, Error::Origin(without_url(&e))))?;
+    let status = resp.status().as_u16();
+    if status != 200 && status != 206 {
+        return Err((
+            first,
+            Error::OriginStatus {
+                status,
+                url: redact_url(url),
+            },
+        ));
+    }
+    // An origin that ignores Range sends everything: skip to our start.
+    let mut skip = if status == 200 { start } else { 0 };
+    debug!(first, last, "fetching pieces from origin");
+    let mut body = resp.bytes_stream();
+    let mut index = first;
+    let mut buf = BytesMut::with_capacity(layout.piece_length as usize);
+    while index <= last {
+        let want = layout.len_of(index) as usize;
+        while buf.len() >= want {
+            let data = buf.split_to(want).freeze();
+            let digest = sha256(&data);
+            if events.send(SourceEvent::Piece { index, data, digest }).is_err() {
+                return Ok(last + 1);
+            }
+            index += 1;
+            if index > last {
+                return Ok(index);
+            }
+        }
+        let want = layout.len_of(index) as usize;
+        match body.next().await {
+            Some(Ok(mut chunk)) => {
+                if skip > 0 {
+                    let n = skip.min(chunk.len() as u64);
+                    skip -= n;
+                    let _ = chunk.split_to(n as usize);
+                }
+                buf.extend_from_slice(&chunk);
+                if buf.capacity() < want {
+                    buf.reserve(want - buf.len());
+                }
+            }
+            Some(Err(e)) => return Err((index, Error::Origin(without_url(&e)))),
+            None => {
+                return Err((
+                    index,
+                    Error::Origin(format!("origin closed the body early at piece {index}")),
+                ));
+            }
+        }
+    }
+    Ok(index)
+}
+
+async fn retry<T, F, Fut>(cfg: &SourceConfig, mut f: F) -> Result<T, Error>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, Error>>,
+{
+    let mut attempt = 0;
+    loop {
+        match f().await {
+            Ok(v) => return Ok(v),
+            Err(e) if e.is_retryable() && attempt < cfg.retries => {
+                attempt += 1;
+                tokio::time::sleep(cfg.retry_backoff * 2u32.saturating_pow(attempt - 1)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// reqwest errors print the URL, which may carry a presigned signature.
+fn without_url(e: &reqwest::Error) -> String {
+    let mut s = e.to_string();
+    if let Some(u) = e.url() {
+        s = s.replace(u.as_str(), &redact_url(u.as_str()));
+    }
+    s
+}
+
+/// The URL without its query string (signatures, tokens).
+pub fn redact_url(url: &str) -> String {
+    match url.split_once('?') {
+        Some((base, _)) => format!("{base}?<redacted>"),
+        None => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runs_of_pieces() {
+        assert_eq!(runs(&[1, 2, 3, 7, 8, 10]), vec![(1, 3), (7, 8), (10, 10)]);
+        assert!(runs(&[]).is_empty());
+    }
+
+    #[test]
+    fn urls_lose_their_query_in_messages() {
+        assert_eq!(
+            redact_url("http://o/f?X-Amz-Signature=abc"),
+            "http://o/f?<redacted>"
+        );
+        assert_eq!(redact_url("http://o/f"), "http://o/f");
+    }
+}
