@@ -101,6 +101,11 @@ pub struct SingleReport {
 }
 
 impl MethodReport {
+    /// Bytes all peer hosts sent together (what they shared with each other).
+    pub fn peer_uploads(&self) -> Option<u64> {
+        self.hosts.iter().map(|h| h.tx_bytes).sum()
+    }
+
     /// A method that failed before producing per-host results.
     pub fn failed(method: &str, notes: &str, error: String) -> Self {
         MethodReport {
@@ -147,8 +152,11 @@ impl Report {
             "N = {} hosts, links {}, blob {} ({} bytes), S/U = {su}\n",
             s.hosts, s.rate, s.size, s.size_bytes
         );
-        md.push_str("| method | last host done | median host done | makespan / (S/U) | origin bytes / S | peak RSS per host | sha256 |\n");
-        md.push_str("| --- | --- | --- | --- | --- | --- | --- |\n");
+        md.push_str(
+            "| method | last host done | median host done | makespan / (S/U) | origin bytes / S \
+             | peer uploads / S | peak RSS per host | sha256 |\n",
+        );
+        md.push_str("| --- | --- | --- | --- | --- | --- | --- | --- |\n");
         for m in &self.methods {
             let sha = if m.hosts.is_empty() {
                 "-".to_string()
@@ -161,12 +169,13 @@ impl Report {
             };
             let _ = writeln!(
                 md,
-                "| {} | {} | {} | {} | {} | {} | {sha} |",
+                "| {} | {} | {} | {} | {} | {} | {} | {sha} |",
                 m.method,
                 opt(m.makespan_s, seconds),
                 opt(m.median_s, seconds),
                 opt(m.makespan_over_su, |v| format!("{v:.2} x")),
                 opt(m.origin_over_size, |v| format!("{v:.2} x")),
+                opt(m.peer_uploads(), |v| format!("{:.2} x", v as f64 / s.size_bytes as f64)),
                 opt(m.peak_rss_bytes, |v| format!("{:.0} MiB", v as f64 / MIB)),
             );
         }
