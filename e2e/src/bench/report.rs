@@ -175,7 +175,10 @@ impl Report {
                 opt(m.median_s, seconds),
                 opt(m.makespan_over_su, |v| format!("{v:.2} x")),
                 opt(m.origin_over_size, |v| format!("{v:.2} x")),
-                opt(m.peer_uploads(), |v| format!("{:.2} x", v as f64 / s.size_bytes as f64)),
+                opt(m.peer_uploads(), |v| format!(
+                    "{:.2} x",
+                    v as f64 / s.size_bytes as f64
+                )),
                 opt(m.peak_rss_bytes, |v| format!("{:.0} MiB", v as f64 / MIB)),
             );
         }
