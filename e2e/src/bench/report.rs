@@ -62,6 +62,9 @@ pub struct MethodReport {
     /// Bytes the seed host sent (only the damselfly method uses it).
     #[serde(default)]
     pub seed_tx_bytes: Option<u64>,
+    /// Every host's upload counter over time, from the common start.
+    #[serde(default)]
+    pub timeline: Option<Timeline>,
     /// Largest peak RSS (VmHWM) of the per-host agents: peer daemons for
     /// damselfly, aria2c for bittorrent, curl for direct.
     pub peak_rss_bytes: Option<u64>,
@@ -79,6 +82,22 @@ pub struct HostReport {
     #[serde(default)]
     pub tx_bytes: Option<u64>,
     pub error: Option<String>,
+}
+
+/// Bytes each host had sent (its interface counter) at several moments.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Timeline {
+    /// Host names, in the order of `TimelineSample::tx_bytes`.
+    pub hosts: Vec<String>,
+    pub samples: Vec<TimelineSample>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TimelineSample {
+    /// Seconds after all downloads started.
+    pub t_s: f64,
+    /// Cumulative bytes sent by each host (counters, not deltas).
+    pub tx_bytes: Vec<u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -120,6 +139,7 @@ impl MethodReport {
             origin_tx_bytes: None,
             origin_over_size: None,
             seed_tx_bytes: None,
+            timeline: None,
             peak_rss_bytes: None,
         }
     }
@@ -133,6 +153,12 @@ impl Report {
         fs::write(dir.join("report.md"), self.markdown()).context("write report.md")?;
         fs::write(dir.join("completion.svg"), super::chart::completion_svg(self))
             .context("write completion.svg")?;
+        for method in &self.methods {
+            if let Some(svg) = super::chart::uploads_svg(method, &self.setup) {
+                let name = format!("uploads-{}.svg", method.method);
+                fs::write(dir.join(&name), svg).with_context(|| format!("write {name}"))?;
+            }
+        }
         Ok(())
     }
 

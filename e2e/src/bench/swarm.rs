@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
-use super::report::{HostReport, MethodReport};
+use super::report::{HostReport, MethodReport, Timeline, TimelineSample};
 use super::units::{Rate, Size};
 use crate::data::{sha256_file, write_random_file};
 use crate::lab::Lab;
@@ -28,6 +28,8 @@ pub const BLOB: &str = "blob";
 const UNSHAPED_BITS_PER_SEC: f64 = 1e9;
 /// How often the runner samples the agents' peak RSS.
 const RSS_SAMPLE: Duration = Duration::from_millis(100);
+/// How often the runner samples every host's interface counters.
+const TIMELINE_SAMPLE: Duration = Duration::from_millis(250);
 
 /// The lab, the blob and its origin, shared by every method of a run.
 pub struct Swarm {
@@ -146,6 +148,7 @@ struct Measurement {
     hosts: Vec<HostState>,
     origin_tx: u64,
     seed_tx: u64,
+    timeline: Timeline,
 }
 
 impl Measurement {
@@ -180,6 +183,8 @@ impl Measurement {
         }
         let deadline = start + swarm.timeout();
         let mut next_sample = Instant::now();
+        let mut timeline = Timeline::new(swarm);
+        let mut next_timeline = Instant::now();
         while hosts.iter().any(|h| h.done.is_none() && h.error.is_none()) {
             for h in hosts.iter_mut() {
                 h.poll(start)?;
@@ -187,6 +192,10 @@ impl Measurement {
             if Instant::now() >= next_sample {
                 hosts.iter_mut().for_each(HostState::sample_rss);
                 next_sample += RSS_SAMPLE;
+            }
+            if Instant::now() >= next_timeline {
+                timeline.sample(swarm, start)?;
+                next_timeline += TIMELINE_SAMPLE;
             }
             check_interrupted()?;
             if Instant::now() >= deadline {
@@ -196,6 +205,7 @@ impl Measurement {
             }
             std::thread::sleep(Duration::from_millis(5));
         }
+        timeline.sample(swarm, start)?;
         // Daemons still run: their VmHWM now is their exact peak.
         hosts.iter_mut().for_each(HostState::sample_rss);
         let origin_tx = swarm.lab.tx_bytes(ORIGIN)? - tx_before;
@@ -210,6 +220,7 @@ impl Measurement {
             hosts,
             origin_tx,
             seed_tx,
+            timeline,
         })
     }
 
@@ -235,6 +246,7 @@ impl Measurement {
             origin_tx_bytes: Some(self.origin_tx),
             origin_over_size: Some(self.origin_tx as f64 / size),
             seed_tx_bytes: Some(self.seed_tx),
+            timeline: Some(self.timeline),
             peak_rss_bytes: hosts.iter().filter_map(|h| h.peak_rss_bytes).max(),
             hosts,
         }
@@ -298,6 +310,29 @@ impl HostState {
             tx_bytes: self.tx_bytes,
             error,
         }
+    }
+}
+
+impl Timeline {
+    /// An empty timeline over the origin, the seed and every peer host.
+    fn new(swarm: &Swarm) -> Timeline {
+        let mut hosts = vec![ORIGIN.to_string(), SEED.to_string()];
+        hosts.extend(swarm.peers.iter().cloned());
+        Timeline {
+            hosts,
+            samples: Vec::new(),
+        }
+    }
+
+    fn sample(&mut self, swarm: &Swarm, start: Instant) -> Result<()> {
+        let t_s = start.elapsed().as_secs_f64();
+        let tx_bytes = self
+            .hosts
+            .iter()
+            .map(|h| swarm.lab.link_counters(h).map(|c| c.tx_bytes))
+            .collect::<Result<Vec<_>>>()?;
+        self.samples.push(TimelineSample { t_s, tx_bytes });
+        Ok(())
     }
 }
 
