@@ -3,7 +3,7 @@
 # Idempotent: packages already present are skipped quickly.
 set -euo pipefail
 PKGS=(iproute2 curl jq bc python3 ca-certificates
-      containerd docker-registry skopeo umoci busybox-static apache2-utils
+      containerd docker-registry skopeo umoci busybox-static apache2-utils docker.io openssl
       aria2 opentracker mktorrent)
 missing=()
 for p in "${PKGS[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
@@ -11,6 +11,10 @@ if [ ${#missing[@]} -gt 0 ]; then
   echo "installing: ${missing[*]}"
   apt-get update -q
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+# crictl for the CRI tests (registry-proxy/tests/cri.rs), about 80 s to build.
+if command -v go >/dev/null && ! command -v crictl >/dev/null && [ ! -x "$(go env GOPATH)/bin/crictl" ]; then
+  go install sigs.k8s.io/cri-tools/cmd/crictl@v1.37.0
 fi
 command -v cargo >/dev/null || { echo "cargo not found: install Rust (rustup) first" >&2; exit 1; }
 rustup component list --installed 2>/dev/null | grep -q rustfmt || rustup component add rustfmt clippy

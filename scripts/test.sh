@@ -11,4 +11,6 @@ cargo clippy --workspace --all-targets -- -D warnings
 cargo build --features fault-injection -p damselfly
 export DAMSELFLY_BIN="$CARGO_TARGET_DIR/debug/damselfly"
 export DAMSELFLY_SMOKE_METHODS=damselfly,direct,bittorrent
+# Tests that need lab programs fail instead of skipping when one is missing.
+export DAMSELFLY_REQUIRE_LAB=1
 cargo test --workspace

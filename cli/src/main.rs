@@ -7,7 +7,9 @@
 use clap::{Parser, Subcommand};
 
 mod get;
+mod init;
 mod peer;
+mod proxy;
 mod scheduler;
 
 #[derive(Parser)]
@@ -29,6 +31,10 @@ enum Command {
     Peer(peer::Args),
     /// Download a URL through the local peer daemon.
     Get(get::Args),
+    /// Point containerd or dockerd at the local registry proxy.
+    Init(init::Args),
+    /// Run the registry mirror proxy alone, blobs straight from the origin.
+    Proxy(proxy::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -42,6 +48,8 @@ fn main() -> std::process::ExitCode {
             Command::Scheduler(args) => scheduler::run(args).await,
             Command::Peer(args) => peer::run(args).await,
             Command::Get(args) => get::run(args).await,
+            Command::Init(args) => init::run(args).await,
+            Command::Proxy(args) => proxy::run(args).await,
         }
     });
     match result {

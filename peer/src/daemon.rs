@@ -163,8 +163,12 @@ pub async fn run(config: PeerConfig, shutdown: Shutdown) -> Result<(), Error> {
         .await;
     let _ = std::fs::remove_file(&config.socket);
     shutdown.trigger();
+    let mut clean = true;
     for t in downloader.tasks.all() {
-        let _ = t.save(&downloader.tasks.store);
+        clean &= t.sync().is_ok() && t.save(&downloader.tasks.store).is_ok();
+    }
+    if clean {
+        let _ = downloader.tasks.store.mark_clean();
     }
     for h in handles {
         let _ = h.await;

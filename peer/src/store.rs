@@ -2,10 +2,14 @@
 //!
 //! `DATA_DIR/content/<task_id>` holds the bytes, each piece at its offset.
 //! `DATA_DIR/meta.redb` holds one [`TaskRecord`] per task: layout, piece
-//! bitmap, trusted piece digests, access time. A record is written only
-//! after the content file was synced, so a bit set in a stored bitmap always
-//! means bytes on disk that matched their digest; a crash loses at most the
-//! pieces since the last save, which are fetched again.
+//! bitmap, trusted piece digests, access time.
+//!
+//! Content files are not fsynced while downloading (that would tie every
+//! download to the disk's sync speed). Instead `DATA_DIR/unclean` exists
+//! while a daemon runs and is removed after a clean shutdown has synced
+//! everything. After a crash the marker is still there, and every stored
+//! piece is re-hashed against its trusted digest when its task is first
+//! loaded: a bit set in a bitmap is only trusted once its bytes matched.
 
 use crate::error::Error;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
@@ -42,6 +46,8 @@ pub fn now_unix() -> i64 {
 pub struct Store {
     dir: PathBuf,
     db: Database,
+    /// The previous daemon did not shut down cleanly: verify pieces on load.
+    recovering: bool,
 }
 
 /// Task ids name files: only accept what a task id can be.
@@ -67,10 +73,25 @@ impl Store {
         let txn = db.begin_write()?;
         txn.open_table(TASKS)?;
         txn.commit()?;
+        let marker = dir.join("unclean");
+        let recovering = marker.exists();
+        std::fs::write(&marker, b"").map_err(|e| Error::io(format!("write {}", marker.display()), e))?;
         Ok(Self {
             dir: dir.to_path_buf(),
             db,
+            recovering,
         })
+    }
+
+    /// Did the previous daemon stop without syncing its content files?
+    pub fn recovering(&self) -> bool {
+        self.recovering
+    }
+
+    /// Called after every content file was synced at shutdown.
+    pub fn mark_clean(&self) -> Result<(), Error> {
+        let marker = self.dir.join("unclean");
+        std::fs::remove_file(&marker).map_err(|e| Error::io(format!("remove {}", marker.display()), e))
     }
 
     pub fn dir(&self) -> &Path {
@@ -190,6 +211,11 @@ mod tests {
             std::fs::write(s.content_path("t1").unwrap(), b"0123456789").unwrap();
         }
         let s = Store::open(dir.path()).unwrap();
+        assert!(s.recovering(), "no clean shutdown was recorded");
+        s.mark_clean().unwrap();
+        drop(s);
+        let s = Store::open(dir.path()).unwrap();
+        assert!(!s.recovering());
         assert_eq!(s.get("t1").unwrap(), Some(record("t1")));
         assert_eq!(s.list().unwrap().len(), 1);
         assert_eq!(s.remove_orphans().unwrap(), 0);

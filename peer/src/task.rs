@@ -93,8 +93,10 @@ impl Task {
         })
     }
 
-    /// Rebuilds a task from its stored record (after a restart).
-    pub fn from_record(r: &TaskRecord, path: std::path::PathBuf) -> Result<Arc<Self>, Error> {
+    /// Rebuilds a task from its stored record (after a restart). With
+    /// `verify`, every held piece is re-hashed and dropped if it does not
+    /// match its digest (recovery after a crash).
+    pub fn from_record(r: &TaskRecord, path: std::path::PathBuf, verify: bool) -> Result<Arc<Self>, Error> {
         let t = Self::new(r.task_id.clone(), r.url.clone(), r.digest.clone(), path);
         if r.piece_length > 0 {
             let layout = Layout::new(r.content_length, r.piece_length);
@@ -108,6 +110,21 @@ impl Task {
                 });
                 if s.have[i] && s.digests[i].is_none() {
                     s.have[i] = false; // never serve what we cannot check
+                }
+            }
+            if verify {
+                let file = t.file()?;
+                for i in 0..layout.piece_count() {
+                    if !s.have[i as usize] {
+                        continue;
+                    }
+                    let mut buf = vec![0u8; layout.len_of(i) as usize];
+                    let ok = file.read_exact_at(&mut buf, layout.offset(i)).is_ok()
+                        && Some(sha256(&buf)) == s.digests[i as usize];
+                    if !ok {
+                        s.have[i as usize] = false;
+                        s.dirty = true;
+                    }
                 }
             }
             s.progress.completed_bytes = (0..layout.piece_count())
@@ -278,7 +295,15 @@ impl Task {
         &self.path
     }
 
-    /// Saves metadata after syncing the content file (see [`crate::store`]).
+    /// Flushes the content file to disk (at shutdown; see [`crate::store`]).
+    pub fn sync(&self) -> Result<(), Error> {
+        match self.file.get() {
+            Some(f) => f.sync_data().map_err(|e| Error::io("sync content file", e)),
+            None => Ok(()),
+        }
+    }
+
+    /// Saves the metadata (see [`crate::store`] for why without an fsync).
     pub fn save(&self, store: &Store) -> Result<(), Error> {
         let record = {
             let s = self.lock();
@@ -302,9 +327,6 @@ impl Task {
                 last_access_unix: now_unix(),
             }
         };
-        if let Some(f) = self.file.get() {
-            f.sync_data().map_err(|e| Error::io("sync content file", e))?;
-        }
         store.put(&record)?;
         self.lock().dirty = false;
         Ok(())
@@ -338,7 +360,7 @@ impl Tasks {
         let Some(record) = self.store.get(id)? else {
             return Ok(None);
         };
-        let task = Task::from_record(&record, self.store.content_path(id)?)?;
+        let task = Task::from_record(&record, self.store.content_path(id)?, self.store.recovering())?;
         let mut map = self.map.lock().expect("tasks lock");
         Ok(Some(map.entry(id.to_string()).or_insert(task).clone()))
     }
@@ -411,13 +433,18 @@ mod tests {
         t.save(&store).unwrap();
 
         let r = store.get("t").unwrap().unwrap();
-        let back = Task::from_record(&r, path).unwrap();
+        let back = Task::from_record(&r, path.clone(), false).unwrap();
         assert!(back.has(0) && !back.has(1) && back.has(2));
         assert_eq!(back.read_piece(0).unwrap(), b"abcd");
         assert_eq!(back.read_piece(2).unwrap(), b"ij");
         assert!(back.read_piece(1).is_err());
         assert_eq!(back.progress().completed_bytes, 6);
         assert!(!back.progress().done);
+
+        // After a crash, bytes that do not match their digest are not trusted.
+        std::fs::write(&path, b"abcdXXXXzz").unwrap();
+        let checked = Task::from_record(&r, path, true).unwrap();
+        assert!(checked.has(0) && !checked.has(2));
     }
 
     #[test]
@@ -435,11 +462,11 @@ mod tests {
         };
         store.put(&r).unwrap();
         std::fs::write(store.content_path("u").unwrap(), b"abcdefgh").unwrap();
-        let t = Task::from_record(&r, store.content_path("u").unwrap()).unwrap();
+        let t = Task::from_record(&r, store.content_path("u").unwrap(), false).unwrap();
         assert!(t.has(0) && !t.has(1));
         assert!(!t.progress().done);
         r.bitmap = vec![0];
-        let t = Task::from_record(&r, store.content_path("u").unwrap()).unwrap();
+        let t = Task::from_record(&r, store.content_path("u").unwrap(), false).unwrap();
         assert!(!t.has(0));
     }
 }

@@ -78,7 +78,7 @@ impl Default for SchedulerConfig {
 impl Default for EvaluatorConfig {
     fn default() -> Self {
         Self {
-            candidate_parent_limit: 4,
+            candidate_parent_limit: 16,
             filter_parent_limit: 40,
             bad_node_sigma: 3.0,
             bad_node_mean_factor: 20.0,
