@@ -13,7 +13,7 @@ use anyhow::{Context, Result};
 
 use super::report::{HostReport, MethodReport, Timeline, TimelineSample};
 use super::units::{Rate, Size};
-use crate::data::{sha256_file, write_random_file};
+use crate::data::{ensure_space, sha256_file, write_random_file};
 use crate::lab::Lab;
 use crate::origin::Origin;
 use crate::process::{Job, peak_rss_bytes, tail};
@@ -48,6 +48,13 @@ impl Swarm {
         let mut hosts = vec![ORIGIN, SCHEDULER, SEED];
         hosts.extend(peers.iter().map(String::as_str));
         let lab = Lab::new(prefix, subnet, &hosts, rate.tc())?;
+        // The blob, and per peer host a copy in its store plus the output file.
+        let needed = size.0 * (2 * peers.len() as u64 + 2);
+        ensure_space(
+            lab.dir(),
+            needed,
+            &format!("a swarm of {} hosts with a {size} blob", peers.len()),
+        )?;
         let www = lab.dir().join("www");
         fs::create_dir_all(&www)?;
         let blob = www.join(BLOB);
