@@ -9,6 +9,7 @@
 //! - [`wait`]: polling helpers (no fixed sleeps) and the Ctrl-C flag;
 //! - [`mesh`]: a Damselfly scheduler, seed and peers started in lab hosts;
 //! - [`bench`]: the swarm benchmark behind `damselfly-bench`;
+//! - [`schedload`]: a load generator for the scheduler alone (simulated peers);
 //! - [`origin`]: the `damselfly-origin` test server and its request log;
 //! - [`bins`]: where the binaries under test are found;
 //! - [`data`]: random test files and their SHA-256.
@@ -23,6 +24,7 @@ pub mod lab;
 pub mod mesh;
 pub mod origin;
 pub mod process;
+pub mod schedload;
 pub mod wait;
 
 pub use lab::Lab;
