@@ -61,6 +61,7 @@ fn demo(args: Args) -> Result<()> {
         layer_bytes: args.layer_mib << 20,
         rate: (args.rate != "none").then_some(args.rate),
         bin: std::env::current_exe().context("locate this binary")?,
+        credentials: None,
     };
     let m = MirrorLab::start(&opts, |line| println!("==> {line}"))?;
     println!(

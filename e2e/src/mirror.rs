@@ -37,6 +37,9 @@ pub struct MirrorOptions {
     pub rate: Option<String>,
     /// The `damselfly` binary.
     pub bin: PathBuf,
+    /// `user:password`: the registry demands basic auth and every pull
+    /// brings these credentials (the peers are configured with none).
+    pub credentials: Option<String>,
 }
 
 /// The running set-up. Dropping it stops containerds, daemons and the
@@ -49,6 +52,7 @@ pub struct MirrorLab {
     pub image: String,
     pub blobs: Vec<(String, u64)>,
     pub peer_hosts: Vec<String>,
+    credentials: Option<String>,
     bin: PathBuf,
     pub lab: Lab,
 }
@@ -72,7 +76,8 @@ impl MirrorLab {
             opts.rate.as_deref().unwrap_or("unshaped")
         ));
         let lab = Lab::new(&opts.prefix, opts.subnet, &hosts, opts.rate.as_deref())?;
-        let registry = RegistryHost::start(&lab, "origin", REGISTRY_PORT)?;
+        let user = opts.credentials.as_deref().and_then(|c| c.split_once(':'));
+        let registry = RegistryHost::start(&lab, "origin", REGISTRY_PORT, user)?;
         let reg = registry.name();
         progress(&format!(
             "registry: docker-registry on {reg}; building a test image (busybox + {} x {} random layers)",
@@ -81,7 +86,7 @@ impl MirrorLab {
         ));
         let built = TestImage::build(&lab.dir().join("image"), "app", opts.layers, opts.layer_bytes)?;
         let image = format!("{reg}/demo/app:latest");
-        built.push(&image)?;
+        built.push(&image, opts.credentials.as_deref())?;
         let blobs = built.blobs()?;
 
         let config = lab.dir().join("peer.toml");
@@ -131,6 +136,7 @@ impl MirrorLab {
             image,
             blobs,
             peer_hosts,
+            credentials: opts.credentials.clone(),
             bin: opts.bin.clone(),
             lab,
         })
@@ -142,7 +148,10 @@ impl MirrorLab {
         let mut jobs = self
             .containerds
             .iter()
-            .map(|c| self.lab.start(&c.host, "ctr-pull", &c.pull_command(&self.image)))
+            .map(|c| {
+                let pull = c.pull_command(&self.image, self.credentials.as_deref());
+                self.lab.start(&c.host, "ctr-pull", &pull)
+            })
             .collect::<Result<Vec<_>>>()?;
         let results = wait_all(&mut jobs, PULL_TIMEOUT)?;
         let mut out = Vec::new();

@@ -106,14 +106,26 @@ pub struct RegistryHost {
 }
 
 impl RegistryHost {
-    pub fn start(lab: &Lab, host: &str, port: u16) -> Result<RegistryHost> {
+    /// With `user`, the registry demands HTTP basic auth with that
+    /// `(name, password)` (an htpasswd file made by `htpasswd`, from
+    /// apache2-utils).
+    pub fn start(lab: &Lab, host: &str, port: u16, user: Option<(&str, &str)>) -> Result<RegistryHost> {
         let ip = lab.ip(host);
         let dir = lab.dir().join(format!("registry-{host}"));
         std::fs::create_dir_all(&dir)?;
-        let config = format!(
+        let mut config = format!(
             "version: 0.1\nlog:\n  level: info\n  accesslog:\n    disabled: false\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {ip}:{port}\n",
             dir.join("data").display()
         );
+        if let Some((name, password)) = user {
+            let entry = run(Command::new("htpasswd").args(["-Bbn", name, password]))?;
+            let file = dir.join("htpasswd");
+            std::fs::write(&file, entry.trim())?;
+            config.push_str(&format!(
+                "auth:\n  htpasswd:\n    realm: lab\n    path: {}\n",
+                file.display()
+            ));
+        }
         let file = dir.join("registry.yml");
         std::fs::write(&file, config)?;
         let proc = lab.spawn(
@@ -205,10 +217,15 @@ impl TestImage {
         })
     }
 
-    /// Pushes the image to `reference` (`host:port/repo:tag`, plain HTTP).
-    pub fn push(&self, reference: &str) -> Result<()> {
-        run(Command::new("skopeo")
-            .args(["copy", "-q", "--dest-tls-verify=false"])
+    /// Pushes the image to `reference` (`host:port/repo:tag`, plain HTTP),
+    /// with `user:password` if given.
+    pub fn push(&self, reference: &str, creds: Option<&str>) -> Result<()> {
+        let mut cmd = Command::new("skopeo");
+        cmd.args(["copy", "-q", "--dest-tls-verify=false"]);
+        if let Some(c) = creds {
+            cmd.args(["--dest-creds", c]);
+        }
+        run(cmd
             .arg(format!("oci:{}:{}", self.dir.join("oci").display(), self.tag))
             .arg(format!("docker://{reference}")))?;
         Ok(())
@@ -312,12 +329,14 @@ impl Containerd {
         c
     }
 
-    /// `ctr image pull --hosts-dir CERTS_D IMAGE`.
-    pub fn pull_command(&self, image: &str) -> Command {
+    /// `ctr image pull --hosts-dir CERTS_D [--user USER:PASSWORD] IMAGE`.
+    pub fn pull_command(&self, image: &str, creds: Option<&str>) -> Command {
         let mut c = self.ctr();
-        c.args(["image", "pull", "--hosts-dir"])
-            .arg(self.certs_d())
-            .arg(image);
+        c.args(["image", "pull", "--hosts-dir"]).arg(self.certs_d());
+        if let Some(creds) = creds {
+            c.args(["--user", creds]);
+        }
+        c.arg(image);
         c
     }
 

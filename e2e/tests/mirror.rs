@@ -10,7 +10,8 @@
 use anyhow::Result;
 use damselfly_e2e::bins;
 use damselfly_e2e::mirror::{MirrorLab, MirrorOptions};
-use damselfly_e2e::oci::missing_programs;
+use damselfly_e2e::oci::{missing_programs, which};
+use std::process::Command;
 
 const MIB: u64 = 1024 * 1024;
 
@@ -47,6 +48,7 @@ fn three_containerds_pull_through_the_mesh_and_the_registry_sends_each_blob_once
         layer_bytes: 8 * MIB,
         rate: Some("100mbit".into()),
         bin: bins::damselfly()?,
+        credentials: None,
     };
     let m = MirrorLab::start(&opts, |line| eprintln!("mirror: {line}"))?;
     let pulls = m.pull_all()?;
@@ -81,6 +83,64 @@ fn three_containerds_pull_through_the_mesh_and_the_registry_sends_each_blob_once
         from_peers,
         3 * image,
         "every peer got the whole image from the mesh"
+    );
+    Ok(())
+}
+
+/// A registry that demands basic auth: the pulls bring credentials, the
+/// peers have none configured. The seed fetches each blob with the
+/// Authorization its client's proxy proved; a client without credentials
+/// gets 401 for a blob every peer holds, and a registry the peers do not
+/// list gets 403.
+#[test]
+fn a_private_registry_through_the_mesh_and_no_blob_for_strangers() -> Result<()> {
+    if !lab_ready("mirror-auth") || which("htpasswd").is_none() {
+        assert!(
+            std::env::var("DAMSELFLY_REQUIRE_LAB").as_deref() != Ok("1"),
+            "missing htpasswd"
+        );
+        return Ok(());
+    }
+    let opts = MirrorOptions {
+        prefix: "dfp2".into(),
+        subnet: 237,
+        peers: 2,
+        layers: 1,
+        layer_bytes: 4 * MIB,
+        rate: None,
+        bin: bins::damselfly()?,
+        credentials: Some("alice:s3cret".into()),
+    };
+    let m = MirrorLab::start(&opts, |line| eprintln!("mirror-auth: {line}"))?;
+    m.pull_all()?;
+    for (host, out) in m.run_all(&["/bin/busybox", "echo", "private-ok"])? {
+        assert!(out.contains("private-ok"), "{host}: {out}");
+    }
+    let seed_ip = m.lab.ip("seed").to_string();
+    for (digest, size, gets) in m.blob_gets() {
+        let full: Vec<_> = gets.iter().filter(|g| g.status == 200).collect();
+        assert_eq!(full.len(), 1, "{digest}: {gets:?}");
+        assert_eq!((full[0].client.as_str(), full[0].bytes), (seed_ip.as_str(), size));
+    }
+    let reg = m.registry.name();
+    let status = |url: String| -> Result<String> {
+        m.lab.run_ok(
+            "p1",
+            Command::new("curl").args(["-s", "-o", "/dev/null", "-w", "%{http_code}", &url]),
+        )
+    };
+    let (layer, _) = m.blobs.last().unwrap();
+    let ns = reg.replace(':', "%3A");
+    let blob = format!("http://127.0.0.1:65001/v2/demo/app/blobs/{layer}");
+    assert_eq!(
+        status(format!("{blob}?ns={ns}"))?,
+        "401",
+        "no credentials, no blob"
+    );
+    assert_eq!(
+        status(format!("{blob}?ns=10.213.237.99%3A5000"))?,
+        "403",
+        "unlisted registry"
     );
     Ok(())
 }
