@@ -201,14 +201,20 @@ impl MirrorLab {
 
     /// `damselfly_peer_<name>_total` of the daemon in `host`.
     pub fn peer_counter(&self, host: &str, name: &str) -> Result<u64> {
+        self.counter(host, &format!("damselfly_peer_{name}_total"))
+    }
+
+    /// A counter (or the sum of its labelled series) from the metrics of
+    /// the daemon in `host`.
+    pub fn counter(&self, host: &str, metric: &str) -> Result<u64> {
         let text = http_get(&format!("{}:{PEER_METRICS_PORT}", self.lab.ip(host)), "/metrics")?;
-        let metric = format!("damselfly_peer_{name}_total ");
-        let line = text
+        let values: Vec<f64> = text
             .lines()
-            .find(|l| l.starts_with(&metric))
-            .with_context(|| format!("{metric}in the metrics of {host}"))?;
-        let value: f64 = line[metric.len()..].trim().parse()?;
-        Ok(value as u64)
+            .filter(|l| l.strip_prefix(metric).is_some_and(|r| r.starts_with([' ', '{'])))
+            .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+            .collect();
+        ensure!(!values.is_empty(), "no {metric} in the metrics of {host}");
+        Ok(values.iter().sum::<f64>() as u64)
     }
 
     /// A report for people: what the registry sent to whom, and where each

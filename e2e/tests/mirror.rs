@@ -84,6 +84,11 @@ fn three_containerds_pull_through_the_mesh_and_the_registry_sends_each_blob_once
         3 * image,
         "every peer got the whole image from the mesh"
     );
+    for h in &m.peer_hosts {
+        // The proxy's own metrics are on the peer's /metrics.
+        let sent = m.counter(h, "damselfly_registry_proxy_blob_bytes_total")?;
+        assert_eq!(sent, image, "{h}'s proxy sent the image to containerd once");
+    }
     Ok(())
 }
 
@@ -121,6 +126,23 @@ fn a_private_registry_through_the_mesh_and_no_blob_for_strangers() -> Result<()>
         let full: Vec<_> = gets.iter().filter(|g| g.status == 200).collect();
         assert_eq!(full.len(), 1, "{digest}: {gets:?}");
         assert_eq!((full[0].client.as_str(), full[0].bytes), (seed_ip.as_str(), size));
+    }
+    // The credentials reached the seed through the scheduler; no daemon logged them.
+    let secret = "YWxpY2U6czNjcmV0"; // base64("alice:s3cret")
+    for entry in std::fs::read_dir(m.lab.dir().join("logs"))? {
+        let path = entry?.path();
+        let name = path
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
+        if ["peer", "seed", "scheduler"].iter().any(|d| name.contains(d)) {
+            let log = std::fs::read_to_string(&path)?;
+            assert!(
+                !log.contains(secret) && !log.contains("s3cret"),
+                "{name} logged credentials"
+            );
+        }
     }
     let reg = m.registry.name();
     let status = |url: String| -> Result<String> {
