@@ -9,7 +9,7 @@
 //! Ctrl-C). The lab itself is `damselfly-e2e`'s, the one the tests use.
 
 use anyhow::{Context, Result, ensure};
-use damselfly_e2e::mirror::{MirrorLab, MirrorOptions};
+use damselfly_e2e::mirror::{MirrorLab, MirrorOptions, human};
 use damselfly_e2e::oci::{PACKAGES, missing_programs, which};
 use std::process::Command;
 
@@ -30,11 +30,15 @@ pub struct Args {
     /// Rate of every host's link (a `tc` rate), or `none`.
     #[arg(long, default_value = "100mbit")]
     rate: String,
-    /// Namespace and bridge name prefix, and the lab's subnet (10.213.N.0/24).
+    /// Prefix of the lab's namespace and bridge names.
     #[arg(long, default_value = "dfdemo")]
     prefix: String,
+    /// The lab's subnet is 10.213.N.0/24.
     #[arg(long, default_value_t = 240)]
     subnet: u8,
+    /// Skip the comparison with pulls straight from the registry.
+    #[arg(long)]
+    no_compare: bool,
     /// Do not install missing Debian packages; fail instead.
     #[arg(long)]
     no_install: bool,
@@ -69,7 +73,9 @@ fn demo(args: Args) -> Result<()> {
         m.image,
         m.peer_hosts.len()
     );
+    let before = m.lab.tx_bytes("origin")?;
     let pulls = m.pull_all()?;
+    let mesh_sent = m.lab.tx_bytes("origin")? - before;
     println!("==> running it (ctr run)");
     for (host, out) in m.run_all(&["/bin/busybox", "sh", "-c", "echo hello from the image; ls /data"])? {
         println!(
@@ -78,6 +84,25 @@ fn demo(args: Args) -> Result<()> {
         );
     }
     println!("\n{}", m.report(&pulls)?);
+    let slowest = |p: &[damselfly_e2e::mirror::PullResult]| {
+        p.iter().map(|p| p.elapsed.as_secs_f64()).fold(0.0, f64::max)
+    };
+    println!(
+        "through the mesh: last host done after {:.1} s, the registry host sent {}",
+        slowest(&pulls),
+        human(mesh_sent)
+    );
+    if !args.no_compare {
+        println!("==> for comparison: the same pulls straight from the registry (no mirror)");
+        let before = m.lab.tx_bytes("origin")?;
+        let direct = m.pull_all_direct()?;
+        let sent = m.lab.tx_bytes("origin")? - before;
+        println!(
+            "straight from the registry: last host done after {:.1} s, the registry host sent {}",
+            slowest(&direct),
+            human(sent)
+        );
+    }
     println!("==> cleaning up (containerds, daemons, registry, namespaces)");
     drop(m);
     Ok(())

@@ -142,16 +142,29 @@ impl MirrorLab {
         })
     }
 
-    /// `ctr image pull` in every peer host at once (in the host's network
-    /// namespace: `ctr` 1.6 downloads in its own process).
+    /// `ctr image pull` in every peer host at once, through its peer's
+    /// proxy (in the host's network namespace: `ctr` 1.6 downloads in its
+    /// own process).
     pub fn pull_all(&self) -> Result<Vec<PullResult>> {
+        self.pull_with(|c| c.pull_command(&self.image, self.credentials.as_deref()))
+    }
+
+    /// Forgets the image in every containerd, then pulls it in every peer
+    /// host at once straight from the registry (no mirror): the baseline.
+    pub fn pull_all_direct(&self) -> Result<Vec<PullResult>> {
+        for c in &self.containerds {
+            // `--sync`: the content goes before the next pull starts.
+            self.lab
+                .run_ok(&c.host, c.ctr().args(["image", "rm", "--sync", &self.image]))?;
+        }
+        self.pull_with(|c| c.pull_direct_command(&self.image, self.credentials.as_deref()))
+    }
+
+    fn pull_with(&self, pull: impl Fn(&Containerd) -> Command) -> Result<Vec<PullResult>> {
         let mut jobs = self
             .containerds
             .iter()
-            .map(|c| {
-                let pull = c.pull_command(&self.image, self.credentials.as_deref());
-                self.lab.start(&c.host, "ctr-pull", &pull)
-            })
+            .map(|c| self.lab.start(&c.host, "ctr-pull", &pull(c)))
             .collect::<Result<Vec<_>>>()?;
         let results = wait_all(&mut jobs, PULL_TIMEOUT)?;
         let mut out = Vec::new();

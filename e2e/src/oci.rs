@@ -340,6 +340,18 @@ impl Containerd {
         c
     }
 
+    /// `ctr image pull --plain-http [--user USER:PASSWORD] IMAGE`: straight
+    /// from the registry, no mirror.
+    pub fn pull_direct_command(&self, image: &str, creds: Option<&str>) -> Command {
+        let mut c = self.ctr();
+        c.args(["image", "pull", "--plain-http"]);
+        if let Some(creds) = creds {
+            c.args(["--user", creds]);
+        }
+        c.arg(image);
+        c
+    }
+
     /// `ctr run --rm` with this containerd's own runc root.
     pub fn run_command(&self, image: &str, id: &str, args: &[&str]) -> Command {
         let mut c = self.ctr();
