@@ -1,6 +1,10 @@
 //! Compiles `proto/*.proto` with protox (pure Rust), so no system `protoc` is needed.
 fn main() {
-    let files = ["proto/scheduler.proto", "proto/daemon.proto"];
+    let files = [
+        "proto/scheduler.proto",
+        "proto/daemon.proto",
+        "proto/manager.proto",
+    ];
     for f in files {
         println!("cargo:rerun-if-changed={f}");
     }

@@ -2,7 +2,7 @@
 # Installs what Damselfly's tests and demo need on a fresh Debian 12 machine (run as root).
 # Idempotent: packages already present are skipped quickly.
 set -euo pipefail
-PKGS=(iproute2 curl jq bc python3 ca-certificates
+PKGS=(iproute2 curl jq bc python3 ca-certificates postgresql chromium chromium-driver
       containerd docker-registry skopeo umoci busybox-static apache2-utils docker.io openssl
       aria2 opentracker mktorrent)
 missing=()

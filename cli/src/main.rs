@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 mod demo;
 mod get;
 mod init;
+mod manager;
 mod peer;
 mod proxy;
 mod scheduler;
@@ -39,6 +40,8 @@ enum Command {
     /// All-in-one demo (root): a registry, a scheduler, a seed and three
     /// containerd hosts in network namespaces pull one image through the mesh.
     Demo(demo::Args),
+    /// Run a manager: clusters, liveness, preheat, REST API and web console.
+    Manager(manager::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -55,6 +58,7 @@ fn main() -> std::process::ExitCode {
             Command::Init(args) => init::run(args).await,
             Command::Proxy(args) => proxy::run(args).await,
             Command::Demo(args) => demo::run(args).await,
+            Command::Manager(args) => manager::run(args).await,
         }
     });
     match result {

@@ -167,8 +167,17 @@ pub async fn wait(task: &Task) -> Result<(), Error> {
 struct ParentState {
     conn: ParentConn,
     have: Vec<bool>,
+    held: usize,
     inflight: usize,
     seed: bool,
+}
+
+impl ParentState {
+    /// A source still fetching from the origin: its uplink spreads new
+    /// pieces, so it is asked only for what no other parent has.
+    fn scarce(&self) -> bool {
+        self.seed && self.held < self.have.len()
+    }
 }
 
 #[derive(Default)]
@@ -403,6 +412,7 @@ impl Engine {
                 ParentState {
                     conn,
                     have: Vec::new(),
+                    held: 0,
                     inflight: 0,
                     seed: p.seed,
                 },
@@ -522,14 +532,18 @@ impl Engine {
         match ev {
             ParentEvent::Bitmap { parent, have } => {
                 if let Some(p) = self.parents.get_mut(&parent) {
+                    p.held = have.iter().filter(|h| **h).count();
                     p.have = have;
                 }
             }
             ParentEvent::Have { parent, pieces } => {
                 if let Some(p) = self.parents.get_mut(&parent) {
                     for i in pieces {
-                        if let Some(h) = p.have.get_mut(i as usize) {
+                        if let Some(h) = p.have.get_mut(i as usize)
+                            && !*h
+                        {
                             *h = true;
+                            p.held += 1;
                         }
                     }
                 }
@@ -585,7 +599,8 @@ impl Engine {
         Ok(())
     }
 
-    /// Requests the lowest missing pieces, each from the best parent that has it.
+    /// Requests the lowest missing pieces, each from the least busy parent that
+    /// has it (a source still fetching only when nobody else has the piece).
     fn fill(&mut self) {
         if self.sourcing || self.parents.is_empty() {
             return;
@@ -610,7 +625,7 @@ impl Engine {
                 .parents
                 .iter()
                 .filter(|(_, p)| p.inflight < PARENT_WINDOW && p.have.get(i).copied().unwrap_or(false))
-                .min_by_key(|(id, p)| (p.seed, p.inflight, *id))
+                .min_by_key(|(id, p)| (p.scarce(), p.inflight, *id))
                 .map(|(id, _)| id.clone());
             let Some(id) = best else { continue };
             let p = self.parents.get_mut(&id).expect("just found");

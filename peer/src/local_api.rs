@@ -1,8 +1,11 @@
 //! The local API on a unix socket: `damselfly get` and friends.
 //!
-//! Downloads run in the daemon; the client gets progress. The finished file
-//! is copied (in-kernel, `copy_file_range`) to a temporary name next to the
-//! output and renamed, so an output path never holds a partial file.
+//! Downloads run in the daemon; the client gets progress. Verified pieces
+//! are copied in order to a temporary file next to the output while the
+//! download runs ([`OutputFile`]), and the file is renamed into place when
+//! the task is done, so an output path never holds a partial file and the
+//! copy costs nothing at the end. A task already in the store is copied
+//! in-kernel (`copy_file_range`).
 
 use crate::download::{self, Downloader, Request};
 use crate::error::Error;
@@ -80,6 +83,148 @@ pub fn copy_out(content: &Path, output: &Path) -> Result<(), Error> {
     })
 }
 
+/// The output of one download, written in order as pieces land.
+pub struct OutputFile {
+    tmp: PathBuf,
+    output: PathBuf,
+    file: tokio::fs::File,
+    next: u32,
+}
+
+fn temp_name(output: &Path) -> Result<PathBuf, Error> {
+    let dir = output
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("/"));
+    let name = output
+        .file_name()
+        .ok_or_else(|| Error::BadRequest(format!("output path {} has no file name", output.display())))?;
+    Ok(dir.join(format!(
+        ".{}.damselfly-{:08x}",
+        name.to_string_lossy(),
+        rand::random::<u32>()
+    )))
+}
+
+impl OutputFile {
+    pub async fn create(output: &Path) -> Result<Self, Error> {
+        let tmp = temp_name(output)?;
+        let file = tokio::fs::File::create(&tmp)
+            .await
+            .map_err(|e| Error::io(format!("create {}", tmp.display()), e))?;
+        Ok(Self {
+            tmp,
+            output: output.to_path_buf(),
+            file,
+            next: 0,
+        })
+    }
+
+    /// Appends every piece that has landed since the last call, in order.
+    pub async fn catch_up(&mut self, task: &crate::task::Task) -> Result<(), Error> {
+        use tokio::io::AsyncWriteExt;
+        while task.has(self.next) {
+            let data = task.read_piece(self.next)?;
+            self.file
+                .write_all(&data)
+                .await
+                .map_err(|e| Error::io(format!("write {}", self.tmp.display()), e))?;
+            self.next += 1;
+        }
+        Ok(())
+    }
+
+    /// Writes what is left and renames the file into place.
+    pub async fn finish(mut self, task: &crate::task::Task) -> Result<(), Error> {
+        use tokio::io::AsyncWriteExt;
+        self.catch_up(task).await?;
+        self.file
+            .flush()
+            .await
+            .map_err(|e| Error::io("flush output", e))?;
+        let expected = task.layout().map(|l| l.piece_count()).unwrap_or(0);
+        if self.next != expected {
+            return Err(Error::Failed(format!(
+                "output has {} of {expected} pieces",
+                self.next
+            )));
+        }
+        tokio::fs::rename(&self.tmp, &self.output)
+            .await
+            .map_err(|e| Error::io(format!("rename to {}", self.output.display()), e))?;
+        self.tmp = PathBuf::new();
+        Ok(())
+    }
+}
+
+impl Drop for OutputFile {
+    fn drop(&mut self) {
+        if !self.tmp.as_os_str().is_empty() {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+fn snapshot(task: &crate::task::Task, done: bool) -> DownloadProgress {
+    let p = task.progress();
+    DownloadProgress {
+        task_id: task.id.clone(),
+        content_length: p.layout.map(|l| l.content_length).unwrap_or(0),
+        completed_length: p.completed_bytes,
+        done,
+        bytes_from_peers: p.bytes_from_peers,
+        bytes_from_source: p.bytes_from_source,
+    }
+}
+
+/// Streams progress until the task ends, writing the output as pieces land.
+async fn follow(
+    task: &crate::task::Task,
+    output: &str,
+    tx: &mpsc::Sender<Result<DownloadProgress, Status>>,
+) -> Result<(), Status> {
+    if task.progress().done {
+        if !output.is_empty() {
+            let (content, out) = (task.content_path().to_path_buf(), PathBuf::from(output));
+            tokio::task::spawn_blocking(move || copy_out(&content, &out))
+                .await
+                .map_err(|e| Status::internal(e.to_string()))??;
+        }
+        return Ok(());
+    }
+    let mut out = match output {
+        "" => None,
+        path => Some(OutputFile::create(Path::new(path)).await?),
+    };
+    let mut changes = task.subscribe();
+    let mut last_sent: Option<std::time::Instant> = None;
+    loop {
+        let p = task.progress();
+        if let Some(f) = p.failed {
+            return Err(Status::from(Error::Failed(f)));
+        }
+        if p.done {
+            if let Some(out) = out {
+                out.finish(task).await?;
+            }
+            return Ok(());
+        }
+        if let Some(out) = out.as_mut() {
+            out.catch_up(task).await?;
+        }
+        if last_sent.is_none_or(|t| t.elapsed() >= PROGRESS_EVERY) {
+            if tx.send(Ok(snapshot(task, false))).await.is_err() {
+                return Err(Status::cancelled("client went away"));
+            }
+            last_sent = Some(std::time::Instant::now());
+        }
+        tokio::select! {
+            r = changes.changed() => if r.is_err() { return Err(Status::aborted("task dropped")) },
+            _ = tokio::time::sleep(PROGRESS_EVERY) => {}
+        }
+    }
+}
+
 type ProgressStream = Pin<Box<dyn Stream<Item = Result<DownloadProgress, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -99,50 +244,8 @@ impl Daemon for LocalApi {
         let task = self.downloader.start(Request { spec, seed: false })?;
         let (tx, rx) = mpsc::channel(8);
         tokio::spawn(async move {
-            let mut changes = task.subscribe();
-            let snapshot = |done: bool| {
-                let p = task.progress();
-                DownloadProgress {
-                    task_id: task.id.clone(),
-                    content_length: p.layout.map(|l| l.content_length).unwrap_or(0),
-                    completed_length: p.completed_bytes,
-                    done,
-                    bytes_from_peers: p.bytes_from_peers,
-                    bytes_from_source: p.bytes_from_source,
-                }
-            };
-            let mut last_sent: Option<std::time::Instant> = None;
-            let result = loop {
-                let p = task.progress();
-                if let Some(f) = p.failed {
-                    break Err(Status::from(Error::Failed(f)));
-                }
-                if p.done {
-                    break Ok(());
-                }
-                if last_sent.is_none_or(|t| t.elapsed() >= PROGRESS_EVERY) {
-                    if tx.send(Ok(snapshot(false))).await.is_err() {
-                        return;
-                    }
-                    last_sent = Some(std::time::Instant::now());
-                }
-                tokio::select! {
-                    r = changes.changed() => if r.is_err() { break Err(Status::aborted("task dropped")) },
-                    _ = tokio::time::sleep(PROGRESS_EVERY) => {}
-                }
-            };
-            let result = match result {
-                Ok(()) if !output.is_empty() => {
-                    let (content, out) = (task.content_path().to_path_buf(), PathBuf::from(&output));
-                    match tokio::task::spawn_blocking(move || copy_out(&content, &out)).await {
-                        Ok(Ok(())) => Ok(()),
-                        Ok(Err(e)) => Err(Status::from(e)),
-                        Err(e) => Err(Status::internal(e.to_string())),
-                    }
-                }
-                other => other,
-            };
-            let _ = tx.send(result.map(|()| snapshot(true))).await;
+            let result = follow(&task, &output, &tx).await;
+            let _ = tx.send(result.map(|()| snapshot(&task, true))).await;
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
@@ -232,6 +335,32 @@ mod tests {
         assert_eq!(
             spec_of(&req("http://x/y", "/o", &d)).unwrap().task_id,
             "0".repeat(64)
+        );
+    }
+
+    #[tokio::test]
+    async fn output_follows_pieces_in_order() {
+        use crate::task::{Task, sha256};
+        let dir = tempfile::tempdir().unwrap();
+        let t = Task::new("t".into(), "http://o/f".into(), None, dir.path().join("content"));
+        t.set_layout(damselfly_proto::piece::Layout::new(10, 4)).unwrap();
+        t.set_digests([(0, sha256(b"abcd")), (1, sha256(b"efgh")), (2, sha256(b"ij"))]);
+        let out = dir.path().join("out");
+        let mut f = OutputFile::create(&out).await.unwrap();
+        t.write_piece(1, b"efgh", false).unwrap();
+        f.catch_up(&t).await.unwrap();
+        assert_eq!(f.next, 0, "piece 0 is missing: nothing can be appended yet");
+        t.write_piece(0, b"abcd", false).unwrap();
+        f.catch_up(&t).await.unwrap();
+        assert_eq!(f.next, 2);
+        assert!(!out.exists(), "no partial output under the final name");
+        t.write_piece(2, b"ij", false).unwrap();
+        f.finish(&t).await.unwrap();
+        assert_eq!(std::fs::read(&out).unwrap(), b"abcdefghij");
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            2,
+            "temporary file renamed"
         );
     }
 

@@ -8,7 +8,8 @@
 //! (round-robin over connected children). The children trade among
 //! themselves, and the source's uplink carries each piece about once. A
 //! piece becomes visible to every child after [`SUPER_SEED_GRACE`], so a
-//! child that vanished with its share delays the swarm, never blocks it.
+//! child that vanished with its share delays the swarm, never blocks it,
+//! and to all at once when the source has the whole task.
 
 use crate::fault;
 use crate::metrics::Metrics;
@@ -202,7 +203,13 @@ impl PieceServer {
         }
         let now = Instant::now();
         let mut seeds = self.super_seeds.lock().expect("super-seed lock");
-        let mut ss = if s.source { seeds.get_mut(&task.id) } else { None };
+        // Once the source holds everything, its uplink has nothing left to
+        // spread: every child may see every piece (the endgame).
+        let mut ss = if s.source && !s.progress.done {
+            seeds.get_mut(&task.id)
+        } else {
+            None
+        };
         let mut out = Vec::new();
         for (i, have) in s.have.iter().enumerate() {
             if *have && !told[i] && ss.as_mut().is_none_or(|ss| ss.visible(child, i as u32, now)) {

@@ -3,6 +3,7 @@
 //! Layout:
 //! - [`scheduler`]: the gRPC service between peers and the scheduler (generated).
 //! - [`daemon`]: the peer daemon's local API on a unix socket (generated).
+//! - [`manager`]: the control plane for schedulers, seed peers and peers (generated).
 //! - [`task_id`]: how a download is named, so every peer of one file meets in one swarm.
 //! - [`piece`]: how a task is cut into pieces.
 //! - [`ring`]: consistent hashing of tasks onto seeds and schedulers.
@@ -19,4 +20,8 @@ pub mod scheduler {
 
 pub mod daemon {
     tonic::include_proto!("damselfly.daemon.v1");
+}
+
+pub mod manager {
+    tonic::include_proto!("damselfly.manager.v1");
 }

@@ -124,9 +124,10 @@ impl Planner {
         out
     }
 
-    /// Gives new parents to every running peer that has fewer than the limit,
-    /// oldest first.
-    pub fn replan(&self, state: &mut State, task_id: &str) {
+    /// Gives new parents to at most `max` running peers that have fewer than
+    /// the limit, oldest first (bounded, so one event never re-plans a whole
+    /// large swarm).
+    pub fn replan(&self, state: &mut State, task_id: &str, max: usize) {
         let Some(task) = state.tasks.get(task_id) else {
             return;
         };
@@ -141,6 +142,7 @@ impl Planner {
                         && p.parents.len() < self.config.candidate_parent_limit
                 })
             })
+            .take(max)
             .cloned()
             .collect();
         for id in needy {
@@ -286,7 +288,7 @@ mod tests {
         }
         let p = planner(2);
         assert_eq!(p.schedule(&mut s, "t", "seed"), 0);
-        p.replan(&mut s, "t");
+        p.replan(&mut s, "t", usize::MAX);
         for i in 0..4 {
             assert!(parents(&s, &format!("p{i}")).len() <= 2);
         }

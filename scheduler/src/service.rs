@@ -26,6 +26,8 @@ use tracing::{debug, info, warn};
 
 /// Most peers re-planned because of one event (bounds the work per message).
 const REPLAN_BATCH: usize = 256;
+/// Most peers that get a newcomer offered as an extra parent when it registers.
+const REPLAN_ON_REGISTER: usize = 16;
 
 pub struct Shared {
     pub state: Mutex<State>,
@@ -107,7 +109,7 @@ impl Shared {
                     task.order.push(peer_id);
                     task.last_active = Instant::now();
                     let id = task.id.clone();
-                    self.planner.replan(&mut s, &id);
+                    self.planner.replan(&mut s, &id, REPLAN_BATCH);
                 }
             }
         }
@@ -180,7 +182,7 @@ impl Shared {
             task.send(&reg.peer_id, cmd(task_command::Cmd::Digests(known_digests(task))));
         }
         self.planner.schedule(&mut s, &task_id, &reg.peer_id);
-        self.planner.replan(&mut s, &task_id);
+        self.planner.replan(&mut s, &task_id, REPLAN_ON_REGISTER);
         self.metrics
             .schedule_seconds
             .observe(started.elapsed().as_secs_f64());
@@ -205,7 +207,7 @@ impl Shared {
         );
         self.metrics.back_to_source.inc();
         info!(task_id, peer_id, reason, "peer sent back to source");
-        self.planner.replan(s, task_id);
+        self.planner.replan(s, task_id, REPLAN_BATCH);
     }
 
     fn on_task_message(&self, task_id: &str, peer_id: &str, msg: task_message::Msg) {
@@ -227,7 +229,7 @@ impl Shared {
                 let layout = Layout::new(info.content_length, info.piece_length);
                 if task.set_layout(layout) {
                     task.broadcast(&cmd(task_command::Cmd::Info(info_of(layout))), peer_id);
-                    self.planner.replan(&mut s, task_id);
+                    self.planner.replan(&mut s, task_id, REPLAN_BATCH);
                 } else {
                     warn!(task_id, peer_id, "source reported a different layout; ignored");
                 }

@@ -1,0 +1,190 @@
+//! The cache at work: answers while the manager runs, the same answers after
+//! it stops, and fresh ones once it is back.
+
+use damselfly_manager::config::Config;
+use damselfly_manager_client::{ManagerClient, Source};
+use damselfly_proto::manager as pb;
+use damselfly_service::shutdown::Shutdown;
+use std::time::Duration;
+
+const TOKEN: &str = "site-secret-0123456789";
+
+fn config(db: &str, grpc: &str) -> Config {
+    let mut c = Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        grpc_listen: grpc.parse().unwrap(),
+        database: db.into(),
+        keepalive_timeout: Duration::from_millis(800),
+        sweep_interval: Duration::from_millis(100),
+        ..Default::default()
+    };
+    c.grpc_token = Some(damselfly_service::secret::Secret::new(TOKEN));
+    c.auth.argon2_memory_kib = 64;
+    c.auth.argon2_iterations = 1;
+    c
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cached_answers_survive_a_manager_outage() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}?mode=rwc", dir.path().join("m.db").display());
+    let (stop, drain) = Shutdown::new();
+    let running = damselfly_manager::start_with(
+        config(&db, "127.0.0.1:0"),
+        Some("pw-12345678".into()),
+        stop.clone(),
+    )
+    .await
+    .unwrap();
+    let grpc = running.grpc_addr.to_string();
+    let client = ManagerClient::with_token(
+        &format!("http://{grpc}"),
+        Some(TOKEN),
+        dir.path().join("cache"),
+        Duration::from_secs(2),
+    )
+    .unwrap();
+    // Without the token the manager refuses (and the cache is not used for that).
+    let stranger = ManagerClient::new(
+        &format!("http://{grpc}"),
+        dir.path().join("cache"),
+        Duration::from_secs(2),
+    )
+    .unwrap();
+    assert!(matches!(
+        stranger.scheduler_cluster_config(1).await,
+        Err(damselfly_manager_client::Error::Refused { .. })
+    ));
+
+    // Nothing cached and nothing to ask yet.
+    let dead = ManagerClient::new(
+        "http://127.0.0.1:9",
+        dir.path().join("empty"),
+        Duration::from_millis(300),
+    )
+    .unwrap();
+    assert!(dead.list_seed_peers(1).await.is_err());
+
+    let (reg, src) = client
+        .register_scheduler(pb::RegisterSchedulerRequest {
+            hostname: "sched-1".into(),
+            ip: "10.0.0.1".into(),
+            port: 8002,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(src, Source::Live);
+    let ka = {
+        let c = client.clone();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let id = reg.instance_id;
+        (
+            tokio::spawn(async move {
+                c.keepalive(id, Duration::from_millis(100), async {
+                    let _ = rx.await;
+                })
+                .await
+            }),
+            tx,
+        )
+    };
+    let ask = pb::ListSchedulersRequest {
+        hostname: "peer-1".into(),
+        ip: "10.0.0.9".into(),
+        ..Default::default()
+    };
+    let (live, src) = client.list_schedulers(ask.clone()).await.unwrap();
+    assert_eq!((src, live.schedulers.len()), (Source::Live, 1));
+    let (cfg, _) = client.scheduler_cluster_config(1).await.unwrap();
+    // A refusal is not papered over with the cache.
+    assert!(matches!(
+        client.scheduler_cluster_config(999).await,
+        Err(damselfly_manager_client::Error::Refused { .. })
+    ));
+
+    // The manager stops: the same answers come from the cache.
+    stop.trigger();
+    drop(stop);
+    for (_, h) in running.tasks {
+        let _ = h.await;
+    }
+    drop(running.ctx);
+    let _ = tokio::time::timeout(Duration::from_secs(5), drain.drained()).await;
+    let (cached, src) = client.list_schedulers(ask.clone()).await.unwrap();
+    assert_eq!(src, Source::Cache);
+    assert_eq!(cached, live);
+    let (cfg2, src) = client.scheduler_cluster_config(1).await.unwrap();
+    assert_eq!((src, cfg2), (Source::Cache, cfg));
+    let (reg2, src) = client
+        .register_scheduler(pb::RegisterSchedulerRequest::default())
+        .await
+        .unwrap();
+    assert_eq!((src, reg2.instance_id), (Source::Cache, reg.instance_id));
+
+    // It comes back on the same address: live answers again, and the
+    // keepalive loop has reopened its stream by itself.
+    let (stop, _drain) = Shutdown::new();
+    let _again = damselfly_manager::start_with(config(&db, &grpc), None, stop.clone())
+        .await
+        .unwrap();
+    let mut src = Source::Cache;
+    for _ in 0..50 {
+        if let Ok((_, s)) = client.list_schedulers(ask.clone()).await
+            && s == Source::Live
+        {
+            src = s;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(src, Source::Live);
+    // Longer than the keepalive timeout: only fresh keepalives keep it listed.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (live, _) = client.list_schedulers(ask).await.unwrap();
+    assert_eq!(
+        live.schedulers.len(),
+        1,
+        "the scheduler's keepalives reached the restarted manager"
+    );
+    ka.1.send(()).unwrap();
+    ka.0.await.unwrap();
+    stop.trigger();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settings_changes_reach_watchers_within_an_interval() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}?mode=rwc", dir.path().join("m.db").display());
+    let (stop, _drain) = Shutdown::new();
+    let running = damselfly_manager::start_with(config(&db, "127.0.0.1:0"), None, stop.clone())
+        .await
+        .unwrap();
+    let client = ManagerClient::with_token(
+        &format!("http://{}", running.grpc_addr),
+        Some(TOKEN),
+        dir.path().join("cache"),
+        Duration::from_secs(2),
+    )
+    .unwrap();
+    let (first, _) = client.scheduler_cluster_config(1).await.unwrap();
+    let mut rx = client.watch_scheduler_config(1, Duration::from_millis(100), first.clone());
+    let patch = damselfly_manager::store::clusters::SchedulerClusterPatch {
+        settings: Some(damselfly_manager::store::clusters::ClusterSettings {
+            candidate_parent_limit: 2,
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    damselfly_manager::store::clusters::update_scheduler_cluster(&running.ctx.db, 1, patch)
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(2), rx.changed())
+        .await
+        .unwrap()
+        .unwrap();
+    let now = rx.borrow().clone();
+    assert_eq!(now.settings.unwrap().candidate_parent_limit, 2);
+    assert!(now.version > first.version);
+    stop.trigger();
+}
