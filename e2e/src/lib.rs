@@ -8,6 +8,8 @@
 //!   clients ([`process::Job`]) that are stopped by pid, never by name;
 //! - [`wait`]: polling helpers (no fixed sleeps) and the Ctrl-C flag;
 //! - [`mesh`]: a Damselfly scheduler, seed and peers started in lab hosts;
+//! - [`mirror`]: images pulled by containerds through each host's peer proxy;
+//! - [`oci`]: a registry in a host, a test image, a containerd per host;
 //! - [`bench`]: the swarm benchmark behind `damselfly-bench`;
 //! - [`schedload`]: a load generator for the scheduler alone (simulated peers);
 //! - [`origin`]: the `damselfly-origin` test server and its request log;
@@ -22,6 +24,8 @@ pub mod bins;
 pub mod data;
 pub mod lab;
 pub mod mesh;
+pub mod mirror;
+pub mod oci;
 pub mod origin;
 pub mod process;
 pub mod schedload;

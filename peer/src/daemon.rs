@@ -133,6 +133,13 @@ pub async fn run(config: PeerConfig, shutdown: Shutdown) -> Result<(), Error> {
         }
     }));
 
+    // Registry mirror proxy, blobs from the mesh.
+    if config.proxy.enabled {
+        let proxy =
+            crate::blob::serve_proxy(&config.proxy, downloader.clone(), &mut registry, shutdown.clone());
+        handles.push(proxy.await?);
+    }
+
     // Metrics.
     let (metrics_addr, h) = damselfly_service::telemetry::serve_metrics(
         config.metrics_listen,

@@ -17,10 +17,12 @@
 //! - [`download`]: the engine that drives one task to completion.
 //! - [`announcer`]: the host stream to the scheduler (keepalive, seed triggers).
 //! - [`local_api`]: the unix-socket gRPC API used by `damselfly get`.
+//! - [`blob`]: the registry proxy's blob source (the mesh) and its server.
 //! - [`daemon`]: starts all of the above.
 //! - [`rate`], [`metrics`], [`fault`]: rate limits, Prometheus metrics, test-only fault switches.
 
 pub mod announcer;
+pub mod blob;
 pub mod config;
 pub mod daemon;
 pub mod download;
