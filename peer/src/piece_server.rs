@@ -7,9 +7,10 @@
 //! swarm's bottleneck, so it advertises each new piece to one child only
 //! (round-robin over connected children). The children trade among
 //! themselves, and the source's uplink carries each piece about once. A
-//! piece becomes visible to every child after [`SUPER_SEED_GRACE`], so a
-//! child that vanished with its share delays the swarm, never blocks it,
-//! and to all at once when the source has the whole task.
+//! piece its child has not asked for within [`SUPER_SEED_GRACE`], or whose
+//! child disconnected, becomes visible to every child, so a slow or vanished
+//! child delays the swarm, never blocks it; and every piece becomes visible
+//! to all once the source has the whole task.
 
 use crate::fault;
 use crate::metrics::Metrics;
@@ -30,11 +31,20 @@ pub const SUPER_SEED_GRACE: Duration = Duration::from_secs(2);
 /// Requests a child may queue on one connection.
 const REQUEST_QUEUE: usize = 64;
 
+/// One piece offered to one child.
+struct Offer {
+    /// Empty once the child has gone.
+    owner: String,
+    at: Instant,
+    /// The owner fetched it: the others get it from the owner.
+    served: bool,
+}
+
 /// Which child each piece of a source task was first offered to.
 #[derive(Default)]
 struct SuperSeed {
     children: Vec<String>,
-    offered: HashMap<u32, (String, Instant)>,
+    offered: HashMap<u32, Offer>,
 }
 
 impl SuperSeed {
@@ -43,11 +53,31 @@ impl SuperSeed {
             return true;
         }
         let n = self.children.len();
-        let (owner, at) = self
-            .offered
-            .entry(index)
-            .or_insert_with(|| (self.children[index as usize % n].clone(), now));
-        owner == child || now.duration_since(*at) >= SUPER_SEED_GRACE
+        let offer = self.offered.entry(index).or_insert_with(|| Offer {
+            owner: self.children[index as usize % n].clone(),
+            at: now,
+            served: false,
+        });
+        offer.owner == child
+            || offer.owner.is_empty()
+            || (!offer.served && now.duration_since(offer.at) >= SUPER_SEED_GRACE)
+    }
+
+    fn served(&mut self, child: &str, index: u32) {
+        if let Some(o) = self.offered.get_mut(&index)
+            && o.owner == child
+        {
+            o.served = true;
+        }
+    }
+
+    fn leave(&mut self, child: &str) {
+        self.children.retain(|c| c != child);
+        for o in self.offered.values_mut() {
+            if o.owner == child {
+                o.owner.clear();
+            }
+        }
     }
 }
 
@@ -183,6 +213,9 @@ impl PieceServer {
                     let n = data.len() as u64;
                     write_frame(wr, &Frame::Piece { index, data }).await?;
                     self.metrics.bytes_uploaded.inc_by(n);
+                    if let Some(ss) = self.super_seeds.lock().expect("super-seed lock").get_mut(&task.id) {
+                        ss.served(child, index);
+                    }
                 }
                 changed = changes.changed() => {
                     if changed.is_err() {
@@ -232,7 +265,7 @@ impl PieceServer {
     fn leave(&self, task_id: &str, child: &str) {
         let mut seeds = self.super_seeds.lock().expect("super-seed lock");
         if let Some(ss) = seeds.get_mut(task_id) {
-            ss.children.retain(|c| c != child);
+            ss.leave(child);
             if ss.children.is_empty() {
                 seeds.remove(task_id);
             }
@@ -255,7 +288,14 @@ mod tests {
         assert!(!ss.visible("b", 0, t0));
         assert!(ss.visible("b", 1, t0));
         assert!(!ss.visible("a", 1, t0));
-        assert!(ss.visible("a", 1, t0 + SUPER_SEED_GRACE));
+        assert!(ss.visible("a", 1, t0 + SUPER_SEED_GRACE), "b was too slow to ask");
+        ss.served("a", 0);
+        assert!(
+            !ss.visible("b", 0, t0 + SUPER_SEED_GRACE),
+            "a has it: b gets it from a"
+        );
+        ss.leave("a");
+        assert!(ss.visible("b", 0, t0), "a left: its pieces are everyone's");
         let mut alone = SuperSeed::default();
         assert!(alone.visible("x", 5, t0));
     }
