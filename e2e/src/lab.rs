@@ -10,7 +10,7 @@
 //!
 //! Everything is named after the prefix, so labs with distinct prefixes and
 //! octets run in parallel. Octets taken so far: 10-11 `damselfly-bench`'s
-//! defaults, 201-204 `tests/lab.rs`, 220 `tests/bench_smoke.rs`. Dropping the lab stops every process it started
+//! defaults, 201-204 `tests/lab.rs`, 220 `tests/bench_smoke.rs`, 237-238 `tests/manager.rs`. Dropping the lab stops every process it started
 //! (by pid), deletes namespaces and bridge, and removes its directory unless
 //! `DAMSELFLY_KEEP_LAB=1`.
 

@@ -8,6 +8,7 @@
 //!   clients ([`process::Job`]) that are stopped by pid, never by name;
 //! - [`wait`]: polling helpers (no fixed sleeps) and the Ctrl-C flag;
 //! - [`mesh`]: a Damselfly scheduler, seed and peers started in lab hosts;
+//! - [`managed`]: a manager, and schedulers and peers that follow it (`--manager`);
 //! - [`bench`]: the swarm benchmark behind `damselfly-bench`;
 //! - [`origin`]: the `damselfly-origin` test server and its request log;
 //! - [`bins`]: where the binaries under test are found;
@@ -20,6 +21,7 @@ pub mod bench;
 pub mod bins;
 pub mod data;
 pub mod lab;
+pub mod managed;
 pub mod mesh;
 pub mod origin;
 pub mod process;

@@ -110,8 +110,9 @@ impl ManagerClient {
                 addr: addr.to_string(),
                 source,
             })?
-            .connect_timeout(timeout)
-            .timeout(timeout);
+            // No per-request `timeout` here: it would also cut the long-lived
+            // keepalive and seed streams (each unary call gets its own timeout).
+            .connect_timeout(timeout);
         Ok(ManagerClient {
             raw: Raw::with_interceptor(endpoint.connect_lazy(), AuthHeader(header)),
             cache_dir: cache_dir.into(),

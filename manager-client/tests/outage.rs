@@ -188,3 +188,57 @@ async fn settings_changes_reach_watchers_within_an_interval() {
     assert!(now.version > first.version);
     stop.trigger();
 }
+
+/// The client's per-call timeout must not cut the long-lived keepalive
+/// stream: a scheduler stays listed without a gap for many timeouts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keepalive_streams_outlive_the_call_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}?mode=rwc", dir.path().join("m.db").display());
+    let (stop, _drain) = Shutdown::new();
+    let mut c = config(&db, "127.0.0.1:0");
+    c.keepalive_timeout = Duration::from_secs(5);
+    let running = damselfly_manager::start_with(c, Some("pw-12345678".into()), stop.clone())
+        .await
+        .unwrap();
+    let client = ManagerClient::with_token(
+        &format!("http://{}", running.grpc_addr),
+        Some(TOKEN),
+        dir.path().join("cache"),
+        Duration::from_millis(200),
+    )
+    .unwrap();
+    let (reg, _) = client
+        .register_scheduler(pb::RegisterSchedulerRequest {
+            hostname: "steady".into(),
+            ip: "10.0.0.9".into(),
+            port: 8002,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let ka = {
+        let c = client.clone();
+        tokio::spawn(async move {
+            c.keepalive(reg.instance_id, Duration::from_millis(50), async {
+                let _ = rx.await;
+            })
+            .await
+        })
+    };
+    let req = pb::ListSchedulersRequest {
+        hostname: "peer".into(),
+        ..Default::default()
+    };
+    // 1.5 s is several call timeouts; a cut stream would show as a gap.
+    for _ in 0..50 {
+        let (list, src) = client.list_schedulers(req.clone()).await.unwrap();
+        assert_eq!(src, Source::Live);
+        assert_eq!(list.schedulers.len(), 1, "the scheduler dropped out of the list");
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    tx.send(()).unwrap();
+    ka.await.unwrap();
+    stop.trigger();
+}

@@ -1,0 +1,236 @@
+//! Components that follow a manager, end to end through the real binary in
+//! network namespaces: a manager on SQLite, two schedulers, a seed peer and
+//! peers, all started with `--manager` (nothing else tells them where the
+//! schedulers are). Needs root.
+
+use anyhow::{Context, Result, ensure};
+use damselfly_e2e::bins;
+use damselfly_e2e::data::{sha256_file, write_random_file};
+use damselfly_e2e::lab::Lab;
+use damselfly_e2e::managed::{Manager, Peer, Scheduler};
+use damselfly_e2e::origin::Origin;
+use damselfly_e2e::process::wait_all;
+use damselfly_e2e::wait::wait_for;
+use serde_json::json;
+use std::path::PathBuf;
+use std::time::Duration;
+
+const MIB: u64 = 1024 * 1024;
+const GET_TIMEOUT: Duration = Duration::from_secs(120);
+/// Anything driven by the 300 ms intervals of these configs shows within this.
+const CHANGE_TIMEOUT: Duration = Duration::from_secs(20);
+const ORIGIN_PORT: u16 = 8080;
+
+fn require_root() {
+    assert!(
+        rustix::process::geteuid().is_root(),
+        "manager e2e tests need root (network namespaces); run them through scripts/test.sh"
+    );
+}
+
+struct World {
+    lab: Lab,
+    bin: PathBuf,
+    dir: tempfile::TempDir,
+    origin: Origin,
+    manager: Manager,
+    s1: Scheduler,
+    s2: Scheduler,
+    _seed: Peer,
+    peers: Vec<Peer>,
+}
+
+impl World {
+    /// A fresh random file on the origin; returns its URL and sha256.
+    fn file(&self, name: &str, size: u64) -> Result<(String, String)> {
+        let path = self.dir.path().join("www").join(name);
+        write_random_file(&path, size)?;
+        Ok((self.origin.url(name), sha256_file(&path)?))
+    }
+
+    fn out(&self, host: &str, name: &str) -> PathBuf {
+        self.dir.path().join(format!("out-{host}-{name}"))
+    }
+
+    /// `damselfly get` of `url` on every peer at once; checks every copy.
+    fn get_everywhere(&self, url: &str, sha: &str, name: &str) -> Result<()> {
+        let mut jobs = self
+            .peers
+            .iter()
+            .map(|p| p.start_get(&self.lab, &self.bin, url, &self.out(&p.host, name), &[]))
+            .collect::<Result<Vec<_>>>()?;
+        for r in wait_all(&mut jobs, GET_TIMEOUT)? {
+            r.ensure_success()?;
+        }
+        for p in &self.peers {
+            let got = sha256_file(&self.out(&p.host, name))?;
+            ensure!(got == sha, "{} got {got}, want {sha}", p.host);
+        }
+        Ok(())
+    }
+
+    /// Peer host ids the scheduler's `/tasks/{id}` lists for the task.
+    fn hosts_on(&self, s: &Scheduler, task_id: &str) -> Vec<String> {
+        s.task_view(task_id)
+            .and_then(|v| {
+                Some(
+                    v["peers"]
+                        .as_array()?
+                        .iter()
+                        .filter_map(|p| p["host_id"].as_str().map(str::to_string))
+                        .collect(),
+                )
+            })
+            .unwrap_or_default()
+    }
+
+    /// Names `file-N` until one whose task the two-scheduler ring gives to `owner`.
+    fn file_owned_by(&self, owner: &Scheduler, prefix: &str, size: u64) -> Result<(String, String, String)> {
+        let nodes = [self.s1.grpc_url(), self.s2.grpc_url()];
+        for i in 0..1000 {
+            let name = format!("{prefix}-{i}");
+            let url = self.origin.url(&name);
+            let id = task_id(&url);
+            let picked = damselfly_proto::ring::pick(&id, nodes.iter().map(String::as_str), "");
+            if picked.as_deref() == Some(owner.grpc_url().as_str()) {
+                let (url, sha) = self.file(&name, size)?;
+                return Ok((url, sha, id));
+            }
+        }
+        anyhow::bail!("no file name maps to {}", owner.grpc_url())
+    }
+}
+
+fn task_id(url: &str) -> String {
+    damselfly_proto::task_id::task_id(url, None, "", "").unwrap()
+}
+
+fn world(prefix: &str, octet: u8) -> Result<World> {
+    require_root();
+    let hosts = ["mgr", "s1", "s2", "seed", "p1", "p2", "p3", "origin"];
+    let lab = Lab::new(prefix, octet, &hosts, None)?;
+    let bin = bins::damselfly()?;
+    let dir = tempfile::tempdir()?;
+    std::fs::create_dir_all(dir.path().join("www"))?;
+    let origin = Origin::start(&lab, "origin", &dir.path().join("www"), ORIGIN_PORT)?;
+    let manager = Manager::start(&lab, &bin, "mgr", "")?;
+    let m = manager.grpc_url();
+    let s1 = Scheduler::start(&lab, &bin, "s1", &m)?;
+    let s2 = Scheduler::start(&lab, &bin, "s2", &m)?;
+    manager.wait_state("scheduler", "s1", "active", CHANGE_TIMEOUT)?;
+    manager.wait_state("scheduler", "s2", "active", CHANGE_TIMEOUT)?;
+    let seed = Peer::start(&lab, &bin, "seed", &m, true)?;
+    let peers = ["p1", "p2", "p3"]
+        .iter()
+        .map(|h| Peer::start(&lab, &bin, h, &m, false))
+        .collect::<Result<Vec<_>>>()?;
+    manager.wait_state("seed_peer", "seed", "active", CHANGE_TIMEOUT)?;
+    for p in peers.iter().chain([&seed]) {
+        p.wait_schedulers(2, CHANGE_TIMEOUT)?;
+    }
+    Ok(World {
+        lab,
+        bin,
+        dir,
+        origin,
+        manager,
+        s1,
+        s2,
+        _seed: seed,
+        peers,
+    })
+}
+
+fn candidate_limit(s: &Scheduler) -> Option<u64> {
+    s.config_view().ok()?["candidate_parent_limit"].as_u64()
+}
+
+#[test]
+fn schedulers_fail_over_settings_apply_live_and_the_manager_may_go_away() -> Result<()> {
+    let mut w = world("dfg1", 237)?;
+    let m = w.manager.grpc_url();
+
+    // Both schedulers registered and took the default cluster's settings (4 parents).
+    for s in [&w.s1, &w.s2] {
+        let c = s.config_view()?;
+        ensure!(c["manager"]["registered"] == true, "{c}");
+        ensure!(c["candidate_parent_limit"] == 4, "the cluster's settings apply: {c}");
+    }
+
+    // A task that hashes to s1 meets there.
+    let (url, sha, id) = w.file_owned_by(&w.s1, "before", 4 * MIB)?;
+    w.get_everywhere(&url, &sha, "before")?;
+    let on_s1 = w.hosts_on(&w.s1, &id);
+    for p in &w.peers {
+        ensure!(on_s1.contains(&p.host_id()?), "{} not on s1: {on_s1:?}", p.host);
+    }
+
+    // Traffic reports reach the manager.
+    wait_for("traffic to be reported", CHANGE_TIMEOUT, || {
+        w.manager
+            .api("GET", "/api/v1/traffic", None)
+            .is_ok_and(|t| t["origin_bytes"].as_i64() > Some(0) && t["peer_bytes"].as_i64() > Some(0))
+    })?;
+
+    // s1 dies: it turns inactive, peers drop it, and a task that would have gone to it goes to s2.
+    w.s1.proc.kill()?;
+    w.manager
+        .wait_state("scheduler", "s1", "inactive", CHANGE_TIMEOUT)?;
+    for p in &w.peers {
+        p.wait_schedulers(1, CHANGE_TIMEOUT)?;
+    }
+    let (url, sha, id) = w.file_owned_by(&w.s1, "failover", 4 * MIB)?;
+    w.get_everywhere(&url, &sha, "failover")?;
+    let on_s2 = w.hosts_on(&w.s2, &id);
+    for p in &w.peers {
+        ensure!(on_s2.contains(&p.host_id()?), "{} not on s2: {on_s2:?}", p.host);
+    }
+
+    // s1 comes back (same config and cache): active again, and peers use both.
+    w.s1.restart(&w.lab, &w.bin, "s1", &m)?;
+    w.manager
+        .wait_state("scheduler", "s1", "active", CHANGE_TIMEOUT)?;
+    for p in &w.peers {
+        p.wait_schedulers(2, CHANGE_TIMEOUT)?;
+    }
+
+    // The operator lowers the candidate parent limit: both schedulers apply it without a restart.
+    let cluster = w.s2.config_view()?["manager"]["cluster_id"]
+        .as_u64()
+        .context("cluster id")?;
+    let pids = (w.s1.proc.pid(), w.s2.proc.pid());
+    w.manager.api(
+        "PATCH",
+        &format!("/api/v1/clusters/{cluster}"),
+        Some(&json!({"settings": {"candidate_parent_limit": 1, "filter_parent_limit": 40}})),
+    )?;
+    for s in [&w.s1, &w.s2] {
+        wait_for("the new parent limit", CHANGE_TIMEOUT, || candidate_limit(s) == Some(1))?;
+    }
+    ensure!(w.s1.proc.is_running() && w.s2.proc.is_running());
+    ensure!(pids == (w.s1.proc.pid(), w.s2.proc.pid()), "no restart");
+    // ... and decisions follow it: no peer of a new task holds more than one parent.
+    let (url, sha, id) = w.file_owned_by(&w.s2, "limited", 8 * MIB)?;
+    w.get_everywhere(&url, &sha, "limited")?;
+    let view = w.s2.task_view(&id).context("task on s2")?;
+    for p in view["peers"].as_array().context("peers")? {
+        let n = p["parents"].as_array().map(Vec::len).unwrap_or(0);
+        ensure!(n <= 1, "a peer holds {n} parents with the limit at 1: {view}");
+    }
+
+    // The manager stops: everything keeps working on the last answers.
+    w.manager.proc.kill()?;
+    for (name, owner) in [("after-a", &w.s1), ("after-b", &w.s2)] {
+        let (url, sha, id) = w.file_owned_by(owner, name, 4 * MIB)?;
+        w.get_everywhere(&url, &sha, name)?;
+        let on = w.hosts_on(owner, &id);
+        for p in &w.peers {
+            ensure!(on.contains(&p.host_id()?), "{} not on its scheduler: {on:?}", p.host);
+        }
+    }
+    for p in &w.peers {
+        ensure!(p.schedulers() == Some(2), "{} still uses both schedulers", p.host);
+    }
+    ensure!(candidate_limit(&w.s1) == Some(1) && candidate_limit(&w.s2) == Some(1));
+    Ok(())
+}
