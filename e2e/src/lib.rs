@@ -11,6 +11,7 @@
 //! - [`managed`]: a manager, and schedulers and peers that follow it (`--manager`);
 //! - [`bench`]: the swarm benchmark behind `damselfly-bench`;
 //! - [`origin`]: the `damselfly-origin` test server and its request log;
+//! - [`registry`]: a real registry (htpasswd auth) holding a multi-layer image;
 //! - [`bins`]: where the binaries under test are found;
 //! - [`data`]: random test files and their SHA-256.
 //!
@@ -25,6 +26,7 @@ pub mod managed;
 pub mod mesh;
 pub mod origin;
 pub mod process;
+pub mod registry;
 pub mod wait;
 
 pub use lab::Lab;

@@ -256,7 +256,11 @@ impl Scheduler {
 
     /// `/tasks/{id}`, or `None` when the scheduler does not know the task.
     pub fn task_view(&self, task_id: &str) -> Option<Value> {
-        curl_json(&[&format!("http://{}:{SCHEDULER_METRICS_PORT}/tasks/{task_id}", self.ip)]).ok()
+        curl_json(&[&format!(
+            "http://{}:{SCHEDULER_METRICS_PORT}/tasks/{task_id}",
+            self.ip
+        )])
+        .ok()
     }
 }
 

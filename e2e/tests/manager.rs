@@ -154,7 +154,10 @@ fn schedulers_fail_over_settings_apply_live_and_the_manager_may_go_away() -> Res
     for s in [&w.s1, &w.s2] {
         let c = s.config_view()?;
         ensure!(c["manager"]["registered"] == true, "{c}");
-        ensure!(c["candidate_parent_limit"] == 4, "the cluster's settings apply: {c}");
+        ensure!(
+            c["candidate_parent_limit"] == 4,
+            "the cluster's settings apply: {c}"
+        );
     }
 
     // A task that hashes to s1 meets there.
@@ -205,7 +208,9 @@ fn schedulers_fail_over_settings_apply_live_and_the_manager_may_go_away() -> Res
         Some(&json!({"settings": {"candidate_parent_limit": 1, "filter_parent_limit": 40}})),
     )?;
     for s in [&w.s1, &w.s2] {
-        wait_for("the new parent limit", CHANGE_TIMEOUT, || candidate_limit(s) == Some(1))?;
+        wait_for("the new parent limit", CHANGE_TIMEOUT, || {
+            candidate_limit(s) == Some(1)
+        })?;
     }
     ensure!(w.s1.proc.is_running() && w.s2.proc.is_running());
     ensure!(pids == (w.s1.proc.pid(), w.s2.proc.pid()), "no restart");
@@ -225,7 +230,11 @@ fn schedulers_fail_over_settings_apply_live_and_the_manager_may_go_away() -> Res
         w.get_everywhere(&url, &sha, name)?;
         let on = w.hosts_on(owner, &id);
         for p in &w.peers {
-            ensure!(on.contains(&p.host_id()?), "{} not on its scheduler: {on:?}", p.host);
+            ensure!(
+                on.contains(&p.host_id()?),
+                "{} not on its scheduler: {on:?}",
+                p.host
+            );
         }
     }
     for p in &w.peers {
@@ -233,4 +242,114 @@ fn schedulers_fail_over_settings_apply_live_and_the_manager_may_go_away() -> Res
     }
     ensure!(candidate_limit(&w.s1) == Some(1) && candidate_limit(&w.s2) == Some(1));
     Ok(())
+}
+
+/// Preheat of a three-layer image from a registry with basic auth: the
+/// manager resolves it, the seed peer fetches every layer into its store
+/// through its Downloader, and a peer then gets each layer from the mesh
+/// without the registry sending it again.
+#[test]
+fn preheat_puts_every_layer_on_the_seed() -> Result<()> {
+    use damselfly_e2e::registry::{self, LabRegistry};
+    require_root();
+    let missing = registry::missing_tools();
+    if !missing.is_empty() {
+        assert!(
+            std::env::var("DAMSELFLY_REQUIRE_LAB").is_err(),
+            "missing tools: {missing:?}"
+        );
+        eprintln!("SKIPPED: missing {missing:?}");
+        return Ok(());
+    }
+    let lab = Lab::new("dfg2", 238, &["mgr", "sched", "seed", "p1", "reg"], None)?;
+    let bin = bins::damselfly()?;
+    let reg = LabRegistry::start(&lab, "reg", "test/app", &[3_000_000, 1_500_000, 300_000])?;
+    let manager = Manager::start(
+        &lab,
+        &bin,
+        "mgr",
+        &format!(
+            "[preheat]\npoll_interval = \"200ms\"\nplain_http_registries = [\"{}\"]\n",
+            reg.host()
+        ),
+    )?;
+    let m = manager.grpc_url();
+    let _sched = Scheduler::start(&lab, &bin, "sched", &m)?;
+    manager.wait_state("scheduler", "sched", "active", CHANGE_TIMEOUT)?;
+    let seed = Peer::start(&lab, &bin, "seed", &m, true)?;
+    let p1 = Peer::start(&lab, &bin, "p1", &m, false)?;
+    manager.wait_state("seed_peer", "seed", "active", CHANGE_TIMEOUT)?;
+    p1.wait_schedulers(1, CHANGE_TIMEOUT)?;
+
+    let job = manager.api(
+        "POST",
+        "/api/v1/preheat-jobs",
+        Some(&json!({
+            "urls": [format!("{}/test/app:latest", reg.host())],
+            "username": registry::USER,
+            "password": registry::PASSWORD,
+        })),
+    )?;
+    let id = job["id"].as_i64().context("job id")?;
+    let mut done = serde_json::Value::Null;
+    wait_for("the preheat job to end", Duration::from_secs(60), || {
+        done = manager
+            .api("GET", &format!("/api/v1/preheat-jobs/{id}"), None)
+            .unwrap_or_default();
+        done["state"] == "succeeded" || done["state"] == "failed"
+    })?;
+    ensure!(done["state"] == "succeeded", "{done}");
+    let tasks = done["tasks"].as_array().context("tasks")?;
+    ensure!(tasks.len() == 3, "three layers on one seed: {done}");
+
+    // Every layer is in the seed's store, whole and matching its digest.
+    let digests: Vec<String> = tasks
+        .iter()
+        .map(|t| t["digest"].as_str().unwrap_or_default().to_string())
+        .collect();
+    for d in &digests {
+        let hex = d.strip_prefix("sha256:").context("digest")?;
+        let stored = seed.data_dir.join("content").join(hex);
+        ensure!(sha256_file(&stored)? == hex, "{d} on the seed is not the layer");
+    }
+
+    // A peer gets each layer through the mesh: the registry sends no blob again.
+    let auth = format!(
+        "Authorization: Basic {}",
+        base64_basic(registry::USER, registry::PASSWORD)
+    );
+    let before = lab.tx_bytes("reg")?;
+    let dir = tempfile::tempdir()?;
+    for d in &digests {
+        let url = format!("http://{}/v2/test/app/blobs/{d}", reg.host());
+        let out = dir.path().join(d.replace(':', "-"));
+        let mut job = p1.start_get(&lab, &bin, &url, &out, &["--digest", d, "-H", &auth])?;
+        job.wait(GET_TIMEOUT)?.ensure_success()?;
+        ensure!(sha256_file(&out)? == d.trim_start_matches("sha256:"));
+    }
+    let sent = lab.tx_bytes("reg")? - before;
+    ensure!(
+        sent < 64 * 1024,
+        "the registry sent {sent} bytes after the preheat"
+    );
+    Ok(())
+}
+
+/// `user:password` in base64 (RFC 4648, with padding).
+fn base64_basic(user: &str, password: &str) -> String {
+    const ABC: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let input = format!("{user}:{password}").into_bytes();
+    let mut out = String::new();
+    for chunk in input.chunks(3) {
+        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let n = (b[0] as u32) << 16 | (b[1] as u32) << 8 | b[2] as u32;
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ABC[(n >> (18 - 6 * i)) as usize & 63] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
 }
