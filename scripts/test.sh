@@ -13,4 +13,4 @@ export DAMSELFLY_BIN="$CARGO_TARGET_DIR/debug/damselfly"
 export DAMSELFLY_SMOKE_METHODS=damselfly,direct,bittorrent
 # Tests that need lab programs fail instead of skipping when one is missing.
 export DAMSELFLY_REQUIRE_LAB=1
-cargo test --workspace
+cargo test --workspace --no-fail-fast

@@ -6,6 +6,7 @@
 
 use clap::{Parser, Subcommand};
 
+mod demo;
 mod get;
 mod init;
 mod manager;
@@ -36,6 +37,9 @@ enum Command {
     Init(init::Args),
     /// Run the registry mirror proxy alone, blobs straight from the origin.
     Proxy(proxy::Args),
+    /// All-in-one demo (root): a registry, a scheduler, a seed and three
+    /// containerd hosts in network namespaces pull one image through the mesh.
+    Demo(demo::Args),
     /// Run a manager: clusters, liveness, preheat, REST API and web console.
     Manager(manager::Args),
 }
@@ -53,6 +57,7 @@ fn main() -> std::process::ExitCode {
             Command::Get(args) => get::run(args).await,
             Command::Init(args) => init::run(args).await,
             Command::Proxy(args) => proxy::run(args).await,
+            Command::Demo(args) => demo::run(args).await,
             Command::Manager(args) => manager::run(args).await,
         }
     });

@@ -33,6 +33,9 @@ pub struct Args {
     advertise_ip: Option<String>,
     #[arg(long)]
     metrics_listen: Option<SocketAddr>,
+    /// Where the registry mirror proxy listens (`[proxy] listen`; default 127.0.0.1:65001).
+    #[arg(long)]
+    proxy_listen: Option<SocketAddr>,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
@@ -58,6 +61,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }
     if let Some(v) = args.metrics_listen {
         config.metrics_listen = v;
+    }
+    if let Some(v) = args.proxy_listen {
+        config.proxy.listen = v;
     }
     config.validate()?;
     damselfly_service::telemetry::init_logging(&config.log_level, false);

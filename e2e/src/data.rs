@@ -41,3 +41,32 @@ pub fn sha256_file(path: &Path) -> Result<String> {
         _ => bail!("sha256sum {}: unexpected output {text:?}", path.display()),
     }
 }
+
+/// Bytes available to unprivileged writers on the file system holding `dir`
+/// (`df`, so no unsafe statvfs call is needed here).
+pub fn available_bytes(dir: &Path) -> Result<u64> {
+    let output = Command::new("df")
+        .args(["--output=avail", "-B1"])
+        .arg(dir)
+        .output()
+        .context("run df")?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    match text.lines().nth(1).map(str::trim).map(str::parse) {
+        Some(Ok(bytes)) if output.status.success() => Ok(bytes),
+        _ => bail!("df {}: unexpected output {text:?}", dir.display()),
+    }
+}
+
+/// Fails early, with a clear message, unless `dir` has room for `needed` bytes.
+pub fn ensure_space(dir: &Path, needed: u64, what: &str) -> Result<()> {
+    let available = available_bytes(dir)?;
+    if available < needed {
+        bail!(
+            "{what} needs about {} MiB free in {}, only {} MiB are (set DAMSELFLY_LAB_DIR to put labs elsewhere)",
+            needed >> 20,
+            dir.display(),
+            available >> 20
+        );
+    }
+    Ok(())
+}

@@ -10,7 +10,9 @@
 //!
 //! Everything is named after the prefix, so labs with distinct prefixes and
 //! octets run in parallel. Octets taken so far: 10-11 `damselfly-bench`'s
-//! defaults, 201-204 `tests/lab.rs`, 220 `tests/bench_smoke.rs`, 237-238 `tests/manager.rs`. Dropping the lab stops every process it started
+//! defaults, 201-204 `tests/lab.rs`, 220 `tests/bench_smoke.rs`, 231-235
+//! `tests/mesh.rs`, 236-237 `tests/mirror.rs`, 238-239 `tests/manager.rs`,
+//! 240 `damselfly demo`. Dropping the lab stops every process it started
 //! (by pid), deletes namespaces and bridge, and removes its directory unless
 //! `DAMSELFLY_KEEP_LAB=1`.
 
@@ -35,6 +37,13 @@ const MAX_PREFIX: usize = 10;
 pub const KEEP_ENV: &str = "DAMSELFLY_KEEP_LAB";
 /// Where labs put their directories (default: the system temp dir).
 pub const DIR_ENV: &str = "DAMSELFLY_LAB_DIR";
+
+/// A host's interface counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LinkCounters {
+    pub tx_bytes: u64,
+    pub rx_bytes: u64,
+}
 
 pub struct Lab {
     prefix: String,
@@ -256,6 +265,27 @@ impl Lab {
     /// Bytes `host` has received on its lab interface.
     pub fn rx_bytes(&self, host: &str) -> Result<u64> {
         self.counter(host, "rx_bytes")
+    }
+
+    /// What `host` has sent and received so far, read from the root
+    /// namespace's end of its veth pair (no process is started, so this is
+    /// cheap enough to sample several times a second).
+    pub fn link_counters(&self, host: &str) -> Result<LinkCounters> {
+        let stats = Path::new("/sys/class/net")
+            .join(self.veth(self.index(host)))
+            .join("statistics");
+        let read = |name: &str| -> Result<u64> {
+            let path = stats.join(name);
+            let text = fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))?;
+            text.trim()
+                .parse()
+                .with_context(|| format!("{}: {text:?}", path.display()))
+        };
+        // The bridge side receives what the host sends, and the other way round.
+        Ok(LinkCounters {
+            tx_bytes: read("rx_bytes")?,
+            rx_bytes: read("tx_bytes")?,
+        })
     }
 
     fn counter(&self, host: &str, name: &str) -> Result<u64> {

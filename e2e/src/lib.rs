@@ -9,9 +9,11 @@
 //! - [`wait`]: polling helpers (no fixed sleeps) and the Ctrl-C flag;
 //! - [`mesh`]: a Damselfly scheduler, seed and peers started in lab hosts;
 //! - [`managed`]: a manager, and schedulers and peers that follow it (`--manager`);
+//! - [`mirror`]: images pulled by containerds through each host's peer proxy;
+//! - [`oci`]: a registry in a host, a test image, a containerd per host;
 //! - [`bench`]: the swarm benchmark behind `damselfly-bench`;
+//! - [`schedload`]: a load generator for the scheduler alone (simulated peers);
 //! - [`origin`]: the `damselfly-origin` test server and its request log;
-//! - [`registry`]: a real registry (htpasswd auth) holding a multi-layer image;
 //! - [`bins`]: where the binaries under test are found;
 //! - [`data`]: random test files and their SHA-256.
 //!
@@ -24,9 +26,11 @@ pub mod data;
 pub mod lab;
 pub mod managed;
 pub mod mesh;
+pub mod mirror;
+pub mod oci;
 pub mod origin;
 pub mod process;
-pub mod registry;
+pub mod schedload;
 pub mod wait;
 
 pub use lab::Lab;

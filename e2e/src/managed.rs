@@ -274,7 +274,8 @@ pub struct Peer {
 }
 
 impl Peer {
-    pub fn start(lab: &Lab, bin: &Path, host: &str, manager: &str, seed: bool) -> Result<Peer> {
+    /// `extra` is appended to its config file (e.g. a `[proxy]` section).
+    pub fn start(lab: &Lab, bin: &Path, host: &str, manager: &str, seed: bool, extra: &str) -> Result<Peer> {
         let ip = lab.ip(host);
         let dir = lab.dir().join(format!("{host}-peer"));
         let data_dir = dir.join("data");
@@ -288,7 +289,7 @@ impl Peer {
                  hostname = \"{host}\"\n\
                  refresh_interval = \"{INTERVAL}\"\n\
                  keepalive_interval = \"{INTERVAL}\"\n\
-                 timeout = \"1s\"\n"
+                 timeout = \"1s\"\n{extra}"
             ),
         )?;
         let mut cmd = Command::new(bin);

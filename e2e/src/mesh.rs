@@ -32,6 +32,8 @@ pub struct PeerDaemon {
 /// Scheduler, seed and peers of one mesh. Dropping it stops them all.
 pub struct Mesh {
     bin: PathBuf,
+    /// Extra arguments of every peer daemon (e.g. `--config FILE`).
+    peer_args: Vec<String>,
     scheduler_ip: Ipv4Addr,
     pub scheduler: Proc,
     pub seed: PeerDaemon,
@@ -50,6 +52,19 @@ impl Mesh {
         seed_host: &str,
         peer_hosts: &[&str],
     ) -> Result<Mesh> {
+        Self::start_with_args(lab, bin, state_dir, scheduler_host, seed_host, peer_hosts, &[])
+    }
+
+    /// Like [`Self::start`], every peer daemon (the seed too) with `peer_args`.
+    pub fn start_with_args(
+        lab: &Lab,
+        bin: &Path,
+        state_dir: &Path,
+        scheduler_host: &str,
+        seed_host: &str,
+        peer_hosts: &[&str],
+        peer_args: &[String],
+    ) -> Result<Mesh> {
         let scheduler_ip = lab.ip(scheduler_host);
         let mut cmd = Command::new(bin);
         cmd.arg("scheduler")
@@ -62,7 +77,8 @@ impl Mesh {
 
         let scheduler_url = format!("http://{scheduler_ip}:{SCHEDULER_PORT}");
         let start_peer = |host: &str, seed: bool| -> Result<PeerDaemon> {
-            start_peer(lab, bin, &scheduler_url, &state_dir.join(host), host, seed)
+            let dir = state_dir.join(host);
+            start_peer_with(lab, bin, &scheduler_url, &dir, host, seed, &[], peer_args)
         };
         let seed = start_peer(seed_host, true)?;
         let peers = peer_hosts
@@ -72,6 +88,7 @@ impl Mesh {
         Ok(Mesh {
             scheduler_ip,
             bin: bin.to_path_buf(),
+            peer_args: peer_args.to_vec(),
             scheduler,
             seed,
             peers,
@@ -89,7 +106,8 @@ impl Mesh {
     ) -> Result<()> {
         self.peers.retain(|p| p.host != host);
         let url = format!("http://{}:{SCHEDULER_PORT}", self.scheduler_ip);
-        let peer = start_peer_with(lab, &self.bin, &url, &state_dir.join(host), host, false, env)?;
+        let dir = state_dir.join(host);
+        let peer = start_peer_with(lab, &self.bin, &url, &dir, host, false, env, &self.peer_args)?;
         self.peers.push(peer);
         Ok(())
     }
@@ -128,17 +146,7 @@ impl Mesh {
     }
 }
 
-fn start_peer(
-    lab: &Lab,
-    bin: &Path,
-    scheduler: &str,
-    dir: &Path,
-    host: &str,
-    seed: bool,
-) -> Result<PeerDaemon> {
-    start_peer_with(lab, bin, scheduler, dir, host, seed, &[])
-}
-
+#[allow(clippy::too_many_arguments)]
 fn start_peer_with(
     lab: &Lab,
     bin: &Path,
@@ -147,6 +155,7 @@ fn start_peer_with(
     host: &str,
     seed: bool,
     env: &[(&str, &str)],
+    args: &[String],
 ) -> Result<PeerDaemon> {
     let ip = lab.ip(host);
     let data_dir = dir.join("data");
@@ -169,6 +178,7 @@ fn start_peer_with(
         .arg(ip.to_string())
         .arg("--metrics-listen")
         .arg(format!("{ip}:{PEER_METRICS_PORT}"));
+    cmd.args(args);
     cmd.envs(env.iter().copied());
     let proc = lab.spawn(host, if seed { "seed" } else { "peer" }, &cmd)?;
     ready(&proc, ip, PIECE_PORT, Some(&socket))?;

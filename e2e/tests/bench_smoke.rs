@@ -55,4 +55,8 @@ fn bench_smoke_writes_a_well_formed_report() {
     }
     let svg = std::fs::read_to_string(out.path().join("completion.svg")).unwrap();
     assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+    for name in &names {
+        let uploads = std::fs::read_to_string(out.path().join(format!("uploads-{name}.svg"))).unwrap();
+        assert!(uploads.contains("<polyline"), "{name}");
+    }
 }

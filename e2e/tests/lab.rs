@@ -47,6 +47,11 @@ fn shaped_transfer_between_two_hosts() {
         sha256_file(&www.join("blob")).unwrap()
     );
     let sent = lab.tx_bytes("origin").unwrap() - tx_before;
+    let seen_from_bridge = lab.link_counters("origin").unwrap().tx_bytes;
+    assert!(
+        seen_from_bridge >= sent,
+        "bridge side saw {seen_from_bridge}, eth0 sent {sent}"
+    );
     let received = lab.rx_bytes("client").unwrap() - rx_before;
     assert!((8 * MIB..9 * MIB).contains(&sent), "origin sent {sent} bytes");
     assert!(received >= 8 * MIB, "client received {received} bytes");

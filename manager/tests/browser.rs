@@ -44,6 +44,24 @@ async fn wait_for(c: &Client, css: &str) -> fantoccini::elements::Element {
     panic!("{css} never appeared in {}", c.source().await.unwrap_or_default());
 }
 
+/// The text of `css` once it contains `needle`. Retries while the page
+/// navigates (a found element can go stale before its text is read).
+async fn wait_text(c: &Client, css: &str, needle: &str) -> String {
+    for _ in 0..100 {
+        if let Ok(e) = c.find(Locator::Css(css)).await
+            && let Ok(t) = e.text().await
+            && t.contains(needle)
+        {
+            return t;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!(
+        "{css} never showed {needle:?} in {}",
+        c.source().await.unwrap_or_default()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn console_in_headless_chromium() {
     let browser = ["chromium", "chromedriver"].into_iter().all(have);
@@ -173,7 +191,7 @@ async fn drive(c: &Client, m: &TestManager, image: Option<String>) {
         .click()
         .await
         .unwrap();
-    let who = wait_for(c, "#whoami").await.text().await.unwrap();
+    let who = wait_text(c, "#whoami", "").await;
     assert!(who.contains("root"), "{who}");
 
     // Create a cluster whose name is an XSS payload: it must render as text.
@@ -262,7 +280,7 @@ async fn drive(c: &Client, m: &TestManager, image: Option<String>) {
         .click()
         .await
         .unwrap();
-    let err = wait_for(c, "#form-error").await.text().await.unwrap();
+    let err = wait_text(c, "#form-error", "").await;
     assert!(err.contains("candidate_parent_limit"), "{err}");
     c.goto(&format!("{base}/clusters/{cluster_id}")).await.unwrap();
     shot(c, "cluster").await;
@@ -287,7 +305,7 @@ async fn drive(c: &Client, m: &TestManager, image: Option<String>) {
         .click()
         .await
         .unwrap();
-    let table = wait_for(c, "#seed-clusters").await.text().await.unwrap();
+    let table = wait_text(c, "#seed-clusters", "seeds-room-7").await;
     assert!(
         table.contains("seeds-room-7") && table.contains("rack-7"),
         "{table}"
@@ -425,7 +443,7 @@ async fn drive(c: &Client, m: &TestManager, image: Option<String>) {
         .click()
         .await
         .unwrap();
-    let token = wait_for(c, "#new-token").await.text().await.unwrap();
+    let token = wait_text(c, "#new-token", "").await;
     assert!(token.starts_with("dfly_"));
     shot(c, "users").await;
     let (s, _) = m.token(&token).get("/api/v1/clusters").await;

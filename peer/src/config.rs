@@ -21,9 +21,18 @@
 //! [manager]                                # optional: schedulers from a manager
 //! addr = "http://10.0.0.1:65003"           # empty: the fixed `schedulers` list
 //! refresh_interval = "10s"                 # how often the scheduler list is asked again
+//!
+//! [proxy]                                  # the registry mirror proxy, blobs from the mesh
+//! enabled = true
+//! listen = "127.0.0.1:65001"
+//! # and every key of registry-proxy/proxy.example.toml, e.g.
+//! # default_registry = "docker.io"
+//! # [proxy.registries."10.0.0.5:5000"]
+//! # endpoint = "http://10.0.0.5:5000"
 //! ```
 
 use bytesize::ByteSize;
+use damselfly_registry_proxy::ProxyConfig;
 use damselfly_service::config::ConfigError;
 use serde::Deserialize;
 use std::net::SocketAddr;
@@ -59,6 +68,7 @@ pub struct PeerConfig {
     pub keepalive_interval: Duration,
     pub source: SourceConfig,
     pub manager: ManagerConfig,
+    pub proxy: ProxyListenConfig,
     pub log_level: String,
 }
 
@@ -114,6 +124,52 @@ impl ManagerConfig {
     }
 }
 
+/// `[proxy]`: whether and where the registry mirror proxy listens, and its
+/// settings (the keys of `registry-proxy/proxy.example.toml`, in the same
+/// table; unknown keys are refused by [`ProxyConfig`] itself).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(try_from = "toml::Table")]
+pub struct ProxyListenConfig {
+    pub enabled: bool,
+    pub listen: SocketAddr,
+    pub registry: ProxyConfig,
+}
+
+impl TryFrom<toml::Table> for ProxyListenConfig {
+    type Error = String;
+
+    fn try_from(mut table: toml::Table) -> Result<Self, String> {
+        let enabled = match table.remove("enabled") {
+            None => true,
+            Some(v) => v.as_bool().ok_or("proxy.enabled must be true or false")?,
+        };
+        let listen = match table.remove("listen") {
+            None => damselfly_registry_proxy::setup::DEFAULT_MIRROR
+                .trim_start_matches("http://")
+                .parse()
+                .expect("valid literal"),
+            Some(v) => v
+                .as_str()
+                .and_then(|s| s.parse().ok())
+                .ok_or_else(|| format!("proxy.listen: {v} is not an \"IP:port\""))?,
+        };
+        let registry = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| format!("proxy: {}", e.to_string().trim_end()))?;
+        Ok(Self {
+            enabled,
+            listen,
+            registry,
+        })
+    }
+}
+
+impl Default for ProxyListenConfig {
+    fn default() -> Self {
+        Self::try_from(toml::Table::new()).expect("the empty [proxy] is valid")
+    }
+}
+
 /// Back-to-source behaviour.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -154,6 +210,7 @@ impl Default for PeerConfig {
             keepalive_interval: Duration::from_secs(5),
             source: SourceConfig::default(),
             manager: ManagerConfig::default(),
+            proxy: ProxyListenConfig::default(),
             log_level: "info".into(),
         }
     }
@@ -203,6 +260,14 @@ impl PeerConfig {
                 "watermarks must satisfy low < high <= 100",
             ));
         }
+        if self.proxy.enabled {
+            self.proxy.registry.validate().map_err(|e| match e {
+                ConfigError::Invalid { field, message } => {
+                    ConfigError::invalid(format!("proxy.{field}"), message)
+                }
+                other => other,
+            })?;
+        }
         if self.gc_interval.is_zero() || self.keepalive_interval.is_zero() || self.stall_timeout.is_zero() {
             return Err(ConfigError::invalid("gc_interval", "intervals must be positive"));
         }
@@ -247,6 +312,44 @@ mod tests {
         assert_eq!(c.upload_rate.as_u64(), 100 * 1024 * 1024);
         assert_eq!(c.task_ttl, Duration::from_secs(7200));
         assert_eq!(c.source.retries, 2);
+    }
+
+    #[test]
+    fn proxy_section() {
+        let c = PeerConfig::default();
+        assert!(c.proxy.enabled);
+        assert_eq!(c.proxy.listen.to_string(), "127.0.0.1:65001");
+        assert!(c.proxy.registry.only_listed_registries);
+        let c: PeerConfig = parse(
+            r#"
+            [proxy]
+            listen = "10.0.0.7:65001"
+            default_registry = "10.0.0.5:5000"
+            auth_cache_ttl = "5s"
+            [proxy.registries."10.0.0.5:5000"]
+            endpoint = "http://10.0.0.5:5000"
+            "#,
+            "p",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.proxy.listen.to_string(), "10.0.0.7:65001");
+        assert_eq!(c.proxy.registry.auth_cache_ttl, Duration::from_secs(5));
+        assert_eq!(
+            c.proxy.registry.endpoint("10.0.0.5:5000").as_str(),
+            "http://10.0.0.5:5000/"
+        );
+        let e = parse::<PeerConfig>("[proxy]\nbogus = 1\n", "p.toml").unwrap_err();
+        assert!(e.to_string().contains("bogus"), "{e}");
+        let c: PeerConfig = parse("[proxy]\nauth_cache_entries = 0\n", "p").unwrap();
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("proxy.auth_cache_entries")
+        );
+        let c: PeerConfig = parse("[proxy]\nenabled = false\n", "p").unwrap();
+        assert!(!c.proxy.enabled);
     }
 
     #[test]

@@ -9,12 +9,10 @@ use crate::local_api::LocalApi;
 use crate::metrics::Metrics;
 use crate::piece_server::PieceServer;
 use crate::rate::RateLimiter;
-use crate::schedulers::Schedulers;
 use crate::source;
 use crate::store::{self, Store};
 use crate::task::Tasks;
 use damselfly_proto::daemon::daemon_server::DaemonServer;
-use damselfly_proto::manager::ListSchedulersRequest;
 use damselfly_proto::scheduler::HostInfo;
 use damselfly_service::shutdown::Shutdown;
 use prometheus_client::registry::Registry;
@@ -84,45 +82,8 @@ pub async fn run(config: PeerConfig, shutdown: Shutdown) -> Result<(), Error> {
         upload_rate: config.upload_rate.as_u64(),
     };
     // Fixed schedulers, or the manager's list (followed while the daemon runs).
-    let mut set = Schedulers::new(downloader.clone(), info.clone(), shutdown.clone());
-    let announced = if config.manager.enabled() {
-        let client = crate::manager::client(&config)?;
-        let req = ListSchedulersRequest {
-            hostname: info.hostname.clone(),
-            ip: ip.clone(),
-            idc: config.idc.clone(),
-            location: config.location.clone(),
-        };
-        let first = crate::manager::first_schedulers(&client, &req).await;
-        let announced = set.set(&crate::manager::scheduler_urls(&first))?;
-        let rx = client.watch_schedulers(req, config.manager.refresh_interval, first);
-        handles.push(tokio::spawn(crate::manager::follow_schedulers(
-            rx,
-            set,
-            shutdown.clone(),
-        )));
-        if config.seed {
-            let hello = crate::manager::seed_hello(&config, &info);
-            let work = crate::manager::Preheat {
-                downloader: downloader.clone(),
-            };
-            let (every, stop) = (config.manager.keepalive_interval, shutdown.clone());
-            handles.push(tokio::spawn(async move {
-                client
-                    .seed_session(hello, every, work, async move { stop.wait().await })
-                    .await
-            }));
-        }
-        announced
-    } else {
-        let announced = set.set(&config.schedulers)?;
-        let stop = shutdown.clone();
-        handles.push(tokio::spawn(async move {
-            stop.wait().await;
-            drop(set);
-        }));
-        announced
-    };
+    let (announced, followers) = crate::schedulers::start(&config, &downloader, &info, &shutdown).await?;
+    handles.extend(followers);
     for mut rx in announced {
         if tokio::time::timeout(ANNOUNCE_WAIT, rx.wait_for(|a| *a))
             .await
@@ -150,6 +111,13 @@ pub async fn run(config: PeerConfig, shutdown: Shutdown) -> Result<(), Error> {
             }
         }
     }));
+
+    // Registry mirror proxy, blobs from the mesh.
+    if config.proxy.enabled {
+        let proxy =
+            crate::blob::serve_proxy(&config.proxy, downloader.clone(), &mut registry, shutdown.clone());
+        handles.push(proxy.await?);
+    }
 
     // Metrics.
     let (metrics_addr, h) = damselfly_service::telemetry::serve_metrics(

@@ -19,10 +19,12 @@
 //! - [`schedulers`]: one host stream per scheduler in the (fixed or managed) list.
 //! - [`manager`]: the scheduler list from a manager, and a seed peer's preheat session.
 //! - [`local_api`]: the unix-socket gRPC API used by `damselfly get`.
+//! - [`blob`]: the registry proxy's blob source (the mesh) and its server.
 //! - [`daemon`]: starts all of the above.
 //! - [`rate`], [`metrics`], [`fault`]: rate limits, Prometheus metrics, test-only fault switches.
 
 pub mod announcer;
+pub mod blob;
 pub mod config;
 pub mod daemon;
 pub mod download;

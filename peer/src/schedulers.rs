@@ -4,8 +4,10 @@
 //! start and streams to dropped ones stop.
 
 use crate::announcer;
+use crate::config::PeerConfig;
 use crate::download::{Downloader, SchedulerEndpoint};
 use crate::error::Error;
+use damselfly_proto::manager::ListSchedulersRequest;
 use damselfly_proto::scheduler::HostInfo;
 use damselfly_service::shutdown::Shutdown;
 use std::collections::BTreeMap;
@@ -14,6 +16,57 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::info;
+
+/// Starts the host streams to the fixed `schedulers`, or to those the
+/// manager names (then follows its answers, and for a seed peer runs the
+/// seed session). Returns a flag per first scheduler that turns true once
+/// its stream is up, and the tasks to await at shutdown.
+pub async fn start(
+    config: &PeerConfig,
+    downloader: &Arc<Downloader>,
+    info: &HostInfo,
+    shutdown: &Shutdown,
+) -> Result<(Vec<watch::Receiver<bool>>, Vec<JoinHandle<()>>), Error> {
+    let mut set = Schedulers::new(downloader.clone(), info.clone(), shutdown.clone());
+    let mut tasks = Vec::new();
+    if !config.manager.enabled() {
+        let announced = set.set(&config.schedulers)?;
+        let stop = shutdown.clone();
+        tasks.push(tokio::spawn(async move {
+            stop.wait().await;
+            drop(set);
+        }));
+        return Ok((announced, tasks));
+    }
+    let client = crate::manager::client(config)?;
+    let req = ListSchedulersRequest {
+        hostname: info.hostname.clone(),
+        ip: info.ip.clone(),
+        idc: config.idc.clone(),
+        location: config.location.clone(),
+    };
+    let first = crate::manager::first_schedulers(&client, &req).await;
+    let announced = set.set(&crate::manager::scheduler_urls(&first))?;
+    let rx = client.watch_schedulers(req, config.manager.refresh_interval, first);
+    tasks.push(tokio::spawn(crate::manager::follow_schedulers(
+        rx,
+        set,
+        shutdown.clone(),
+    )));
+    if config.seed {
+        let hello = crate::manager::seed_hello(config, info);
+        let work = crate::manager::Preheat {
+            downloader: downloader.clone(),
+        };
+        let (every, stop) = (config.manager.keepalive_interval, shutdown.clone());
+        tasks.push(tokio::spawn(async move {
+            client
+                .seed_session(hello, every, work, async move { stop.wait().await })
+                .await
+        }));
+    }
+    Ok((announced, tasks))
+}
 
 /// A lazily connected channel to one scheduler.
 pub fn endpoint(addr: &str) -> Result<SchedulerEndpoint, Error> {

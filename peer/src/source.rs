@@ -214,9 +214,10 @@ async fn fetch_run(
     let mut index = first;
     let mut buf = BytesMut::with_capacity(layout.piece_length as usize);
     while index <= last {
-        let want = layout.len_of(index) as usize;
-        while buf.len() >= want {
-            let data = buf.split_to(want).freeze();
+        // Each piece's own length: the last one may be short and arrive in
+        // the same chunk as the one before it.
+        while buf.len() >= layout.len_of(index) as usize {
+            let data = buf.split_to(layout.len_of(index) as usize).freeze();
             let digest = sha256(&data);
             if events.send(SourceEvent::Piece { index, data, digest }).is_err() {
                 return Ok(last + 1);
@@ -289,6 +290,50 @@ pub fn redact_url(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A short last piece that arrives in the same chunk as the piece
+    /// before it is delivered from that one response (no second request).
+    #[tokio::test]
+    async fn a_short_last_piece_in_one_chunk() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let served = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = served.clone();
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let mut req = vec![0u8; 4096];
+                let _ = conn.read(&mut req).await;
+                let resp = "HTTP/1.1 200 OK\r\nContent-Length: 10\r\nConnection: close\r\n\r\n0123456789";
+                let _ = conn.write_all(resp.as_bytes()).await;
+            }
+        });
+        let cfg = SourceConfig::default();
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        fetch(
+            client(&cfg).unwrap(),
+            format!("http://{addr}/blob"),
+            HashMap::new(),
+            Layout::new(10, 4),
+            vec![0, 1, 2],
+            cfg,
+            tx,
+        )
+        .await;
+        let mut pieces = Vec::new();
+        while let Some(ev) = rx.recv().await {
+            match ev {
+                SourceEvent::Piece { index, data, .. } => pieces.push((index, data.to_vec())),
+                SourceEvent::Done => break,
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        let expected: Vec<(u32, Vec<u8>)> =
+            vec![(0, b"0123".to_vec()), (1, b"4567".to_vec()), (2, b"89".to_vec())];
+        assert_eq!(pieces, expected);
+        assert_eq!(served.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
 
     #[test]
     fn runs_of_pieces() {

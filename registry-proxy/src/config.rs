@@ -28,8 +28,9 @@ pub struct ProxyConfig {
     /// `registries`. Blobs are shared by digest across registries, and the
     /// access proof is a HEAD at the registry the client names: a client
     /// that names a registry of its own making could otherwise prove access
-    /// to any digest. Turn this on where private images are cached.
-    #[serde(default)]
+    /// to any digest. On by default: list every registry the proxy serves
+    /// under `[registries."<name>"]` (an empty table will do).
+    #[serde(default = "default_only_listed_registries")]
     pub only_listed_registries: bool,
     /// How long a proven "this credential may read this blob" is trusted.
     #[serde(default = "default_auth_cache_ttl", with = "humantime_serde")]
@@ -66,6 +67,9 @@ pub struct RegistryConfig {
 
 fn default_registry() -> String {
     DOCKER_HUB.to_string()
+}
+fn default_only_listed_registries() -> bool {
+    true
 }
 fn default_auth_cache_ttl() -> Duration {
     Duration::from_secs(30)
@@ -191,6 +195,7 @@ mod tests {
         let c = ProxyConfig::default();
         c.validate().unwrap();
         assert_eq!(c.default_registry, "docker.io");
+        assert!(c.only_listed_registries, "private layers are safe by default");
         assert_eq!(c.auth_cache_ttl, Duration::from_secs(30));
         assert_eq!(c.endpoint("docker.io").as_str(), "https://registry-1.docker.io/");
         assert_eq!(c.endpoint("127.0.0.1:5000").as_str(), "http://127.0.0.1:5000/");

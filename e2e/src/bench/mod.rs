@@ -3,11 +3,12 @@
 //!
 //! Layout: [`units`] parses sizes and rates, [`swarm`] builds the lab and
 //! measures one method, [`methods`] holds the methods, [`single`] the
-//! one-peer measurement, [`report`] and [`chart`] the output.
+//! one-peer measurement, [`scale`] the scheduler under load, [`report`] and [`chart`] the output.
 
 pub mod chart;
 pub mod methods;
 pub mod report;
+pub mod scale;
 pub mod single;
 pub mod swarm;
 pub mod units;
@@ -32,9 +33,12 @@ pub struct Config {
     pub single: bool,
     pub single_size: Size,
     pub single_concurrent_size: Size,
-    /// Lab name prefix; the single-peer lab uses `<prefix>s`.
+    /// Simulated peers for the scheduler scale run (0 skips it).
+    pub scale_peers: usize,
+    pub scale_tasks: usize,
+    /// Lab name prefix; the single-peer lab uses `<prefix>s`, the scale run `<prefix>c`.
     pub prefix: String,
-    /// Third octet of the swarm lab's subnet; the single-peer lab uses the next one.
+    /// Third octet of the swarm lab's subnet; the single-peer and scale labs use the next two.
     pub subnet: u8,
     /// The command line, for the report.
     pub command: String,
@@ -71,6 +75,7 @@ pub fn run(config: &Config) -> Result<Report> {
         },
         methods: Vec::new(),
         single: None,
+        scale: None,
     };
     for name in &config.methods {
         crate::wait::check_interrupted()?;
@@ -90,6 +95,18 @@ pub fn run(config: &Config) -> Result<Report> {
             damselfly_bin: config.damselfly_bin.clone(),
         };
         report.single = Some(single::measure(&single)?);
+        report.write(&config.out)?;
+    }
+    if config.scale_peers > 0 {
+        crate::wait::check_interrupted()?;
+        let scale = scale::ScaleConfig {
+            prefix: format!("{}c", config.prefix),
+            subnet: config.subnet.wrapping_add(2),
+            damselfly_bin: config.damselfly_bin.clone(),
+            peers: config.scale_peers,
+            tasks: config.scale_tasks,
+        };
+        report.scale = Some(scale::measure(&scale));
     }
     report.write(&config.out)?;
     Ok(report)

@@ -8,6 +8,8 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
+use super::scale::ScaleReport;
+
 const MIB: f64 = 1024.0 * 1024.0;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -20,6 +22,9 @@ pub struct Report {
     pub methods: Vec<MethodReport>,
     /// The single-peer measurement on unshaped links, if it ran.
     pub single: Option<SingleReport>,
+    /// The scheduler alone under simulated load, if it ran.
+    #[serde(default)]
+    pub scale: Option<ScaleReport>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -54,6 +59,12 @@ pub struct MethodReport {
     pub origin_tx_bytes: Option<u64>,
     /// origin_tx_bytes / S.
     pub origin_over_size: Option<f64>,
+    /// Bytes the seed host sent (only the damselfly method uses it).
+    #[serde(default)]
+    pub seed_tx_bytes: Option<u64>,
+    /// Every host's upload counter over time, from the common start.
+    #[serde(default)]
+    pub timeline: Option<Timeline>,
     /// Largest peak RSS (VmHWM) of the per-host agents: peer daemons for
     /// damselfly, aria2c for bittorrent, curl for direct.
     pub peak_rss_bytes: Option<u64>,
@@ -67,7 +78,26 @@ pub struct HostReport {
     pub sha256: Option<String>,
     pub sha256_ok: bool,
     pub peak_rss_bytes: Option<u64>,
+    /// Bytes this host sent to others during the method (its uploads).
+    #[serde(default)]
+    pub tx_bytes: Option<u64>,
     pub error: Option<String>,
+}
+
+/// Bytes each host had sent (its interface counter) at several moments.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Timeline {
+    /// Host names, in the order of `TimelineSample::tx_bytes`.
+    pub hosts: Vec<String>,
+    pub samples: Vec<TimelineSample>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TimelineSample {
+    /// Seconds after all downloads started.
+    pub t_s: f64,
+    /// Cumulative bytes sent by each host (counters, not deltas).
+    pub tx_bytes: Vec<u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -90,6 +120,11 @@ pub struct SingleReport {
 }
 
 impl MethodReport {
+    /// Bytes all peer hosts sent together (what they shared with each other).
+    pub fn peer_uploads(&self) -> Option<u64> {
+        self.hosts.iter().map(|h| h.tx_bytes).sum()
+    }
+
     /// A method that failed before producing per-host results.
     pub fn failed(method: &str, notes: &str, error: String) -> Self {
         MethodReport {
@@ -103,6 +138,8 @@ impl MethodReport {
             makespan_over_su: None,
             origin_tx_bytes: None,
             origin_over_size: None,
+            seed_tx_bytes: None,
+            timeline: None,
             peak_rss_bytes: None,
         }
     }
@@ -116,6 +153,12 @@ impl Report {
         fs::write(dir.join("report.md"), self.markdown()).context("write report.md")?;
         fs::write(dir.join("completion.svg"), super::chart::completion_svg(self))
             .context("write completion.svg")?;
+        for method in &self.methods {
+            if let Some(svg) = super::chart::uploads_svg(method, &self.setup) {
+                let name = format!("uploads-{}.svg", method.method);
+                fs::write(dir.join(&name), svg).with_context(|| format!("write {name}"))?;
+            }
+        }
         Ok(())
     }
 
@@ -135,8 +178,11 @@ impl Report {
             "N = {} hosts, links {}, blob {} ({} bytes), S/U = {su}\n",
             s.hosts, s.rate, s.size, s.size_bytes
         );
-        md.push_str("| method | last host done | median host done | makespan / (S/U) | origin bytes / S | peak RSS per host | sha256 |\n");
-        md.push_str("| --- | --- | --- | --- | --- | --- | --- |\n");
+        md.push_str(
+            "| method | last host done | median host done | makespan / (S/U) | origin bytes / S \
+             | peer uploads / S | peak RSS per host | sha256 |\n",
+        );
+        md.push_str("| --- | --- | --- | --- | --- | --- | --- | --- |\n");
         for m in &self.methods {
             let sha = if m.hosts.is_empty() {
                 "-".to_string()
@@ -149,18 +195,30 @@ impl Report {
             };
             let _ = writeln!(
                 md,
-                "| {} | {} | {} | {} | {} | {} | {sha} |",
+                "| {} | {} | {} | {} | {} | {} | {} | {sha} |",
                 m.method,
                 opt(m.makespan_s, seconds),
                 opt(m.median_s, seconds),
                 opt(m.makespan_over_su, |v| format!("{v:.2} x")),
                 opt(m.origin_over_size, |v| format!("{v:.2} x")),
+                opt(m.peer_uploads(), |v| format!(
+                    "{:.2} x",
+                    v as f64 / s.size_bytes as f64
+                )),
                 opt(m.peak_rss_bytes, |v| format!("{:.0} MiB", v as f64 / MIB)),
             );
         }
         for m in &self.methods {
             if !m.notes.is_empty() {
                 let _ = writeln!(md, "\n`{}`: {}", m.method, m.notes);
+            }
+            if let Some(seed) = m.seed_tx_bytes.filter(|b| *b > s.size_bytes / 100) {
+                let _ = writeln!(
+                    md,
+                    "\n`{}`: the seed host sent {:.2} x S",
+                    m.method,
+                    seed as f64 / s.size_bytes as f64
+                );
             }
             if let Some(error) = &m.error {
                 let _ = writeln!(md, "\n`{}` failed: {}", m.method, first_lines(error, 6));
@@ -177,6 +235,9 @@ impl Report {
         }
         if let Some(single) = &self.single {
             md.push_str(&single.markdown());
+        }
+        if let Some(scale) = &self.scale {
+            md.push_str(&scale_markdown(scale));
         }
         let _ = writeln!(md, "\nReproduce: `{}`", self.command);
         md
@@ -215,6 +276,30 @@ impl SingleReport {
         }
         md
     }
+}
+
+fn scale_markdown(scale: &ScaleReport) -> String {
+    let mut md = String::new();
+    match (&scale.result, &scale.error) {
+        (Some(r), _) => {
+            let _ = writeln!(
+                md,
+                "\nScheduler alone: {} simulated peers on {} hosts across {} tasks ({} registrations in flight):\n",
+                r.peers, r.hosts, r.tasks, r.concurrency
+            );
+            md.push_str("| decisions/s | p50 | p99 | max | errors |\n| --- | --- | --- | --- | --- |\n");
+            let _ = writeln!(
+                md,
+                "| {:.0} | {:.1} ms | {:.1} ms | {:.1} ms | {} |",
+                r.decisions_per_sec, r.p50_ms, r.p99_ms, r.max_ms, r.errors
+            );
+        }
+        (None, Some(e)) => {
+            let _ = writeln!(md, "\nScheduler scale run failed: {}", first_lines(e, 6));
+        }
+        (None, None) => {}
+    }
+    md
 }
 
 /// Seconds with one decimal, or more for short times.

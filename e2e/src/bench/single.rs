@@ -11,7 +11,7 @@ use anyhow::{Context, Result, ensure};
 
 use super::report::SingleReport;
 use super::units::Size;
-use crate::data::{sha256_file, write_random_file};
+use crate::data::{ensure_space, sha256_file, write_random_file};
 use crate::lab::Lab;
 use crate::mesh::Mesh;
 use crate::origin::Origin;
@@ -41,6 +41,9 @@ pub fn measure(config: &SingleConfig) -> Result<SingleReport> {
         &[ORIGIN, SCHEDULER, SEED, PEER],
         None,
     )?;
+    // The blobs, the seed's and the peer's stores, and the outputs.
+    let needed = 4 * (config.size.0 + CONCURRENT as u64 * config.concurrent_size.0);
+    ensure_space(lab.dir(), needed, "the one-peer measurement")?;
     let www = lab.dir().join("www");
     fs::create_dir_all(&www)?;
     write_random_file(&www.join("blob"), config.size.0)?;

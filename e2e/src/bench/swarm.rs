@@ -11,9 +11,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
-use super::report::{HostReport, MethodReport};
+use super::report::{HostReport, MethodReport, Timeline, TimelineSample};
 use super::units::{Rate, Size};
-use crate::data::{sha256_file, write_random_file};
+use crate::data::{ensure_space, sha256_file, write_random_file};
 use crate::lab::Lab;
 use crate::origin::Origin;
 use crate::process::{Job, peak_rss_bytes, tail};
@@ -28,6 +28,8 @@ pub const BLOB: &str = "blob";
 const UNSHAPED_BITS_PER_SEC: f64 = 1e9;
 /// How often the runner samples the agents' peak RSS.
 const RSS_SAMPLE: Duration = Duration::from_millis(100);
+/// How often the runner samples every host's interface counters.
+const TIMELINE_SAMPLE: Duration = Duration::from_millis(250);
 
 /// The lab, the blob and its origin, shared by every method of a run.
 pub struct Swarm {
@@ -46,6 +48,13 @@ impl Swarm {
         let mut hosts = vec![ORIGIN, SCHEDULER, SEED];
         hosts.extend(peers.iter().map(String::as_str));
         let lab = Lab::new(prefix, subnet, &hosts, rate.tc())?;
+        // The blob, and per peer host a copy in its store plus the output file.
+        let needed = size.0 * (2 * peers.len() as u64 + 2);
+        ensure_space(
+            lab.dir(),
+            needed,
+            &format!("a swarm of {} hosts with a {size} blob", peers.len()),
+        )?;
         let www = lab.dir().join("www");
         fs::create_dir_all(&www)?;
         let blob = www.join(BLOB);
@@ -139,11 +148,14 @@ struct HostState {
     done: Option<Duration>,
     error: Option<String>,
     peak_rss: Option<u64>,
+    tx_bytes: Option<u64>,
 }
 
 struct Measurement {
     hosts: Vec<HostState>,
     origin_tx: u64,
+    seed_tx: u64,
+    timeline: Timeline,
 }
 
 impl Measurement {
@@ -151,6 +163,12 @@ impl Measurement {
         let workdir = swarm.lab.dir().join(method.name());
         fs::create_dir_all(&workdir)?;
         let tx_before = swarm.lab.tx_bytes(ORIGIN)?;
+        let seed_tx_before = swarm.lab.tx_bytes(SEED)?;
+        let peers_tx_before = swarm
+            .peers
+            .iter()
+            .map(|h| swarm.lab.tx_bytes(h))
+            .collect::<Result<Vec<_>>>()?;
         method.prepare(swarm, &workdir).context("prepare")?;
 
         let start = Instant::now();
@@ -167,10 +185,13 @@ impl Measurement {
                 done: None,
                 error: None,
                 peak_rss: None,
+                tx_bytes: None,
             });
         }
         let deadline = start + swarm.timeout();
         let mut next_sample = Instant::now();
+        let mut timeline = Timeline::new(swarm);
+        let mut next_timeline = Instant::now();
         while hosts.iter().any(|h| h.done.is_none() && h.error.is_none()) {
             for h in hosts.iter_mut() {
                 h.poll(start)?;
@@ -178,6 +199,10 @@ impl Measurement {
             if Instant::now() >= next_sample {
                 hosts.iter_mut().for_each(HostState::sample_rss);
                 next_sample += RSS_SAMPLE;
+            }
+            if Instant::now() >= next_timeline {
+                timeline.sample(swarm, start)?;
+                next_timeline += TIMELINE_SAMPLE;
             }
             check_interrupted()?;
             if Instant::now() >= deadline {
@@ -187,13 +212,23 @@ impl Measurement {
             }
             std::thread::sleep(Duration::from_millis(5));
         }
+        timeline.sample(swarm, start)?;
         // Daemons still run: their VmHWM now is their exact peak.
         hosts.iter_mut().for_each(HostState::sample_rss);
         let origin_tx = swarm.lab.tx_bytes(ORIGIN)? - tx_before;
+        let seed_tx = swarm.lab.tx_bytes(SEED)? - seed_tx_before;
+        for (h, before) in hosts.iter_mut().zip(peers_tx_before) {
+            h.tx_bytes = Some(swarm.lab.tx_bytes(&h.host)? - before);
+        }
         for h in hosts.iter_mut() {
             h.download.job.kill()?;
         }
-        Ok(Measurement { hosts, origin_tx })
+        Ok(Measurement {
+            hosts,
+            origin_tx,
+            seed_tx,
+            timeline,
+        })
     }
 
     fn into_report(self, swarm: &Swarm, name: &str, notes: String) -> MethodReport {
@@ -217,6 +252,8 @@ impl Measurement {
             makespan_over_su: makespan.zip(swarm.su_seconds()).map(|(m, su)| m / su),
             origin_tx_bytes: Some(self.origin_tx),
             origin_over_size: Some(self.origin_tx as f64 / size),
+            seed_tx_bytes: Some(self.seed_tx),
+            timeline: Some(self.timeline),
             peak_rss_bytes: hosts.iter().filter_map(|h| h.peak_rss_bytes).max(),
             hosts,
         }
@@ -277,8 +314,32 @@ impl HostState {
             sha256,
             sha256_ok,
             peak_rss_bytes: self.peak_rss,
+            tx_bytes: self.tx_bytes,
             error,
         }
+    }
+}
+
+impl Timeline {
+    /// An empty timeline over the origin, the seed and every peer host.
+    fn new(swarm: &Swarm) -> Timeline {
+        let mut hosts = vec![ORIGIN.to_string(), SEED.to_string()];
+        hosts.extend(swarm.peers.iter().cloned());
+        Timeline {
+            hosts,
+            samples: Vec::new(),
+        }
+    }
+
+    fn sample(&mut self, swarm: &Swarm, start: Instant) -> Result<()> {
+        let t_s = start.elapsed().as_secs_f64();
+        let tx_bytes = self
+            .hosts
+            .iter()
+            .map(|h| swarm.lab.link_counters(h).map(|c| c.tx_bytes))
+            .collect::<Result<Vec<_>>>()?;
+        self.samples.push(TimelineSample { t_s, tx_bytes });
+        Ok(())
     }
 }
 

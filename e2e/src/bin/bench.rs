@@ -43,10 +43,16 @@ struct Args {
     /// Size of each of the 8 blobs the one peer downloads at once (peak RSS).
     #[arg(long, default_value = "64MiB")]
     single_concurrent_size: Size,
+    /// Simulated peers for the scheduler scale run (0 skips it; it also needs the damselfly method).
+    #[arg(long, default_value_t = 10_000)]
+    scale_peers: usize,
+    /// Tasks the simulated peers are spread across.
+    #[arg(long, default_value_t = 100)]
+    scale_tasks: usize,
     /// Lab name prefix (namespaces, bridge).
     #[arg(long, default_value = "dfbench")]
     prefix: String,
-    /// Third octet of the lab subnet 10.213.X.0/24 (the one-peer lab uses X+1).
+    /// Third octet of the lab subnet 10.213.X.0/24 (the one-peer and scale labs use X+1, X+2).
     #[arg(long, default_value_t = 10)]
     subnet: u8,
 }
@@ -66,7 +72,8 @@ fn main() -> ExitCode {
 fn run() -> Result<bool> {
     damselfly_e2e::wait::install_interrupt_handler()?;
     let args = Args::parse();
-    let single = !args.no_single && args.methods.contains(&MethodName::Damselfly);
+    let damselfly = args.methods.contains(&MethodName::Damselfly);
+    let single = !args.no_single && damselfly;
     let config = Config {
         hosts: args.hosts,
         rate: args.rate,
@@ -77,6 +84,8 @@ fn run() -> Result<bool> {
         single,
         single_size: args.single_size,
         single_concurrent_size: args.single_concurrent_size,
+        scale_peers: if damselfly { args.scale_peers } else { 0 },
+        scale_tasks: args.scale_tasks,
         prefix: args.prefix,
         subnet: args.subnet,
         command: std::env::args().collect::<Vec<_>>().join(" "),
@@ -85,5 +94,6 @@ fn run() -> Result<bool> {
     print!("{}", report.markdown());
     eprintln!("bench: report in {}", config.out.display());
     let single_ok = report.single.as_ref().is_none_or(|s| s.errors.is_empty());
-    Ok(report.methods.iter().all(|m| m.ok) && single_ok)
+    let scale_ok = report.scale.as_ref().is_none_or(|s| s.error.is_none());
+    Ok(report.methods.iter().all(|m| m.ok) && single_ok && scale_ok)
 }

@@ -408,6 +408,9 @@ pub fn config_for(registry: &str) -> ProxyConfig {
     ProxyConfig {
         default_registry: registry.to_string(),
         upstream_retries: 1,
+        // These tests name ephemeral registries with `?ns=`; the ones about
+        // the default (listed registries only) set it back.
+        only_listed_registries: false,
         ..ProxyConfig::default()
     }
 }
