@@ -134,6 +134,14 @@ impl Manager {
             .collect())
     }
 
+    /// The id of the instance `hostname` of `kind`, if registered.
+    pub fn instance_id(&self, kind: &str, hostname: &str) -> Option<i64> {
+        let list = self
+            .api("GET", &format!("/api/v1/instances?kind={kind}"), None)
+            .ok()?;
+        list.as_array()?.iter().find(|i| i["hostname"] == hostname)?["id"].as_i64()
+    }
+
     /// The state of the instance `hostname` of `kind`, if registered.
     pub fn state_of(&self, kind: &str, hostname: &str) -> Option<String> {
         self.instances(kind)

@@ -223,6 +223,18 @@ fn schedulers_fail_over_settings_apply_live_and_the_manager_may_go_away() -> Res
         ensure!(n <= 1, "a peer holds {n} parents with the limit at 1: {view}");
     }
 
+    // An operator deletes s2's instance: s2 registers again by itself.
+    let old = w.manager.instance_id("scheduler", "s2").context("s2's id")?;
+    w.manager
+        .api("DELETE", &format!("/api/v1/instances/{old}"), None)?;
+    wait_for("s2 to register again", CHANGE_TIMEOUT, || {
+        w.manager.state_of("scheduler", "s2").as_deref() == Some("active")
+            && w.manager.instance_id("scheduler", "s2") != Some(old)
+    })?;
+    for p in &w.peers {
+        p.wait_schedulers(2, CHANGE_TIMEOUT)?;
+    }
+
     // The manager stops: everything keeps working on the last answers.
     w.manager.proc.kill()?;
     for (name, owner) in [("after-a", &w.s1), ("after-b", &w.s2)] {

@@ -339,3 +339,52 @@ async fn a_dead_schedulers_keepalive_drops_it_at_once() {
     listed(&["b"]).await;
     stop.trigger();
 }
+
+/// An instance the manager no longer knows (an operator deleted it) ends
+/// the keepalive loop, so that the caller registers again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keepalive_for_a_deleted_instance_asks_to_register_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}?mode=rwc", dir.path().join("m.db").display());
+    let (stop, _drain) = Shutdown::new();
+    let running = damselfly_manager::start_with(
+        config(&db, "127.0.0.1:0"),
+        Some("pw-12345678".into()),
+        stop.clone(),
+    )
+    .await
+    .unwrap();
+    let client = ManagerClient::with_token(
+        &format!("http://{}", running.grpc_addr),
+        Some(TOKEN),
+        dir.path().join("cache"),
+        Duration::from_secs(2),
+    )
+    .unwrap();
+    let (reg, _) = client
+        .register_scheduler(pb::RegisterSchedulerRequest {
+            hostname: "gone".into(),
+            ip: "10.0.0.9".into(),
+            port: 8002,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let ka = {
+        let c = client.clone();
+        tokio::spawn(async move {
+            c.keepalive(reg.instance_id, Duration::from_millis(50), std::future::pending())
+                .await
+        })
+    };
+    // Whether or not a keepalive got through before, the next one is refused.
+    damselfly_manager::store::instances::delete(&running.ctx.db, reg.instance_id as i64)
+        .await
+        .unwrap();
+    let end = tokio::time::timeout(Duration::from_secs(5), ka)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(end, damselfly_manager_client::KeepaliveEnd::UnknownInstance);
+    stop.trigger();
+}

@@ -9,7 +9,7 @@
 use crate::config::ManagerConfig;
 use crate::metrics::Metrics;
 use crate::schedule::Planner;
-use damselfly_manager_client::{ManagerClient, Source};
+use damselfly_manager_client::{KeepaliveEnd, ManagerClient, Source};
 use damselfly_proto::manager as pb;
 use damselfly_service::shutdown::Shutdown;
 use serde::Serialize;
@@ -66,24 +66,8 @@ pub async fn run(
     status.lock().expect("status lock").addr = config.url();
 
     // Register (from the cache when the manager is down), retrying with backoff.
-    let mut backoff = Duration::from_millis(200);
-    let registered = loop {
-        match client.register_scheduler(req.clone()).await {
-            Ok((r, source)) => {
-                info!(
-                    instance = r.instance_id,
-                    cached = source == Source::Cache,
-                    "registered with the manager"
-                );
-                break r;
-            }
-            Err(e) => warn!(error = %e, "could not register with the manager; retrying"),
-        }
-        tokio::select! {
-            _ = shutdown.wait() => return,
-            _ = tokio::time::sleep(backoff) => {}
-        }
-        backoff = (backoff * 2).min(MAX_BACKOFF);
+    let Some(registered) = register(&client, &req, false, &shutdown).await else {
+        return;
     };
     let initial = registered.config.unwrap_or_default();
     {
@@ -95,12 +79,26 @@ pub async fn run(
     apply(&planner, &status, &initial);
 
     let keepalive = {
-        let (client, stop) = (client.clone(), shutdown.clone());
-        let (id, every) = (registered.instance_id, config.keepalive_interval);
+        let (client, stop, status) = (client.clone(), shutdown.clone(), status.clone());
+        let (mut id, every) = (registered.instance_id, config.keepalive_interval);
         tokio::spawn(async move {
-            client
-                .keepalive(id, every, async move { stop.wait().await })
-                .await
+            loop {
+                let until = stop.clone();
+                match client
+                    .keepalive(id, every, async move { until.wait().await })
+                    .await
+                {
+                    KeepaliveEnd::Stopped => return,
+                    // Deleted by an operator, or a new database: register again (live only).
+                    KeepaliveEnd::UnknownInstance => {
+                        let Some(r) = register(&client, &req, true, &stop).await else {
+                            return;
+                        };
+                        id = r.instance_id;
+                        status.lock().expect("status lock").instance_id = id;
+                    }
+                }
+            }
         })
     };
     let settings = {
@@ -119,10 +117,7 @@ pub async fn run(
     };
     let traffic = {
         let (client, stop) = (client.clone(), shutdown.clone());
-        let (cluster_id, instance_id) = (
-            status.lock().expect("status lock").cluster_id,
-            registered.instance_id,
-        );
+        let status = status.clone();
         let every = config.traffic_interval;
         tokio::spawn(async move {
             // Counters are cumulative; report what grew since the last report that got through.
@@ -138,6 +133,10 @@ pub async fn run(
                 if source == sent_source && peers == sent_peers {
                     continue;
                 }
+                let (cluster_id, instance_id) = {
+                    let s = status.lock().expect("status lock");
+                    (s.cluster_id, s.instance_id)
+                };
                 let report = pb::ReportTrafficRequest {
                     scheduler_cluster_id: cluster_id,
                     instance_id,
@@ -155,6 +154,40 @@ pub async fn run(
         })
     };
     let _ = tokio::join!(keepalive, settings, traffic);
+}
+
+/// Registers, retrying with backoff until it works or `shutdown`. With
+/// `live_only`, an answer from the cache does not count (the cached instance
+/// is the one the manager just said it does not know).
+async fn register(
+    client: &ManagerClient,
+    req: &pb::RegisterSchedulerRequest,
+    live_only: bool,
+    shutdown: &Shutdown,
+) -> Option<pb::RegisterSchedulerResponse> {
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        match client.register_scheduler(req.clone()).await {
+            Ok((r, Source::Live)) => {
+                info!(instance = r.instance_id, "registered with the manager");
+                return Some(r);
+            }
+            Ok((r, Source::Cache)) if !live_only => {
+                info!(
+                    instance = r.instance_id,
+                    "manager unreachable; going on with the cached registration"
+                );
+                return Some(r);
+            }
+            Ok(_) => warn!("manager unreachable; registering again later"),
+            Err(e) => warn!(error = %e, "could not register with the manager; retrying"),
+        }
+        tokio::select! {
+            _ = shutdown.wait() => return None,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
 }
 
 /// Puts the cluster's parent limits into the planner (values the planner
