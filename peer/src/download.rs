@@ -34,8 +34,11 @@ use tonic::transport::Channel;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 /// Requests outstanding per parent: enough to keep a link busy across one
-/// round trip, few enough that a slow parent holds little.
+/// round trip, few enough that a slow parent holds little. With few parents
+/// each gets more, so that the requests in flight stay at about
+/// [`TOTAL_WINDOW`] (one fast parent on a fast link needs a deep pipeline).
 const PARENT_WINDOW: usize = 4;
+const TOTAL_WINDOW: usize = 32;
 const TICK: Duration = Duration::from_millis(50);
 const SAVE_EVERY: Duration = Duration::from_millis(500);
 const REPORT_EVERY: Duration = Duration::from_millis(250);
@@ -624,10 +627,11 @@ impl Engine {
         if s.layout.is_none() {
             return;
         }
+        let window = PARENT_WINDOW.max(TOTAL_WINDOW / self.parents.len());
         let mut free: usize = self
             .parents
             .values()
-            .map(|p| PARENT_WINDOW.saturating_sub(p.inflight))
+            .map(|p| window.saturating_sub(p.inflight))
             .sum();
         for i in 0..s.have.len() {
             if free == 0 {
@@ -639,7 +643,7 @@ impl Engine {
             let best = self
                 .parents
                 .iter()
-                .filter(|(_, p)| p.inflight < PARENT_WINDOW && p.have.get(i).copied().unwrap_or(false))
+                .filter(|(_, p)| p.inflight < window && p.have.get(i).copied().unwrap_or(false))
                 .min_by_key(|(id, p)| (p.scarce(), p.inflight, *id))
                 .map(|(id, _)| id.clone());
             let Some(id) = best else { continue };
