@@ -17,6 +17,10 @@ pub struct Args {
     /// Scheduler gRPC URL, e.g. http://10.0.0.2:8002 (repeatable; replaces `schedulers`).
     #[arg(long = "scheduler")]
     schedulers: Vec<String>,
+    /// Manager gRPC address, e.g. http://10.0.0.1:65003: schedulers come from
+    /// it (overrides `manager.addr`).
+    #[arg(long)]
+    manager: Option<String>,
     #[arg(long)]
     data_dir: Option<PathBuf>,
     /// Unix socket of the local API.
@@ -39,6 +43,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     config.seed |= args.seed;
     if !args.schedulers.is_empty() {
         config.schedulers = args.schedulers;
+    }
+    if let Some(v) = args.manager {
+        config.manager.addr = v;
     }
     if let Some(v) = args.data_dir {
         config.data_dir = v;

@@ -17,6 +17,9 @@ pub struct Args {
     /// Address of /metrics and /tasks/{id} (overrides `http_listen`).
     #[arg(long)]
     metrics_listen: Option<SocketAddr>,
+    /// Manager gRPC address, e.g. http://10.0.0.1:65003 (overrides `manager.addr`).
+    #[arg(long)]
+    manager: Option<String>,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
@@ -26,6 +29,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }
     if let Some(l) = args.metrics_listen {
         config.http_listen = l;
+    }
+    if let Some(m) = args.manager {
+        config.manager.addr = m;
     }
     config.validate()?;
     damselfly_service::telemetry::init_logging(&config.log_level, false);

@@ -11,7 +11,8 @@
 //! Everything is named after the prefix, so labs with distinct prefixes and
 //! octets run in parallel. Octets taken so far: 10-11 `damselfly-bench`'s
 //! defaults, 201-204 `tests/lab.rs`, 220 `tests/bench_smoke.rs`, 231-235
-//! `tests/mesh.rs`, 236-237 `tests/mirror.rs`, 240 `damselfly demo`. Dropping the lab stops every process it started
+//! `tests/mesh.rs`, 236-237 `tests/mirror.rs`, 238-239 `tests/manager.rs`,
+//! 240 `damselfly demo`. Dropping the lab stops every process it started
 //! (by pid), deletes namespaces and bridge, and removes its directory unless
 //! `DAMSELFLY_KEEP_LAB=1`.
 

@@ -8,6 +8,7 @@
 //!   clients ([`process::Job`]) that are stopped by pid, never by name;
 //! - [`wait`]: polling helpers (no fixed sleeps) and the Ctrl-C flag;
 //! - [`mesh`]: a Damselfly scheduler, seed and peers started in lab hosts;
+//! - [`managed`]: a manager, and schedulers and peers that follow it (`--manager`);
 //! - [`mirror`]: images pulled by containerds through each host's peer proxy;
 //! - [`oci`]: a registry in a host, a test image, a containerd per host;
 //! - [`bench`]: the swarm benchmark behind `damselfly-bench`;
@@ -23,6 +24,7 @@ pub mod bench;
 pub mod bins;
 pub mod data;
 pub mod lab;
+pub mod managed;
 pub mod mesh;
 pub mod mirror;
 pub mod oci;

@@ -35,6 +35,15 @@ impl Interceptor for AuthHeader {
     }
 }
 
+/// Why [`ManagerClient::keepalive`] returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeepaliveEnd {
+    /// `stop` resolved.
+    Stopped,
+    /// The manager no longer knows the instance: register again.
+    UnknownInstance,
+}
+
 /// Where an answer came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Source {
@@ -110,8 +119,9 @@ impl ManagerClient {
                 addr: addr.to_string(),
                 source,
             })?
-            .connect_timeout(timeout)
-            .timeout(timeout);
+            // No per-request `timeout` here: it would also cut the long-lived
+            // keepalive and seed streams (each unary call gets its own timeout).
+            .connect_timeout(timeout);
         Ok(ManagerClient {
             raw: Raw::with_interceptor(endpoint.connect_lazy(), AuthHeader(header)),
             cache_dir: cache_dir.into(),
@@ -222,12 +232,14 @@ impl ManagerClient {
 
     /// Sends a keepalive for `instance_id` every `interval` until `stop`
     /// resolves, reopening the stream after errors (backoff up to 30 s).
+    /// Returns early only when the manager no longer knows the instance
+    /// (deleted by an operator, or a new database): register again then.
     pub async fn keepalive(
         &self,
         instance_id: u64,
         interval: Duration,
         stop: impl std::future::Future<Output = ()>,
-    ) {
+    ) -> KeepaliveEnd {
         tokio::pin!(stop);
         let mut backoff = Duration::from_millis(200);
         loop {
@@ -249,18 +261,22 @@ impl ManagerClient {
             tokio::select! {
                 _ = &mut stop => {
                     call.abort();
-                    return;
+                    return KeepaliveEnd::Stopped;
                 }
                 _ = sender => {}
                 r = &mut call => {
                     match r {
+                        Ok(Err(status)) if status.code() == tonic::Code::NotFound => {
+                            tracing::warn!(instance_id, "the manager does not know this instance any more");
+                            return KeepaliveEnd::UnknownInstance;
+                        }
                         Ok(Err(status)) => tracing::debug!(%status, "keepalive stream ended; reopening"),
                         _ => tracing::debug!("keepalive stream ended; reopening"),
                     }
                 }
             }
             tokio::select! {
-                _ = &mut stop => return,
+                _ = &mut stop => return KeepaliveEnd::Stopped,
                 _ = tokio::time::sleep(backoff) => {}
             }
             backoff = (backoff * 2).min(Duration::from_secs(30));

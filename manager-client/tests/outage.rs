@@ -188,3 +188,203 @@ async fn settings_changes_reach_watchers_within_an_interval() {
     assert!(now.version > first.version);
     stop.trigger();
 }
+
+/// The client's per-call timeout must not cut the long-lived keepalive
+/// stream: a scheduler stays listed without a gap for many timeouts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keepalive_streams_outlive_the_call_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}?mode=rwc", dir.path().join("m.db").display());
+    let (stop, _drain) = Shutdown::new();
+    let mut c = config(&db, "127.0.0.1:0");
+    c.keepalive_timeout = Duration::from_secs(5);
+    let running = damselfly_manager::start_with(c, Some("pw-12345678".into()), stop.clone())
+        .await
+        .unwrap();
+    let client = ManagerClient::with_token(
+        &format!("http://{}", running.grpc_addr),
+        Some(TOKEN),
+        dir.path().join("cache"),
+        Duration::from_millis(200),
+    )
+    .unwrap();
+    let (reg, _) = client
+        .register_scheduler(pb::RegisterSchedulerRequest {
+            hostname: "steady".into(),
+            ip: "10.0.0.9".into(),
+            port: 8002,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let ka = {
+        let c = client.clone();
+        tokio::spawn(async move {
+            c.keepalive(reg.instance_id, Duration::from_millis(50), async {
+                let _ = rx.await;
+            })
+            .await
+        })
+    };
+    let req = pb::ListSchedulersRequest {
+        hostname: "peer".into(),
+        ..Default::default()
+    };
+    // 1.5 s is several call timeouts; a cut stream would show as a gap.
+    for _ in 0..50 {
+        let (list, src) = client.list_schedulers(req.clone()).await.unwrap();
+        assert_eq!(src, Source::Live);
+        assert_eq!(list.schedulers.len(), 1, "the scheduler dropped out of the list");
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    tx.send(()).unwrap();
+    ka.await.unwrap();
+    stop.trigger();
+}
+
+/// A scheduler whose process dies (its connection closes) leaves the peers'
+/// list at once, long before the keepalive timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_schedulers_keepalive_drops_it_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}?mode=rwc", dir.path().join("m.db").display());
+    let (stop, _drain) = Shutdown::new();
+    let mut c = config(&db, "127.0.0.1:0");
+    c.keepalive_timeout = Duration::from_secs(30);
+    let running = damselfly_manager::start_with(c, Some("pw-12345678".into()), stop.clone())
+        .await
+        .unwrap();
+    let url = format!("http://{}", running.grpc_addr);
+    // Each scheduler runs on its own runtime: ending one closes its sockets,
+    // as a killed process would.
+    let scheduler = |name: &'static str| {
+        let (url, cache) = (url.clone(), dir.path().join(name));
+        let (kill, killed) = std::sync::mpsc::channel::<()>();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Runtime::new().unwrap();
+            rt.spawn(async move {
+                let client =
+                    ManagerClient::with_token(&url, Some(TOKEN), cache, Duration::from_secs(2)).unwrap();
+                let (reg, _) = client
+                    .register_scheduler(pb::RegisterSchedulerRequest {
+                        hostname: name.into(),
+                        ip: "10.0.0.9".into(),
+                        port: 8002,
+                        ..Default::default()
+                    })
+                    .await
+                    .unwrap();
+                client
+                    .keepalive(reg.instance_id, Duration::from_millis(50), std::future::pending())
+                    .await
+            });
+            let _ = killed.recv();
+            rt.shutdown_background();
+        });
+        kill
+    };
+    let kill_a = scheduler("a");
+    let _kill_b = scheduler("b");
+    let peer = ManagerClient::with_token(&url, Some(TOKEN), dir.path().join("peer"), Duration::from_secs(2))
+        .unwrap();
+    let req = pb::ListSchedulersRequest {
+        hostname: "peer".into(),
+        ..Default::default()
+    };
+    let names = |r: &pb::ListSchedulersResponse| {
+        r.schedulers
+            .iter()
+            .map(|s| s.hostname.clone())
+            .collect::<Vec<_>>()
+    };
+    let listed = |want: &'static [&'static str]| {
+        let (peer, req) = (peer.clone(), req.clone());
+        async move {
+            let started = std::time::Instant::now();
+            loop {
+                let (list, _) = peer.list_schedulers(req.clone()).await.unwrap();
+                if names(&list) == want {
+                    return;
+                }
+                assert!(
+                    started.elapsed() < Duration::from_secs(3),
+                    "want {want:?}, listed {:?}",
+                    names(&list)
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    listed(&["a", "b"]).await;
+    // Both keepalive streams are running (a keepalive arrived after registration).
+    let started = std::time::Instant::now();
+    for id in [1, 2] {
+        loop {
+            let i = damselfly_manager::store::instances::get(&running.ctx.db, id)
+                .await
+                .unwrap();
+            if i.last_keepalive_at > i.created_at {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(3),
+                "no keepalive from {}",
+                i.hostname
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    kill_a.send(()).unwrap();
+    listed(&["b"]).await;
+    stop.trigger();
+}
+
+/// An instance the manager no longer knows (an operator deleted it) ends
+/// the keepalive loop, so that the caller registers again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keepalive_for_a_deleted_instance_asks_to_register_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}?mode=rwc", dir.path().join("m.db").display());
+    let (stop, _drain) = Shutdown::new();
+    let running = damselfly_manager::start_with(
+        config(&db, "127.0.0.1:0"),
+        Some("pw-12345678".into()),
+        stop.clone(),
+    )
+    .await
+    .unwrap();
+    let client = ManagerClient::with_token(
+        &format!("http://{}", running.grpc_addr),
+        Some(TOKEN),
+        dir.path().join("cache"),
+        Duration::from_secs(2),
+    )
+    .unwrap();
+    let (reg, _) = client
+        .register_scheduler(pb::RegisterSchedulerRequest {
+            hostname: "gone".into(),
+            ip: "10.0.0.9".into(),
+            port: 8002,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let ka = {
+        let c = client.clone();
+        tokio::spawn(async move {
+            c.keepalive(reg.instance_id, Duration::from_millis(50), std::future::pending())
+                .await
+        })
+    };
+    // Whether or not a keepalive got through before, the next one is refused.
+    damselfly_manager::store::instances::delete(&running.ctx.db, reg.instance_id as i64)
+        .await
+        .unwrap();
+    let end = tokio::time::timeout(Duration::from_secs(5), ka)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(end, damselfly_manager_client::KeepaliveEnd::UnknownInstance);
+    stop.trigger();
+}

@@ -293,31 +293,14 @@ impl Manager for Service {
         req: Request<Streaming<pb::KeepAliveRequest>>,
     ) -> Result<Response<pb::KeepAliveResponse>, Status> {
         self.ctx.metrics.grpc_call("KeepAlive");
-        let mut stream = req.into_inner();
-        let mut current: Option<i64> = None;
+        // The stream is read in its own task: when the client dies, its
+        // connection goes away and the server drops this handler, but the
+        // task still sees the stream end and marks the instance inactive.
         let ctx = self.ctx.clone();
-        loop {
-            let msg = tokio::select! {
-                m = stream.next() => m,
-                // On shutdown the stream ends but the instance is left as it is:
-                // another manager (or this one, restarted) takes its keepalives.
-                _ = ctx.closed() => return Ok(Response::new(pb::KeepAliveResponse {})),
-            };
-            let Some(Ok(msg)) = msg else { break };
-            let iid = id(msg.instance_id, "instance_id")?;
-            match instances::keepalive(&self.ctx.db, iid).await {
-                Ok(true) => tracing::info!(instance = iid, "instance is back and active again"),
-                Ok(false) => {}
-                Err(e @ Error::NotFound { .. }) => return Err(e.into()),
-                Err(e) => tracing::warn!(instance = iid, error = %e, "keepalive not recorded"),
-            }
-            current = Some(iid);
+        match tokio::spawn(keepalive_stream(ctx, req.into_inner())).await {
+            Ok(r) => r.map(|()| Response::new(pb::KeepAliveResponse {})),
+            Err(_) => Err(Status::internal("keepalive task failed")),
         }
-        if let Some(iid) = current {
-            tracing::info!(instance = iid, "keepalive stream ended; instance inactive");
-            instances::mark_inactive(&self.ctx.db, iid).await?;
-        }
-        Ok(Response::new(pb::KeepAliveResponse {}))
     }
 
     async fn get_scheduler_cluster_config(
@@ -398,4 +381,32 @@ impl Manager for Service {
         tokio::spawn(async move { me.seed_session(inbound, tx).await });
         Ok(Response::new(ReceiverStream::new(rx)))
     }
+}
+
+/// Records each keepalive of one stream; when the stream ends (not because
+/// this manager stops) the instance turns inactive at once.
+async fn keepalive_stream(ctx: Ctx, mut stream: Streaming<pb::KeepAliveRequest>) -> Result<(), Status> {
+    let mut current: Option<i64> = None;
+    loop {
+        let msg = tokio::select! {
+            m = stream.next() => m,
+            // On shutdown the stream ends but the instance is left as it is:
+            // another manager (or this one, restarted) takes its keepalives.
+            _ = ctx.closed() => return Ok(()),
+        };
+        let Some(Ok(msg)) = msg else { break };
+        let iid = id(msg.instance_id, "instance_id")?;
+        match instances::keepalive(&ctx.db, iid).await {
+            Ok(true) => tracing::info!(instance = iid, "instance is back and active again"),
+            Ok(false) => {}
+            Err(e @ Error::NotFound { .. }) => return Err(e.into()),
+            Err(e) => tracing::warn!(instance = iid, error = %e, "keepalive not recorded"),
+        }
+        current = Some(iid);
+    }
+    if let Some(iid) = current {
+        tracing::info!(instance = iid, "keepalive stream ended; instance inactive");
+        instances::mark_inactive(&ctx.db, iid).await?;
+    }
+    Ok(())
 }

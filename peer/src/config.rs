@@ -18,6 +18,9 @@
 //! gc_interval = "1m"
 //! disk_high_watermark = 90                 # percent of the data_dir filesystem
 //! disk_low_watermark = 80
+//! [manager]                                # optional: schedulers from a manager
+//! addr = "http://10.0.0.1:65003"           # empty: the fixed `schedulers` list
+//! refresh_interval = "10s"                 # how often the scheduler list is asked again
 //!
 //! [proxy]                                  # the registry mirror proxy, blobs from the mesh
 //! enabled = true
@@ -64,8 +67,61 @@ pub struct PeerConfig {
     #[serde(with = "humantime_serde")]
     pub keepalive_interval: Duration,
     pub source: SourceConfig,
+    pub manager: ManagerConfig,
     pub proxy: ProxyListenConfig,
     pub log_level: String,
+}
+
+/// The manager that tells this peer which schedulers serve it (and, for a
+/// seed peer, sends preheat work). With `addr` empty, `schedulers` is used.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ManagerConfig {
+    /// gRPC address, `http://HOST:PORT` (`HOST:PORT` means http).
+    pub addr: String,
+    /// Name sent to the manager (default: the system hostname).
+    pub hostname: String,
+    /// The manager's `grpc_token`, if it has one.
+    pub grpc_token: Option<damselfly_service::secret::Secret>,
+    /// A seed peer's seed peer cluster; 0 is the default one.
+    pub seed_peer_cluster_id: u64,
+    /// How often the scheduler list is asked again.
+    #[serde(with = "humantime_serde")]
+    pub refresh_interval: Duration,
+    /// A seed peer's keepalive on its session.
+    #[serde(with = "humantime_serde")]
+    pub keepalive_interval: Duration,
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+impl Default for ManagerConfig {
+    fn default() -> Self {
+        Self {
+            addr: String::new(),
+            hostname: String::new(),
+            grpc_token: None,
+            seed_peer_cluster_id: 0,
+            refresh_interval: Duration::from_secs(10),
+            keepalive_interval: Duration::from_secs(5),
+            timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+impl ManagerConfig {
+    pub fn enabled(&self) -> bool {
+        !self.addr.is_empty()
+    }
+
+    /// `addr` with a scheme.
+    pub fn url(&self) -> String {
+        if self.addr.contains("://") {
+            self.addr.clone()
+        } else {
+            format!("http://{}", self.addr)
+        }
+    }
 }
 
 /// `[proxy]`: whether and where the registry mirror proxy listens, and its
@@ -153,6 +209,7 @@ impl Default for PeerConfig {
             stall_timeout: Duration::from_secs(5),
             keepalive_interval: Duration::from_secs(5),
             source: SourceConfig::default(),
+            manager: ManagerConfig::default(),
             proxy: ProxyListenConfig::default(),
             log_level: "info".into(),
         }
@@ -213,6 +270,23 @@ impl PeerConfig {
         }
         if self.gc_interval.is_zero() || self.keepalive_interval.is_zero() || self.stall_timeout.is_zero() {
             return Err(ConfigError::invalid("gc_interval", "intervals must be positive"));
+        }
+        let m = &self.manager;
+        if m.enabled() {
+            let ok = url::Url::parse(&m.url())
+                .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some());
+            if !ok {
+                return Err(ConfigError::invalid(
+                    "manager.addr",
+                    format!("{:?} is not host:port or an http(s) URL", m.addr),
+                ));
+            }
+            if m.refresh_interval.is_zero() || m.keepalive_interval.is_zero() || m.timeout.is_zero() {
+                return Err(ConfigError::invalid(
+                    "manager.refresh_interval",
+                    "intervals must be positive",
+                ));
+            }
         }
         Ok(())
     }
@@ -288,6 +362,11 @@ mod tests {
         c.schedulers.clear();
         c.advertise_ip = "x".into();
         assert!(c.validate().unwrap_err().to_string().contains("advertise_ip"));
+        c.advertise_ip.clear();
+        c.manager.addr = "http://".into();
+        assert!(c.validate().unwrap_err().to_string().contains("manager.addr"));
+        c.manager.addr = "10.0.0.1:65003".into();
+        c.validate().unwrap();
         assert!(
             parse::<PeerConfig>("upload_slots = -1", "p.toml")
                 .unwrap_err()

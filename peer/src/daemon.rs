@@ -1,9 +1,8 @@
 //! Starts a peer daemon: store, piece server, scheduler streams, local API,
 //! metrics, GC; stops them all on shutdown.
 
-use crate::announcer;
 use crate::config::PeerConfig;
-use crate::download::{Downloader, SchedulerEndpoint};
+use crate::download::Downloader;
 use crate::error::Error;
 use crate::gc::{self, GcPolicy};
 use crate::local_api::LocalApi;
@@ -20,7 +19,6 @@ use prometheus_client::registry::Registry;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::UnixListener;
-use tokio::sync::watch;
 use tracing::{info, warn};
 
 /// How long start-up waits for the first scheduler hello before serving
@@ -41,20 +39,6 @@ pub async fn run(config: PeerConfig, shutdown: Shutdown) -> Result<(), Error> {
     let host_id = store::host_id(&config.data_dir)?;
     let tasks = Arc::new(Tasks::new(store));
 
-    let mut schedulers = Vec::new();
-    for addr in &config.schedulers {
-        let channel = tonic::transport::Endpoint::from_shared(addr.clone())
-            .map_err(|e| Error::BadRequest(format!("scheduler address {addr:?}: {e}")))?
-            .connect_timeout(Duration::from_secs(3))
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(10))
-            .keep_alive_timeout(Duration::from_secs(10))
-            .connect_lazy();
-        schedulers.push(SchedulerEndpoint {
-            addr: addr.clone(),
-            channel,
-        });
-    }
     let http = source::client(&config.source)?;
     let downloader = Downloader::new(
         tasks.clone(),
@@ -62,7 +46,7 @@ pub async fn run(config: PeerConfig, shutdown: Shutdown) -> Result<(), Error> {
         host_id.clone(),
         metrics.clone(),
         http,
-        schedulers.clone(),
+        Vec::new(),
     );
 
     // Piece server.
@@ -81,10 +65,14 @@ pub async fn run(config: PeerConfig, shutdown: Shutdown) -> Result<(), Error> {
     let ip = advertise_ip(&config);
     let info = HostInfo {
         host_id: host_id.clone(),
-        hostname: std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .unwrap_or_default()
-            .trim()
-            .to_string(),
+        hostname: if config.manager.hostname.is_empty() {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .unwrap_or_default()
+                .trim()
+                .to_string()
+        } else {
+            config.manager.hostname.clone()
+        },
         ip: ip.clone(),
         piece_port: piece_port as u32,
         seed: config.seed,
@@ -93,18 +81,9 @@ pub async fn run(config: PeerConfig, shutdown: Shutdown) -> Result<(), Error> {
         upload_slots: config.upload_slots,
         upload_rate: config.upload_rate.as_u64(),
     };
-    let mut announced = Vec::new();
-    for ep in schedulers {
-        let (tx, rx) = watch::channel(false);
-        announced.push(rx);
-        handles.push(tokio::spawn(announcer::run(
-            ep,
-            info.clone(),
-            downloader.clone(),
-            tx,
-            shutdown.clone(),
-        )));
-    }
+    // Fixed schedulers, or the manager's list (followed while the daemon runs).
+    let (announced, followers) = crate::schedulers::start(&config, &downloader, &info, &shutdown).await?;
+    handles.extend(followers);
     for mut rx in announced {
         if tokio::time::timeout(ANNOUNCE_WAIT, rx.wait_for(|a| *a))
             .await
@@ -184,15 +163,18 @@ pub async fn run(config: PeerConfig, shutdown: Shutdown) -> Result<(), Error> {
 }
 
 /// The configured address, else the local address used to reach the first
-/// scheduler, else loopback.
+/// scheduler (or the manager), else loopback.
 fn advertise_ip(config: &PeerConfig) -> String {
     if !config.advertise_ip.is_empty() {
         return config.advertise_ip.clone();
     }
+    let manager = config.manager.enabled().then(|| config.manager.url());
     let target = config
         .schedulers
         .first()
-        .and_then(|s| url::Url::parse(s).ok())
+        .cloned()
+        .or(manager)
+        .and_then(|s| url::Url::parse(&s).ok())
         .and_then(|u| Some(format!("{}:{}", u.host_str()?, u.port_or_known_default()?)));
     target
         .and_then(|t| {

@@ -57,7 +57,8 @@ pub struct Downloader {
     pub host_id: String,
     pub metrics: Metrics,
     pub http: reqwest::Client,
-    pub schedulers: Vec<SchedulerEndpoint>,
+    /// Fixed, or the manager's latest answer (see [`Downloader::set_schedulers`]).
+    schedulers: std::sync::RwLock<Vec<SchedulerEndpoint>>,
     pub download_limiter: Arc<RateLimiter>,
     running: Mutex<HashSet<String>>,
 }
@@ -78,22 +79,36 @@ impl Downloader {
         schedulers: Vec<SchedulerEndpoint>,
     ) -> Arc<Self> {
         let download_limiter = Arc::new(RateLimiter::new(config.download_rate.as_u64()));
+        metrics.schedulers.set(schedulers.len() as i64);
         Arc::new(Self {
             tasks,
             config,
             host_id,
             metrics,
             http,
-            schedulers,
+            schedulers: std::sync::RwLock::new(schedulers),
             download_limiter,
             running: Mutex::new(HashSet::new()),
         })
     }
 
     /// The scheduler that owns `task_id` (every peer of a task picks the same one).
-    pub fn scheduler_for(&self, task_id: &str) -> Option<&SchedulerEndpoint> {
-        let addr = ring::pick(task_id, self.schedulers.iter().map(|s| s.addr.as_str()), "")?;
-        self.schedulers.iter().find(|s| s.addr == addr)
+    pub fn scheduler_for(&self, task_id: &str) -> Option<SchedulerEndpoint> {
+        let list = self.schedulers.read().expect("schedulers lock");
+        let addr = ring::pick(task_id, list.iter().map(|s| s.addr.as_str()), "")?;
+        list.iter().find(|s| s.addr == addr).cloned()
+    }
+
+    /// The schedulers new tasks are spread over.
+    pub fn schedulers(&self) -> Vec<SchedulerEndpoint> {
+        self.schedulers.read().expect("schedulers lock").clone()
+    }
+
+    /// Replaces the scheduler list (the manager's answer changed). Tasks
+    /// already running keep the scheduler they registered with.
+    pub fn set_schedulers(&self, list: Vec<SchedulerEndpoint>) {
+        self.metrics.schedulers.set(list.len() as i64);
+        *self.schedulers.write().expect("schedulers lock") = list;
     }
 
     /// Starts the task, or joins it if it is running or done.
@@ -278,7 +293,7 @@ impl Engine {
     }
 
     async fn connect_scheduler(&mut self) {
-        let Some(ep) = self.d.scheduler_for(&self.spec.task_id).cloned() else {
+        let Some(ep) = self.d.scheduler_for(&self.spec.task_id) else {
             return;
         };
         let (tx, rx) = mpsc::unbounded_channel();

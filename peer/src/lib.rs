@@ -16,6 +16,8 @@
 //! - [`source`]: back-to-source over HTTP(S) with Range and retries.
 //! - [`download`]: the engine that drives one task to completion.
 //! - [`announcer`]: the host stream to the scheduler (keepalive, seed triggers).
+//! - [`schedulers`]: one host stream per scheduler in the (fixed or managed) list.
+//! - [`manager`]: the scheduler list from a manager, and a seed peer's preheat session.
 //! - [`local_api`]: the unix-socket gRPC API used by `damselfly get`.
 //! - [`blob`]: the registry proxy's blob source (the mesh) and its server.
 //! - [`daemon`]: starts all of the above.
@@ -30,10 +32,12 @@ pub mod error;
 pub mod fault;
 pub mod gc;
 pub mod local_api;
+pub mod manager;
 pub mod metrics;
 pub mod parent;
 pub mod piece_server;
 pub mod rate;
+pub mod schedulers;
 pub mod source;
 pub mod store;
 pub mod task;

@@ -16,6 +16,7 @@ pub struct Metrics {
     pub tasks: Family<Labels, Counter>,
     pub active_downloads: Gauge,
     pub active_uploads: Gauge,
+    pub schedulers: Gauge,
 }
 
 impl Metrics {
@@ -52,6 +53,11 @@ impl Metrics {
             "active_uploads",
             "Piece connections to children now",
             m.active_uploads.clone(),
+        );
+        r.register(
+            "schedulers",
+            "Schedulers new tasks are spread over",
+            m.schedulers.clone(),
         );
         m
     }

@@ -9,11 +9,16 @@
 //! [evaluator]
 //! candidate_parent_limit = 4       # parents handed to one peer
 //! filter_parent_limit = 40         # candidates looked at per decision
+//! [manager]                        # optional: register with a manager
+//! addr = "http://10.0.0.1:65003"   # its gRPC address; empty = no manager
+//! cluster_id = 0                   # 0: the manager picks by scope
+//! advertise_ip = ""                # empty: listen's IP, else the one reaching the manager
 //! ```
 
 use damselfly_service::config::ConfigError;
 use serde::Deserialize;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -28,7 +33,75 @@ pub struct SchedulerConfig {
     #[serde(with = "humantime_serde")]
     pub gc_interval: Duration,
     pub evaluator: EvaluatorConfig,
+    pub manager: ManagerConfig,
     pub log_level: String,
+}
+
+/// The manager this scheduler registers with. With `addr` empty the
+/// scheduler runs alone on its own config.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ManagerConfig {
+    /// gRPC address, `http://HOST:PORT` (`HOST:PORT` means http).
+    pub addr: String,
+    /// Scheduler cluster to join; 0 lets the manager choose by scope.
+    pub cluster_id: u64,
+    /// Name registered (default: the system hostname).
+    pub hostname: String,
+    /// Address peers dial (default: `listen`'s IP, else the local address
+    /// that reaches the manager).
+    pub advertise_ip: String,
+    pub idc: String,
+    pub location: String,
+    /// The manager's `grpc_token`, if it has one.
+    pub grpc_token: Option<damselfly_service::secret::Secret>,
+    /// Where the manager's last answers are kept for outages.
+    pub cache_dir: PathBuf,
+    #[serde(with = "humantime_serde")]
+    pub keepalive_interval: Duration,
+    /// How often the cluster's settings are fetched again.
+    #[serde(with = "humantime_serde")]
+    pub refresh_interval: Duration,
+    /// How often traffic counters are reported.
+    #[serde(with = "humantime_serde")]
+    pub traffic_interval: Duration,
+    /// Per call.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+impl Default for ManagerConfig {
+    fn default() -> Self {
+        Self {
+            addr: String::new(),
+            cluster_id: 0,
+            hostname: String::new(),
+            advertise_ip: String::new(),
+            idc: String::new(),
+            location: String::new(),
+            grpc_token: None,
+            cache_dir: "/var/lib/damselfly/scheduler-manager".into(),
+            keepalive_interval: Duration::from_secs(5),
+            refresh_interval: Duration::from_secs(10),
+            traffic_interval: Duration::from_secs(30),
+            timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+impl ManagerConfig {
+    pub fn enabled(&self) -> bool {
+        !self.addr.is_empty()
+    }
+
+    /// `addr` with a scheme.
+    pub fn url(&self) -> String {
+        if self.addr.contains("://") {
+            self.addr.clone()
+        } else {
+            format!("http://{}", self.addr)
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -70,6 +143,7 @@ impl Default for SchedulerConfig {
             task_ttl: DEFAULT_TASK_TTL,
             gc_interval: DEFAULT_GC_INTERVAL,
             evaluator: EvaluatorConfig::default(),
+            manager: ManagerConfig::default(),
             log_level: "info".into(),
         }
     }
@@ -122,6 +196,39 @@ impl SchedulerConfig {
                 "must be at least 1",
             ));
         }
+        let m = &self.manager;
+        if m.enabled() {
+            let ok = url::Url::parse(&m.url())
+                .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some());
+            if !ok {
+                return Err(ConfigError::invalid(
+                    "manager.addr",
+                    format!("{:?} is not host:port or an http(s) URL", m.addr),
+                ));
+            }
+            if !m.advertise_ip.is_empty() && m.advertise_ip.parse::<std::net::IpAddr>().is_err() {
+                return Err(ConfigError::invalid(
+                    "manager.advertise_ip",
+                    "must be an IP address",
+                ));
+            }
+            for (name, d) in [
+                ("manager.keepalive_interval", m.keepalive_interval),
+                ("manager.refresh_interval", m.refresh_interval),
+                ("manager.traffic_interval", m.traffic_interval),
+                ("manager.timeout", m.timeout),
+            ] {
+                if d.is_zero() {
+                    return Err(ConfigError::invalid(name, "must be positive"));
+                }
+            }
+            if !m.cache_dir.is_absolute() {
+                return Err(ConfigError::invalid(
+                    "manager.cache_dir",
+                    "must be an absolute path",
+                ));
+            }
+        }
         Ok(())
     }
 }
@@ -158,5 +265,16 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("host_timeout"), "{e}");
+        let mut c = SchedulerConfig::default();
+        c.manager.addr = "10.0.0.1:65003".into();
+        c.validate().unwrap();
+        assert_eq!(c.manager.url(), "http://10.0.0.1:65003");
+        c.manager.refresh_interval = Duration::ZERO;
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("manager.refresh_interval")
+        );
     }
 }

@@ -1,4 +1,5 @@
-//! HTTP for operators and tests: `/metrics`, `/healthz` and `/tasks/{id}`.
+//! HTTP for operators and tests: `/metrics`, `/healthz`, `/tasks/{id}` and
+//! `/config` (the parent limits in force and the manager link).
 
 use crate::service::Shared;
 use crate::state::PeerState;
@@ -37,8 +38,25 @@ pub fn router(shared: Arc<Shared>, registry: Arc<Registry>) -> axum::Router {
         axum::Router::new()
             .route("/healthz", get(|| async { "ok" }))
             .route("/tasks/{id}", get(task))
+            .route("/config", get(config))
             .with_state(shared),
     )
+}
+
+#[derive(Serialize)]
+pub struct ConfigView {
+    pub candidate_parent_limit: usize,
+    pub filter_parent_limit: usize,
+    pub manager: crate::manager::ManagerStatus,
+}
+
+async fn config(State(shared): State<Arc<Shared>>) -> Json<ConfigView> {
+    let c = shared.planner.config();
+    Json(ConfigView {
+        candidate_parent_limit: c.candidate_parent_limit,
+        filter_parent_limit: c.filter_parent_limit,
+        manager: shared.manager.lock().expect("manager status lock").clone(),
+    })
 }
 
 async fn task(

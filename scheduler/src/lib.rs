@@ -12,7 +12,8 @@
 //! - [`evaluator`]: the trait that filters and scores candidate parents, and the default policy.
 //! - [`schedule`]: parent selection and re-planning over [`state`].
 //! - [`service`]: the gRPC wrapper; the only place that knows about tonic.
-//! - [`http`]: `/metrics` and `/tasks/{id}` for operators and tests.
+//! - [`http`]: `/metrics`, `/tasks/{id}` and `/config` for operators and tests.
+//! - [`manager`]: registration, keepalive, live settings and traffic reports to a manager.
 //! - [`metrics`]: the scheduler's Prometheus metrics.
 //! - [`server`]: starts everything and stops it on shutdown.
 
@@ -20,6 +21,7 @@ pub mod config;
 pub mod error;
 pub mod evaluator;
 pub mod http;
+pub mod manager;
 pub mod metrics;
 pub mod schedule;
 pub mod server;

@@ -20,6 +20,7 @@ use crate::evaluator::{Evaluator, View};
 use crate::state::{PeerState, State, Task};
 use damselfly_proto::scheduler::{Parent, Parents, TaskCommand, task_command};
 use rand::seq::IteratorRandom;
+use std::sync::RwLock;
 
 /// Bonus that keeps a current parent over an equally good newcomer, so
 /// re-planning does not churn connections.
@@ -27,10 +28,37 @@ const STICKY_BONUS: f64 = 0.2;
 
 pub struct Planner {
     pub evaluator: Box<dyn Evaluator>,
-    pub config: EvaluatorConfig,
+    /// Read once per decision; swapped by [`Planner::set_limits`] when the
+    /// manager changes the cluster's settings (no restart).
+    config: RwLock<EvaluatorConfig>,
 }
 
 impl Planner {
+    pub fn new(evaluator: Box<dyn Evaluator>, config: EvaluatorConfig) -> Self {
+        Self {
+            evaluator,
+            config: RwLock::new(config),
+        }
+    }
+
+    /// The settings in force now.
+    pub fn config(&self) -> EvaluatorConfig {
+        self.config.read().expect("planner config lock").clone()
+    }
+
+    /// Applies new parent limits to every decision from now on. Returns
+    /// false (and changes nothing) when they are out of range: at least 1
+    /// parent, at most 64, and `filter >= candidate`.
+    pub fn set_limits(&self, candidate_parent_limit: usize, filter_parent_limit: usize) -> bool {
+        if !(1..=64).contains(&candidate_parent_limit) || filter_parent_limit < candidate_parent_limit {
+            return false;
+        }
+        let mut c = self.config.write().expect("planner config lock");
+        c.candidate_parent_limit = candidate_parent_limit;
+        c.filter_parent_limit = filter_parent_limit;
+        true
+    }
+
     /// Chooses parents for `peer_id`, records the edges and sends the set.
     /// Returns how many parents it got.
     pub fn schedule(&self, state: &mut State, task_id: &str, peer_id: &str) -> usize {
@@ -91,7 +119,7 @@ impl Planner {
             })
             .collect();
         scored.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
-        scored.truncate(self.config.candidate_parent_limit);
+        scored.truncate(self.config().candidate_parent_limit);
         let chosen: Vec<String> = scored.into_iter().map(|(_, id)| id).collect();
         let msg = parents_message(state, task_id, &chosen);
         let task = state.tasks.get_mut(task_id).expect("checked above");
@@ -115,7 +143,7 @@ impl Planner {
             .map(String::as_str)
             .filter(|id| *id != peer_id && !task.peers.get(*id).is_some_and(|p| p.source))
             .collect();
-        let room = self.config.filter_parent_limit.saturating_sub(out.len());
+        let room = self.config().filter_parent_limit.saturating_sub(out.len());
         if others.len() <= room {
             out.extend(others);
         } else {
@@ -131,15 +159,13 @@ impl Planner {
         let Some(task) = state.tasks.get(task_id) else {
             return;
         };
+        let limit = self.config().candidate_parent_limit;
         let needy: Vec<String> = task
             .order
             .iter()
             .filter(|id| {
                 task.peers.get(*id).is_some_and(|p| {
-                    !p.source
-                        && p.state == PeerState::Running
-                        && p.tx.is_some()
-                        && p.parents.len() < self.config.candidate_parent_limit
+                    !p.source && p.state == PeerState::Running && p.tx.is_some() && p.parents.len() < limit
                 })
             })
             .take(max)
@@ -187,12 +213,12 @@ mod tests {
             candidate_parent_limit: limit,
             ..EvaluatorConfig::default()
         };
-        Planner {
-            evaluator: Box::new(DefaultEvaluator {
+        Planner::new(
+            Box::new(DefaultEvaluator {
                 config: config.clone(),
             }),
             config,
-        }
+        )
     }
 
     fn add_host(s: &mut State, id: &str, slots: u32, idc: &str) {
@@ -325,5 +351,29 @@ mod tests {
         add_peer(&mut s, "near", "near", false);
         planner(1).schedule(&mut s, "t", "child");
         assert_eq!(parents(&s, "child"), vec!["near".to_string()]);
+    }
+
+    #[test]
+    fn limits_swap_without_a_new_planner() {
+        let mut s = State::default();
+        for h in ["h1", "h2", "h3", "h4", "h5"] {
+            add_host(&mut s, h, 8, "");
+        }
+        add_peer(&mut s, "seed", "h1", true);
+        for (i, h) in ["h2", "h3", "h4", "h5"].iter().enumerate() {
+            add_peer(&mut s, &format!("p{i}"), h, false);
+        }
+        let p = planner(8);
+        assert_eq!(p.schedule(&mut s, "t", "p0"), 4);
+        assert!(p.set_limits(1, 40));
+        assert_eq!(p.config().candidate_parent_limit, 1);
+        assert_eq!(p.schedule(&mut s, "t", "p0"), 1);
+        assert!(!p.set_limits(0, 40), "zero parents refused");
+        assert!(!p.set_limits(5, 4), "filter below candidate refused");
+        assert_eq!(
+            p.config().candidate_parent_limit,
+            1,
+            "a refused change keeps the old one"
+        );
     }
 }

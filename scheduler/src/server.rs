@@ -1,4 +1,5 @@
-//! Starts the gRPC and HTTP servers and the GC loop; stops them on shutdown.
+//! Starts the gRPC and HTTP servers, the GC loop and the manager link; stops
+//! them on shutdown.
 
 use crate::config::SchedulerConfig;
 use crate::error::Error;
@@ -19,13 +20,14 @@ pub async fn run(config: SchedulerConfig, shutdown: Shutdown) -> Result<(), Erro
     let metrics = Metrics::new(&mut registry);
     let shared = Arc::new(Shared {
         state: Mutex::new(Default::default()),
-        planner: Planner {
-            evaluator: Box::new(DefaultEvaluator {
+        planner: Arc::new(Planner::new(
+            Box::new(DefaultEvaluator {
                 config: config.evaluator.clone(),
             }),
-            config: config.evaluator.clone(),
-        },
+            config.evaluator.clone(),
+        )),
         metrics,
+        manager: Default::default(),
     });
 
     let http = tokio::net::TcpListener::bind(config.http_listen)
@@ -55,6 +57,17 @@ pub async fn run(config: SchedulerConfig, shutdown: Shutdown) -> Result<(), Erro
         }
     });
 
+    let manager_task = config.manager.enabled().then(|| {
+        tokio::spawn(crate::manager::run(
+            config.manager.clone(),
+            config.listen,
+            shared.planner.clone(),
+            shared.metrics.clone(),
+            shared.manager.clone(),
+            shutdown.clone(),
+        ))
+    });
+
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|source| Error::Io {
@@ -71,5 +84,8 @@ pub async fn run(config: SchedulerConfig, shutdown: Shutdown) -> Result<(), Erro
         .serve_with_incoming_shutdown(incoming, async move { stop.wait().await })
         .await?;
     let _ = tokio::join!(http_task, gc_task);
+    if let Some(t) = manager_task {
+        let _ = t.await;
+    }
     Ok(())
 }

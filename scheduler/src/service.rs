@@ -31,8 +31,10 @@ const REPLAN_ON_REGISTER: usize = 16;
 
 pub struct Shared {
     pub state: Mutex<State>,
-    pub planner: Planner,
+    pub planner: Arc<Planner>,
     pub metrics: Metrics,
+    /// The manager link's view (default when there is no manager).
+    pub manager: Arc<Mutex<crate::manager::ManagerStatus>>,
 }
 
 type ReplyStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
@@ -296,7 +298,7 @@ impl Shared {
                     if let Some(h) = parent_host {
                         let reporters = task.corrupt_reports.entry(h.clone()).or_default();
                         reporters.insert(peer_id.to_string());
-                        if reporters.len() >= self.planner.config.corrupt_reports_for_bad_host {
+                        if reporters.len() >= self.planner.config().corrupt_reports_for_bad_host {
                             warn!(
                                 task_id,
                                 host_id = h,

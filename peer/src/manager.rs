@@ -1,0 +1,196 @@
+//! The peer's link to a manager: which schedulers serve this peer (asked at
+//! start and again every `refresh_interval`), and for a seed peer the seed
+//! session whose preheat work runs through the [`Downloader`].
+//!
+//! Answers are cached on disk under `DATA_DIR/manager` by
+//! [`damselfly_manager_client`], so a peer that restarts while the manager is
+//! down starts on the schedulers it last knew.
+
+use crate::config::PeerConfig;
+use crate::download::{self, Downloader, Request};
+use crate::error::Error;
+use crate::schedulers::Schedulers;
+use damselfly_manager_client::{ManagerClient, PreheatWork, Source};
+use damselfly_proto::manager as pb;
+use damselfly_proto::scheduler::{HostInfo, TaskSpec};
+use damselfly_proto::task_id::{Sha256Digest, task_id};
+use damselfly_service::shutdown::Shutdown;
+use std::sync::Arc;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+/// The client for `config.manager` (its cache in `DATA_DIR/manager`).
+pub fn client(config: &PeerConfig) -> Result<ManagerClient, Error> {
+    let m = &config.manager;
+    ManagerClient::with_token(
+        &m.url(),
+        m.grpc_token.as_ref().map(|t| t.expose()),
+        config.data_dir.join("manager"),
+        m.timeout,
+    )
+    .map_err(|e| Error::BadRequest(format!("manager.addr: {e}")))
+}
+
+/// gRPC URLs of the schedulers in a `ListSchedulers` answer.
+pub fn scheduler_urls(resp: &pb::ListSchedulersResponse) -> Vec<String> {
+    resp.schedulers
+        .iter()
+        .map(|s| {
+            if s.ip.contains(':') {
+                format!("http://[{}]:{}", s.ip, s.port)
+            } else {
+                format!("http://{}:{}", s.ip, s.port)
+            }
+        })
+        .collect()
+}
+
+/// Asks which schedulers serve this host (live, else cached). With neither,
+/// an empty list: downloads go to the origin until the manager answers.
+pub async fn first_schedulers(
+    client: &ManagerClient,
+    req: &pb::ListSchedulersRequest,
+) -> pb::ListSchedulersResponse {
+    match client.list_schedulers(req.clone()).await {
+        Ok((resp, source)) => {
+            info!(
+                cluster = resp.cluster_id,
+                schedulers = resp.schedulers.len(),
+                cached = source == Source::Cache,
+                "schedulers from the manager"
+            );
+            resp
+        }
+        Err(e) => {
+            warn!(error = %e, "no scheduler list yet; downloads go to the origin until the manager answers");
+            pb::ListSchedulersResponse::default()
+        }
+    }
+}
+
+/// Keeps `set` in step with the manager's answers until shutdown.
+pub async fn follow_schedulers(
+    mut rx: watch::Receiver<pb::ListSchedulersResponse>,
+    mut set: Schedulers,
+    shutdown: Shutdown,
+) {
+    loop {
+        tokio::select! {
+            _ = shutdown.wait() => break,
+            changed = rx.changed() => if changed.is_err() { break },
+        }
+        let urls = scheduler_urls(&rx.borrow_and_update());
+        info!(?urls, "scheduler list changed");
+        if let Err(e) = set.set(&urls) {
+            warn!(error = %e, "the manager sent a scheduler address that is not usable");
+        }
+    }
+    set.stop();
+}
+
+/// What a seed peer tells the manager about itself.
+pub fn seed_hello(config: &PeerConfig, info: &HostInfo) -> pb::SeedPeerHello {
+    pb::SeedPeerHello {
+        hostname: info.hostname.clone(),
+        ip: info.ip.clone(),
+        port: info.piece_port,
+        download_port: info.piece_port,
+        idc: config.idc.clone(),
+        location: config.location.clone(),
+        seed_peer_cluster_id: config.manager.seed_peer_cluster_id,
+    }
+}
+
+/// Runs preheat commands as seed downloads: the origin once, into this
+/// peer's store, announced to the task's scheduler as its source.
+pub struct Preheat {
+    pub downloader: Arc<Downloader>,
+}
+
+/// The task spec of a preheat command: named by the blob digest when there
+/// is one (as every peer names an OCI blob), else by the URL.
+pub fn preheat_spec(cmd: &pb::PreheatCommand) -> Result<TaskSpec, String> {
+    let digest = if cmd.digest.is_empty() {
+        None
+    } else {
+        Some(Sha256Digest::parse(&cmd.digest)?)
+    };
+    Ok(TaskSpec {
+        task_id: task_id(&cmd.url, digest.as_ref(), "", "")?,
+        url: cmd.url.clone(),
+        headers: cmd.headers.clone(),
+        digest: digest.map(|d| d.to_string()).unwrap_or_default(),
+        piece_length: 0,
+    })
+}
+
+impl PreheatWork for Preheat {
+    async fn run(&self, cmd: pb::PreheatCommand) -> Result<u64, String> {
+        let spec = preheat_spec(&cmd)?;
+        info!(task_id = spec.task_id, job = cmd.job_id, "preheat");
+        let task = self
+            .downloader
+            .start(Request { spec, seed: true })
+            .map_err(|e| e.to_string())?;
+        download::wait(&task).await.map_err(|e| e.to_string())?;
+        Ok(task
+            .progress()
+            .layout
+            .map(|l| l.content_length)
+            .unwrap_or_default())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn preheat_tasks_are_named_like_every_other_download() {
+        let hex = "ab".repeat(32);
+        let cmd = pb::PreheatCommand {
+            url: "http://reg:5000/v2/a/blobs/sha256:x".into(),
+            digest: format!("sha256:{hex}"),
+            ..Default::default()
+        };
+        let spec = preheat_spec(&cmd).unwrap();
+        assert_eq!(spec.task_id, hex);
+        assert_eq!(spec.digest, format!("sha256:{hex}"));
+        let file = pb::PreheatCommand {
+            url: "http://origin/f".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            preheat_spec(&file).unwrap().task_id,
+            task_id("http://origin/f", None, "", "").unwrap()
+        );
+        let bad = pb::PreheatCommand {
+            digest: "md5:1".into(),
+            ..file
+        };
+        assert!(preheat_spec(&bad).is_err());
+    }
+
+    #[test]
+    fn urls_of_schedulers() {
+        let resp = pb::ListSchedulersResponse {
+            schedulers: vec![
+                pb::SchedulerInfo {
+                    ip: "10.0.0.2".into(),
+                    port: 8002,
+                    ..Default::default()
+                },
+                pb::SchedulerInfo {
+                    ip: "fd00::2".into(),
+                    port: 8002,
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        };
+        assert_eq!(
+            scheduler_urls(&resp),
+            vec!["http://10.0.0.2:8002", "http://[fd00::2]:8002"]
+        );
+    }
+}
