@@ -2,7 +2,7 @@
 
 use anyhow::Context;
 use damselfly_peer::PeerConfig;
-use damselfly_service::shutdown::{self, Shutdown};
+use damselfly_service::shutdown;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -67,13 +67,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }
     config.validate()?;
     damselfly_service::telemetry::init_logging(&config.log_level, false);
-    let (stop, drain) = Shutdown::new();
-    let signal_stop = stop.clone();
-    tokio::spawn(async move {
-        shutdown::signal().await;
-        signal_stop.trigger();
-    });
-    damselfly_peer::daemon::run(config, stop).await.context("peer")?;
-    drain.drained().await;
+    shutdown::run_until_signal(|stop| damselfly_peer::daemon::run(config, stop))
+        .await
+        .context("peer")?;
     Ok(())
 }

@@ -2,7 +2,7 @@
 
 use anyhow::Context;
 use damselfly_scheduler::SchedulerConfig;
-use damselfly_service::shutdown::{self, Shutdown};
+use damselfly_service::shutdown;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -35,15 +35,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }
     config.validate()?;
     damselfly_service::telemetry::init_logging(&config.log_level, false);
-    let (stop, drain) = Shutdown::new();
-    let signal_stop = stop.clone();
-    tokio::spawn(async move {
-        shutdown::signal().await;
-        signal_stop.trigger();
-    });
-    damselfly_scheduler::run(config, stop)
+    shutdown::run_until_signal(|stop| damselfly_scheduler::run(config, stop))
         .await
         .context("scheduler")?;
-    drain.drained().await;
     Ok(())
 }

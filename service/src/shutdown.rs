@@ -58,6 +58,28 @@ impl Drain {
     }
 }
 
+/// Runs a role until it returns, with a [`Shutdown`] that SIGINT or SIGTERM
+/// triggers; then waits until every task holding a clone has finished.
+pub async fn run_until_signal<T, Fut>(role: impl FnOnce(Shutdown) -> Fut) -> T
+where
+    Fut: std::future::Future<Output = T>,
+{
+    let (stop, drain) = Shutdown::new();
+    let signal_stop = stop.clone();
+    let watcher = tokio::spawn(async move {
+        tokio::select! {
+            _ = signal() => signal_stop.trigger(),
+            _ = signal_stop.wait() => {}
+        }
+    });
+    let out = role(stop.clone()).await;
+    stop.trigger();
+    drop(stop);
+    let _ = watcher.await;
+    drain.drained().await;
+    out
+}
+
 /// Resolves on SIGINT or SIGTERM.
 pub async fn signal() {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
