@@ -37,7 +37,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 /// round trip, few enough that a slow parent holds little. With few parents
 /// each gets more, so that the requests in flight stay at about
 /// [`TOTAL_WINDOW`] (one fast parent on a fast link needs a deep pipeline).
-const PARENT_WINDOW: usize = 4;
+const PARENT_WINDOW: usize = 2;
 const TOTAL_WINDOW: usize = 32;
 const TICK: Duration = Duration::from_millis(50);
 const SAVE_EVERY: Duration = Duration::from_millis(500);
