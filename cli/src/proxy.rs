@@ -4,7 +4,7 @@
 
 use anyhow::Context as _;
 use damselfly_registry_proxy::{Proxy, ProxyConfig, router_with_metrics, serve};
-use damselfly_service::shutdown::{Shutdown, signal};
+use damselfly_service::shutdown::run_until_signal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -33,16 +33,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "registry proxy listening");
     println!("listening on {addr}");
-    let (shutdown, drain) = Shutdown::new();
-    let server = tokio::spawn(serve(
-        listener,
-        router_with_metrics(Arc::new(proxy)),
-        shutdown.clone(),
-    ));
-    signal().await;
-    shutdown.trigger();
-    drop(shutdown);
-    server.await?.context("serve")?;
-    drain.drained().await;
+    let router = router_with_metrics(Arc::new(proxy));
+    run_until_signal(|stop| serve(listener, router, stop))
+        .await
+        .context("serve")?;
     Ok(())
 }

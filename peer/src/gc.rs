@@ -34,15 +34,13 @@ pub fn collect(tasks: &Tasks, policy: &GcPolicy, used_percent: impl Fn() -> Opti
         }
     };
     let now = now_unix();
-    // Most recently used task first in memory: use its in-memory progress as access.
+    // Least recently used first.
     records.sort_by_key(|r| r.last_access_unix);
     let ttl = policy.ttl.as_secs() as i64;
     let mut kept = Vec::new();
     for r in records {
-        if now - r.last_access_unix > ttl
-            && !tasks.in_use(&r.task_id)
-            && matches!(tasks.evict(&r.task_id), Ok(true))
-        {
+        // `evict` refuses a task in use.
+        if now - r.last_access_unix > ttl && matches!(tasks.evict(&r.task_id), Ok(true)) {
             evicted.push(r.task_id);
             continue;
         }
@@ -53,7 +51,7 @@ pub fn collect(tasks: &Tasks, policy: &GcPolicy, used_percent: impl Fn() -> Opti
             if used_percent().is_none_or(|u| u <= policy.low as f64) {
                 break;
             }
-            if !tasks.in_use(&r.task_id) && matches!(tasks.evict(&r.task_id), Ok(true)) {
+            if matches!(tasks.evict(&r.task_id), Ok(true)) {
                 evicted.push(r.task_id);
             }
         }

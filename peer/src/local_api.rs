@@ -7,7 +7,7 @@
 //! copy costs nothing at the end. A task already in the store is copied
 //! in-kernel (`copy_file_range`).
 
-use crate::download::{self, Downloader, Request};
+use crate::download::{Downloader, Request};
 use crate::error::Error;
 use damselfly_proto::daemon::daemon_server::Daemon;
 use damselfly_proto::daemon::{
@@ -288,9 +288,6 @@ impl Daemon for LocalApi {
         Ok(Response::new(DeleteTaskResponse {}))
     }
 }
-
-/// Waits for a task started through [`Downloader::start`]; re-exported for embedders.
-pub use download::wait;
 
 #[cfg(test)]
 mod tests {

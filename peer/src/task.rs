@@ -281,8 +281,11 @@ impl Task {
     }
 
     pub fn mark_done(&self) {
-        self.lock().progress.done = true;
-        self.lock().dirty = true;
+        {
+            let mut s = self.lock();
+            s.progress.done = true;
+            s.dirty = true;
+        }
         self.notify();
     }
 

@@ -19,8 +19,8 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
+use tokio_stream::Stream;
 use tokio_stream::wrappers::UnboundedReceiverStream;
-use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, info, warn};
 
@@ -368,8 +368,6 @@ impl Shared {
             if let Some(p) = task.peers.get_mut(peer_id) {
                 p.tx = None;
             }
-            let parents = task.peers[peer_id].parents.clone();
-            let _ = parents;
             task.set_parents(peer_id, Vec::new());
         } else {
             let orphans = task.remove_peer(peer_id);
@@ -525,8 +523,6 @@ impl Scheduler for SchedulerService {
             }
             shared.task_stream_closed(&task_id, &peer_id);
         });
-        Ok(Response::new(Box::pin(
-            UnboundedReceiverStream::new(rx).map(|m| m),
-        )))
+        Ok(Response::new(Box::pin(UnboundedReceiverStream::new(rx))))
     }
 }
