@@ -195,9 +195,10 @@ where
     }
 }
 
-/// Whether tests that need system tools must run (CI) or may be skipped.
+/// Whether tests that need system tools must run (CI, or `DAMSELFLY_REQUIRE_LAB=1` as
+/// `scripts/test.sh` sets) or may be skipped.
 pub fn required() -> bool {
-    std::env::var_os("CI").is_some() || std::env::var_os("DAMSELFLY_REQUIRE_ALL").is_some()
+    std::env::var_os("CI").is_some() || std::env::var("DAMSELFLY_REQUIRE_LAB").as_deref() == Ok("1")
 }
 
 pub fn have(tool: &str) -> bool {
