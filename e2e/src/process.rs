@@ -105,6 +105,32 @@ pub fn peak_rss_bytes(pid: u32) -> Option<u64> {
     Some(kib * 1024)
 }
 
+/// CPU time (user + system) a process has used so far, in seconds.
+pub fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(ticks as f64 / rustix::param::clock_ticks_per_second() as f64)
+}
+
+/// CPU seconds the whole machine has spent busy (all but idle and iowait).
+pub fn machine_busy_seconds() -> Option<f64> {
+    let stat = fs::read_to_string("/proc/stat").ok()?;
+    let fields: Vec<u64> = stat
+        .lines()
+        .next()?
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal ...
+    let busy: u64 = fields.iter().enumerate().filter(|(i, _)| *i != 3 && *i != 4).map(|(_, v)| v).sum();
+    Some(busy as f64 / rustix::param::clock_ticks_per_second() as f64)
+}
+
 /// A daemon running in a lab host. Dropping it stops it (SIGTERM, then
 /// SIGKILL after [`STOP_GRACE`]).
 pub struct Proc {
@@ -157,6 +183,10 @@ impl Proc {
     /// Peak resident set size so far (VmHWM), while the daemon runs.
     pub fn peak_rss_bytes(&self) -> Option<u64> {
         peak_rss_bytes(self.pid())
+    }
+
+    pub fn cpu_seconds(&self) -> Option<f64> {
+        cpu_seconds(self.pid())
     }
 
     /// SIGTERM, then SIGKILL after [`STOP_GRACE`]; returns the exit status.

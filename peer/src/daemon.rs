@@ -5,6 +5,7 @@ use crate::config::PeerConfig;
 use crate::download::Downloader;
 use crate::error::Error;
 use crate::gc::{self, GcPolicy};
+use crate::store::FLUSH_EVERY;
 use crate::local_api::LocalApi;
 use crate::metrics::Metrics;
 use crate::piece_server::PieceServer;
@@ -103,10 +104,18 @@ pub async fn run(config: PeerConfig, shutdown: Shutdown) -> Result<(), Error> {
     let (gc_every, data_dir, gc_stop) = (config.gc_interval, config.data_dir.clone(), shutdown.clone());
     handles.push(tokio::spawn(async move {
         let mut tick = tokio::time::interval(gc_every);
+        let mut flush = tokio::time::interval(FLUSH_EVERY);
         tick.tick().await;
+        flush.tick().await;
         loop {
             tokio::select! {
                 _ = tick.tick() => { gc::collect(&gc_tasks, &policy, || gc::disk_used_percent(&data_dir)); }
+                _ = flush.tick() => {
+                    let tasks = gc_tasks.clone();
+                    if let Ok(Err(e)) = tokio::task::spawn_blocking(move || tasks.store.flush()).await {
+                        tracing::warn!(error = %e, "cannot flush the task records");
+                    }
+                }
                 _ = gc_stop.wait() => return,
             }
         }
@@ -153,7 +162,7 @@ pub async fn run(config: PeerConfig, shutdown: Shutdown) -> Result<(), Error> {
     for t in downloader.tasks.all() {
         clean &= t.sync().is_ok() && t.save(&downloader.tasks.store).is_ok();
     }
-    if clean {
+    if clean && downloader.tasks.store.flush().is_ok() {
         let _ = downloader.tasks.store.mark_clean();
     }
     for h in handles {

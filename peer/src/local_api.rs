@@ -87,7 +87,9 @@ pub fn copy_out(content: &Path, output: &Path) -> Result<(), Error> {
 pub struct OutputFile {
     tmp: PathBuf,
     output: PathBuf,
-    file: tokio::fs::File,
+    file: std::fs::File,
+    /// The task's content file, read in order (opened with the first piece).
+    content: Option<std::fs::File>,
     next: u32,
 }
 
@@ -109,39 +111,59 @@ fn temp_name(output: &Path) -> Result<PathBuf, Error> {
 impl OutputFile {
     pub async fn create(output: &Path) -> Result<Self, Error> {
         let tmp = temp_name(output)?;
-        let file = tokio::fs::File::create(&tmp)
-            .await
-            .map_err(|e| Error::io(format!("create {}", tmp.display()), e))?;
+        let file = std::fs::File::create(&tmp).map_err(|e| Error::io(format!("create {}", tmp.display()), e))?;
         Ok(Self {
             tmp,
             output: output.to_path_buf(),
             file,
+            content: None,
             next: 0,
         })
     }
 
-    /// Appends every piece that has landed since the last call, in order.
+    /// Appends every piece that has landed since the last call, in order,
+    /// with an in-kernel copy from the content file (`copy_file_range`).
     pub async fn catch_up(&mut self, task: &crate::task::Task) -> Result<(), Error> {
-        use tokio::io::AsyncWriteExt;
-        while task.has(self.next) {
-            let data = task.read_piece(self.next)?;
-            self.file
-                .write_all(&data)
-                .await
-                .map_err(|e| Error::io(format!("write {}", self.tmp.display()), e))?;
-            self.next += 1;
+        let mut end = self.next;
+        while task.has(end) {
+            end += 1;
         }
+        if end == self.next {
+            return Ok(());
+        }
+        let layout = task
+            .layout()
+            .ok_or_else(|| Error::Failed("task layout not known yet".into()))?;
+        let len = layout.offset(end - 1) + layout.len_of(end - 1) as u64 - layout.offset(self.next);
+        if self.content.is_none() {
+            let path = task.content_path();
+            let f = std::fs::File::open(path).map_err(|e| Error::io(format!("open {}", path.display()), e))?;
+            self.content = Some(f);
+        }
+        // Clones share the file offsets, which advance with every copy: both
+        // files are read and written strictly in order.
+        let clone = |f: &std::fs::File| f.try_clone().map_err(|e| Error::io("duplicate a file handle", e));
+        let (src, mut dst) = (clone(self.content.as_ref().expect("opened above"))?, clone(&self.file)?);
+        let tmp = self.tmp.clone();
+        let copied = tokio::task::spawn_blocking(move || {
+            use std::io::Read;
+            std::io::copy(&mut src.take(len), &mut dst)
+        })
+        .await
+        .map_err(|e| Error::Failed(format!("output copy: {e}")))?
+        .map_err(|e| Error::io(format!("write {}", tmp.display()), e))?;
+        if copied != len {
+            return Err(Error::Failed(format!(
+                "output copy stopped after {copied} of {len} bytes"
+            )));
+        }
+        self.next = end;
         Ok(())
     }
 
     /// Writes what is left and renames the file into place.
     pub async fn finish(mut self, task: &crate::task::Task) -> Result<(), Error> {
-        use tokio::io::AsyncWriteExt;
         self.catch_up(task).await?;
-        self.file
-            .flush()
-            .await
-            .map_err(|e| Error::io("flush output", e))?;
         let expected = task.layout().map(|l| l.piece_count()).unwrap_or(0);
         if self.next != expected {
             return Err(Error::Failed(format!(

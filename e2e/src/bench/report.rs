@@ -1,6 +1,7 @@
 //! The bench's results: `report.json` (these types, serialised) and
 //! `report.md` (a table for people and for README.md).
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::fs;
 use std::path::Path;
@@ -115,6 +116,12 @@ pub struct SingleReport {
     pub concurrent_size_bytes: u64,
     /// Peak RSS of that peer daemon (target < 100 MiB).
     pub peer_peak_rss_bytes: Option<u64>,
+    /// CPU seconds the origin used during curl, and each process (origin,
+    /// seed, peer) during the cold get: what the machine's cores had to do.
+    #[serde(default)]
+    pub curl_cpu_s: BTreeMap<String, f64>,
+    #[serde(default)]
+    pub cold_get_cpu_s: BTreeMap<String, f64>,
     pub sha256_ok: bool,
     pub errors: Vec<String>,
 }
@@ -258,6 +265,18 @@ impl SingleReport {
             rate(self.cold_get_s),
             opt(self.cold_vs_curl, |v| format!("{v:.2} x"))
         );
+        let cpu = |m: &BTreeMap<String, f64>| {
+            let parts: Vec<String> = m.iter().map(|(k, v)| format!("{k} {v:.2}")).collect();
+            parts.join(", ")
+        };
+        if !self.cold_get_cpu_s.is_empty() {
+            let _ = writeln!(
+                md,
+                "| CPU seconds: curl / cold get | {} / {} | |",
+                cpu(&self.curl_cpu_s),
+                cpu(&self.cold_get_cpu_s)
+            );
+        }
         let _ = writeln!(
             md,
             "| cached `damselfly get` | {} = {} of curl | >= 2 x |",

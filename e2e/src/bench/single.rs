@@ -2,6 +2,7 @@
 //! against `curl` from the origin, and the peer daemon's peak RSS while it
 //! serves several downloads at once.
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -15,7 +16,7 @@ use crate::data::{ensure_space, sha256_file, write_random_file};
 use crate::lab::Lab;
 use crate::mesh::Mesh;
 use crate::origin::Origin;
-use crate::process::wait_all;
+use crate::process::{Proc, cpu_seconds, machine_busy_seconds, wait_all};
 
 const ORIGIN: &str = "origin";
 const SCHEDULER: &str = "sched";
@@ -65,6 +66,8 @@ pub fn measure(config: &SingleConfig) -> Result<SingleReport> {
         concurrent_downloads: CONCURRENT,
         concurrent_size_bytes: config.concurrent_size.0,
         peer_peak_rss_bytes: None,
+        curl_cpu_s: Default::default(),
+        cold_get_cpu_s: Default::default(),
         sha256_ok: false,
         errors: Vec::new(),
     };
@@ -73,7 +76,10 @@ pub fn measure(config: &SingleConfig) -> Result<SingleReport> {
     let curl_out = out.join("curl");
     let mut curl = Command::new("curl");
     curl.args(["-sSf", "-o"]).arg(&curl_out).arg(origin.url("blob"));
-    match timed(&lab, &curl).and_then(|s| verify(&curl_out, &expected).map(|()| s)) {
+    let cpu = CpuMeter::start(&[("origin", origin.proc())]);
+    let curl_result = timed(&lab, &curl);
+    report.curl_cpu_s = cpu.stop();
+    match curl_result.and_then(|s| verify(&curl_out, &expected).map(|()| s)) {
         Ok(secs) => report.curl_s = Some(secs),
         Err(e) => report.errors.push(format!("curl: {e:#}")),
     }
@@ -110,7 +116,15 @@ fn measure_damselfly(
         (&mut report.cached_get_s, "cached"),
     ] {
         let path = out.join(name);
+        let cpu = CpuMeter::start(&[
+            ("origin", origin.proc()),
+            ("seed", &mesh.seed.proc),
+            ("peer", &mesh.peer(PEER).proc),
+        ]);
         let secs = timed(lab, &mesh.get_command(PEER, &url, &path)).with_context(|| format!("{name} get"))?;
+        if name == "cold" {
+            report.cold_get_cpu_s = cpu.stop();
+        }
         verify(&path, expected).with_context(|| format!("{name} get"))?;
         *slot = Some(secs);
         fs::remove_file(&path)?;
@@ -137,6 +151,30 @@ fn measure_damselfly(
         result.ensure_success().context("concurrent get")?;
     }
     Ok(())
+}
+
+/// CPU seconds used by some processes and by the whole machine over a span.
+struct CpuMeter {
+    start: Vec<(String, u32, Option<f64>)>,
+}
+
+const MACHINE: (&str, u32) = ("machine", 0);
+
+impl CpuMeter {
+    fn start(procs: &[(&str, &Proc)]) -> Self {
+        let mut start: Vec<(String, u32, Option<f64>)> =
+            procs.iter().map(|(n, p)| (n.to_string(), p.pid(), p.cpu_seconds())).collect();
+        start.push((MACHINE.0.into(), MACHINE.1, machine_busy_seconds()));
+        Self { start }
+    }
+
+    fn stop(self) -> BTreeMap<String, f64> {
+        let now = |pid: u32| if pid == MACHINE.1 { machine_busy_seconds() } else { cpu_seconds(pid) };
+        self.start
+            .into_iter()
+            .filter_map(|(name, pid, before)| Some((name, now(pid)? - before?)))
+            .collect()
+    }
 }
 
 /// Runs `cmd` in the peer host and returns how long it took.
