@@ -25,7 +25,10 @@ pub struct Db {
 }
 
 /// (version, SQL) in order. Add a file, add a line.
-const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../migrations/0001_init.sql"))];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("../migrations/0001_init.sql")),
+    (2, include_str!("../migrations/0002_preheat_every_peer.sql")),
+];
 
 /// An arbitrary constant that names "damselfly manager migrations" for `pg_advisory_lock`.
 const MIGRATION_LOCK: i64 = 0x00da_5e1f_0001;

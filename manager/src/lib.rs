@@ -14,7 +14,7 @@
 //! - [`auth`]: scopes, principals, password and token hashing.
 //! - [`scope`]: which scheduler cluster serves a peer.
 //! - [`grpc`]: the `Manager` gRPC service for schedulers, seed peers and peers.
-//! - [`hub`]: seed peers connected to this manager.
+//! - [`hub`]: seed peers and peers connected to this manager.
 //! - [`preheat`] and [`registry`]: the preheat engine and the OCI resolver.
 //! - [`api`]: REST handlers under `/api/v1` (+ `/api/v1/openapi.json`).
 //! - [`console`]: the server-rendered web console at `/`.
@@ -49,7 +49,7 @@ pub struct Inner {
     pub config: config::Config,
     pub hasher: auth::Hasher,
     pub metrics: metrics::Metrics,
-    pub hub: hub::SeedHub,
+    pub hub: hub::SessionHub,
     /// Wakes the preheat engine (a job was created, a seed connected, a report came in).
     pub wake: tokio::sync::Notify,
     /// Names this manager in leases.
@@ -134,7 +134,7 @@ pub async fn start_with(
         config: config.clone(),
         hasher,
         metrics: metrics::Metrics::new(),
-        hub: hub::SeedHub::default(),
+        hub: hub::SessionHub::default(),
         wake: tokio::sync::Notify::new(),
         owner,
         closing,

@@ -274,3 +274,131 @@ async fn bearer_token_flow_and_platform_index() {
     );
     server.abort();
 }
+
+/// Scope "every peer": one seed fetches each layer (with the credentials),
+/// and only then every peer of the cluster gets a command for it, without
+/// them; a layer no seed could fetch fails on every peer too, and the job
+/// names it and where it failed. On SQLite and PostgreSQL.
+async fn every_peer(m: TestManager) {
+    let root = m.root().await;
+    let slow = SeedBehaviour::SlowSucceedUnlessBroken(Duration::from_millis(300));
+    let seed = FakeSeed::connect(&m.grpc, "seed", slow).await;
+    let p1 = FakeSeed::connect_peer(&m.grpc, "peer-1", SeedBehaviour::Succeed).await;
+    let p2 = FakeSeed::connect_peer(&m.grpc, "peer-2", SeedBehaviour::Succeed).await;
+    let (_, peers) = root.get("/api/v1/instances?kind=peer&state=active").await;
+    assert_eq!(peers.as_array().unwrap().len(), 2, "{peers}");
+
+    let urls = ["http://origin.invalid/a", "http://origin.invalid/b"];
+    let (s, job) = root
+        .post(
+            "/api/v1/preheat-jobs",
+            json!({"kind": "file", "urls": urls, "scope": "all_peers",
+                   "headers": {"Authorization": "Bearer for-the-origin", "X-Trace": "t1"}}),
+        )
+        .await;
+    assert_eq!(s, 201, "{job}");
+    let job = wait_job(&root, job["id"].as_i64().unwrap()).await;
+    assert_eq!(job["state"], "succeeded", "{job}");
+    let tasks = job["tasks"].as_array().unwrap();
+    assert_eq!(
+        tasks.len(),
+        2 * 3,
+        "each URL on the seed and on both peers: {job}"
+    );
+    for host in ["seed", "peer-1", "peer-2"] {
+        let mine: Vec<&Value> = tasks.iter().filter(|t| t["seed_hostname"] == host).collect();
+        assert_eq!(mine.len(), 2, "{host}: {job}");
+        let role = if host == "seed" { "seed" } else { "peer" };
+        assert!(
+            mine.iter()
+                .all(|t| t["role"] == role && t["state"] == "succeeded"),
+            "{job}"
+        );
+    }
+    let seed_cmds = seed.received.lock().unwrap().clone();
+    assert_eq!(seed_cmds.len(), 2);
+    assert!(
+        seed_cmds
+            .iter()
+            .all(|c| c.headers.get("Authorization").map(String::as_str) == Some("Bearer for-the-origin"))
+    );
+    let done_on_seed = |url: &str| {
+        seed.events
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|(_, u, what)| u == url && *what == "done")
+            .map(|(at, _, _)| *at)
+            .unwrap()
+    };
+    for p in [&p1, &p2] {
+        let cmds = p.received.lock().unwrap().clone();
+        assert_eq!(cmds.len(), 2, "each peer gets each URL once");
+        for c in &cmds {
+            assert_eq!(c.headers.get("Authorization"), None, "no credentials for a peer");
+            assert_eq!(c.headers.get("X-Trace").map(String::as_str), Some("t1"));
+        }
+        for (at, url, what) in p.events.lock().unwrap().iter() {
+            if *what == "got" {
+                assert!(
+                    *at >= done_on_seed(url),
+                    "{url} reached a peer before the seed had it"
+                );
+            }
+        }
+    }
+
+    // A URL the seed cannot fetch: retried on the seed, never sent to a
+    // peer, and the job says which one failed and where.
+    let (_, bad) = root
+        .post(
+            "/api/v1/preheat-jobs",
+            json!({"kind": "file", "urls": ["http://origin.invalid/fine", "http://origin.invalid/broken"],
+                   "scope": "all_peers"}),
+        )
+        .await;
+    let bad = wait_job(&root, bad["id"].as_i64().unwrap()).await;
+    assert_eq!(bad["state"], "failed", "{bad}");
+    let error = bad["error"].as_str().unwrap();
+    assert!(
+        error.starts_with("1 layer(s) failed: http://origin.invalid/broken (on peer-1, peer-2, seed)"),
+        "{error}"
+    );
+    let broken: Vec<&Value> = bad["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["url"] == "http://origin.invalid/broken")
+        .collect();
+    assert_eq!(broken.len(), 3, "{bad}");
+    for t in &broken {
+        assert_eq!(t["state"], "failed", "{bad}");
+        if t["role"] == "seed" {
+            assert_eq!(t["attempts"], 3, "retried up to max_attempts: {bad}");
+        } else {
+            assert_eq!(t["attempts"], 0, "never sent to a peer: {bad}");
+            assert!(t["error"].as_str().unwrap().contains("no seed peer"), "{bad}");
+        }
+    }
+    for p in [&p1, &p2] {
+        assert!(
+            p.received
+                .lock()
+                .unwrap()
+                .iter()
+                .all(|c| !c.url.contains("broken"))
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_peer_gets_each_layer_from_the_mesh_after_the_seed_sqlite() {
+    every_peer(TestManager::sqlite().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_peer_gets_each_layer_from_the_mesh_after_the_seed_postgres() {
+    let Some(pg) = PgCluster::start() else { return };
+    let url = pg.create_db("every_peer");
+    every_peer(TestManager::start(test_config(&url)).await).await;
+}

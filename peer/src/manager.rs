@@ -1,6 +1,6 @@
 //! The peer's link to a manager: which schedulers serve this peer (asked at
-//! start and again every `refresh_interval`), and for a seed peer the seed
-//! session whose preheat work runs through the [`Downloader`].
+//! start and again every `refresh_interval`), and the session (a seed
+//! peer's or a peer's) whose preheat work runs through the [`Downloader`].
 //!
 //! Answers are cached on disk under `DATA_DIR/manager` by
 //! [`damselfly_manager_client`], so a peer that restarts while the manager is
@@ -88,7 +88,7 @@ pub async fn follow_schedulers(
     set.stop();
 }
 
-/// What a seed peer tells the manager about itself.
+/// What a seed peer or peer tells the manager about itself when its session opens.
 pub fn seed_hello(config: &PeerConfig, info: &HostInfo) -> pb::SeedPeerHello {
     pb::SeedPeerHello {
         hostname: info.hostname.clone(),
@@ -101,10 +101,12 @@ pub fn seed_hello(config: &PeerConfig, info: &HostInfo) -> pb::SeedPeerHello {
     }
 }
 
-/// Runs preheat commands as seed downloads: the origin once, into this
-/// peer's store, announced to the task's scheduler as its source.
+/// Runs preheat commands: on a seed peer as seed downloads (the origin once,
+/// into this peer's store, announced to the task's scheduler as its source),
+/// on a peer as ordinary downloads from the mesh.
 pub struct Preheat {
     pub downloader: Arc<Downloader>,
+    pub seed: bool,
 }
 
 /// The task spec of a preheat command: named by the blob digest when there
@@ -127,10 +129,18 @@ pub fn preheat_spec(cmd: &pb::PreheatCommand) -> Result<TaskSpec, String> {
 impl PreheatWork for Preheat {
     async fn run(&self, cmd: pb::PreheatCommand) -> Result<u64, String> {
         let spec = preheat_spec(&cmd)?;
-        info!(task_id = spec.task_id, job = cmd.job_id, "preheat");
+        info!(
+            task_id = spec.task_id,
+            job = cmd.job_id,
+            seed = self.seed,
+            "preheat"
+        );
         let task = self
             .downloader
-            .start(Request { spec, seed: true })
+            .start(Request {
+                spec,
+                seed: self.seed,
+            })
             .map_err(|e| e.to_string())?;
         download::wait(&task).await.map_err(|e| e.to_string())?;
         Ok(task
