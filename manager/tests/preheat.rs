@@ -31,6 +31,24 @@ async fn preheat_image_from_registry_with_auth() {
     let reg = registry_with_image().await;
     let host = reg.host.clone();
     let m = TestManager::sqlite_with(|c| c.preheat.plain_http_registries = vec![host]).await;
+    image_with_auth(&m, &reg).await;
+}
+
+/// The same on PostgreSQL (the credentials sealed with the shared key).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn preheat_image_from_registry_with_auth_postgres() {
+    if !tools() {
+        return;
+    }
+    let Some(pg) = PgCluster::start() else { return };
+    let reg = registry_with_image().await;
+    let mut config = test_config(&pg.create_db("image_auth"));
+    config.preheat.plain_http_registries = vec![reg.host.clone()];
+    let m = TestManager::start(config).await;
+    image_with_auth(&m, &reg).await;
+}
+
+async fn image_with_auth(m: &TestManager, reg: &Registry) {
     let root = m.root().await;
     let seed_a = FakeSeed::connect(&m.grpc, "seed-a", SeedBehaviour::Download).await;
     let seed_b = FakeSeed::connect(&m.grpc, "seed-b", SeedBehaviour::Download).await;
@@ -401,4 +419,134 @@ async fn every_peer_gets_each_layer_from_the_mesh_after_the_seed_postgres() {
     let Some(pg) = PgCluster::start() else { return };
     let url = pg.create_db("every_peer");
     every_peer(TestManager::start(test_config(&url)).await).await;
+}
+
+/// Registry passwords and credential headers are sealed in the database
+/// while a job runs (the seed still gets them in clear), never shown by the
+/// API, and erased when the job ends, succeeded or failed.
+async fn secrets_at_rest(m: &TestManager) {
+    let root = m.root().await;
+    let seed = FakeSeed::connect(
+        &m.grpc,
+        "seed",
+        SeedBehaviour::SlowSucceedUnlessBroken(Duration::from_millis(1500)),
+    )
+    .await;
+    let (pw, token) = ("pw-at-rest-123", "tok-at-rest-456");
+    let (s, job) = root
+        .post(
+            "/api/v1/preheat-jobs",
+            json!({"kind": "file", "urls": ["http://origin.invalid/s1"], "username": "robot", "password": pw,
+                   "headers": {"Authorization": format!("Bearer {token}"), "X-Trace": "t"}}),
+        )
+        .await;
+    assert_eq!(s, 201, "{job}");
+    let id = job["id"].as_i64().unwrap();
+    eventually(10, "the seed to get the task", || async {
+        !seed.received.lock().unwrap().is_empty()
+    })
+    .await;
+    let cmd = seed.received.lock().unwrap()[0].clone();
+    assert_eq!(
+        cmd.headers["Authorization"],
+        format!("Bearer {token}"),
+        "the seed gets it in clear"
+    );
+    let (spec, headers) = raw_rows(m, id).await;
+    for stored in [&spec, &headers] {
+        assert!(
+            !stored.contains(pw) && !stored.contains(token),
+            "stored in clear: {stored}"
+        );
+        assert!(stored.contains("sealed:v1:"), "{stored}");
+    }
+    assert!(
+        headers.contains("\"X-Trace\":\"t\""),
+        "other headers stay readable: {headers}"
+    );
+    let (_, shown) = root.get(&format!("/api/v1/preheat-jobs/{id}")).await;
+    let shown = shown.to_string();
+    assert!(
+        !shown.contains(pw) && !shown.contains(token) && !shown.contains("sealed:"),
+        "{shown}"
+    );
+
+    let done = wait_job(&root, id).await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    let (spec, headers) = raw_rows(m, id).await;
+    assert!(
+        !spec.contains("sealed:") && !spec.contains("Authorization"),
+        "{spec}"
+    );
+    assert!(spec.contains("\"password\":null"), "{spec}");
+    assert_eq!(headers, "{}");
+
+    // A job that fails (its registry cannot be reached) is erased too.
+    let (_, bad) = root
+        .post(
+            "/api/v1/preheat-jobs",
+            json!({"urls": ["127.0.0.1:9/team/app:1"], "username": "robot", "password": pw}),
+        )
+        .await;
+    let bad_id = bad["id"].as_i64().unwrap();
+    let bad = wait_job(&root, bad_id).await;
+    assert_eq!(bad["state"], "failed", "{bad}");
+    let (spec, _) = raw_rows(m, bad_id).await;
+    assert!(
+        !spec.contains("sealed:") && spec.contains("\"password\":null"),
+        "{spec}"
+    );
+}
+
+/// The job's stored spec and its tasks' stored headers, as in the database.
+async fn raw_rows(m: &TestManager, job: i64) -> (String, String) {
+    let spec: String = sqlx::query_scalar("SELECT spec FROM preheat_jobs WHERE id = $1")
+        .bind(job)
+        .fetch_one(&m.ctx.db.pool)
+        .await
+        .unwrap();
+    let headers: Vec<String> = sqlx::query_scalar("SELECT headers FROM preheat_tasks WHERE job_id = $1")
+        .bind(job)
+        .fetch_all(&m.ctx.db.pool)
+        .await
+        .unwrap();
+    (spec, headers.join("\n"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_are_sealed_at_rest_and_erased_sqlite() {
+    let m = TestManager::sqlite().await;
+    // No key configured: one was created beside the database, for root only.
+    let db_file = m
+        .ctx
+        .config
+        .database
+        .trim_start_matches("sqlite://")
+        .split('?')
+        .next()
+        .unwrap()
+        .to_string();
+    let key = std::path::PathBuf::from(format!("{db_file}.key"));
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    secrets_at_rest(&m).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_are_sealed_at_rest_and_erased_postgres() {
+    let Some(pg) = PgCluster::start() else { return };
+    let url = pg.create_db("sealed");
+    // PostgreSQL without a shared key: the manager refuses to start.
+    let mut keyless = test_config(&url);
+    keyless.secret_key = None;
+    let (stop, _drain) = damselfly_service::shutdown::Shutdown::new();
+    let err = damselfly_manager::start_with(keyless, None, stop)
+        .await
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("secret_key"), "{err}");
+    secrets_at_rest(&TestManager::start(test_config(&url)).await).await;
 }

@@ -17,6 +17,7 @@
 use crate::auth::Principal;
 use crate::db::{Db, RowExt, now_ms};
 use crate::error::{Error, Result};
+use crate::seal::Sealer;
 use damselfly_service::secret::{Secret, is_sensitive_header};
 use serde::{Deserialize, Serialize};
 use sqlx::AssertSqlSafe;
@@ -127,6 +128,41 @@ impl NewPreheatJob {
         Ok(())
     }
 
+    /// The spec as stored: the password and credential headers sealed.
+    fn sealed(&self, s: &Sealer) -> NewPreheatJob {
+        NewPreheatJob {
+            password: self.password.as_ref().map(|p| Secret::new(s.seal(p.expose()))),
+            headers: seal_headers(&self.headers, s),
+            ..self.clone()
+        }
+    }
+
+    /// The stored spec opened for the engine.
+    fn opened(&self, s: &Sealer) -> Result<NewPreheatJob> {
+        Ok(NewPreheatJob {
+            password: match &self.password {
+                Some(p) => Some(Secret::new(s.open(p.expose())?)),
+                None => None,
+            },
+            headers: open_headers(&self.headers, s)?,
+            ..self.clone()
+        })
+    }
+
+    /// The spec with its secrets gone (a finished job keeps none).
+    fn without_secrets(&self) -> NewPreheatJob {
+        NewPreheatJob {
+            password: None,
+            headers: self
+                .headers
+                .iter()
+                .filter(|(k, _)| !is_sensitive_header(k))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            ..self.clone()
+        }
+    }
+
     /// The spec as shown to API callers: secrets hidden.
     fn redacted(&self) -> PreheatSpecView {
         PreheatSpecView {
@@ -150,6 +186,24 @@ impl NewPreheatJob {
             scope: self.scope,
         }
     }
+}
+
+/// Credential headers sealed, the others as they are.
+fn seal_headers(h: &BTreeMap<String, String>, s: &Sealer) -> BTreeMap<String, String> {
+    h.iter()
+        .map(|(k, v)| {
+            let v = if is_sensitive_header(k) {
+                s.seal(v)
+            } else {
+                v.clone()
+            };
+            (k.clone(), v)
+        })
+        .collect()
+}
+
+fn open_headers(h: &BTreeMap<String, String>, s: &Sealer) -> Result<BTreeMap<String, String>> {
+    h.iter().map(|(k, v)| Ok((k.clone(), s.open(v)?))).collect()
 }
 
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -257,8 +311,9 @@ pub async fn create(db: &Db, by: &Principal, new: NewPreheatJob) -> Result<Prehe
         }
     }
     let now = now_ms();
-    // With the password: the engine needs it (`Secret` serializes as the plain string).
-    let spec = serde_json::to_string(&new).expect("serializable");
+    // The engine needs the password and credential headers until the job
+    // ends: stored sealed, erased then.
+    let spec = serde_json::to_string(&new.sealed(&db.sealer)).expect("serializable");
     let kind = match new.kind {
         PreheatKind::Image => "image",
         PreheatKind::File => "file",
@@ -400,8 +455,9 @@ pub async fn claim_jobs(db: &Db, owner: &str, lease_ms: i64, limit: i64) -> Resu
                 .bind(id)
                 .fetch_one(&db.pool)
                 .await?;
-            let spec = serde_json::from_str(&row.string("spec"))
-                .map_err(|e| Error::Internal(format!("preheat job {id} has an unreadable spec: {e}")))?;
+            let spec = serde_json::from_str::<NewPreheatJob>(&row.string("spec"))
+                .map_err(|e| Error::Internal(format!("preheat job {id} has an unreadable spec: {e}")))?
+                .opened(&db.sealer)?;
             out.push(ClaimedJob {
                 id,
                 spec,
@@ -454,7 +510,7 @@ pub async fn start_job(db: &Db, job_id: i64, owner: &str, tasks: &[NewTask]) -> 
         .bind(&t.url)
         .bind(&t.digest)
         .bind(t.size)
-        .bind(serde_json::to_string(&t.headers).expect("serializable"))
+        .bind(serde_json::to_string(&seal_headers(&t.headers, &db.sealer)).expect("serializable"))
         .bind(t.instance_id)
         .bind(t.role.as_str())
         .bind(t.scheduler_cluster_id)
@@ -477,7 +533,7 @@ pub async fn job_attempt_failed(
 ) -> Result<()> {
     let now = now_ms();
     if give_up {
-        sqlx::query(
+        let ended = sqlx::query(
             "UPDATE preheat_jobs SET state = 'failed', error = $1, lease_owner = NULL, lease_until = NULL,
                     updated_at = $2, finished_at = $2
              WHERE id = $3 AND lease_owner = $4 AND state = 'pending'",
@@ -487,7 +543,12 @@ pub async fn job_attempt_failed(
         .bind(job_id)
         .bind(owner)
         .execute(&db.pool)
-        .await?;
+        .await?
+        .rows_affected()
+            == 1;
+        if ended {
+            erase_secrets(db, job_id).await?;
+        }
     } else {
         sqlx::query(
             "UPDATE preheat_jobs SET error = $1, lease_until = $2, updated_at = $3
@@ -571,7 +632,10 @@ pub async fn claim_tasks(
                     job_id: r.i64("job_id"),
                     url: r.string("url"),
                     digest: r.string("digest"),
-                    headers: serde_json::from_str(&r.string("headers")).unwrap_or_default(),
+                    headers: open_headers(
+                        &serde_json::from_str(&r.string("headers")).unwrap_or_default(),
+                        &db.sealer,
+                    )?,
                     instance_id: r.i64("seed_instance_id"),
                 });
             }
@@ -735,7 +799,7 @@ pub async fn housekeeping(db: &Db, max_attempts: i64, stale_ms: i64) -> Result<(
                 format!("{} layer(s) failed: {}", failed.len(), list.join(", ")),
             )
         };
-        sqlx::query(
+        let ended = sqlx::query(
             "UPDATE preheat_jobs SET state = $1, error = $2, updated_at = $3, finished_at = $3
              WHERE id = $4 AND state = 'running'",
         )
@@ -744,7 +808,35 @@ pub async fn housekeeping(db: &Db, max_attempts: i64, stale_ms: i64) -> Result<(
         .bind(now)
         .bind(id)
         .execute(&db.pool)
-        .await?;
+        .await?
+        .rows_affected()
+            == 1;
+        if ended {
+            erase_secrets(db, id).await?;
+        }
     }
+    Ok(())
+}
+
+/// A job has ended: its password and credential headers are no longer
+/// needed, so they leave the database (sealed or not).
+async fn erase_secrets(db: &Db, job_id: i64) -> Result<()> {
+    let spec: Option<String> = sqlx::query_scalar("SELECT spec FROM preheat_jobs WHERE id = $1")
+        .bind(job_id)
+        .fetch_optional(&db.pool)
+        .await?;
+    if let Some(spec) = spec
+        && let Ok(parsed) = serde_json::from_str::<NewPreheatJob>(&spec)
+    {
+        sqlx::query("UPDATE preheat_jobs SET spec = $1 WHERE id = $2")
+            .bind(serde_json::to_string(&parsed.without_secrets()).expect("serializable"))
+            .bind(job_id)
+            .execute(&db.pool)
+            .await?;
+    }
+    sqlx::query("UPDATE preheat_tasks SET headers = '{}' WHERE job_id = $1")
+        .bind(job_id)
+        .execute(&db.pool)
+        .await?;
     Ok(())
 }

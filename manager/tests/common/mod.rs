@@ -41,8 +41,14 @@ pub fn test_config(database: &str) -> Config {
     c.preheat.poll_interval = Duration::from_millis(100);
     c.preheat.lease = Duration::from_secs(5);
     c.preheat.task_timeout = Duration::from_secs(30);
+    if database.starts_with("postgres") {
+        // Every manager on one PostgreSQL shares the key that seals secrets.
+        c.secret_key = Some(damselfly_service::secret::Secret::new(TEST_SECRET_KEY));
+    }
     c
 }
+
+pub const TEST_SECRET_KEY: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
 
 impl TestManager {
     /// A manager on a fresh SQLite file.
