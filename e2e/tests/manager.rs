@@ -36,7 +36,7 @@ struct World {
     manager: Manager,
     s1: Scheduler,
     s2: Scheduler,
-    _seed: Peer,
+    seed: Peer,
     peers: Vec<Peer>,
 }
 
@@ -136,7 +136,7 @@ fn world(prefix: &str, octet: u8) -> Result<World> {
         manager,
         s1,
         s2,
-        _seed: seed,
+        seed,
         peers,
     })
 }
@@ -197,23 +197,54 @@ fn schedulers_fail_over_settings_apply_live_and_the_manager_may_go_away() -> Res
         p.wait_schedulers(2, CHANGE_TIMEOUT)?;
     }
 
-    // The operator lowers the candidate parent limit: both schedulers apply it without a restart.
+    // The operator lowers the candidate parent limit and sets the peers'
+    // concurrency and piece length bounds: schedulers and peers apply them
+    // without a restart.
     let cluster = w.s2.config_view()?["manager"]["cluster_id"]
         .as_u64()
         .context("cluster id")?;
     let pids = (w.s1.proc.pid(), w.s2.proc.pid());
+    let peer_pids: Vec<_> = w.peers.iter().map(|p| p.proc.pid()).collect();
+    for p in &w.peers {
+        ensure!(
+            p.metric("damselfly_peer_upload_concurrency") == Some(50.0),
+            "{}: the default cluster's upload concurrency",
+            p.host
+        );
+    }
     w.manager.api(
         "PATCH",
         &format!("/api/v1/clusters/{cluster}"),
-        Some(&json!({"settings": {"candidate_parent_limit": 1, "filter_parent_limit": 40}})),
+        Some(
+            &json!({"settings": {"candidate_parent_limit": 1, "filter_parent_limit": 40,
+            "peer_upload_concurrency": 7, "peer_download_concurrency": 5,
+            "min_piece_length": MIB, "max_piece_length": 4 * MIB}}),
+        ),
     )?;
     for s in [&w.s1, &w.s2] {
         wait_for("the new parent limit", CHANGE_TIMEOUT, || {
             candidate_limit(s) == Some(1)
         })?;
     }
+    // Peers poll every 300 ms (INTERVAL in damselfly_e2e::managed): a second is plenty.
+    for p in w.peers.iter().chain([&w.seed]) {
+        wait_for(
+            &format!("{}'s new settings", p.host),
+            Duration::from_secs(2),
+            || {
+                p.metric("damselfly_peer_upload_concurrency") == Some(7.0)
+                    && p.metric("damselfly_peer_download_concurrency") == Some(5.0)
+                    && p.metric("damselfly_peer_min_piece_length") == Some(MIB as f64)
+                    && p.metric("damselfly_peer_max_piece_length") == Some((4 * MIB) as f64)
+            },
+        )?;
+    }
     ensure!(w.s1.proc.is_running() && w.s2.proc.is_running());
     ensure!(pids == (w.s1.proc.pid(), w.s2.proc.pid()), "no restart");
+    ensure!(
+        peer_pids == w.peers.iter().map(|p| p.proc.pid()).collect::<Vec<_>>(),
+        "no peer restart"
+    );
     // ... and decisions follow it: no peer of a new task holds more than one parent.
     let (url, sha, id) = w.file_owned_by(&w.s2, "limited", 8 * MIB)?;
     w.get_everywhere(&url, &sha, "limited")?;
@@ -222,6 +253,12 @@ fn schedulers_fail_over_settings_apply_live_and_the_manager_may_go_away() -> Res
         let n = p["parents"].as_array().map(Vec::len).unwrap_or(0);
         ensure!(n <= 1, "a peer holds {n} parents with the limit at 1: {view}");
     }
+    // The seed laid the 8 MiB task out with the cluster's minimum piece
+    // length (1 MiB), not the default rule's 256 KiB.
+    ensure!(
+        view["piece_length"] == MIB,
+        "piece length within the cluster's bounds: {view}"
+    );
 
     // An operator deletes s2's instance: s2 registers again by itself.
     let old = w.manager.instance_id("scheduler", "s2").context("s2's id")?;

@@ -9,6 +9,7 @@
 use crate::config::PeerConfig;
 use crate::download::{self, Downloader, Request};
 use crate::error::Error;
+use crate::limits::Limits;
 use crate::schedulers::Schedulers;
 use damselfly_manager_client::{ManagerClient, PreheatWork, Source};
 use damselfly_proto::manager as pb;
@@ -68,10 +69,31 @@ pub async fn first_schedulers(
     }
 }
 
-/// Keeps `set` in step with the manager's answers until shutdown.
+/// Applies the cluster's peer settings of an answer (refused ones are logged).
+pub fn apply_settings(limits: &Limits, resp: &pb::ListSchedulersResponse) {
+    let Some(s) = &resp.settings else { return };
+    if limits.apply(s) {
+        info!(
+            cluster = resp.cluster_id,
+            upload_concurrency = s.peer_upload_concurrency,
+            download_concurrency = s.peer_download_concurrency,
+            min_piece_length = s.min_piece_length,
+            max_piece_length = s.max_piece_length,
+            "cluster peer settings in force"
+        );
+    } else {
+        warn!(
+            cluster = resp.cluster_id,
+            "the manager sent peer settings out of range; keeping the current ones"
+        );
+    }
+}
+
+/// Keeps `set` and `limits` in step with the manager's answers until shutdown.
 pub async fn follow_schedulers(
     mut rx: watch::Receiver<pb::ListSchedulersResponse>,
     mut set: Schedulers,
+    limits: Arc<Limits>,
     shutdown: Shutdown,
 ) {
     loop {
@@ -79,7 +101,14 @@ pub async fn follow_schedulers(
             _ = shutdown.wait() => break,
             changed = rx.changed() => if changed.is_err() { break },
         }
-        let urls = scheduler_urls(&rx.borrow_and_update());
+        let resp = rx.borrow_and_update().clone();
+        apply_settings(&limits, &resp);
+        let urls = scheduler_urls(&resp);
+        let mut sorted = urls.clone();
+        sorted.sort();
+        if sorted == set.addrs() {
+            continue; // only the settings changed
+        }
         info!(?urls, "scheduler list changed");
         if let Err(e) = set.set(&urls) {
             warn!(error = %e, "the manager sent a scheduler address that is not usable");

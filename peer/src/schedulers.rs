@@ -47,11 +47,13 @@ pub async fn start(
         location: config.location.clone(),
     };
     let first = crate::manager::first_schedulers(&client, &req).await;
+    crate::manager::apply_settings(&downloader.limits, &first);
     let announced = set.set(&crate::manager::scheduler_urls(&first))?;
     let rx = client.watch_schedulers(req, config.manager.refresh_interval, first);
     tasks.push(tokio::spawn(crate::manager::follow_schedulers(
         rx,
         set,
+        downloader.limits.clone(),
         shutdown.clone(),
     )));
     // A seed peer's session takes preheat work from the origin; a peer's,
@@ -149,6 +151,11 @@ impl Schedulers {
         self.downloader
             .set_schedulers(self.running.values().map(|r| r.endpoint.clone()).collect());
         Ok(started)
+    }
+
+    /// The scheduler addresses in the list now, sorted.
+    pub fn addrs(&self) -> Vec<String> {
+        self.running.keys().cloned().collect()
     }
 
     /// Stops every host stream.
