@@ -338,8 +338,13 @@ impl Peer {
 
     /// How many schedulers the peer spreads new tasks over now.
     pub fn schedulers(&self) -> Option<u64> {
+        self.metric("damselfly_peer_schedulers").map(|v| v as u64)
+    }
+
+    /// An unlabelled metric of the peer's `/metrics`.
+    pub fn metric(&self, name: &str) -> Option<f64> {
         let page = curl_text(&format!("http://{}:{PEER_METRICS_PORT}/metrics", self.ip)).ok()?;
-        metric(&page, "damselfly_peer_schedulers").map(|v| v as u64)
+        metric(&page, name)
     }
 
     pub fn wait_schedulers(&self, n: u64, timeout: Duration) -> Result<()> {

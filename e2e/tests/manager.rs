@@ -36,7 +36,7 @@ struct World {
     manager: Manager,
     s1: Scheduler,
     s2: Scheduler,
-    _seed: Peer,
+    seed: Peer,
     peers: Vec<Peer>,
 }
 
@@ -136,7 +136,7 @@ fn world(prefix: &str, octet: u8) -> Result<World> {
         manager,
         s1,
         s2,
-        _seed: seed,
+        seed,
         peers,
     })
 }
@@ -197,23 +197,54 @@ fn schedulers_fail_over_settings_apply_live_and_the_manager_may_go_away() -> Res
         p.wait_schedulers(2, CHANGE_TIMEOUT)?;
     }
 
-    // The operator lowers the candidate parent limit: both schedulers apply it without a restart.
+    // The operator lowers the candidate parent limit and sets the peers'
+    // concurrency and piece length bounds: schedulers and peers apply them
+    // without a restart.
     let cluster = w.s2.config_view()?["manager"]["cluster_id"]
         .as_u64()
         .context("cluster id")?;
     let pids = (w.s1.proc.pid(), w.s2.proc.pid());
+    let peer_pids: Vec<_> = w.peers.iter().map(|p| p.proc.pid()).collect();
+    for p in &w.peers {
+        ensure!(
+            p.metric("damselfly_peer_upload_concurrency") == Some(50.0),
+            "{}: the default cluster's upload concurrency",
+            p.host
+        );
+    }
     w.manager.api(
         "PATCH",
         &format!("/api/v1/clusters/{cluster}"),
-        Some(&json!({"settings": {"candidate_parent_limit": 1, "filter_parent_limit": 40}})),
+        Some(
+            &json!({"settings": {"candidate_parent_limit": 1, "filter_parent_limit": 40,
+            "peer_upload_concurrency": 7, "peer_download_concurrency": 5,
+            "min_piece_length": MIB, "max_piece_length": 4 * MIB}}),
+        ),
     )?;
     for s in [&w.s1, &w.s2] {
         wait_for("the new parent limit", CHANGE_TIMEOUT, || {
             candidate_limit(s) == Some(1)
         })?;
     }
+    // Peers poll every 300 ms (INTERVAL in damselfly_e2e::managed): a second is plenty.
+    for p in w.peers.iter().chain([&w.seed]) {
+        wait_for(
+            &format!("{}'s new settings", p.host),
+            Duration::from_secs(2),
+            || {
+                p.metric("damselfly_peer_upload_concurrency") == Some(7.0)
+                    && p.metric("damselfly_peer_download_concurrency") == Some(5.0)
+                    && p.metric("damselfly_peer_min_piece_length") == Some(MIB as f64)
+                    && p.metric("damselfly_peer_max_piece_length") == Some((4 * MIB) as f64)
+            },
+        )?;
+    }
     ensure!(w.s1.proc.is_running() && w.s2.proc.is_running());
     ensure!(pids == (w.s1.proc.pid(), w.s2.proc.pid()), "no restart");
+    ensure!(
+        peer_pids == w.peers.iter().map(|p| p.proc.pid()).collect::<Vec<_>>(),
+        "no peer restart"
+    );
     // ... and decisions follow it: no peer of a new task holds more than one parent.
     let (url, sha, id) = w.file_owned_by(&w.s2, "limited", 8 * MIB)?;
     w.get_everywhere(&url, &sha, "limited")?;
@@ -222,6 +253,12 @@ fn schedulers_fail_over_settings_apply_live_and_the_manager_may_go_away() -> Res
         let n = p["parents"].as_array().map(Vec::len).unwrap_or(0);
         ensure!(n <= 1, "a peer holds {n} parents with the limit at 1: {view}");
     }
+    // The seed laid the 8 MiB task out with the cluster's minimum piece
+    // length (1 MiB), not the default rule's 256 KiB.
+    ensure!(
+        view["piece_length"] == MIB,
+        "piece length within the cluster's bounds: {view}"
+    );
 
     // An operator deletes s2's instance: s2 registers again by itself.
     let old = w.manager.instance_id("scheduler", "s2").context("s2's id")?;
@@ -256,15 +293,17 @@ fn schedulers_fail_over_settings_apply_live_and_the_manager_may_go_away() -> Res
     Ok(())
 }
 
-/// Preheat of a multi-layer image from a registry with basic auth: the
-/// manager resolves it, the seed peer fetches every layer into its store
-/// through its Downloader, and then a containerd pulling through a peer's
-/// registry proxy gets every layer from the mesh: the registry serves no
-/// layer blob after the preheat. Needs containerd, docker-registry, umoci,
-/// skopeo, busybox-static (skipped without them, failed under
-/// `DAMSELFLY_REQUIRE_LAB=1`).
+/// Preheat of a multi-layer image from a registry with basic auth, to every
+/// peer: the manager resolves it, the seed peer fetches every layer from the
+/// registry (once) into its store, then both peers fetch every layer from the
+/// mesh (no byte from the registry, no credentials). Then a containerd pulling
+/// through a peer's registry proxy gets every layer from the mesh: the
+/// registry serves no layer blob after the preheat. Needs containerd,
+/// docker-registry, umoci, skopeo, busybox-static (skipped without them,
+/// failed under `DAMSELFLY_REQUIRE_LAB=1`).
 #[test]
-fn preheat_puts_every_layer_on_the_seed_and_a_pull_takes_none_from_the_registry() -> Result<()> {
+fn preheat_puts_every_layer_on_the_seed_and_every_peer_and_a_pull_takes_none_from_the_registry() -> Result<()>
+{
     use damselfly_e2e::oci::{Containerd, RegistryHost, TestImage, missing_programs};
     require_root();
     let missing = missing_programs();
@@ -276,14 +315,14 @@ fn preheat_puts_every_layer_on_the_seed_and_a_pull_takes_none_from_the_registry(
         eprintln!("preheat: SKIPPED, missing {}", missing.join(", "));
         return Ok(());
     }
-    let lab = Lab::new("dfg2", 239, &["mgr", "sched", "seed", "p1", "reg"], None)?;
+    let lab = Lab::new("dfg2", 239, &["mgr", "sched", "seed", "p1", "p2", "reg"], None)?;
     let bin = bins::damselfly()?;
     let registry = RegistryHost::start(&lab, "reg", 5000, Some(("alice", "secret")))?;
     let reg = registry.name();
     let image = TestImage::build(&lab.dir().join("image"), "app", 3, 2 * MIB)?;
     let reference = format!("{reg}/test/app:latest");
     image.push(&reference, Some("alice:secret"))?;
-    let layers: Vec<String> = image.blobs()?.into_iter().skip(1).map(|(d, _)| d).collect();
+    let layers: Vec<(String, u64)> = image.blobs()?.into_iter().skip(1).collect();
 
     let manager = Manager::start(
         &lab,
@@ -299,13 +338,17 @@ fn preheat_puts_every_layer_on_the_seed_and_a_pull_takes_none_from_the_registry(
     );
     let seed = Peer::start(&lab, &bin, "seed", &m, true, "")?;
     let p1 = Peer::start(&lab, &bin, "p1", &m, false, &proxy)?;
+    let p2 = Peer::start(&lab, &bin, "p2", &m, false, "")?;
     manager.wait_state("seed_peer", "seed", "active", CHANGE_TIMEOUT)?;
-    p1.wait_schedulers(1, CHANGE_TIMEOUT)?;
+    for p in [&p1, &p2] {
+        manager.wait_state("peer", &p.host, "active", CHANGE_TIMEOUT)?;
+        p.wait_schedulers(1, CHANGE_TIMEOUT)?;
+    }
 
     let job = manager.api(
         "POST",
         "/api/v1/preheat-jobs",
-        Some(&json!({"urls": [reference], "username": "alice", "password": "secret"})),
+        Some(&json!({"urls": [reference], "username": "alice", "password": "secret", "scope": "all_peers"})),
     )?;
     let id = job["id"].as_i64().context("job id")?;
     let mut done = serde_json::Value::Null;
@@ -316,31 +359,54 @@ fn preheat_puts_every_layer_on_the_seed_and_a_pull_takes_none_from_the_registry(
         done["state"] == "succeeded" || done["state"] == "failed"
     })?;
     ensure!(done["state"] == "succeeded", "{done}");
-    let preheated: std::collections::BTreeSet<&str> = done["tasks"]
-        .as_array()
-        .context("tasks")?
-        .iter()
-        .filter_map(|t| t["digest"].as_str())
-        .collect();
-    ensure!(
-        preheated == layers.iter().map(String::as_str).collect(),
-        "every layer preheated once: {done}"
-    );
+    // One task per layer on the seed and on each peer, each succeeded.
+    let tasks = done["tasks"].as_array().context("tasks")?;
+    for host in ["seed", "p1", "p2"] {
+        let mut on_host: Vec<&str> = tasks
+            .iter()
+            .filter(|t| t["seed_hostname"] == host && t["state"] == "succeeded")
+            .filter_map(|t| t["digest"].as_str())
+            .collect();
+        on_host.sort_unstable();
+        let mut want: Vec<&str> = layers.iter().map(|(d, _)| d.as_str()).collect();
+        want.sort_unstable();
+        ensure!(on_host == want, "{host}: every layer once: {done}");
+    }
 
-    // Every layer is in the seed's store, whole, and only the seed asked the registry for it.
+    // Every layer is in the seed's and each peer's store, whole; only the
+    // seed asked the registry for it, and the registry sent it once.
     let seed_ip = lab.ip("seed").to_string();
     let mut gets_before = Vec::new();
-    for d in &layers {
+    for (d, size) in &layers {
         let hex = d.strip_prefix("sha256:").context("digest")?;
-        let stored = seed.data_dir.join("content").join(hex);
-        ensure!(sha256_file(&stored)? == hex, "{d} on the seed is not the layer");
+        for p in [&seed, &p1, &p2] {
+            let stored = p.data_dir.join("content").join(hex);
+            ensure!(sha256_file(&stored)? == hex, "{d} on {} is not the layer", p.host);
+        }
         let gets = registry.blob_gets(d);
+        let sent: u64 = gets.iter().map(|g| g.bytes).sum();
         ensure!(
             !gets.is_empty() && gets.iter().all(|g| g.client == seed_ip),
             "{d}: registry GETs {gets:?}"
         );
+        // One full GET, plus at most the seed's 1-byte length probe.
+        ensure!(
+            gets.iter().filter(|g| g.bytes == *size).count() == 1 && sent <= size + 1,
+            "{d} ({size} bytes): the registry sent {sent} bytes: {gets:?}"
+        );
         gets_before.push(gets.len());
     }
+    for p in [&p1, &p2] {
+        let from_origin = p.metric("damselfly_peer_source_bytes_total");
+        let from_peers = p.metric("damselfly_peer_peer_bytes_total").unwrap_or(0.0);
+        let total: u64 = layers.iter().map(|(_, s)| s).sum();
+        ensure!(
+            from_origin == Some(0.0) && from_peers >= total as f64,
+            "{}: {from_origin:?} bytes from the origin, {from_peers} from peers",
+            p.host
+        );
+    }
+    let layers: Vec<String> = layers.into_iter().map(|(d, _)| d).collect();
 
     // A containerd pulls through p1's registry proxy: the layers come from the mesh.
     let ctd = Containerd::start(&lab, "p1", &lab.dir().join("containerd-p1"))?;

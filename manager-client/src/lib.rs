@@ -9,7 +9,8 @@
 //!
 //! Long-lived streams reopen themselves (with backoff) whenever they break:
 //! [`ManagerClient::keepalive`] for a scheduler, [`ManagerClient::seed_session`]
-//! for a seed peer (which also runs the preheat work the manager pushes).
+//! for a seed peer and [`ManagerClient::session`] for any peer (which also
+//! run the preheat work the manager pushes).
 
 use damselfly_proto::manager as pb;
 use damselfly_proto::manager::manager_client::ManagerClient as Raw;
@@ -293,10 +294,19 @@ async fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     tokio::fs::rename(&tmp, path).await
 }
 
-/// What a seed peer does with one preheat command: fetch `url` (with
+/// What a seed peer or peer does with one preheat command: fetch `url` (with
 /// `headers`) into the mesh and return the bytes it took, or why it failed.
 pub trait PreheatWork: Send + Sync + 'static {
     fn run(&self, cmd: pb::PreheatCommand) -> impl std::future::Future<Output = Result<u64, String>> + Send;
+}
+
+/// Which session a peer daemon keeps with the manager.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionKind {
+    /// `SeedPeerSession`: preheat commands fetch from the origin.
+    Seed,
+    /// `PeerSession`: preheat commands fetch through the mesh.
+    Peer,
 }
 
 impl ManagerClient {
@@ -306,6 +316,18 @@ impl ManagerClient {
     /// while the manager is unreachable are sent after the stream reopens.
     pub async fn seed_session<W: PreheatWork>(
         &self,
+        hello: pb::SeedPeerHello,
+        interval: Duration,
+        work: W,
+        stop: impl std::future::Future<Output = ()>,
+    ) {
+        self.session(SessionKind::Seed, hello, interval, work, stop).await
+    }
+
+    /// Runs a seed peer's or a peer's session (see [`ManagerClient::seed_session`]).
+    pub async fn session<W: PreheatWork>(
+        &self,
+        kind: SessionKind,
         hello: pb::SeedPeerHello,
         interval: Duration,
         work: W,
@@ -325,9 +347,15 @@ impl ManagerClient {
                 })
                 .await;
             let mut c = self.raw.clone();
+            let outbound = tokio_stream::wrappers::ReceiverStream::new(rx);
             let opened = tokio::select! {
                 _ = &mut stop => return,
-                r = c.seed_peer_session(tokio_stream::wrappers::ReceiverStream::new(rx)) => r,
+                r = async {
+                    match kind {
+                        SessionKind::Seed => c.seed_peer_session(outbound).await,
+                        SessionKind::Peer => c.peer_session(outbound).await,
+                    }
+                } => r,
             };
             match opened {
                 Ok(resp) => {
@@ -349,7 +377,7 @@ impl ManagerClient {
                             }
                             msg = inbound.message() => match msg {
                                 Ok(Some(pb::SeedPeerCommand { command: Some(Command::Welcome(w)) })) => {
-                                    tracing::info!(instance = w.instance_id, "connected to the manager as a seed peer");
+                                    tracing::info!(instance = w.instance_id, ?kind, "session with the manager open");
                                     backoff = Duration::from_millis(200);
                                 }
                                 Ok(Some(pb::SeedPeerCommand { command: Some(Command::Preheat(cmd)) })) => {
@@ -366,14 +394,14 @@ impl ManagerClient {
                                 Ok(Some(_)) => {}
                                 Ok(None) => break,
                                 Err(status) => {
-                                    tracing::debug!(%status, "seed peer session ended");
+                                    tracing::debug!(%status, "session with the manager ended");
                                     break;
                                 }
                             },
                         }
                     }
                 }
-                Err(status) => tracing::debug!(%status, "seed peer session could not open"),
+                Err(status) => tracing::debug!(%status, "session with the manager could not open"),
             }
             tokio::select! {
                 _ = &mut stop => return,

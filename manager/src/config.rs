@@ -27,6 +27,12 @@ pub struct Config {
     /// (schedulers and peers read it from their own config). Unset: the gRPC
     /// port is open to anyone who can reach it, so keep it on a private network.
     pub grpc_token: Option<Secret>,
+    /// Seals the registry passwords and credential headers of preheat jobs
+    /// in the database: 64 hex characters (32 bytes), also read from
+    /// `DAMSELFLY_MANAGER_SECRET_KEY`. Managers on one PostgreSQL must share
+    /// it (required there); on SQLite it defaults to a key file created
+    /// beside the database (`<database>.key`, mode 0600).
+    pub secret_key: Option<Secret>,
     pub auth: AuthConfig,
     pub preheat: PreheatConfig,
 }
@@ -41,6 +47,7 @@ impl Default for Config {
             keepalive_timeout: Duration::from_secs(30),
             sweep_interval: Duration::from_secs(5),
             grpc_token: None,
+            secret_key: None,
             auth: AuthConfig::default(),
             preheat: PreheatConfig::default(),
         }
@@ -136,6 +143,9 @@ impl Config {
                 "grpc_token",
                 "must be at least 16 characters",
             ));
+        }
+        if let Some(k) = &self.secret_key {
+            crate::seal::parse_key(k.expose()).map_err(|m| ConfigError::invalid("secret_key", m))?;
         }
         if self.auth.argon2_memory_kib < 8 || self.auth.argon2_iterations == 0 {
             return Err(ConfigError::invalid(

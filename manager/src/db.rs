@@ -22,10 +22,15 @@ pub enum Backend {
 pub struct Db {
     pub pool: AnyPool,
     pub backend: Backend,
+    /// Seals the secrets the store keeps (see [`crate::seal`]).
+    pub sealer: std::sync::Arc<crate::seal::Sealer>,
 }
 
 /// (version, SQL) in order. Add a file, add a line.
-const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../migrations/0001_init.sql"))];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("../migrations/0001_init.sql")),
+    (2, include_str!("../migrations/0002_preheat_every_peer.sql")),
+];
 
 /// An arbitrary constant that names "damselfly manager migrations" for `pg_advisory_lock`.
 const MIGRATION_LOCK: i64 = 0x00da_5e1f_0001;
@@ -38,7 +43,7 @@ pub fn now_ms() -> i64 {
 }
 
 impl Db {
-    pub async fn connect(url: &str) -> Result<Db> {
+    pub async fn connect(url: &str, sealer: crate::seal::Sealer) -> Result<Db> {
         sqlx::any::install_default_drivers();
         let backend = if url.starts_with("sqlite:") {
             Backend::Sqlite
@@ -50,7 +55,11 @@ impl Db {
             .acquire_timeout(Duration::from_secs(5))
             .connect(url)
             .await?;
-        let db = Db { pool, backend };
+        let db = Db {
+            pool,
+            backend,
+            sealer: std::sync::Arc::new(sealer),
+        };
         if backend == Backend::Sqlite {
             // Persistent per file: readers no longer block the writer.
             sqlx::query("PRAGMA journal_mode = WAL").execute(&db.pool).await?;

@@ -169,8 +169,78 @@ impl Service {
         })
     }
 
-    /// Runs one seed peer session until its stream ends.
-    async fn seed_session(&self, mut inbound: Streaming<pb::SeedPeerMessage>, tx: crate::hub::CommandTx) {
+    /// Registers the sender of a session's `hello`: a seed peer in its seed
+    /// peer cluster, a peer in the scheduler cluster that serves it.
+    async fn register_session(
+        &self,
+        kind: InstanceKind,
+        hello: &pb::SeedPeerHello,
+    ) -> Result<(instances::Instance, pb::SeedPeerWelcome)> {
+        let ctx = &self.ctx;
+        let (cluster_id, welcome) = if kind == InstanceKind::Peer {
+            let served = self
+                .list_schedulers(pb::ListSchedulersRequest {
+                    hostname: hello.hostname.clone(),
+                    ip: hello.ip.clone(),
+                    idc: hello.idc.clone(),
+                    location: hello.location.clone(),
+                })
+                .await?;
+            let cid = id(served.cluster_id, "cluster_id")?;
+            (
+                cid,
+                pb::SeedPeerWelcome {
+                    scheduler_cluster_id: served.cluster_id,
+                    ..Default::default()
+                },
+            )
+        } else {
+            let cluster = if hello.seed_peer_cluster_id == 0 {
+                clusters::default_seed_peer_cluster(&ctx.db).await?
+            } else {
+                clusters::get_seed_peer_cluster(
+                    &ctx.db,
+                    id(hello.seed_peer_cluster_id, "seed_peer_cluster_id")?,
+                )
+                .await?
+            };
+            (
+                cluster.id,
+                pb::SeedPeerWelcome {
+                    seed_peer_cluster_id: cluster.id as u64,
+                    scheduler_cluster_id: cluster.scheduler_cluster_id as u64,
+                    ..Default::default()
+                },
+            )
+        };
+        let inst = instances::register(
+            &ctx.db,
+            &Registration {
+                kind,
+                hostname: hello.hostname.clone(),
+                ip: hello.ip.clone(),
+                port: hello.port as i64,
+                download_port: hello.download_port as i64,
+                idc: hello.idc.clone(),
+                location: hello.location.clone(),
+                cluster_id,
+            },
+        )
+        .await?;
+        let welcome = pb::SeedPeerWelcome {
+            instance_id: inst.id as u64,
+            ..welcome
+        };
+        Ok((inst, welcome))
+    }
+
+    /// Runs one seed peer or peer session until its stream ends.
+    async fn session(
+        &self,
+        kind: InstanceKind,
+        mut inbound: Streaming<pb::SeedPeerMessage>,
+        tx: crate::hub::CommandTx,
+    ) {
         let ctx = self.ctx.clone();
         let hello = match inbound.next().await {
             Some(Ok(pb::SeedPeerMessage {
@@ -183,34 +253,7 @@ impl Service {
                 return;
             }
         };
-        let registered = async {
-            let cluster = if hello.seed_peer_cluster_id == 0 {
-                clusters::default_seed_peer_cluster(&ctx.db).await?
-            } else {
-                clusters::get_seed_peer_cluster(
-                    &ctx.db,
-                    id(hello.seed_peer_cluster_id, "seed_peer_cluster_id")?,
-                )
-                .await?
-            };
-            let inst = instances::register(
-                &ctx.db,
-                &Registration {
-                    kind: InstanceKind::SeedPeer,
-                    hostname: hello.hostname.clone(),
-                    ip: hello.ip.clone(),
-                    port: hello.port as i64,
-                    download_port: hello.download_port as i64,
-                    idc: hello.idc.clone(),
-                    location: hello.location.clone(),
-                    cluster_id: cluster.id,
-                },
-            )
-            .await?;
-            Ok::<_, Error>((inst, cluster))
-        }
-        .await;
-        let (inst, cluster) = match registered {
+        let (inst, welcome) = match self.register_session(kind, &hello).await {
             Ok(x) => x,
             Err(e) => {
                 let _ = tx.send(Err(e.into())).await;
@@ -218,17 +261,14 @@ impl Service {
             }
         };
         let welcome = pb::SeedPeerCommand {
-            command: Some(pb::seed_peer_command::Command::Welcome(pb::SeedPeerWelcome {
-                instance_id: inst.id as u64,
-                seed_peer_cluster_id: cluster.id as u64,
-                scheduler_cluster_id: cluster.scheduler_cluster_id as u64,
-            })),
+            command: Some(pb::seed_peer_command::Command::Welcome(welcome)),
         };
         if tx.send(Ok(welcome)).await.is_err() {
             return;
         }
         let conn = ctx.hub.join(inst.id, tx);
-        tracing::info!(instance = inst.id, hostname = %inst.hostname, "seed peer connected");
+        let what = kind.as_str();
+        tracing::info!(instance = inst.id, hostname = %inst.hostname, kind = what, "session opened");
         ctx.wake.notify_one();
         let policy = crate::preheat::retry_policy(&ctx);
         loop {
@@ -263,7 +303,7 @@ impl Service {
                 Some(pb::seed_peer_message::Message::Hello(_)) | None => Ok(()),
             };
             if let Err(e) = result {
-                tracing::warn!(instance = inst.id, error = %e, "seed peer message not applied");
+                tracing::warn!(instance = inst.id, kind = what, error = %e, "session message not applied");
             }
         }
         ctx.hub.leave(inst.id, conn);
@@ -272,9 +312,9 @@ impl Service {
             return;
         }
         if let Err(e) = instances::mark_inactive(&ctx.db, inst.id).await {
-            tracing::warn!(instance = inst.id, error = %e, "could not mark seed peer inactive");
+            tracing::warn!(instance = inst.id, kind = what, error = %e, "could not mark the instance inactive");
         }
-        tracing::info!(instance = inst.id, "seed peer disconnected");
+        tracing::info!(instance = inst.id, kind = what, "session closed");
     }
 }
 
@@ -373,13 +413,37 @@ impl Manager for Service {
         req: Request<Streaming<pb::SeedPeerMessage>>,
     ) -> Result<Response<Self::SeedPeerSessionStream>, Status> {
         self.ctx.metrics.grpc_call("SeedPeerSession");
-        let inbound = req.into_inner();
+        Ok(Response::new(
+            self.open_session(InstanceKind::SeedPeer, req.into_inner()),
+        ))
+    }
+
+    type PeerSessionStream = ReceiverStream<Result<pb::SeedPeerCommand, Status>>;
+
+    async fn peer_session(
+        &self,
+        req: Request<Streaming<pb::SeedPeerMessage>>,
+    ) -> Result<Response<Self::PeerSessionStream>, Status> {
+        self.ctx.metrics.grpc_call("PeerSession");
+        Ok(Response::new(
+            self.open_session(InstanceKind::Peer, req.into_inner()),
+        ))
+    }
+}
+
+impl Service {
+    /// Runs the session in its own task; the returned stream carries its commands.
+    fn open_session(
+        &self,
+        kind: InstanceKind,
+        inbound: Streaming<pb::SeedPeerMessage>,
+    ) -> ReceiverStream<Result<pb::SeedPeerCommand, Status>> {
         let (tx, rx) = mpsc::channel(64);
         let me = Service {
             ctx: self.ctx.clone(),
         };
-        tokio::spawn(async move { me.seed_session(inbound, tx).await });
-        Ok(Response::new(ReceiverStream::new(rx)))
+        tokio::spawn(async move { me.session(kind, inbound, tx).await });
+        ReceiverStream::new(rx)
     }
 }
 

@@ -1,4 +1,5 @@
-//! The seed peers connected to this manager, and the way to push them work.
+//! The seed peers and peers whose sessions are open on this manager, and the
+//! way to push them preheat work.
 
 use damselfly_proto::manager::SeedPeerCommand;
 use std::collections::HashMap;
@@ -9,13 +10,13 @@ use tokio::sync::mpsc;
 pub type CommandTx = mpsc::Sender<Result<SeedPeerCommand, tonic::Status>>;
 
 #[derive(Default)]
-pub struct SeedHub {
+pub struct SessionHub {
     next: AtomicU64,
     sessions: Mutex<HashMap<i64, (u64, CommandTx)>>,
 }
 
-impl SeedHub {
-    /// Adds a session; returns its connection number (for [`SeedHub::leave`]).
+impl SessionHub {
+    /// Adds a session; returns its connection number (for [`SessionHub::leave`]).
     pub fn join(&self, instance_id: i64, tx: CommandTx) -> u64 {
         let conn = self.next.fetch_add(1, Ordering::Relaxed);
         self.sessions

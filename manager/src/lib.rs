@@ -14,8 +14,9 @@
 //! - [`auth`]: scopes, principals, password and token hashing.
 //! - [`scope`]: which scheduler cluster serves a peer.
 //! - [`grpc`]: the `Manager` gRPC service for schedulers, seed peers and peers.
-//! - [`hub`]: seed peers connected to this manager.
+//! - [`hub`]: seed peers and peers connected to this manager.
 //! - [`preheat`] and [`registry`]: the preheat engine and the OCI resolver.
+//! - [`seal`]: registry credentials of preheat jobs, sealed at rest.
 //! - [`api`]: REST handlers under `/api/v1` (+ `/api/v1/openapi.json`).
 //! - [`console`]: the server-rendered web console at `/`.
 //! - [`metrics`]: Prometheus metrics.
@@ -36,6 +37,7 @@ pub mod metrics;
 pub mod preheat;
 pub mod registry;
 pub mod scope;
+pub mod seal;
 pub mod store;
 
 use damselfly_service::shutdown::Shutdown;
@@ -49,7 +51,7 @@ pub struct Inner {
     pub config: config::Config,
     pub hasher: auth::Hasher,
     pub metrics: metrics::Metrics,
-    pub hub: hub::SeedHub,
+    pub hub: hub::SessionHub,
     /// Wakes the preheat engine (a job was created, a seed connected, a report came in).
     pub wake: tokio::sync::Notify,
     /// Names this manager in leases.
@@ -82,11 +84,18 @@ pub struct Running {
 }
 
 /// [`start_with`] with root's first password from `DAMSELFLY_ROOT_PASSWORD`
-/// (generated and printed once when unset).
-pub async fn start(config: config::Config, shutdown: Shutdown) -> error::Result<Running> {
+/// (generated and printed once when unset), and the secret key from
+/// `DAMSELFLY_MANAGER_SECRET_KEY` when the config has none.
+pub async fn start(mut config: config::Config, shutdown: Shutdown) -> error::Result<Running> {
     let root_pw = std::env::var("DAMSELFLY_ROOT_PASSWORD")
         .ok()
         .filter(|p| !p.is_empty());
+    if config.secret_key.is_none() {
+        config.secret_key = std::env::var(seal::KEY_ENV)
+            .ok()
+            .filter(|k| !k.is_empty())
+            .map(damselfly_service::secret::Secret::new);
+    }
     start_with(config, root_pw, shutdown).await
 }
 
@@ -115,7 +124,8 @@ pub async fn start_with(
         .local_addr()
         .map_err(|e| error::Error::Internal(e.to_string()))?;
 
-    let db = db::Db::connect(&config.database).await?;
+    let key = seal::key_for(&config.database, config.secret_key.as_ref().map(|k| k.expose()))?;
+    let db = db::Db::connect(&config.database, seal::Sealer::new(&key)).await?;
     store::clusters::ensure_defaults(&db).await?;
     let hasher = auth::Hasher::new(&config.auth);
     if let Some(generated) = store::users::ensure_root(&db, &hasher, root_password).await? {
@@ -134,7 +144,7 @@ pub async fn start_with(
         config: config.clone(),
         hasher,
         metrics: metrics::Metrics::new(),
-        hub: hub::SeedHub::default(),
+        hub: hub::SessionHub::default(),
         wake: tokio::sync::Notify::new(),
         owner,
         closing,

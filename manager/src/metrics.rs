@@ -50,7 +50,7 @@ impl Metrics {
 
     pub fn set_instances(&self, counts: &[(String, String, i64)]) {
         self.instances.clear();
-        for kind in ["scheduler", "seed_peer"] {
+        for kind in ["scheduler", "seed_peer", "peer"] {
             for state in ["active", "inactive"] {
                 let n = counts
                     .iter()

@@ -1,5 +1,5 @@
 //! The preheat engine: one loop per manager that resolves jobs into tasks and
-//! hands tasks to the seed peers connected here. All coordination goes
+//! hands tasks to the seed peers and peers connected here. All coordination goes
 //! through leases in the database (see `store::preheat`), so any number of
 //! managers can run this loop over one PostgreSQL.
 
@@ -8,10 +8,13 @@ use crate::error::{Error, Result};
 use crate::registry::{Credentials, ImageRef, Resolver};
 use crate::store::clusters;
 use crate::store::instances;
-use crate::store::preheat::{self, ClaimedJob, NewTask, PreheatKind, PreheatScope, RetryPolicy, TaskReport};
+use crate::store::preheat::{
+    self, ClaimedJob, NewTask, PreheatKind, PreheatScope, RetryPolicy, TaskReport, TaskRole,
+};
 use damselfly_proto::manager as pb;
+use damselfly_service::secret::is_sensitive_header;
 use damselfly_service::shutdown::Shutdown;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 pub async fn run(ctx: Ctx, shutdown: Shutdown) {
     let resolver = match Resolver::new(ctx.config.preheat.plain_http_registries.clone()) {
@@ -114,7 +117,7 @@ async fn resolve(ctx: &Ctx, resolver: &Resolver, job: &ClaimedJob) -> Result<Vec
             }
         }
     }
-    // Seed peers of the chosen clusters that are alive now.
+    // Seed peers (and, for `all_peers`, peers) of the chosen clusters that are alive now.
     let cluster_ids: Vec<i64> = if spec.scheduler_cluster_ids.is_empty() {
         clusters::list_scheduler_clusters(&ctx.db)
             .await?
@@ -124,12 +127,23 @@ async fn resolve(ctx: &Ctx, resolver: &Resolver, job: &ClaimedJob) -> Result<Vec
     } else {
         spec.scheduler_cluster_ids.clone()
     };
+    let timeout = ctx.keepalive_timeout_ms();
     let mut per_cluster = Vec::new();
     for cid in cluster_ids {
-        let seeds = instances::active_seed_peers(&ctx.db, cid, ctx.keepalive_timeout_ms()).await?;
-        if !seeds.is_empty() {
-            per_cluster.push(seeds.into_iter().map(|s| s.id).collect::<Vec<_>>());
+        let seeds = instances::active_seed_peers(&ctx.db, cid, timeout).await?;
+        if seeds.is_empty() {
+            continue;
         }
+        let peers = if spec.scope == PreheatScope::AllPeers {
+            instances::active_peers(&ctx.db, cid, timeout).await?
+        } else {
+            Vec::new()
+        };
+        per_cluster.push(Members {
+            cluster_id: cid,
+            seeds: seeds.into_iter().map(|s| s.id).collect(),
+            peers: peers.into_iter().map(|p| p.id).collect(),
+        });
     }
     if per_cluster.is_empty() {
         return Err(Error::Conflict(
@@ -142,31 +156,48 @@ async fn resolve(ctx: &Ctx, resolver: &Resolver, job: &ClaimedJob) -> Result<Vec
         if !seen.insert(url.clone()) {
             continue; // the same layer in two images: fetch once
         }
-        for seeds in &per_cluster {
-            let chosen: Vec<i64> = match spec.scope {
-                PreheatScope::AllSeedPeers => seeds.clone(),
-                PreheatScope::SingleSeedPeer => {
-                    let key = if digest.is_empty() { &url } else { &digest };
-                    let h = crate::auth::sha256(key);
-                    let n = u64::from_be_bytes(h[..8].try_into().expect("8 bytes")) as usize;
-                    vec![seeds[n % seeds.len()]]
-                }
+        // Peers fetch from the mesh by task id: they get no credentials.
+        let peer_headers: BTreeMap<String, String> = headers
+            .iter()
+            .filter(|(k, _)| !is_sensitive_header(k))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        for m in &per_cluster {
+            let one_seed = || {
+                let key = if digest.is_empty() { &url } else { &digest };
+                let h = crate::auth::sha256(key);
+                let n = u64::from_be_bytes(h[..8].try_into().expect("8 bytes")) as usize;
+                vec![m.seeds[n % m.seeds.len()]]
             };
-            for seed in chosen {
-                tasks.push(NewTask {
-                    url: url.clone(),
-                    digest: digest.clone(),
-                    size,
-                    headers: headers.clone(),
-                    seed_instance_id: seed,
-                });
-            }
+            let seeds: Vec<i64> = match spec.scope {
+                PreheatScope::AllSeedPeers => m.seeds.clone(),
+                // For every peer too: one seed takes the layer from the origin, once.
+                PreheatScope::SingleSeedPeer | PreheatScope::AllPeers => one_seed(),
+            };
+            let task = |role, instance_id, headers: &BTreeMap<String, String>| NewTask {
+                url: url.clone(),
+                digest: digest.clone(),
+                size,
+                headers: headers.clone(),
+                role,
+                instance_id,
+                scheduler_cluster_id: m.cluster_id,
+            };
+            tasks.extend(seeds.into_iter().map(|id| task(TaskRole::Seed, id, &headers)));
+            tasks.extend(m.peers.iter().map(|id| task(TaskRole::Peer, *id, &peer_headers)));
         }
     }
     Ok(tasks)
 }
 
-/// Leases pending tasks of locally connected seeds and sends them.
+/// The live members of one scheduler cluster a job reaches.
+struct Members {
+    cluster_id: i64,
+    seeds: Vec<i64>,
+    peers: Vec<i64>,
+}
+
+/// Leases pending tasks of locally connected seed peers and peers and sends them.
 async fn dispatch(ctx: &Ctx) -> Result<()> {
     let seeds = ctx.hub.connected();
     if seeds.is_empty() {
@@ -184,7 +215,7 @@ async fn dispatch(ctx: &Ctx) -> Result<()> {
                 headers: t.headers.clone().into_iter().collect(),
             })),
         };
-        let sent = match ctx.hub.sender(t.seed_instance_id) {
+        let sent = match ctx.hub.sender(t.instance_id) {
             Some(tx) => tx.send(Ok(cmd)).await.is_ok(),
             None => false,
         };
@@ -192,17 +223,17 @@ async fn dispatch(ctx: &Ctx) -> Result<()> {
             tracing::debug!(
                 task = t.id,
                 job = t.job_id,
-                seed = t.seed_instance_id,
+                instance = t.instance_id,
                 "preheat task sent"
             );
         } else {
             preheat::report_task(
                 &ctx.db,
                 t.id,
-                t.seed_instance_id,
+                t.instance_id,
                 TaskReport::Failed,
                 0,
-                "the seed peer disconnected before the task was sent",
+                "the instance disconnected before the task was sent",
                 &retry_policy(ctx),
             )
             .await?;

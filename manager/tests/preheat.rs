@@ -31,6 +31,24 @@ async fn preheat_image_from_registry_with_auth() {
     let reg = registry_with_image().await;
     let host = reg.host.clone();
     let m = TestManager::sqlite_with(|c| c.preheat.plain_http_registries = vec![host]).await;
+    image_with_auth(&m, &reg).await;
+}
+
+/// The same on PostgreSQL (the credentials sealed with the shared key).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn preheat_image_from_registry_with_auth_postgres() {
+    if !tools() {
+        return;
+    }
+    let Some(pg) = PgCluster::start() else { return };
+    let reg = registry_with_image().await;
+    let mut config = test_config(&pg.create_db("image_auth"));
+    config.preheat.plain_http_registries = vec![reg.host.clone()];
+    let m = TestManager::start(config).await;
+    image_with_auth(&m, &reg).await;
+}
+
+async fn image_with_auth(m: &TestManager, reg: &Registry) {
     let root = m.root().await;
     let seed_a = FakeSeed::connect(&m.grpc, "seed-a", SeedBehaviour::Download).await;
     let seed_b = FakeSeed::connect(&m.grpc, "seed-b", SeedBehaviour::Download).await;
@@ -273,4 +291,262 @@ async fn bearer_token_flow_and_platform_index() {
             .all(|c| c.headers.get("Authorization").map(String::as_str) == Some("Bearer tkn-123"))
     );
     server.abort();
+}
+
+/// Scope "every peer": one seed fetches each layer (with the credentials),
+/// and only then every peer of the cluster gets a command for it, without
+/// them; a layer no seed could fetch fails on every peer too, and the job
+/// names it and where it failed. On SQLite and PostgreSQL.
+async fn every_peer(m: TestManager) {
+    let root = m.root().await;
+    let slow = SeedBehaviour::SlowSucceedUnlessBroken(Duration::from_millis(300));
+    let seed = FakeSeed::connect(&m.grpc, "seed", slow).await;
+    let p1 = FakeSeed::connect_peer(&m.grpc, "peer-1", SeedBehaviour::Succeed).await;
+    let p2 = FakeSeed::connect_peer(&m.grpc, "peer-2", SeedBehaviour::Succeed).await;
+    let (_, peers) = root.get("/api/v1/instances?kind=peer&state=active").await;
+    assert_eq!(peers.as_array().unwrap().len(), 2, "{peers}");
+
+    let urls = ["http://origin.invalid/a", "http://origin.invalid/b"];
+    let (s, job) = root
+        .post(
+            "/api/v1/preheat-jobs",
+            json!({"kind": "file", "urls": urls, "scope": "all_peers",
+                   "headers": {"Authorization": "Bearer for-the-origin", "X-Trace": "t1"}}),
+        )
+        .await;
+    assert_eq!(s, 201, "{job}");
+    let job = wait_job(&root, job["id"].as_i64().unwrap()).await;
+    assert_eq!(job["state"], "succeeded", "{job}");
+    let tasks = job["tasks"].as_array().unwrap();
+    assert_eq!(
+        tasks.len(),
+        2 * 3,
+        "each URL on the seed and on both peers: {job}"
+    );
+    for host in ["seed", "peer-1", "peer-2"] {
+        let mine: Vec<&Value> = tasks.iter().filter(|t| t["seed_hostname"] == host).collect();
+        assert_eq!(mine.len(), 2, "{host}: {job}");
+        let role = if host == "seed" { "seed" } else { "peer" };
+        assert!(
+            mine.iter()
+                .all(|t| t["role"] == role && t["state"] == "succeeded"),
+            "{job}"
+        );
+    }
+    let seed_cmds = seed.received.lock().unwrap().clone();
+    assert_eq!(seed_cmds.len(), 2);
+    assert!(
+        seed_cmds
+            .iter()
+            .all(|c| c.headers.get("Authorization").map(String::as_str) == Some("Bearer for-the-origin"))
+    );
+    let done_on_seed = |url: &str| {
+        seed.events
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|(_, u, what)| u == url && *what == "done")
+            .map(|(at, _, _)| *at)
+            .unwrap()
+    };
+    for p in [&p1, &p2] {
+        let cmds = p.received.lock().unwrap().clone();
+        assert_eq!(cmds.len(), 2, "each peer gets each URL once");
+        for c in &cmds {
+            assert_eq!(c.headers.get("Authorization"), None, "no credentials for a peer");
+            assert_eq!(c.headers.get("X-Trace").map(String::as_str), Some("t1"));
+        }
+        for (at, url, what) in p.events.lock().unwrap().iter() {
+            if *what == "got" {
+                assert!(
+                    *at >= done_on_seed(url),
+                    "{url} reached a peer before the seed had it"
+                );
+            }
+        }
+    }
+
+    // A URL the seed cannot fetch: retried on the seed, never sent to a
+    // peer, and the job says which one failed and where.
+    let (_, bad) = root
+        .post(
+            "/api/v1/preheat-jobs",
+            json!({"kind": "file", "urls": ["http://origin.invalid/fine", "http://origin.invalid/broken"],
+                   "scope": "all_peers"}),
+        )
+        .await;
+    let bad = wait_job(&root, bad["id"].as_i64().unwrap()).await;
+    assert_eq!(bad["state"], "failed", "{bad}");
+    let error = bad["error"].as_str().unwrap();
+    assert!(
+        error.starts_with("1 layer(s) failed: http://origin.invalid/broken (on peer-1, peer-2, seed)"),
+        "{error}"
+    );
+    let broken: Vec<&Value> = bad["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["url"] == "http://origin.invalid/broken")
+        .collect();
+    assert_eq!(broken.len(), 3, "{bad}");
+    for t in &broken {
+        assert_eq!(t["state"], "failed", "{bad}");
+        if t["role"] == "seed" {
+            assert_eq!(t["attempts"], 3, "retried up to max_attempts: {bad}");
+        } else {
+            assert_eq!(t["attempts"], 0, "never sent to a peer: {bad}");
+            assert!(t["error"].as_str().unwrap().contains("no seed peer"), "{bad}");
+        }
+    }
+    for p in [&p1, &p2] {
+        assert!(
+            p.received
+                .lock()
+                .unwrap()
+                .iter()
+                .all(|c| !c.url.contains("broken"))
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_peer_gets_each_layer_from_the_mesh_after_the_seed_sqlite() {
+    every_peer(TestManager::sqlite().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_peer_gets_each_layer_from_the_mesh_after_the_seed_postgres() {
+    let Some(pg) = PgCluster::start() else { return };
+    let url = pg.create_db("every_peer");
+    every_peer(TestManager::start(test_config(&url)).await).await;
+}
+
+/// Registry passwords and credential headers are sealed in the database
+/// while a job runs (the seed still gets them in clear), never shown by the
+/// API, and erased when the job ends, succeeded or failed.
+async fn secrets_at_rest(m: &TestManager) {
+    let root = m.root().await;
+    let seed = FakeSeed::connect(
+        &m.grpc,
+        "seed",
+        SeedBehaviour::SlowSucceedUnlessBroken(Duration::from_millis(1500)),
+    )
+    .await;
+    let (pw, token) = ("pw-at-rest-123", "tok-at-rest-456");
+    let (s, job) = root
+        .post(
+            "/api/v1/preheat-jobs",
+            json!({"kind": "file", "urls": ["http://origin.invalid/s1"], "username": "robot", "password": pw,
+                   "headers": {"Authorization": format!("Bearer {token}"), "X-Trace": "t"}}),
+        )
+        .await;
+    assert_eq!(s, 201, "{job}");
+    let id = job["id"].as_i64().unwrap();
+    eventually(10, "the seed to get the task", || async {
+        !seed.received.lock().unwrap().is_empty()
+    })
+    .await;
+    let cmd = seed.received.lock().unwrap()[0].clone();
+    assert_eq!(
+        cmd.headers["Authorization"],
+        format!("Bearer {token}"),
+        "the seed gets it in clear"
+    );
+    let (spec, headers) = raw_rows(m, id).await;
+    for stored in [&spec, &headers] {
+        assert!(
+            !stored.contains(pw) && !stored.contains(token),
+            "stored in clear: {stored}"
+        );
+        assert!(stored.contains("sealed:v1:"), "{stored}");
+    }
+    assert!(
+        headers.contains("\"X-Trace\":\"t\""),
+        "other headers stay readable: {headers}"
+    );
+    let (_, shown) = root.get(&format!("/api/v1/preheat-jobs/{id}")).await;
+    let shown = shown.to_string();
+    assert!(
+        !shown.contains(pw) && !shown.contains(token) && !shown.contains("sealed:"),
+        "{shown}"
+    );
+
+    let done = wait_job(&root, id).await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    let (spec, headers) = raw_rows(m, id).await;
+    assert!(
+        !spec.contains("sealed:") && !spec.contains("Authorization"),
+        "{spec}"
+    );
+    assert!(spec.contains("\"password\":null"), "{spec}");
+    assert_eq!(headers, "{}");
+
+    // A job that fails (its registry cannot be reached) is erased too.
+    let (_, bad) = root
+        .post(
+            "/api/v1/preheat-jobs",
+            json!({"urls": ["127.0.0.1:9/team/app:1"], "username": "robot", "password": pw}),
+        )
+        .await;
+    let bad_id = bad["id"].as_i64().unwrap();
+    let bad = wait_job(&root, bad_id).await;
+    assert_eq!(bad["state"], "failed", "{bad}");
+    let (spec, _) = raw_rows(m, bad_id).await;
+    assert!(
+        !spec.contains("sealed:") && spec.contains("\"password\":null"),
+        "{spec}"
+    );
+}
+
+/// The job's stored spec and its tasks' stored headers, as in the database.
+async fn raw_rows(m: &TestManager, job: i64) -> (String, String) {
+    let spec: String = sqlx::query_scalar("SELECT spec FROM preheat_jobs WHERE id = $1")
+        .bind(job)
+        .fetch_one(&m.ctx.db.pool)
+        .await
+        .unwrap();
+    let headers: Vec<String> = sqlx::query_scalar("SELECT headers FROM preheat_tasks WHERE job_id = $1")
+        .bind(job)
+        .fetch_all(&m.ctx.db.pool)
+        .await
+        .unwrap();
+    (spec, headers.join("\n"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_are_sealed_at_rest_and_erased_sqlite() {
+    let m = TestManager::sqlite().await;
+    // No key configured: one was created beside the database, for root only.
+    let db_file = m
+        .ctx
+        .config
+        .database
+        .trim_start_matches("sqlite://")
+        .split('?')
+        .next()
+        .unwrap()
+        .to_string();
+    let key = std::path::PathBuf::from(format!("{db_file}.key"));
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    secrets_at_rest(&m).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_are_sealed_at_rest_and_erased_postgres() {
+    let Some(pg) = PgCluster::start() else { return };
+    let url = pg.create_db("sealed");
+    // PostgreSQL without a shared key: the manager refuses to start.
+    let mut keyless = test_config(&url);
+    keyless.secret_key = None;
+    let (stop, _drain) = damselfly_service::shutdown::Shutdown::new();
+    let err = damselfly_manager::start_with(keyless, None, stop)
+        .await
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("secret_key"), "{err}");
+    secrets_at_rest(&TestManager::start(test_config(&url)).await).await;
 }

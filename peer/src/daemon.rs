@@ -59,7 +59,8 @@ pub async fn run(config: PeerConfig, shutdown: Shutdown) -> Result<(), Error> {
         .map_err(|e| Error::io("piece listener", e))?
         .port();
     let uploads = Arc::new(RateLimiter::new(config.upload_rate.as_u64()));
-    let server = PieceServer::new(tasks.clone(), uploads, metrics.clone());
+    downloader.limits.register(&mut registry);
+    let server = PieceServer::new(tasks.clone(), uploads, metrics.clone(), downloader.limits.clone());
     let mut handles = vec![tokio::spawn(server.serve(piece_listener, shutdown.clone()))];
 
     // Scheduler host streams.

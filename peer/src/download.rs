@@ -16,7 +16,7 @@ use crate::parent::{self, ParentConn, ParentEvent, Target};
 use crate::rate::RateLimiter;
 use crate::source::{self, SourceEvent};
 use crate::task::{Task, Tasks, sha256};
-use damselfly_proto::piece::{Layout, piece_length_for};
+use damselfly_proto::piece::Layout;
 use damselfly_proto::ring;
 use damselfly_proto::scheduler::scheduler_client::SchedulerClient;
 use damselfly_proto::scheduler::{
@@ -60,6 +60,8 @@ pub struct Downloader {
     /// Fixed, or the manager's latest answer (see [`Downloader::set_schedulers`]).
     schedulers: std::sync::RwLock<Vec<SchedulerEndpoint>>,
     pub download_limiter: Arc<RateLimiter>,
+    /// The cluster's peer settings in force (from the manager, if any).
+    pub limits: Arc<crate::limits::Limits>,
     running: Mutex<HashSet<String>>,
 }
 
@@ -88,6 +90,7 @@ impl Downloader {
             http,
             schedulers: std::sync::RwLock::new(schedulers),
             download_limiter,
+            limits: Arc::default(),
             running: Mutex::new(HashSet::new()),
         })
     }
@@ -509,7 +512,7 @@ impl Engine {
                 let piece_length = if self.spec.piece_length > 0 {
                     self.spec.piece_length
                 } else {
-                    piece_length_for(n)
+                    self.d.limits.piece_length_for(n)
                 };
                 let layout = Layout::new(n, piece_length);
                 self.task.set_layout(layout)?;
@@ -627,12 +630,14 @@ impl Engine {
         if s.layout.is_none() {
             return;
         }
-        let window = PARENT_WINDOW.max(TOTAL_WINDOW / self.parents.len());
+        let total = self.d.limits.download_concurrency(TOTAL_WINDOW);
+        let window = PARENT_WINDOW.max(total / self.parents.len());
         let mut free: usize = self
             .parents
             .values()
             .map(|p| window.saturating_sub(p.inflight))
-            .sum();
+            .sum::<usize>()
+            .min(total.saturating_sub(self.inflight.len()));
         for i in 0..s.have.len() {
             if free == 0 {
                 break;

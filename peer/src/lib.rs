@@ -17,7 +17,8 @@
 //! - [`download`]: the engine that drives one task to completion.
 //! - [`announcer`]: the host stream to the scheduler (keepalive, seed triggers).
 //! - [`schedulers`]: one host stream per scheduler in the (fixed or managed) list.
-//! - [`manager`]: the scheduler list from a manager, and a seed peer's preheat session.
+//! - [`manager`]: the scheduler list (and cluster settings) from a manager, and the preheat session.
+//! - [`limits`]: the cluster's peer settings in force (upload and download concurrency, piece length bounds).
 //! - [`local_api`]: the unix-socket gRPC API used by `damselfly get`.
 //! - [`blob`]: the registry proxy's blob source (the mesh) and its server.
 //! - [`daemon`]: starts all of the above.
@@ -31,6 +32,7 @@ pub mod download;
 pub mod error;
 pub mod fault;
 pub mod gc;
+pub mod limits;
 pub mod local_api;
 pub mod manager;
 pub mod metrics;

@@ -1,6 +1,6 @@
 //! The peer's link to a manager: which schedulers serve this peer (asked at
-//! start and again every `refresh_interval`), and for a seed peer the seed
-//! session whose preheat work runs through the [`Downloader`].
+//! start and again every `refresh_interval`), and the session (a seed
+//! peer's or a peer's) whose preheat work runs through the [`Downloader`].
 //!
 //! Answers are cached on disk under `DATA_DIR/manager` by
 //! [`damselfly_manager_client`], so a peer that restarts while the manager is
@@ -9,6 +9,7 @@
 use crate::config::PeerConfig;
 use crate::download::{self, Downloader, Request};
 use crate::error::Error;
+use crate::limits::Limits;
 use crate::schedulers::Schedulers;
 use damselfly_manager_client::{ManagerClient, PreheatWork, Source};
 use damselfly_proto::manager as pb;
@@ -68,10 +69,31 @@ pub async fn first_schedulers(
     }
 }
 
-/// Keeps `set` in step with the manager's answers until shutdown.
+/// Applies the cluster's peer settings of an answer (refused ones are logged).
+pub fn apply_settings(limits: &Limits, resp: &pb::ListSchedulersResponse) {
+    let Some(s) = &resp.settings else { return };
+    if limits.apply(s) {
+        info!(
+            cluster = resp.cluster_id,
+            upload_concurrency = s.peer_upload_concurrency,
+            download_concurrency = s.peer_download_concurrency,
+            min_piece_length = s.min_piece_length,
+            max_piece_length = s.max_piece_length,
+            "cluster peer settings in force"
+        );
+    } else {
+        warn!(
+            cluster = resp.cluster_id,
+            "the manager sent peer settings out of range; keeping the current ones"
+        );
+    }
+}
+
+/// Keeps `set` and `limits` in step with the manager's answers until shutdown.
 pub async fn follow_schedulers(
     mut rx: watch::Receiver<pb::ListSchedulersResponse>,
     mut set: Schedulers,
+    limits: Arc<Limits>,
     shutdown: Shutdown,
 ) {
     loop {
@@ -79,7 +101,14 @@ pub async fn follow_schedulers(
             _ = shutdown.wait() => break,
             changed = rx.changed() => if changed.is_err() { break },
         }
-        let urls = scheduler_urls(&rx.borrow_and_update());
+        let resp = rx.borrow_and_update().clone();
+        apply_settings(&limits, &resp);
+        let urls = scheduler_urls(&resp);
+        let mut sorted = urls.clone();
+        sorted.sort();
+        if sorted == set.addrs() {
+            continue; // only the settings changed
+        }
         info!(?urls, "scheduler list changed");
         if let Err(e) = set.set(&urls) {
             warn!(error = %e, "the manager sent a scheduler address that is not usable");
@@ -88,7 +117,7 @@ pub async fn follow_schedulers(
     set.stop();
 }
 
-/// What a seed peer tells the manager about itself.
+/// What a seed peer or peer tells the manager about itself when its session opens.
 pub fn seed_hello(config: &PeerConfig, info: &HostInfo) -> pb::SeedPeerHello {
     pb::SeedPeerHello {
         hostname: info.hostname.clone(),
@@ -101,10 +130,12 @@ pub fn seed_hello(config: &PeerConfig, info: &HostInfo) -> pb::SeedPeerHello {
     }
 }
 
-/// Runs preheat commands as seed downloads: the origin once, into this
-/// peer's store, announced to the task's scheduler as its source.
+/// Runs preheat commands: on a seed peer as seed downloads (the origin once,
+/// into this peer's store, announced to the task's scheduler as its source),
+/// on a peer as ordinary downloads from the mesh.
 pub struct Preheat {
     pub downloader: Arc<Downloader>,
+    pub seed: bool,
 }
 
 /// The task spec of a preheat command: named by the blob digest when there
@@ -127,10 +158,18 @@ pub fn preheat_spec(cmd: &pb::PreheatCommand) -> Result<TaskSpec, String> {
 impl PreheatWork for Preheat {
     async fn run(&self, cmd: pb::PreheatCommand) -> Result<u64, String> {
         let spec = preheat_spec(&cmd)?;
-        info!(task_id = spec.task_id, job = cmd.job_id, "preheat");
+        info!(
+            task_id = spec.task_id,
+            job = cmd.job_id,
+            seed = self.seed,
+            "preheat"
+        );
         let task = self
             .downloader
-            .start(Request { spec, seed: true })
+            .start(Request {
+                spec,
+                seed: self.seed,
+            })
             .map_err(|e| e.to_string())?;
         download::wait(&task).await.map_err(|e| e.to_string())?;
         Ok(task

@@ -13,6 +13,7 @@
 //! to all once the source has the whole task.
 
 use crate::fault;
+use crate::limits::Limits;
 use crate::metrics::Metrics;
 use crate::rate::RateLimiter;
 use crate::task::{Task, Tasks};
@@ -85,15 +86,23 @@ pub struct PieceServer {
     pub tasks: Arc<Tasks>,
     pub limiter: Arc<RateLimiter>,
     pub metrics: Metrics,
+    /// How many children may be served at once (the cluster's setting).
+    pub limits: Arc<Limits>,
     super_seeds: Mutex<HashMap<String, SuperSeed>>,
 }
 
 impl PieceServer {
-    pub fn new(tasks: Arc<Tasks>, limiter: Arc<RateLimiter>, metrics: Metrics) -> Arc<Self> {
+    pub fn new(
+        tasks: Arc<Tasks>,
+        limiter: Arc<RateLimiter>,
+        metrics: Metrics,
+        limits: Arc<Limits>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             tasks,
             limiter,
             metrics,
+            limits,
             super_seeds: Mutex::new(HashMap::new()),
         })
     }
@@ -135,6 +144,11 @@ impl PieceServer {
                 write_frame(&mut wr, &Frame::Error(format!("task {task_id} not here"))).await?;
                 return tokio::io::AsyncWriteExt::flush(&mut wr).await;
             }
+        };
+        // At the upload concurrency: the child asks the scheduler for another parent.
+        let Some(_slot) = self.limits.try_upload() else {
+            write_frame(&mut wr, &Frame::Error("busy: too many children".into())).await?;
+            return tokio::io::AsyncWriteExt::flush(&mut wr).await;
         };
         self.metrics.active_uploads.inc();
         self.join(&task_id, &child);

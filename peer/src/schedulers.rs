@@ -7,6 +7,7 @@ use crate::announcer;
 use crate::config::PeerConfig;
 use crate::download::{Downloader, SchedulerEndpoint};
 use crate::error::Error;
+use damselfly_manager_client::SessionKind;
 use damselfly_proto::manager::ListSchedulersRequest;
 use damselfly_proto::scheduler::HostInfo;
 use damselfly_service::shutdown::Shutdown;
@@ -18,8 +19,8 @@ use tokio::task::JoinHandle;
 use tracing::info;
 
 /// Starts the host streams to the fixed `schedulers`, or to those the
-/// manager names (then follows its answers, and for a seed peer runs the
-/// seed session). Returns a flag per first scheduler that turns true once
+/// manager names (then follows its answers, and keeps a session with the
+/// manager for preheat work). Returns a flag per first scheduler that turns true once
 /// its stream is up, and the tasks to await at shutdown.
 pub async fn start(
     config: &PeerConfig,
@@ -46,25 +47,33 @@ pub async fn start(
         location: config.location.clone(),
     };
     let first = crate::manager::first_schedulers(&client, &req).await;
+    crate::manager::apply_settings(&downloader.limits, &first);
     let announced = set.set(&crate::manager::scheduler_urls(&first))?;
     let rx = client.watch_schedulers(req, config.manager.refresh_interval, first);
     tasks.push(tokio::spawn(crate::manager::follow_schedulers(
         rx,
         set,
+        downloader.limits.clone(),
         shutdown.clone(),
     )));
-    if config.seed {
-        let hello = crate::manager::seed_hello(config, info);
-        let work = crate::manager::Preheat {
-            downloader: downloader.clone(),
-        };
-        let (every, stop) = (config.manager.keepalive_interval, shutdown.clone());
-        tasks.push(tokio::spawn(async move {
-            client
-                .seed_session(hello, every, work, async move { stop.wait().await })
-                .await
-        }));
-    }
+    // A seed peer's session takes preheat work from the origin; a peer's,
+    // work from the mesh (preheat jobs with scope "every peer").
+    let hello = crate::manager::seed_hello(config, info);
+    let work = crate::manager::Preheat {
+        downloader: downloader.clone(),
+        seed: config.seed,
+    };
+    let kind = if config.seed {
+        SessionKind::Seed
+    } else {
+        SessionKind::Peer
+    };
+    let (every, stop) = (config.manager.keepalive_interval, shutdown.clone());
+    tasks.push(tokio::spawn(async move {
+        client
+            .session(kind, hello, every, work, async move { stop.wait().await })
+            .await
+    }));
     Ok((announced, tasks))
 }
 
@@ -142,6 +151,11 @@ impl Schedulers {
         self.downloader
             .set_schedulers(self.running.values().map(|r| r.endpoint.clone()).collect());
         Ok(started)
+    }
+
+    /// The scheduler addresses in the list now, sorted.
+    pub fn addrs(&self) -> Vec<String> {
+        self.running.keys().cloned().collect()
     }
 
     /// Stops every host stream.

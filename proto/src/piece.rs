@@ -15,9 +15,16 @@ pub const TARGET_PIECES: u64 = 512;
 
 /// The piece length for content of `content_length` bytes.
 pub fn piece_length_for(content_length: u64) -> u32 {
+    piece_length_within(content_length, MIN_PIECE_LENGTH, MAX_PIECE_LENGTH)
+}
+
+/// The piece length for content of `content_length` bytes, by the same rule
+/// but kept within `min..=max` (a cluster's bounds; both powers of two, so
+/// the result is one too). A `min` above `max` yields `max`.
+pub fn piece_length_within(content_length: u64, min: u32, max: u32) -> u32 {
     let ideal = content_length.div_ceil(TARGET_PIECES).max(1);
     let pow2 = ideal.checked_next_power_of_two().unwrap_or(u64::MAX);
-    pow2.clamp(MIN_PIECE_LENGTH as u64, MAX_PIECE_LENGTH as u64) as u32
+    pow2.max(min as u64).min(max as u64).max(1) as u32
 }
 
 /// Where the pieces of one task lie.
@@ -80,6 +87,34 @@ mod tests {
         assert_eq!(piece_length_for(1024 * MIB), 2 * MIB as u32);
         assert_eq!(piece_length_for(1 << 40), MAX_PIECE_LENGTH);
         assert_eq!(piece_length_for(u64::MAX), MAX_PIECE_LENGTH);
+    }
+
+    #[test]
+    fn piece_length_within_bounds() {
+        let (k64, m1, m4) = (64 * 1024, MIB as u32, 4 * MIB as u32);
+        // Inside the bounds: the rule's own choice.
+        assert_eq!(piece_length_within(1024 * MIB, k64, m4), 2 * MIB as u32);
+        // Below: raised to the minimum; above: cut to the maximum.
+        assert_eq!(piece_length_within(64 * MIB, m1, m4), m1);
+        assert_eq!(piece_length_within(1 << 40, k64, m4), m4);
+        // Bounds wider than the default ones apply too.
+        assert_eq!(piece_length_within(1, k64, m4), k64);
+        assert_eq!(
+            piece_length_within(u64::MAX, k64, 64 * MIB as u32),
+            64 * MIB as u32
+        );
+        // The default bounds give the default rule.
+        for len in [0, 1, 64 * MIB, 128 * MIB + 1, 1 << 40, u64::MAX] {
+            assert_eq!(
+                piece_length_within(len, MIN_PIECE_LENGTH, MAX_PIECE_LENGTH),
+                piece_length_for(len)
+            );
+        }
+        assert_eq!(
+            piece_length_within(1 << 40, m4, m1),
+            m1,
+            "min above max: max wins"
+        );
     }
 
     #[test]

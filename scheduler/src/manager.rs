@@ -78,6 +78,10 @@ pub async fn run(
     }
     apply(&planner, &status, &initial);
 
+    // The registration in force: a new one (the manager forgot this instance,
+    // e.g. its cluster was deleted) may put the scheduler in another cluster,
+    // and the settings followed must then be that cluster's.
+    let (registration_tx, registration) = tokio::sync::watch::channel(initial.clone());
     let keepalive = {
         let (client, stop, status) = (client.clone(), shutdown.clone(), status.clone());
         let (mut id, every) = (registered.instance_id, config.keepalive_interval);
@@ -95,26 +99,33 @@ pub async fn run(
                             return;
                         };
                         id = r.instance_id;
-                        status.lock().expect("status lock").instance_id = id;
+                        let cfg = r.config.unwrap_or_default();
+                        {
+                            let mut s = status.lock().expect("status lock");
+                            s.instance_id = id;
+                            if s.cluster_id != cfg.cluster_id {
+                                info!(
+                                    from = s.cluster_id,
+                                    to = cfg.cluster_id,
+                                    "now in another scheduler cluster"
+                                );
+                            }
+                            s.cluster_id = cfg.cluster_id;
+                        }
+                        registration_tx.send_replace(cfg);
                     }
                 }
             }
         })
     };
-    let settings = {
-        let mut rx = client.watch_scheduler_config(initial.cluster_id, config.refresh_interval, initial);
-        let (planner, status, stop) = (planner.clone(), status.clone(), shutdown.clone());
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = stop.wait() => return,
-                    changed = rx.changed() => if changed.is_err() { return },
-                }
-                let next = rx.borrow_and_update().clone();
-                apply(&planner, &status, &next);
-            }
-        })
-    };
+    let settings = tokio::spawn(follow_settings(
+        client.clone(),
+        registration,
+        config.refresh_interval,
+        planner.clone(),
+        status.clone(),
+        shutdown.clone(),
+    ));
     let traffic = {
         let (client, stop) = (client.clone(), shutdown.clone());
         let status = status.clone();
@@ -154,6 +165,42 @@ pub async fn run(
         })
     };
     let _ = tokio::join!(keepalive, settings, traffic);
+}
+
+/// Applies the settings of the cluster of the registration in force, polled
+/// every `every`; when a new registration names another cluster, the old
+/// cluster's poll stops and the new one's starts.
+async fn follow_settings(
+    client: ManagerClient,
+    mut registration: tokio::sync::watch::Receiver<pb::SchedulerClusterConfig>,
+    every: Duration,
+    planner: Arc<Planner>,
+    status: Arc<Mutex<ManagerStatus>>,
+    stop: Shutdown,
+) {
+    let mut first = true;
+    loop {
+        let current = registration.borrow_and_update().clone();
+        if !std::mem::take(&mut first) {
+            apply(&planner, &status, &current); // the first one was applied at registration
+        }
+        // Dropping `rx` (on a new registration) ends its polling task.
+        let mut rx = client.watch_scheduler_config(current.cluster_id, every, current);
+        loop {
+            tokio::select! {
+                _ = stop.wait() => return,
+                r = registration.changed() => {
+                    if r.is_err() { return }
+                    break;
+                }
+                changed = rx.changed() => {
+                    if changed.is_err() { return }
+                    let next = rx.borrow_and_update().clone();
+                    apply(&planner, &status, &next);
+                }
+            }
+        }
+    }
 }
 
 /// Registers, retrying with backoff until it works or `shutdown`. With

@@ -504,10 +504,10 @@ async fn create_job(State(ctx): State<Ctx>, User(p): User, Form(form): Form<Vec<
                 password: opt("password").map(Secret::new),
                 headers: Default::default(),
                 scheduler_cluster_ids: ids,
-                scope: if field(&form, "scope") == "single_seed_peer" {
-                    preheat::PreheatScope::SingleSeedPeer
-                } else {
-                    preheat::PreheatScope::AllSeedPeers
+                scope: match field(&form, "scope") {
+                    "single_seed_peer" => preheat::PreheatScope::SingleSeedPeer,
+                    "all_peers" => preheat::PreheatScope::AllPeers,
+                    _ => preheat::PreheatScope::AllSeedPeers,
                 },
             };
             preheat::create(&ctx.db, &p, new).await

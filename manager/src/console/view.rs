@@ -417,11 +417,11 @@ fn instance_rows(inst: &[Instance], cl: &[SchedulerCluster], seeds: &[SeedPeerCl
             tbody {
                 @for i in inst {
                     @let cluster = match i.kind {
-                        InstanceKind::Scheduler => cl.iter().find(|c| c.id == i.cluster_id).map(|c| c.name.clone()),
+                        InstanceKind::Scheduler | InstanceKind::Peer => cl.iter().find(|c| c.id == i.cluster_id).map(|c| c.name.clone()),
                         InstanceKind::SeedPeer => seeds.iter().find(|c| c.id == i.cluster_id).map(|c| c.name.clone()),
                     }.unwrap_or_else(|| format!("#{}", i.cluster_id));
                     tr.instance data-hostname=(i.hostname) data-state=(i.state) {
-                        td { @if i.kind == InstanceKind::Scheduler { "scheduler" } @else { "seed peer" } }
+                        td { (match i.kind { InstanceKind::Scheduler => "scheduler", InstanceKind::SeedPeer => "seed peer", InstanceKind::Peer => "peer" }) }
                         td.mono { (i.hostname) }
                         td.mono { (i.ip) ":" (i.port) }
                         td { (cluster) }
@@ -448,7 +448,7 @@ pub fn instances(
         "Instances",
         Some(3),
         html! {
-            div.panel { h2 { "Schedulers and seed peers" } (instance_rows(inst, cl, seeds)) }
+            div.panel { h2 { "Schedulers, seed peers and peers" } (instance_rows(inst, cl, seeds)) }
         },
     )
 }
@@ -469,8 +469,9 @@ pub fn preheat(p: &Principal, jobs: &[PreheatJob], cl: &[SchedulerCluster], erro
                             textarea #preheat-urls name="urls" required {} }
                         div { label for="kind" { "Kind" } select #kind name="kind" { option value="image" { "image" } option value="file" { "file (URL)" } } }
                         div { label for="platform" { "Platform" } input #platform type="text" name="platform" placeholder="linux/amd64"; }
-                        div { label for="scope" { "Seed peers" } select #scope name="scope" {
-                            option value="all_seed_peers" { "every seed peer" } option value="single_seed_peer" { "one per cluster" } } }
+                        div { label for="scope" { "Scope" } select #scope name="scope" {
+                            option value="all_seed_peers" { "every seed peer" } option value="single_seed_peer" { "one seed peer per cluster" }
+                            option value="all_peers" { "every peer (through the mesh)" } } }
                         div { label for="reg-user" { "Registry user " small { "(optional)" } } input #reg-user type="text" name="username" autocomplete="off"; }
                         div { label for="reg-pass" { "Registry password" } input #reg-pass type="password" name="password" autocomplete="new-password"; }
                         div.span-all { label { "Clusters " small { "(none ticked: all)" } }

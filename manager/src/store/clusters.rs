@@ -17,11 +17,13 @@ pub struct ClusterSettings {
     pub candidate_parent_limit: u32,
     /// Candidates examined before scoring (>= candidate_parent_limit, <= 1000).
     pub filter_parent_limit: u32,
-    /// Concurrent piece uploads one peer serves (1..=1000).
+    /// Children one peer serves at once, over all its tasks; more are
+    /// turned away to other parents (1..=1000).
     pub peer_upload_concurrency: u32,
-    /// Concurrent piece downloads one peer runs (1..=1000).
+    /// Piece requests one download of a peer keeps in flight (1..=1000).
     pub peer_download_concurrency: u32,
-    /// Smallest piece length in bytes (power of two, >= 64 KiB).
+    /// Smallest piece length in bytes a peer lays a new task out with when
+    /// it fetches from the origin (power of two, >= 64 KiB).
     pub min_piece_length: u64,
     /// Largest piece length in bytes (power of two, <= 64 MiB).
     pub max_piece_length: u64,
@@ -33,7 +35,8 @@ impl Default for ClusterSettings {
             candidate_parent_limit: 4,
             filter_parent_limit: 40,
             peer_upload_concurrency: 50,
-            peer_download_concurrency: 16,
+            // The download engine's own default: a manager changes nothing until told to.
+            peer_download_concurrency: 32,
             min_piece_length: 256 * 1024,
             max_piece_length: 16 * 1024 * 1024,
         }

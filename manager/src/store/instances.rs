@@ -18,6 +18,9 @@ use utoipa::{IntoParams, ToSchema};
 pub enum InstanceKind {
     Scheduler,
     SeedPeer,
+    /// A peer that is not a seed: it registers only so that preheat jobs
+    /// with scope `all_peers` can reach it.
+    Peer,
 }
 
 impl InstanceKind {
@@ -25,13 +28,14 @@ impl InstanceKind {
         match self {
             InstanceKind::Scheduler => "scheduler",
             InstanceKind::SeedPeer => "seed_peer",
+            InstanceKind::Peer => "peer",
         }
     }
     fn parse(s: &str) -> InstanceKind {
-        if s == "scheduler" {
-            InstanceKind::Scheduler
-        } else {
-            InstanceKind::SeedPeer
+        match s {
+            "scheduler" => InstanceKind::Scheduler,
+            "peer" => InstanceKind::Peer,
+            _ => InstanceKind::SeedPeer,
         }
     }
 }
@@ -47,7 +51,7 @@ pub struct Instance {
     pub download_port: i64,
     pub idc: String,
     pub location: String,
-    /// Scheduler cluster id for schedulers, seed peer cluster id for seed peers.
+    /// Scheduler cluster id for schedulers and peers, seed peer cluster id for seed peers.
     pub cluster_id: i64,
     /// `active` or `inactive`.
     pub state: String,
@@ -72,7 +76,7 @@ pub struct Registration {
 #[derive(Debug, Clone, Default, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct InstanceFilter {
-    /// `scheduler` or `seed_peer`.
+    /// `scheduler`, `seed_peer` or `peer`.
     pub kind: Option<String>,
     /// `active` or `inactive`.
     pub state: Option<String>,
@@ -210,8 +214,9 @@ pub async fn list(db: &Db, f: &InstanceFilter) -> Result<Vec<Instance>> {
     if let Some(k) = &f.kind
         && k != "scheduler"
         && k != "seed_peer"
+        && k != "peer"
     {
-        return Err(Error::invalid("kind", "must be scheduler or seed_peer"));
+        return Err(Error::invalid("kind", "must be scheduler, seed_peer or peer"));
     }
     if let Some(s) = &f.state
         && s != "active"
@@ -252,6 +257,20 @@ pub async fn active_seed_peers(db: &Db, scheduler_cluster_id: i64, timeout_ms: i
         "SELECT {COLS} FROM instances
          WHERE kind = 'seed_peer' AND state = 'active' AND last_keepalive_at >= $2
            AND cluster_id IN (SELECT id FROM seed_peer_clusters WHERE scheduler_cluster_id = $1)
+         ORDER BY hostname, id"
+    )))
+    .bind(scheduler_cluster_id)
+    .bind(now_ms() - timeout_ms)
+    .fetch_all(&db.pool)
+    .await?;
+    Ok(rows.iter().map(from_row).collect())
+}
+
+/// Live peers (not seeds) of one scheduler cluster.
+pub async fn active_peers(db: &Db, scheduler_cluster_id: i64, timeout_ms: i64) -> Result<Vec<Instance>> {
+    let rows = sqlx::query(AssertSqlSafe(format!(
+        "SELECT {COLS} FROM instances
+         WHERE kind = 'peer' AND cluster_id = $1 AND state = 'active' AND last_keepalive_at >= $2
          ORDER BY hostname, id"
     )))
     .bind(scheduler_cluster_id)

@@ -1,10 +1,14 @@
-//! Preheat jobs and their tasks (one per layer or URL and seed peer).
+//! Preheat jobs and their tasks (one per layer or URL and seed peer or peer).
 //!
 //! Life of a job: `pending` -> (one manager leases it and resolves the image
 //! into layers, creating the tasks) -> `running` -> `succeeded` or `failed`.
-//! Life of a task: `pending` -> (the manager its seed peer is connected to
-//! leases it and sends it down the seed's stream) -> `running` ->
+//! Life of a task: `pending` -> (the manager its instance is connected to
+//! leases it and sends it down the instance's stream) -> `running` ->
 //! `succeeded`, or `failed`, or back to `pending` for another attempt.
+//! A peer's task (scope `all_peers`) waits in `pending` until a seed task of
+//! the same layer and scheduler cluster succeeded: the peer then fetches the
+//! layer from the mesh, so the origin serves it once per cluster and the
+//! peer needs no credentials. If every seed task of its layer failed, it fails.
 //!
 //! Every hand-over is one `UPDATE ... WHERE <still free>` whose affected-row
 //! count says who won, so two managers on one PostgreSQL never run the same
@@ -13,6 +17,7 @@
 use crate::auth::Principal;
 use crate::db::{Db, RowExt, now_ms};
 use crate::error::{Error, Result};
+use crate::seal::Sealer;
 use damselfly_service::secret::{Secret, is_sensitive_header};
 use serde::{Deserialize, Serialize};
 use sqlx::AssertSqlSafe;
@@ -38,6 +43,25 @@ pub enum PreheatScope {
     AllSeedPeers,
     /// One seed peer per cluster (chosen by digest, so a layer lands where the scheduler looks first).
     SingleSeedPeer,
+    /// Every peer: one seed peer per cluster fetches each layer from the
+    /// origin, then every active peer of the cluster fetches it from the mesh.
+    AllPeers,
+}
+
+/// Who runs a task: a seed peer fetches from the origin, a peer from the mesh.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TaskRole {
+    Seed,
+    Peer,
+}
+
+impl TaskRole {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskRole::Seed => "seed",
+            TaskRole::Peer => "peer",
+        }
+    }
 }
 
 /// A new preheat job.
@@ -104,6 +128,41 @@ impl NewPreheatJob {
         Ok(())
     }
 
+    /// The spec as stored: the password and credential headers sealed.
+    fn sealed(&self, s: &Sealer) -> NewPreheatJob {
+        NewPreheatJob {
+            password: self.password.as_ref().map(|p| Secret::new(s.seal(p.expose()))),
+            headers: seal_headers(&self.headers, s),
+            ..self.clone()
+        }
+    }
+
+    /// The stored spec opened for the engine.
+    fn opened(&self, s: &Sealer) -> Result<NewPreheatJob> {
+        Ok(NewPreheatJob {
+            password: match &self.password {
+                Some(p) => Some(Secret::new(s.open(p.expose())?)),
+                None => None,
+            },
+            headers: open_headers(&self.headers, s)?,
+            ..self.clone()
+        })
+    }
+
+    /// The spec with its secrets gone (a finished job keeps none).
+    fn without_secrets(&self) -> NewPreheatJob {
+        NewPreheatJob {
+            password: None,
+            headers: self
+                .headers
+                .iter()
+                .filter(|(k, _)| !is_sensitive_header(k))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            ..self.clone()
+        }
+    }
+
     /// The spec as shown to API callers: secrets hidden.
     fn redacted(&self) -> PreheatSpecView {
         PreheatSpecView {
@@ -127,6 +186,24 @@ impl NewPreheatJob {
             scope: self.scope,
         }
     }
+}
+
+/// Credential headers sealed, the others as they are.
+fn seal_headers(h: &BTreeMap<String, String>, s: &Sealer) -> BTreeMap<String, String> {
+    h.iter()
+        .map(|(k, v)| {
+            let v = if is_sensitive_header(k) {
+                s.seal(v)
+            } else {
+                v.clone()
+            };
+            (k.clone(), v)
+        })
+        .collect()
+}
+
+fn open_headers(h: &BTreeMap<String, String>, s: &Sealer) -> Result<BTreeMap<String, String>> {
+    h.iter().map(|(k, v)| Ok((k.clone(), s.open(v)?))).collect()
 }
 
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -155,6 +232,9 @@ pub struct PreheatTask {
     pub url: String,
     pub digest: String,
     pub size: i64,
+    /// `seed` (from the origin) or `peer` (from the mesh).
+    pub role: String,
+    /// The seed peer or peer that runs the task.
     pub seed_instance_id: i64,
     pub seed_hostname: String,
     /// `pending`, `running`, `succeeded` or `failed`.
@@ -178,7 +258,7 @@ pub struct PreheatJob {
     pub updated_at: i64,
     pub finished_at: Option<i64>,
     pub progress: Progress,
-    /// Per layer and seed peer (only in single-job answers).
+    /// Per layer and seed peer or peer (only in single-job answers).
     pub tasks: Vec<PreheatTask>,
 }
 
@@ -231,8 +311,9 @@ pub async fn create(db: &Db, by: &Principal, new: NewPreheatJob) -> Result<Prehe
         }
     }
     let now = now_ms();
-    // With the password: the engine needs it (`Secret` serializes as the plain string).
-    let spec = serde_json::to_string(&new).expect("serializable");
+    // The engine needs the password and credential headers until the job
+    // ends: stored sealed, erased then.
+    let spec = serde_json::to_string(&new.sealed(&db.sealer)).expect("serializable");
     let kind = match new.kind {
         PreheatKind::Image => "image",
         PreheatKind::File => "file",
@@ -280,7 +361,7 @@ pub async fn get(db: &Db, id: i64) -> Result<PreheatJob> {
     let (mut job, _) = job_from(&row);
     job.progress = progress(db, id).await?;
     let rows = sqlx::query(
-        "SELECT t.id, t.url, t.digest, t.size, t.seed_instance_id, COALESCE(i.hostname, '') AS seed_hostname,
+        "SELECT t.id, t.url, t.digest, t.size, t.role, t.seed_instance_id, COALESCE(i.hostname, '') AS seed_hostname,
                 t.state, t.attempts, t.error, t.bytes, t.updated_at
          FROM preheat_tasks t LEFT JOIN instances i ON i.id = t.seed_instance_id
          WHERE t.job_id = $1 ORDER BY t.id",
@@ -295,6 +376,7 @@ pub async fn get(db: &Db, id: i64) -> Result<PreheatJob> {
             url: r.string("url"),
             digest: r.string("digest"),
             size: r.i64("size"),
+            role: r.string("role"),
             seed_instance_id: r.i64("seed_instance_id"),
             seed_hostname: r.string("seed_hostname"),
             state: r.string("state"),
@@ -373,8 +455,9 @@ pub async fn claim_jobs(db: &Db, owner: &str, lease_ms: i64, limit: i64) -> Resu
                 .bind(id)
                 .fetch_one(&db.pool)
                 .await?;
-            let spec = serde_json::from_str(&row.string("spec"))
-                .map_err(|e| Error::Internal(format!("preheat job {id} has an unreadable spec: {e}")))?;
+            let spec = serde_json::from_str::<NewPreheatJob>(&row.string("spec"))
+                .map_err(|e| Error::Internal(format!("preheat job {id} has an unreadable spec: {e}")))?
+                .opened(&db.sealer)?;
             out.push(ClaimedJob {
                 id,
                 spec,
@@ -385,14 +468,17 @@ pub async fn claim_jobs(db: &Db, owner: &str, lease_ms: i64, limit: i64) -> Resu
     Ok(out)
 }
 
-/// One download to hand to one seed peer.
+/// One download to hand to one seed peer or peer.
 #[derive(Debug, Clone)]
 pub struct NewTask {
     pub url: String,
     pub digest: String,
     pub size: i64,
+    /// Empty of credentials for a peer's task.
     pub headers: BTreeMap<String, String>,
-    pub seed_instance_id: i64,
+    pub role: TaskRole,
+    pub instance_id: i64,
+    pub scheduler_cluster_id: i64,
 }
 
 /// The job resolved: store its tasks and start it (only if we still own it).
@@ -416,15 +502,18 @@ pub async fn start_job(db: &Db, job_id: i64, owner: &str, tasks: &[NewTask]) -> 
     }
     for t in tasks {
         sqlx::query(
-            "INSERT INTO preheat_tasks (job_id, url, digest, size, headers, seed_instance_id, state, created_at, updated_at)
-             VALUES ($1, $2, $3, $4, $5, $6, 'pending', $7, $7)",
+            "INSERT INTO preheat_tasks (job_id, url, digest, size, headers, seed_instance_id, role,
+                                        scheduler_cluster_id, state, created_at, updated_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'pending', $9, $9)",
         )
         .bind(job_id)
         .bind(&t.url)
         .bind(&t.digest)
         .bind(t.size)
-        .bind(serde_json::to_string(&t.headers).expect("serializable"))
-        .bind(t.seed_instance_id)
+        .bind(serde_json::to_string(&seal_headers(&t.headers, &db.sealer)).expect("serializable"))
+        .bind(t.instance_id)
+        .bind(t.role.as_str())
+        .bind(t.scheduler_cluster_id)
         .bind(now)
         .execute(&mut *tx)
         .await?;
@@ -444,7 +533,7 @@ pub async fn job_attempt_failed(
 ) -> Result<()> {
     let now = now_ms();
     if give_up {
-        sqlx::query(
+        let ended = sqlx::query(
             "UPDATE preheat_jobs SET state = 'failed', error = $1, lease_owner = NULL, lease_until = NULL,
                     updated_at = $2, finished_at = $2
              WHERE id = $3 AND lease_owner = $4 AND state = 'pending'",
@@ -454,7 +543,12 @@ pub async fn job_attempt_failed(
         .bind(job_id)
         .bind(owner)
         .execute(&db.pool)
-        .await?;
+        .await?
+        .rows_affected()
+            == 1;
+        if ended {
+            erase_secrets(db, job_id).await?;
+        }
     } else {
         sqlx::query(
             "UPDATE preheat_jobs SET error = $1, lease_until = $2, updated_at = $3
@@ -471,7 +565,7 @@ pub async fn job_attempt_failed(
     Ok(())
 }
 
-/// A task leased to this manager, ready to send down its seed's stream.
+/// A task leased to this manager, ready to send down its instance's stream.
 #[derive(Debug, Clone)]
 pub struct DispatchTask {
     pub id: i64,
@@ -479,30 +573,44 @@ pub struct DispatchTask {
     pub url: String,
     pub digest: String,
     pub headers: BTreeMap<String, String>,
-    pub seed_instance_id: i64,
+    pub instance_id: i64,
 }
 
-/// Leases pending tasks of the given (locally connected) seed peers.
+/// A seed task of the same job, layer and scheduler cluster as the outer
+/// `preheat_tasks` row, in one of `states` (an SQL list).
+fn seed_of_layer(states: &str) -> String {
+    format!(
+        "EXISTS (SELECT 1 FROM preheat_tasks s WHERE s.job_id = preheat_tasks.job_id AND s.url = preheat_tasks.url
+                 AND s.scheduler_cluster_id = preheat_tasks.scheduler_cluster_id AND s.role = 'seed'
+                 AND s.state IN ({states}))"
+    )
+}
+
+/// Leases pending tasks of the given (locally connected) seed peers and
+/// peers; a peer's task only once a seed of its cluster holds the layer.
 pub async fn claim_tasks(
     db: &Db,
     owner: &str,
-    seeds: &[i64],
+    instances: &[i64],
     lease_ms: i64,
     limit: i64,
 ) -> Result<Vec<DispatchTask>> {
     let mut out = Vec::new();
-    for seed in seeds {
+    let select = format!(
+        "SELECT id, job_id, url, digest, headers, seed_instance_id FROM preheat_tasks
+         WHERE state = 'pending' AND seed_instance_id = $1 AND (lease_until IS NULL OR lease_until < $2)
+               AND (role = 'seed' OR {})
+         ORDER BY id LIMIT $3",
+        seed_of_layer("'succeeded'")
+    );
+    for instance in instances {
         let now = now_ms();
-        let rows = sqlx::query(
-            "SELECT id, job_id, url, digest, headers, seed_instance_id FROM preheat_tasks
-             WHERE state = 'pending' AND seed_instance_id = $1 AND (lease_until IS NULL OR lease_until < $2)
-             ORDER BY id LIMIT $3",
-        )
-        .bind(*seed)
-        .bind(now)
-        .bind(limit)
-        .fetch_all(&db.pool)
-        .await?;
+        let rows = sqlx::query(AssertSqlSafe(select.clone()))
+            .bind(*instance)
+            .bind(now)
+            .bind(limit)
+            .fetch_all(&db.pool)
+            .await?;
         for r in rows {
             let id = r.i64("id");
             let won = sqlx::query(
@@ -524,8 +632,11 @@ pub async fn claim_tasks(
                     job_id: r.i64("job_id"),
                     url: r.string("url"),
                     digest: r.string("digest"),
-                    headers: serde_json::from_str(&r.string("headers")).unwrap_or_default(),
-                    seed_instance_id: r.i64("seed_instance_id"),
+                    headers: open_headers(
+                        &serde_json::from_str(&r.string("headers")).unwrap_or_default(),
+                        &db.sealer,
+                    )?,
+                    instance_id: r.i64("seed_instance_id"),
                 });
             }
         }
@@ -552,7 +663,7 @@ pub struct RetryPolicy {
     pub retry_ms: i64,
 }
 
-/// Applies a seed's report. `seed` must be the task's seed peer (a seed
+/// Applies a report. `seed` must be the task's seed peer or peer (one
 /// cannot report for another). A failure is retried per `policy`.
 pub async fn report_task(
     db: &Db,
@@ -601,13 +712,29 @@ pub async fn report_task(
         .bind(task_id)
         .bind(seed),
     };
-    q.execute(&db.pool).await?;
+    let applied = q.execute(&db.pool).await?.rows_affected() == 1;
+    if applied && report == TaskReport::Succeeded {
+        // Peers waiting for this layer may run now: their wait for an
+        // instance to take them starts afresh.
+        sqlx::query(
+            "UPDATE preheat_tasks SET updated_at = $1
+             WHERE state = 'pending' AND role = 'peer' AND EXISTS (SELECT 1 FROM preheat_tasks s
+                WHERE s.id = $2 AND s.role = 'seed' AND s.job_id = preheat_tasks.job_id AND s.url = preheat_tasks.url
+                  AND s.scheduler_cluster_id = preheat_tasks.scheduler_cluster_id)",
+        )
+        .bind(now)
+        .bind(task_id)
+        .execute(&db.pool)
+        .await?;
+    }
     Ok(())
 }
 
 /// Housekeeping, safe from several managers: running tasks whose lease ran
 /// out go back to pending (or fail after `max_attempts`); pending tasks no
-/// seed took for `stale_ms` fail; running jobs with every task done finish.
+/// instance took for `stale_ms` once they could run fail, and so do peers'
+/// tasks whose layer no seed could fetch; running jobs with every task done
+/// finish, naming the failed layers and where they failed.
 pub async fn housekeeping(db: &Db, max_attempts: i64, stale_ms: i64) -> Result<()> {
     let now = now_ms();
     sqlx::query(
@@ -620,12 +747,21 @@ pub async fn housekeeping(db: &Db, max_attempts: i64, stale_ms: i64) -> Result<(
     .bind(now)
     .execute(&db.pool)
     .await?;
-    sqlx::query(
-        "UPDATE preheat_tasks SET state = 'failed', error = 'no connection to this seed peer; it is inactive', updated_at = $1
-         WHERE state = 'pending' AND updated_at < $2",
-    )
+    sqlx::query(AssertSqlSafe(format!(
+        "UPDATE preheat_tasks SET state = 'failed', error = 'no connection to this instance; it is inactive', updated_at = $1
+         WHERE state = 'pending' AND updated_at < $2 AND (role = 'seed' OR {})",
+        seed_of_layer("'succeeded'")
+    )))
     .bind(now)
     .bind(now - stale_ms)
+    .execute(&db.pool)
+    .await?;
+    sqlx::query(AssertSqlSafe(format!(
+        "UPDATE preheat_tasks SET state = 'failed', error = 'no seed peer of its cluster could fetch this layer', updated_at = $1
+         WHERE state = 'pending' AND role = 'peer' AND NOT {}",
+        seed_of_layer("'pending', 'running', 'succeeded'")
+    )))
+    .bind(now)
     .execute(&db.pool)
     .await?;
     let done: Vec<i64> = sqlx::query_scalar(
@@ -635,21 +771,35 @@ pub async fn housekeeping(db: &Db, max_attempts: i64, stale_ms: i64) -> Result<(
     .fetch_all(&db.pool)
     .await?;
     for id in done {
-        let failed: Vec<String> = sqlx::query_scalar(
-            "SELECT DISTINCT digest FROM preheat_tasks WHERE job_id = $1 AND state = 'failed' ORDER BY digest",
+        let rows = sqlx::query(
+            "SELECT t.digest, t.url, COALESCE(i.hostname, '') AS hostname
+             FROM preheat_tasks t LEFT JOIN instances i ON i.id = t.seed_instance_id
+             WHERE t.job_id = $1 AND t.state = 'failed' ORDER BY t.digest, t.url, hostname",
         )
         .bind(id)
         .fetch_all(&db.pool)
         .await?;
+        // layer -> the hosts it failed on
+        let mut failed: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for r in &rows {
+            let layer = Some(r.string("digest"))
+                .filter(|d| !d.is_empty())
+                .unwrap_or_else(|| r.string("url"));
+            failed.entry(layer).or_default().push(r.string("hostname"));
+        }
         let (state, error) = if failed.is_empty() {
             ("succeeded", String::new())
         } else {
+            let list: Vec<String> = failed
+                .iter()
+                .map(|(layer, hosts)| format!("{layer} (on {})", hosts.join(", ")))
+                .collect();
             (
                 "failed",
-                format!("{} layer(s) failed: {}", failed.len(), failed.join(", ")),
+                format!("{} layer(s) failed: {}", failed.len(), list.join(", ")),
             )
         };
-        sqlx::query(
+        let ended = sqlx::query(
             "UPDATE preheat_jobs SET state = $1, error = $2, updated_at = $3, finished_at = $3
              WHERE id = $4 AND state = 'running'",
         )
@@ -658,7 +808,35 @@ pub async fn housekeeping(db: &Db, max_attempts: i64, stale_ms: i64) -> Result<(
         .bind(now)
         .bind(id)
         .execute(&db.pool)
-        .await?;
+        .await?
+        .rows_affected()
+            == 1;
+        if ended {
+            erase_secrets(db, id).await?;
+        }
     }
+    Ok(())
+}
+
+/// A job has ended: its password and credential headers are no longer
+/// needed, so they leave the database (sealed or not).
+async fn erase_secrets(db: &Db, job_id: i64) -> Result<()> {
+    let spec: Option<String> = sqlx::query_scalar("SELECT spec FROM preheat_jobs WHERE id = $1")
+        .bind(job_id)
+        .fetch_optional(&db.pool)
+        .await?;
+    if let Some(spec) = spec
+        && let Ok(parsed) = serde_json::from_str::<NewPreheatJob>(&spec)
+    {
+        sqlx::query("UPDATE preheat_jobs SET spec = $1 WHERE id = $2")
+            .bind(serde_json::to_string(&parsed.without_secrets()).expect("serializable"))
+            .bind(job_id)
+            .execute(&db.pool)
+            .await?;
+    }
+    sqlx::query("UPDATE preheat_tasks SET headers = '{}' WHERE job_id = $1")
+        .bind(job_id)
+        .execute(&db.pool)
+        .await?;
     Ok(())
 }

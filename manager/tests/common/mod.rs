@@ -41,8 +41,14 @@ pub fn test_config(database: &str) -> Config {
     c.preheat.poll_interval = Duration::from_millis(100);
     c.preheat.lease = Duration::from_secs(5);
     c.preheat.task_timeout = Duration::from_secs(30);
+    if database.starts_with("postgres") {
+        // Every manager on one PostgreSQL shares the key that seals secrets.
+        c.secret_key = Some(damselfly_service::secret::Secret::new(TEST_SECRET_KEY));
+    }
     c
 }
+
+pub const TEST_SECRET_KEY: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
 
 impl TestManager {
     /// A manager on a fresh SQLite file.
@@ -386,18 +392,35 @@ pub enum SeedBehaviour {
     Download,
     /// Fail the first attempt of every task, then behave like `Download`.
     FailFirstThenDownload,
+    /// Take this long, then succeed, except for URLs containing "broken": fail those.
+    SlowSucceedUnlessBroken(Duration),
 }
 
-/// A seed peer that speaks the manager's `SeedPeerSession` protocol.
+/// (when, url, "got" or "done").
+pub type Event = (std::time::Instant, String, &'static str);
+
+/// A seed peer that speaks the manager's `SeedPeerSession` protocol (or a
+/// peer on `PeerSession`).
 pub struct FakeSeed {
     pub instance_id: u64,
     /// Every preheat command received, in order.
     pub received: Arc<Mutex<Vec<pb::PreheatCommand>>>,
+    /// Every command received and reported.
+    pub events: Arc<Mutex<Vec<Event>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl FakeSeed {
     pub async fn connect(grpc: &str, hostname: &str, behaviour: SeedBehaviour) -> FakeSeed {
+        FakeSeed::open(grpc, hostname, behaviour, false).await
+    }
+
+    /// A peer (not a seed) on `PeerSession`.
+    pub async fn connect_peer(grpc: &str, hostname: &str, behaviour: SeedBehaviour) -> FakeSeed {
+        FakeSeed::open(grpc, hostname, behaviour, true).await
+    }
+
+    async fn open(grpc: &str, hostname: &str, behaviour: SeedBehaviour, peer: bool) -> FakeSeed {
         let mut client = ManagerClient::connect(grpc.to_string()).await.unwrap();
         let (tx, rx) = mpsc::channel::<pb::SeedPeerMessage>(64);
         tx.send(pb::SeedPeerMessage {
@@ -411,11 +434,14 @@ impl FakeSeed {
         })
         .await
         .unwrap();
-        let mut inbound = client
-            .seed_peer_session(tokio_stream::wrappers::ReceiverStream::new(rx))
-            .await
-            .unwrap()
-            .into_inner();
+        let outbound = tokio_stream::wrappers::ReceiverStream::new(rx);
+        let mut inbound = if peer {
+            client.peer_session(outbound).await
+        } else {
+            client.seed_peer_session(outbound).await
+        }
+        .unwrap()
+        .into_inner();
         let welcome = inbound.message().await.unwrap().unwrap();
         let instance_id = match welcome.command {
             Some(pb::seed_peer_command::Command::Welcome(w)) => w.instance_id,
@@ -423,6 +449,8 @@ impl FakeSeed {
         };
         let received = Arc::new(Mutex::new(Vec::new()));
         let rec = received.clone();
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let ev = events.clone();
         let task = tokio::spawn(async move {
             let http = reqwest::Client::new();
             let mut tried = std::collections::HashSet::new();
@@ -440,6 +468,9 @@ impl FakeSeed {
                     continue;
                 };
                 rec.lock().unwrap().push(p.clone());
+                ev.lock()
+                    .unwrap()
+                    .push((std::time::Instant::now(), p.url.clone(), "got"));
                 let first = tried.insert(p.task_id);
                 let (state, bytes, error) = match behaviour {
                     SeedBehaviour::Succeed => {
@@ -450,11 +481,22 @@ impl FakeSeed {
                         0,
                         "injected failure".to_string(),
                     ),
+                    SeedBehaviour::SlowSucceedUnlessBroken(d) => {
+                        tokio::time::sleep(d).await;
+                        if p.url.contains("broken") {
+                            (pb::preheat_progress::State::Failed, 0, "HTTP 404".to_string())
+                        } else {
+                            (pb::preheat_progress::State::Succeeded, 1 << 20, String::new())
+                        }
+                    }
                     _ => match download(&http, &p).await {
                         Ok(n) => (pb::preheat_progress::State::Succeeded, n, String::new()),
                         Err(e) => (pb::preheat_progress::State::Failed, 0, e),
                     },
                 };
+                ev.lock()
+                    .unwrap()
+                    .push((std::time::Instant::now(), p.url.clone(), "done"));
                 let _ = tx
                     .send(pb::SeedPeerMessage {
                         message: Some(pb::seed_peer_message::Message::Progress(pb::PreheatProgress {
@@ -470,6 +512,7 @@ impl FakeSeed {
         FakeSeed {
             instance_id,
             received,
+            events,
             task,
         }
     }
