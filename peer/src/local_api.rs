@@ -111,7 +111,8 @@ fn temp_name(output: &Path) -> Result<PathBuf, Error> {
 impl OutputFile {
     pub async fn create(output: &Path) -> Result<Self, Error> {
         let tmp = temp_name(output)?;
-        let file = std::fs::File::create(&tmp).map_err(|e| Error::io(format!("create {}", tmp.display()), e))?;
+        let file =
+            std::fs::File::create(&tmp).map_err(|e| Error::io(format!("create {}", tmp.display()), e))?;
         Ok(Self {
             tmp,
             output: output.to_path_buf(),
@@ -137,13 +138,17 @@ impl OutputFile {
         let len = layout.offset(end - 1) + layout.len_of(end - 1) as u64 - layout.offset(self.next);
         if self.content.is_none() {
             let path = task.content_path();
-            let f = std::fs::File::open(path).map_err(|e| Error::io(format!("open {}", path.display()), e))?;
+            let f =
+                std::fs::File::open(path).map_err(|e| Error::io(format!("open {}", path.display()), e))?;
             self.content = Some(f);
         }
         // Clones share the file offsets, which advance with every copy: both
         // files are read and written strictly in order.
         let clone = |f: &std::fs::File| f.try_clone().map_err(|e| Error::io("duplicate a file handle", e));
-        let (src, mut dst) = (clone(self.content.as_ref().expect("opened above"))?, clone(&self.file)?);
+        let (src, mut dst) = (
+            clone(self.content.as_ref().expect("opened above"))?,
+            clone(&self.file)?,
+        );
         let tmp = self.tmp.clone();
         let copied = tokio::task::spawn_blocking(move || {
             use std::io::Read;

@@ -9,8 +9,14 @@
 //! themselves, and the source's uplink carries each piece about once. A
 //! piece its child has not asked for within [`SUPER_SEED_GRACE`], or whose
 //! child disconnected, becomes visible to every child, so a slow or vanished
-//! child delays the swarm, never blocks it; and every piece becomes visible
-//! to all once the source has the whole task.
+//! child delays the swarm, never blocks it.
+//!
+//! The endgame: once the source holds the whole task, a piece its child
+//! fetched becomes visible to every child [`ENDGAME_REVEAL`] after that. The
+//! last pieces to arrive from the origin would otherwise be asked of the
+//! source by every child at once, and its uplink would carry each of them
+//! once per child while the children's uplinks idle (measured: 1.5 s of a
+//! 14 s swarm of 16 hosts).
 
 use crate::fault;
 use crate::limits::Limits;
@@ -29,6 +35,9 @@ use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
 pub const SUPER_SEED_GRACE: Duration = Duration::from_secs(2);
+/// How long after its child fetched it a piece of a complete source stays
+/// that child's to spread.
+pub const ENDGAME_REVEAL: Duration = Duration::from_secs(1);
 /// Requests a child may queue on one connection.
 const REQUEST_QUEUE: usize = 64;
 
@@ -37,8 +46,8 @@ struct Offer {
     /// Empty once the child has gone.
     owner: String,
     at: Instant,
-    /// The owner fetched it: the others get it from the owner.
-    served: bool,
+    /// When the owner fetched it: the others get it from the owner.
+    served: Option<Instant>,
 }
 
 /// Which child each piece of a source task was first offered to.
@@ -49,7 +58,8 @@ struct SuperSeed {
 }
 
 impl SuperSeed {
-    fn visible(&mut self, child: &str, index: u32, now: Instant) -> bool {
+    /// May `child` see piece `index`? `complete`: the source holds the whole task.
+    fn visible(&mut self, child: &str, index: u32, now: Instant, complete: bool) -> bool {
         if self.children.is_empty() {
             return true;
         }
@@ -57,18 +67,21 @@ impl SuperSeed {
         let offer = self.offered.entry(index).or_insert_with(|| Offer {
             owner: self.children[index as usize % n].clone(),
             at: now,
-            served: false,
+            served: None,
         });
         offer.owner == child
             || offer.owner.is_empty()
-            || (!offer.served && now.duration_since(offer.at) >= SUPER_SEED_GRACE)
+            || match offer.served {
+                None => now.duration_since(offer.at) >= SUPER_SEED_GRACE,
+                Some(at) => complete && now.duration_since(at) >= ENDGAME_REVEAL,
+            }
     }
 
     fn served(&mut self, child: &str, index: u32) {
         if let Some(o) = self.offered.get_mut(&index)
             && o.owner == child
         {
-            o.served = true;
+            o.served.get_or_insert_with(Instant::now);
         }
     }
 
@@ -250,16 +263,16 @@ impl PieceServer {
         }
         let now = Instant::now();
         let mut seeds = self.super_seeds.lock().expect("super-seed lock");
-        // Once the source holds everything, its uplink has nothing left to
-        // spread: every child may see every piece (the endgame).
-        let mut ss = if s.source && !s.progress.done {
-            seeds.get_mut(&task.id)
-        } else {
-            None
-        };
+        let mut ss = if s.source { seeds.get_mut(&task.id) } else { None };
+        let complete = s.progress.done;
         let mut out = Vec::new();
         for (i, have) in s.have.iter().enumerate() {
-            if *have && !told[i] && ss.as_mut().is_none_or(|ss| ss.visible(child, i as u32, now)) {
+            if *have
+                && !told[i]
+                && ss
+                    .as_mut()
+                    .is_none_or(|ss| ss.visible(child, i as u32, now, complete))
+            {
                 told[i] = true;
                 out.push(i as u32);
             }
@@ -298,19 +311,42 @@ mod tests {
             ..Default::default()
         };
         let t0 = Instant::now();
-        assert!(ss.visible("a", 0, t0));
-        assert!(!ss.visible("b", 0, t0));
-        assert!(ss.visible("b", 1, t0));
-        assert!(!ss.visible("a", 1, t0));
-        assert!(ss.visible("a", 1, t0 + SUPER_SEED_GRACE), "b was too slow to ask");
-        ss.served("a", 0);
+        assert!(ss.visible("a", 0, t0, false));
+        assert!(!ss.visible("b", 0, t0, false));
+        assert!(ss.visible("b", 1, t0, false));
+        assert!(!ss.visible("a", 1, t0, false));
         assert!(
-            !ss.visible("b", 0, t0 + SUPER_SEED_GRACE),
-            "a has it: b gets it from a"
+            ss.visible("a", 1, t0 + SUPER_SEED_GRACE, false),
+            "b was too slow to ask"
         );
+        ss.served("a", 0);
+        let later = Instant::now() + SUPER_SEED_GRACE;
+        assert!(!ss.visible("b", 0, later, false), "a has it: b gets it from a");
         ss.leave("a");
-        assert!(ss.visible("b", 0, t0), "a left: its pieces are everyone's");
+        assert!(ss.visible("b", 0, t0, false), "a left: its pieces are everyone's");
         let mut alone = SuperSeed::default();
-        assert!(alone.visible("x", 5, t0));
+        assert!(alone.visible("x", 5, t0, false));
+    }
+
+    #[test]
+    fn a_complete_source_reveals_a_served_piece_after_a_while() {
+        let mut ss = SuperSeed {
+            children: vec!["a".into(), "b".into()],
+            ..Default::default()
+        };
+        let t0 = Instant::now();
+        assert!(ss.visible("a", 0, t0, true));
+        assert!(
+            !ss.visible("b", 0, t0, true),
+            "the source is complete, yet a spreads it first"
+        );
+        ss.served("a", 0);
+        let served = Instant::now();
+        assert!(!ss.visible("b", 0, served, true));
+        assert!(
+            !ss.visible("b", 0, served + ENDGAME_REVEAL, false),
+            "while the source still fetches, a piece once served is never re-offered"
+        );
+        assert!(ss.visible("b", 0, served + ENDGAME_REVEAL, true));
     }
 }

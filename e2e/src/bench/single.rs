@@ -162,14 +162,22 @@ const MACHINE: (&str, u32) = ("machine", 0);
 
 impl CpuMeter {
     fn start(procs: &[(&str, &Proc)]) -> Self {
-        let mut start: Vec<(String, u32, Option<f64>)> =
-            procs.iter().map(|(n, p)| (n.to_string(), p.pid(), p.cpu_seconds())).collect();
+        let mut start: Vec<(String, u32, Option<f64>)> = procs
+            .iter()
+            .map(|(n, p)| (n.to_string(), p.pid(), p.cpu_seconds()))
+            .collect();
         start.push((MACHINE.0.into(), MACHINE.1, machine_busy_seconds()));
         Self { start }
     }
 
     fn stop(self) -> BTreeMap<String, f64> {
-        let now = |pid: u32| if pid == MACHINE.1 { machine_busy_seconds() } else { cpu_seconds(pid) };
+        let now = |pid: u32| {
+            if pid == MACHINE.1 {
+                machine_busy_seconds()
+            } else {
+                cpu_seconds(pid)
+            }
+        };
         self.start
             .into_iter()
             .filter_map(|(name, pid, before)| Some((name, now(pid)? - before?)))
