@@ -140,7 +140,7 @@ impl Service {
         let ranked = self.ranked(&facts).await?;
         let timeout = self.ctx.keepalive_timeout_ms();
         for c in &ranked {
-            let live = instances::active_schedulers(&self.ctx.db, c.id, timeout).await?;
+            let live = instances::active_in_cluster(&self.ctx.db, "scheduler", c.id, timeout).await?;
             if !live.is_empty() {
                 return Ok(pb::ListSchedulersResponse {
                     cluster_id: c.id as u64,

@@ -135,7 +135,7 @@ async fn resolve(ctx: &Ctx, resolver: &Resolver, job: &ClaimedJob) -> Result<Vec
             continue;
         }
         let peers = if spec.scope == PreheatScope::AllPeers {
-            instances::active_peers(&ctx.db, cid, timeout).await?
+            instances::active_in_cluster(&ctx.db, "peer", cid, timeout).await?
         } else {
             Vec::new()
         };

@@ -237,13 +237,19 @@ pub async fn list(db: &Db, f: &InstanceFilter) -> Result<Vec<Instance>> {
     Ok(rows.iter().map(from_row).collect())
 }
 
-/// Live schedulers of one scheduler cluster.
-pub async fn active_schedulers(db: &Db, cluster_id: i64, timeout_ms: i64) -> Result<Vec<Instance>> {
+/// Live instances of one kind (`scheduler` or `peer`) in one scheduler cluster.
+pub async fn active_in_cluster(
+    db: &Db,
+    kind: &str,
+    cluster_id: i64,
+    timeout_ms: i64,
+) -> Result<Vec<Instance>> {
     let rows = sqlx::query(AssertSqlSafe(format!(
         "SELECT {COLS} FROM instances
-         WHERE kind = 'scheduler' AND cluster_id = $1 AND state = 'active' AND last_keepalive_at >= $2
+         WHERE kind = $1 AND cluster_id = $2 AND state = 'active' AND last_keepalive_at >= $3
          ORDER BY hostname, id"
     )))
+    .bind(kind)
     .bind(cluster_id)
     .bind(now_ms() - timeout_ms)
     .fetch_all(&db.pool)
@@ -257,20 +263,6 @@ pub async fn active_seed_peers(db: &Db, scheduler_cluster_id: i64, timeout_ms: i
         "SELECT {COLS} FROM instances
          WHERE kind = 'seed_peer' AND state = 'active' AND last_keepalive_at >= $2
            AND cluster_id IN (SELECT id FROM seed_peer_clusters WHERE scheduler_cluster_id = $1)
-         ORDER BY hostname, id"
-    )))
-    .bind(scheduler_cluster_id)
-    .bind(now_ms() - timeout_ms)
-    .fetch_all(&db.pool)
-    .await?;
-    Ok(rows.iter().map(from_row).collect())
-}
-
-/// Live peers (not seeds) of one scheduler cluster.
-pub async fn active_peers(db: &Db, scheduler_cluster_id: i64, timeout_ms: i64) -> Result<Vec<Instance>> {
-    let rows = sqlx::query(AssertSqlSafe(format!(
-        "SELECT {COLS} FROM instances
-         WHERE kind = 'peer' AND cluster_id = $1 AND state = 'active' AND last_keepalive_at >= $2
          ORDER BY hostname, id"
     )))
     .bind(scheduler_cluster_id)
