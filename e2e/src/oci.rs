@@ -77,6 +77,20 @@ pub struct Access {
     pub bytes: u64,
 }
 
+/// Did these registry GETs of one blob of `size` bytes, all from `client`,
+/// carry each byte once? A peer fetching from the origin sends one 1-byte
+/// length probe, then Range GETs that together cover the blob once
+/// (`source.connections` of them, in blocks).
+pub fn sent_once_to(gets: &[Access], client: &str, size: u64) -> bool {
+    let probes = gets.iter().filter(|g| g.bytes == 1 && size > 1).count();
+    let body: u64 = gets
+        .iter()
+        .filter(|g| !(g.bytes == 1 && size > 1))
+        .map(|g| g.bytes)
+        .sum();
+    !gets.is_empty() && gets.iter().all(|g| g.client == client) && probes <= 1 && body == size
+}
+
 impl Access {
     /// Parses `IP - - [date] "GET /path HTTP/1.1" 200 1234 "referer" "agent"`.
     pub fn parse(line: &str) -> Option<Access> {

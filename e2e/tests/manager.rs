@@ -8,6 +8,7 @@ use damselfly_e2e::bins;
 use damselfly_e2e::data::{sha256_file, write_random_file};
 use damselfly_e2e::lab::Lab;
 use damselfly_e2e::managed::{Manager, Peer, Scheduler};
+use damselfly_e2e::oci::sent_once_to;
 use damselfly_e2e::origin::Origin;
 use damselfly_e2e::process::wait_all;
 use damselfly_e2e::wait::wait_for;
@@ -384,15 +385,9 @@ fn preheat_puts_every_layer_on_the_seed_and_every_peer_and_a_pull_takes_none_fro
             ensure!(sha256_file(&stored)? == hex, "{d} on {} is not the layer", p.host);
         }
         let gets = registry.blob_gets(d);
-        let sent: u64 = gets.iter().map(|g| g.bytes).sum();
         ensure!(
-            !gets.is_empty() && gets.iter().all(|g| g.client == seed_ip),
-            "{d}: registry GETs {gets:?}"
-        );
-        // One full GET, plus at most the seed's 1-byte length probe.
-        ensure!(
-            gets.iter().filter(|g| g.bytes == *size).count() == 1 && sent <= size + 1,
-            "{d} ({size} bytes): the registry sent {sent} bytes: {gets:?}"
+            sent_once_to(&gets, &seed_ip, *size),
+            "{d} ({size} bytes): only the seed fetches it, each byte once: {gets:?}"
         );
         gets_before.push(gets.len());
     }

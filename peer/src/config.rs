@@ -22,6 +22,13 @@
 //! addr = "http://10.0.0.1:65003"           # empty: the fixed `schedulers` list
 //! refresh_interval = "10s"                 # how often the scheduler list is asked again
 //!
+//! [source]                                 # back to source (the origin)
+//! connections = 2                          # parallel connections, each fetching every other 8 MiB
+//! retries = 5
+//! retry_backoff = "200ms"
+//! connect_timeout = "10s"
+//! insecure_tls = false
+//!
 //! [proxy]                                  # the registry mirror proxy, blobs from the mesh
 //! enabled = true
 //! listen = "127.0.0.1:65001"
@@ -174,6 +181,9 @@ impl Default for ProxyListenConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SourceConfig {
+    /// Connections one download opens to the origin at once, each fetching
+    /// every `connections`-th block of [`crate::source::BLOCK`] bytes.
+    pub connections: u32,
     pub retries: u32,
     #[serde(with = "humantime_serde")]
     pub retry_backoff: Duration,
@@ -219,6 +229,7 @@ impl Default for PeerConfig {
 impl Default for SourceConfig {
     fn default() -> Self {
         Self {
+            connections: 2,
             retries: 5,
             retry_backoff: Duration::from_millis(200),
             connect_timeout: Duration::from_secs(10),
@@ -249,6 +260,12 @@ impl PeerConfig {
             return Err(ConfigError::invalid(
                 "advertise_ip",
                 format!("{:?} is not an IP address", self.advertise_ip),
+            ));
+        }
+        if !(1..=16).contains(&self.source.connections) {
+            return Err(ConfigError::invalid(
+                "source.connections",
+                "must be between 1 and 16",
             ));
         }
         if self.upload_slots == 0 {

@@ -495,15 +495,18 @@ impl Engine {
 
     fn fetch_missing(&self, layout: Layout) {
         let missing: Vec<u32> = self.task.lock().missing().collect();
-        tokio::spawn(source::fetch(
-            self.d.http.clone(),
-            self.spec.url.clone(),
-            self.spec.headers.clone(),
-            layout,
-            missing,
-            self.d.config.source.clone(),
-            self.source_tx.clone(),
-        ));
+        let cfg = &self.d.config.source;
+        for part in source::split(layout, &missing, cfg.connections) {
+            tokio::spawn(source::fetch(
+                self.d.http.clone(),
+                self.spec.url.clone(),
+                self.spec.headers.clone(),
+                layout,
+                part,
+                cfg.clone(),
+                self.source_tx.clone(),
+            ));
+        }
     }
 
     fn on_source_event(&mut self, ev: SourceEvent) -> Result<(), Error> {

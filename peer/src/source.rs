@@ -2,7 +2,11 @@
 //!
 //! One streaming GET covers a run of missing pieces (a Range request unless
 //! it is the whole content); the body is cut at piece boundaries and each
-//! piece is hashed as it lands. A dropped connection or a 5xx is retried
+//! piece is hashed as it lands. A download spreads its missing pieces over
+//! `source.connections` connections ([`split`]): blocks of [`BLOCK`] bytes
+//! dealt round-robin, so pieces still arrive roughly in order (children ask
+//! for the lowest first) while one connection's slow start or stall, or a
+//! long ACK path (a seed whose uplink is full of uploads), costs less. A dropped connection or a 5xx is retried
 //! with exponential backoff from the first piece not yet delivered.
 //! Request headers are passed through and never logged.
 
@@ -122,6 +126,22 @@ pub async fn fetch(
         Ok(()) => SourceEvent::Done,
         Err(e) => SourceEvent::Failed(e),
     });
+}
+
+/// The unit dealt to each connection to the origin.
+pub const BLOCK: u64 = 8 * 1024 * 1024;
+
+/// Deals `pieces` (ascending) to at most `connections` fetchers in blocks of
+/// about [`BLOCK`] bytes, round-robin; no fetcher gets nothing.
+pub fn split(layout: Layout, pieces: &[u32], connections: u32) -> Vec<Vec<u32>> {
+    let per_block = (BLOCK / layout.piece_length as u64).max(1) as usize;
+    let mut parts = vec![Vec::new(); connections.max(1) as usize];
+    for (i, block) in pieces.chunks(per_block).enumerate() {
+        let n = parts.len();
+        parts[i % n].extend_from_slice(block);
+    }
+    parts.retain(|p| !p.is_empty());
+    parts
 }
 
 /// Consecutive runs of piece indices: [1,2,3,7,8] -> [(1,3),(7,8)].
@@ -333,6 +353,25 @@ mod tests {
             vec![(0, b"0123".to_vec()), (1, b"4567".to_vec()), (2, b"89".to_vec())];
         assert_eq!(pieces, expected);
         assert_eq!(served.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn blocks_are_dealt_round_robin() {
+        let mib = 1024 * 1024;
+        // 4 MiB pieces: two per 8 MiB block.
+        let layout = Layout::new(40 * mib, 4 * mib as u32);
+        let all: Vec<u32> = (0..10).collect();
+        assert_eq!(
+            split(layout, &all, 2),
+            vec![vec![0, 1, 4, 5, 8, 9], vec![2, 3, 6, 7]]
+        );
+        assert_eq!(split(layout, &all, 1), vec![all.clone()]);
+        // Less than a block: one connection, none left empty.
+        assert_eq!(split(layout, &[3], 4), vec![vec![3]]);
+        assert!(split(layout, &[], 2).is_empty());
+        // Pieces larger than a block: one piece per block.
+        let big = Layout::new(64 * mib, 16 * mib as u32);
+        assert_eq!(split(big, &[0, 1, 2, 3], 2), vec![vec![0, 2], vec![1, 3]]);
     }
 
     #[test]
