@@ -23,7 +23,7 @@
 //! refresh_interval = "10s"                 # how often the scheduler list is asked again
 //!
 //! [source]                                 # back to source (the origin)
-//! connections = 2                          # parallel connections, each fetching every other 8 MiB
+//! connections = 2                          # parallel connections, each taking the next 8 MiB
 //! retries = 5
 //! retry_backoff = "200ms"
 //! connect_timeout = "10s"
@@ -181,8 +181,8 @@ impl Default for ProxyListenConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SourceConfig {
-    /// Connections one download opens to the origin at once, each fetching
-    /// every `connections`-th block of [`crate::source::BLOCK`] bytes.
+    /// Connections one download opens to the origin at once, each taking
+    /// the next block of [`crate::source::BLOCK`] bytes when it is done.
     pub connections: u32,
     pub retries: u32,
     #[serde(with = "humantime_serde")]

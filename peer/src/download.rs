@@ -495,15 +495,17 @@ impl Engine {
 
     fn fetch_missing(&self, layout: Layout) {
         let missing: Vec<u32> = self.task.lock().missing().collect();
-        let cfg = &self.d.config.source;
-        for part in source::split(layout, &missing, cfg.connections) {
+        let blocks = source::blocks(layout, &missing);
+        let connections = blocks.len().min(self.d.config.source.connections as usize);
+        let blocks = Arc::new(std::sync::Mutex::new(blocks));
+        for _ in 0..connections {
             tokio::spawn(source::fetch(
                 self.d.http.clone(),
                 self.spec.url.clone(),
                 self.spec.headers.clone(),
                 layout,
-                part,
-                cfg.clone(),
+                blocks.clone(),
+                self.d.config.source.clone(),
                 self.source_tx.clone(),
             ));
         }

@@ -2,11 +2,13 @@
 //!
 //! One streaming GET covers a run of missing pieces (a Range request unless
 //! it is the whole content); the body is cut at piece boundaries and each
-//! piece is hashed as it lands. A download spreads its missing pieces over
-//! `source.connections` connections ([`split`]): blocks of [`BLOCK`] bytes
-//! dealt round-robin, so pieces still arrive roughly in order (children ask
-//! for the lowest first) while one connection's slow start or stall, or a
-//! long ACK path (a seed whose uplink is full of uploads), costs less. A dropped connection or a 5xx is retried
+//! piece is hashed as it lands. A download cuts its missing pieces into
+//! blocks of about [`BLOCK`] bytes ([`blocks`]) and `source.connections`
+//! connections take the next block from one shared queue as they finish
+//! one: pieces still arrive about in order (children ask for the lowest
+//! first), all connections stay busy to the end, and one connection's slow
+//! start or stall, or a long ACK path (a seed whose uplink is full of
+//! uploads), costs less. A dropped connection or a 5xx is retried
 //! with exponential backoff from the first piece not yet delivered.
 //! Request headers are passed through and never logged.
 
@@ -17,7 +19,8 @@ use bytes::{Bytes, BytesMut};
 use damselfly_proto::piece::Layout;
 use futures::StreamExt;
 use reqwest::header::{CONTENT_LENGTH, CONTENT_RANGE, HeaderMap, HeaderName, HeaderValue, RANGE};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
@@ -111,17 +114,21 @@ pub async fn content_length(
     .await
 }
 
-/// Streams `pieces` (ascending) from the origin into `events`.
+/// Runs of pieces (first, last) not yet fetched, shared by one download's connections.
+pub type Blocks = Arc<Mutex<VecDeque<(u32, u32)>>>;
+
+/// Streams blocks taken from `blocks` from the origin into `events`, one
+/// request per block, until none is left.
 pub async fn fetch(
     client: reqwest::Client,
     url: String,
     headers: HashMap<String, String>,
     layout: Layout,
-    pieces: Vec<u32>,
+    blocks: Blocks,
     cfg: SourceConfig,
     events: mpsc::UnboundedSender<SourceEvent>,
 ) {
-    let result = fetch_all(&client, &url, &headers, layout, pieces, &cfg, &events).await;
+    let result = fetch_all(&client, &url, &headers, layout, &blocks, &cfg, &events).await;
     let _ = events.send(match result {
         Ok(()) => SourceEvent::Done,
         Err(e) => SourceEvent::Failed(e),
@@ -131,17 +138,20 @@ pub async fn fetch(
 /// The unit dealt to each connection to the origin.
 pub const BLOCK: u64 = 8 * 1024 * 1024;
 
-/// Deals `pieces` (ascending) to at most `connections` fetchers in blocks of
-/// about [`BLOCK`] bytes, round-robin; no fetcher gets nothing.
-pub fn split(layout: Layout, pieces: &[u32], connections: u32) -> Vec<Vec<u32>> {
-    let per_block = (BLOCK / layout.piece_length as u64).max(1) as usize;
-    let mut parts = vec![Vec::new(); connections.max(1) as usize];
-    for (i, block) in pieces.chunks(per_block).enumerate() {
-        let n = parts.len();
-        parts[i % n].extend_from_slice(block);
+/// `pieces` (ascending) as runs of consecutive pieces of at most about
+/// [`BLOCK`] bytes each.
+pub fn blocks(layout: Layout, pieces: &[u32]) -> VecDeque<(u32, u32)> {
+    let per_block = (BLOCK / layout.piece_length as u64).max(1) as u32;
+    let mut out = VecDeque::new();
+    for (first, last) in runs(pieces) {
+        let mut start = first;
+        while start <= last {
+            let end = last.min(start + per_block - 1);
+            out.push_back((start, end));
+            start = end + 1;
+        }
     }
-    parts.retain(|p| !p.is_empty());
-    parts
+    out
 }
 
 /// Consecutive runs of piece indices: [1,2,3,7,8] -> [(1,3),(7,8)].
@@ -161,12 +171,18 @@ async fn fetch_all(
     url: &str,
     headers: &HashMap<String, String>,
     layout: Layout,
-    pieces: Vec<u32>,
+    blocks: &Blocks,
     cfg: &SourceConfig,
     events: &mpsc::UnboundedSender<SourceEvent>,
 ) -> Result<(), Error> {
     let hm = header_map(headers)?;
-    for (first, last) in runs(&pieces) {
+    loop {
+        if events.is_closed() {
+            return Ok(()); // the download is gone
+        }
+        let Some((first, last)) = blocks.lock().expect("blocks lock").pop_front() else {
+            return Ok(());
+        };
         let mut next = first;
         let mut attempt = 0;
         while next <= last {
@@ -192,7 +208,6 @@ async fn fetch_all(
             }
         }
     }
-    Ok(())
 }
 
 /// Fetches pieces `first..=last` in one request. Returns the next piece to
@@ -336,7 +351,7 @@ mod tests {
             format!("http://{addr}/blob"),
             HashMap::new(),
             Layout::new(10, 4),
-            vec![0, 1, 2],
+            Arc::new(Mutex::new(blocks(Layout::new(10, 4), &[0, 1, 2]))),
             cfg,
             tx,
         )
@@ -356,22 +371,23 @@ mod tests {
     }
 
     #[test]
-    fn blocks_are_dealt_round_robin() {
+    fn blocks_cut_runs_of_missing_pieces() {
         let mib = 1024 * 1024;
         // 4 MiB pieces: two per 8 MiB block.
         let layout = Layout::new(40 * mib, 4 * mib as u32);
         let all: Vec<u32> = (0..10).collect();
         assert_eq!(
-            split(layout, &all, 2),
-            vec![vec![0, 1, 4, 5, 8, 9], vec![2, 3, 6, 7]]
+            Vec::from(blocks(layout, &all)),
+            vec![(0, 1), (2, 3), (4, 5), (6, 7), (8, 9)]
         );
-        assert_eq!(split(layout, &all, 1), vec![all.clone()]);
-        // Less than a block: one connection, none left empty.
-        assert_eq!(split(layout, &[3], 4), vec![vec![3]]);
-        assert!(split(layout, &[], 2).is_empty());
+        assert_eq!(
+            Vec::from(blocks(layout, &[1, 2, 3, 7])),
+            vec![(1, 2), (3, 3), (7, 7)]
+        );
+        assert!(blocks(layout, &[]).is_empty());
         // Pieces larger than a block: one piece per block.
         let big = Layout::new(64 * mib, 16 * mib as u32);
-        assert_eq!(split(big, &[0, 1, 2, 3], 2), vec![vec![0, 2], vec![1, 3]]);
+        assert_eq!(Vec::from(blocks(big, &[0, 1])), vec![(0, 0), (1, 1)]);
     }
 
     #[test]
