@@ -2,7 +2,9 @@
 //! driven over WebDriver with fantoccini: sign in, create a cluster (with an
 //! XSS payload in its name), edit its settings, watch a scheduler turn active,
 //! start a preheat and watch it finish. Screenshots of the main pages land in
-//! `manager/tests/artifacts/` (linked from the README).
+//! the target directory's `tmp/console-screenshots/`; with
+//! `DAMSELFLY_UPDATE_SCREENSHOTS=1` they replace the copies in
+//! `manager/tests/artifacts/` that the README links to.
 
 mod common;
 
@@ -22,9 +24,13 @@ impl Drop for Driver {
 }
 
 fn artifacts() -> PathBuf {
-    let d = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests")
-        .join("artifacts");
+    let d = if std::env::var_os("DAMSELFLY_UPDATE_SCREENSHOTS").is_some() {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("tests")
+            .join("artifacts")
+    } else {
+        PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("console-screenshots")
+    };
     std::fs::create_dir_all(&d).unwrap();
     d
 }
