@@ -82,13 +82,9 @@ pub struct Access {
 /// length probe, then Range GETs that together cover the blob once
 /// (`source.connections` of them, in blocks).
 pub fn sent_once_to(gets: &[Access], client: &str, size: u64) -> bool {
-    let probes = gets.iter().filter(|g| g.bytes == 1 && size > 1).count();
-    let body: u64 = gets
-        .iter()
-        .filter(|g| !(g.bytes == 1 && size > 1))
-        .map(|g| g.bytes)
-        .sum();
-    !gets.is_empty() && gets.iter().all(|g| g.client == client) && probes <= 1 && body == size
+    let (probes, bodies): (Vec<&Access>, Vec<&Access>) = gets.iter().partition(|g| g.bytes == 1 && size > 1);
+    let body: u64 = bodies.iter().map(|g| g.bytes).sum();
+    !gets.is_empty() && gets.iter().all(|g| g.client == client) && probes.len() <= 1 && body == size
 }
 
 impl Access {

@@ -64,18 +64,7 @@ pub fn spec_of(req: &DownloadRequest) -> Result<TaskSpec, Error> {
 
 /// Copies the finished content to `output` through a temporary file and a rename.
 pub fn copy_out(content: &Path, output: &Path) -> Result<(), Error> {
-    let dir = output
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("/"));
-    let name = output
-        .file_name()
-        .ok_or_else(|| Error::BadRequest(format!("output path {} has no file name", output.display())))?;
-    let tmp: PathBuf = dir.join(format!(
-        ".{}.damselfly-{:08x}",
-        name.to_string_lossy(),
-        rand::random::<u32>()
-    ));
+    let tmp = temp_name(output)?;
     std::fs::copy(content, &tmp).map_err(|e| Error::io(format!("write {}", tmp.display()), e))?;
     std::fs::rename(&tmp, output).map_err(|e| {
         let _ = std::fs::remove_file(&tmp);

@@ -116,13 +116,15 @@ fn measure_damselfly(
         (&mut report.cached_get_s, "cached"),
     ] {
         let path = out.join(name);
-        let cpu = CpuMeter::start(&[
-            ("origin", origin.proc()),
-            ("seed", &mesh.seed.proc),
-            ("peer", &mesh.peer(PEER).proc),
-        ]);
+        let cpu = (name == "cold").then(|| {
+            CpuMeter::start(&[
+                ("origin", origin.proc()),
+                ("seed", &mesh.seed.proc),
+                ("peer", &mesh.peer(PEER).proc),
+            ])
+        });
         let secs = timed(lab, &mesh.get_command(PEER, &url, &path)).with_context(|| format!("{name} get"))?;
-        if name == "cold" {
+        if let Some(cpu) = cpu {
             report.cold_get_cpu_s = cpu.stop();
         }
         verify(&path, expected).with_context(|| format!("{name} get"))?;
@@ -155,33 +157,31 @@ fn measure_damselfly(
 
 /// CPU seconds used by some processes and by the whole machine over a span.
 struct CpuMeter {
-    start: Vec<(String, u32, Option<f64>)>,
+    procs: Vec<(&'static str, u32, Option<f64>)>,
+    machine: Option<f64>,
 }
 
-const MACHINE: (&str, u32) = ("machine", 0);
-
 impl CpuMeter {
-    fn start(procs: &[(&str, &Proc)]) -> Self {
-        let mut start: Vec<(String, u32, Option<f64>)> = procs
-            .iter()
-            .map(|(n, p)| (n.to_string(), p.pid(), p.cpu_seconds()))
-            .collect();
-        start.push((MACHINE.0.into(), MACHINE.1, machine_busy_seconds()));
-        Self { start }
+    fn start(procs: &[(&'static str, &Proc)]) -> Self {
+        Self {
+            procs: procs
+                .iter()
+                .map(|(n, p)| (*n, p.pid(), p.cpu_seconds()))
+                .collect(),
+            machine: machine_busy_seconds(),
+        }
     }
 
     fn stop(self) -> BTreeMap<String, f64> {
-        let now = |pid: u32| {
-            if pid == MACHINE.1 {
-                machine_busy_seconds()
-            } else {
-                cpu_seconds(pid)
-            }
-        };
-        self.start
+        let mut out: BTreeMap<String, f64> = self
+            .procs
             .into_iter()
-            .filter_map(|(name, pid, before)| Some((name, now(pid)? - before?)))
-            .collect()
+            .filter_map(|(name, pid, before)| Some((name.to_string(), cpu_seconds(pid)? - before?)))
+            .collect();
+        if let (Some(before), Some(now)) = (self.machine, machine_busy_seconds()) {
+            out.insert("machine".into(), now - before);
+        }
+        out
     }
 }
 
