@@ -63,8 +63,14 @@ async fn task(
     State(shared): State<Arc<Shared>>,
     Path(id): Path<String>,
 ) -> Result<Json<TaskView>, StatusCode> {
-    let state = shared.state.lock().expect("state lock");
-    let t = state.tasks.get(&id).ok_or(StatusCode::NOT_FOUND)?;
+    shared
+        .with_state(|state| task_view(state, &id))
+        .map(Json)
+        .ok_or(StatusCode::NOT_FOUND)
+}
+
+fn task_view(state: &crate::state::State, id: &str) -> Option<TaskView> {
+    let t = state.tasks.get(id)?;
     let mut peers: Vec<PeerView> = t
         .peers
         .values()
@@ -74,7 +80,7 @@ async fn task(
             PeerView {
                 peer_id: p.id.clone(),
                 host_id: p.host_id.clone(),
-                state: if p.state == PeerState::Running && p.tx.is_none() {
+                state: if p.state == PeerState::Running && !p.open {
                     "left"
                 } else {
                     p.state.as_str()
@@ -89,7 +95,7 @@ async fn task(
     peers.sort_by(|a, b| a.peer_id.cmp(&b.peer_id));
     let mut bad_hosts: Vec<String> = t.bad_hosts.iter().cloned().collect();
     bad_hosts.sort();
-    Ok(Json(TaskView {
+    Some(TaskView {
         task_id: t.id.clone(),
         content_length: t.layout.map(|l| l.content_length),
         piece_length: t.layout.map(|l| l.piece_length),
@@ -97,5 +103,5 @@ async fn task(
         seed_host: t.seed_host.clone(),
         bad_hosts,
         peers,
-    }))
+    })
 }

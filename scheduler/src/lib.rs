@@ -9,15 +9,17 @@
 //! Layout:
 //! - [`config`]: the scheduler's config file.
 //! - [`state`]: hosts, tasks, peers and the DAG (plain data, no I/O).
+//! - [`core`]: the scheduling core: events in, commands out, the clock passed in.
 //! - [`evaluator`]: the trait that filters and scores candidate parents, and the default policy.
 //! - [`schedule`]: parent selection and re-planning over [`state`].
-//! - [`service`]: the gRPC wrapper; the only place that knows about tonic.
+//! - [`service`]: the gRPC wrapper (decodes events, encodes commands); the only place that knows about tonic.
 //! - [`http`]: `/metrics`, `/tasks/{id}` and `/config` for operators and tests.
 //! - [`manager`]: registration, keepalive, live settings and traffic reports to a manager.
 //! - [`metrics`]: the scheduler's Prometheus metrics.
 //! - [`server`]: starts everything and stops it on shutdown.
 
 pub mod config;
+pub mod core;
 pub mod error;
 pub mod evaluator;
 pub mod http;

@@ -18,7 +18,8 @@
 use crate::config::EvaluatorConfig;
 use crate::evaluator::{Evaluator, View};
 use crate::state::{PeerState, State, Task};
-use damselfly_proto::scheduler::{Parent, Parents, TaskCommand, task_command};
+use damselfly_proto::scheduler::Parent;
+use rand::Rng;
 use rand::seq::IteratorRandom;
 use std::sync::RwLock;
 
@@ -59,21 +60,23 @@ impl Planner {
         true
     }
 
-    /// Chooses parents for `peer_id`, records the edges and sends the set.
-    /// Returns how many parents it got.
-    pub fn schedule(&self, state: &mut State, task_id: &str, peer_id: &str) -> usize {
-        let Some(task) = state.tasks.get(task_id) else {
-            return 0;
-        };
-        let Some(peer) = task.peers.get(peer_id) else {
-            return 0;
-        };
+    /// Chooses parents for `peer_id` and records the edges. Returns the set
+    /// to send it (possibly empty), or `None` when the peer gets no parents
+    /// at all (a source, not running, unknown). `rng` samples the candidates
+    /// of a large swarm (seeded in simulations, so runs repeat).
+    pub fn schedule(
+        &self,
+        state: &mut State,
+        task_id: &str,
+        peer_id: &str,
+        rng: &mut impl Rng,
+    ) -> Option<Vec<String>> {
+        let task = state.tasks.get(task_id)?;
+        let peer = task.peers.get(peer_id)?;
         if peer.source || peer.state != PeerState::Running {
-            return 0;
+            return None;
         }
-        let Some(child_host) = state.hosts.get(&peer.host_id) else {
-            return 0;
-        };
+        let child_host = state.hosts.get(&peer.host_id)?;
         let total = task.layout.map(|l| l.piece_count()).unwrap_or(0);
         let child = View {
             peer,
@@ -81,7 +84,7 @@ impl Planner {
             total_pieces: total,
         };
         let mut scored: Vec<(f64, String)> = self
-            .candidates(task, peer_id)
+            .candidates(task, peer_id, rng)
             .into_iter()
             .filter_map(|cand_id| {
                 let cand = task.peers.get(cand_id)?;
@@ -121,16 +124,14 @@ impl Planner {
         scored.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
         scored.truncate(self.config().candidate_parent_limit);
         let chosen: Vec<String> = scored.into_iter().map(|(_, id)| id).collect();
-        let msg = parents_message(state, task_id, &chosen);
         let task = state.tasks.get_mut(task_id).expect("checked above");
         task.set_parents(peer_id, chosen.clone());
-        task.send(peer_id, msg);
-        chosen.len()
+        Some(chosen)
     }
 
     /// Sources first, then the rest in registration order, capped at
     /// `filter_parent_limit` (a random sample when the swarm is larger).
-    fn candidates<'t>(&self, task: &'t Task, peer_id: &str) -> Vec<&'t str> {
+    fn candidates<'t>(&self, task: &'t Task, peer_id: &str, rng: &mut impl Rng) -> Vec<&'t str> {
         let mut out: Vec<&str> = task
             .peers
             .values()
@@ -147,17 +148,23 @@ impl Planner {
         if others.len() <= room {
             out.extend(others);
         } else {
-            out.extend(others.into_iter().choose_multiple(&mut rand::rng(), room));
+            out.extend(others.into_iter().choose_multiple(rng, room));
         }
         out
     }
 
     /// Gives new parents to at most `max` running peers that have fewer than
     /// the limit, oldest first (bounded, so one event never re-plans a whole
-    /// large swarm).
-    pub fn replan(&self, state: &mut State, task_id: &str, max: usize) {
+    /// large swarm). Returns each re-planned peer with its new set.
+    pub fn replan(
+        &self,
+        state: &mut State,
+        task_id: &str,
+        max: usize,
+        rng: &mut impl Rng,
+    ) -> Vec<(String, Vec<String>)> {
         let Some(task) = state.tasks.get(task_id) else {
-            return;
+            return Vec::new();
         };
         let limit = self.config().candidate_parent_limit;
         let needy: Vec<String> = task
@@ -165,23 +172,28 @@ impl Planner {
             .iter()
             .filter(|id| {
                 task.peers.get(*id).is_some_and(|p| {
-                    !p.source && p.state == PeerState::Running && p.tx.is_some() && p.parents.len() < limit
+                    !p.source && p.state == PeerState::Running && p.open && p.parents.len() < limit
                 })
             })
             .take(max)
             .cloned()
             .collect();
-        for id in needy {
-            self.schedule(state, task_id, &id);
-        }
+        needy
+            .into_iter()
+            .filter_map(|id| {
+                let chosen = self.schedule(state, task_id, &id, rng)?;
+                Some((id, chosen))
+            })
+            .collect()
     }
 }
 
-/// The `Parents` command for these peer ids, with their addresses.
-pub fn parents_message(state: &State, task_id: &str, ids: &[String]) -> TaskCommand {
-    let task = &state.tasks[task_id];
-    let parents = ids
-        .iter()
+/// These peers of the task with their addresses, as a peer is told them.
+pub fn parent_addrs(state: &State, task_id: &str, ids: &[String]) -> Vec<Parent> {
+    let Some(task) = state.tasks.get(task_id) else {
+        return Vec::new();
+    };
+    ids.iter()
         .filter_map(|id| {
             let p = task.peers.get(id)?;
             let h = state.hosts.get(&p.host_id)?;
@@ -193,10 +205,7 @@ pub fn parents_message(state: &State, task_id: &str, ids: &[String]) -> TaskComm
                 seed: p.source,
             })
         })
-        .collect();
-    TaskCommand {
-        cmd: Some(task_command::Cmd::Parents(Parents { parents })),
-    }
+        .collect()
 }
 
 #[cfg(test)]
@@ -207,6 +216,10 @@ mod tests {
     use damselfly_proto::scheduler::{HostInfo, TaskSpec};
     use std::collections::HashSet;
     use std::time::Instant;
+
+    fn rng() -> rand::rngs::StdRng {
+        rand::SeedableRng::seed_from_u64(7)
+    }
 
     fn planner(limit: usize) -> Planner {
         let config = EvaluatorConfig {
@@ -222,7 +235,6 @@ mod tests {
     }
 
     fn add_host(s: &mut State, id: &str, slots: u32, idc: &str) {
-        let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
         s.hosts.insert(
             id.into(),
             Host {
@@ -234,7 +246,6 @@ mod tests {
                     idc: idc.into(),
                     ..Default::default()
                 },
-                tx,
                 conn: 0,
                 last_seen: Instant::now(),
                 active_uploads: 0,
@@ -244,11 +255,10 @@ mod tests {
     }
 
     fn add_peer(s: &mut State, id: &str, host: &str, source: bool) {
-        let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
         let t = s
             .tasks
             .entry("t".into())
-            .or_insert_with(|| Task::new("t".into(), TaskSpec::default()));
+            .or_insert_with(|| Task::new("t".into(), TaskSpec::default(), Instant::now()));
         t.peers.insert(
             id.into(),
             Peer {
@@ -260,7 +270,7 @@ mod tests {
                 parents: vec![],
                 children: HashSet::new(),
                 blocklist: HashSet::new(),
-                tx: Some(tx),
+                open: true,
                 registered: Instant::now(),
             },
         );
@@ -283,7 +293,7 @@ mod tests {
         add_peer(&mut s, "b", "h3", false);
         add_peer(&mut s, "c", "h4", false);
         let p = planner(8);
-        p.schedule(&mut s, "t", "a");
+        p.schedule(&mut s, "t", "a", &mut rng());
         let got = parents(&s, "a");
         assert!(got.contains(&"seed".to_string()));
         assert!(!got.contains(&"a2".to_string()), "same host filtered: {got:?}");
@@ -298,7 +308,7 @@ mod tests {
             .blocklist
             .insert("b".into());
         s.tasks.get_mut("t").unwrap().bad_hosts.insert("h4".into());
-        p.schedule(&mut s, "t", "a");
+        p.schedule(&mut s, "t", "a", &mut rng());
         assert_eq!(parents(&s, "a"), vec!["seed".to_string()]);
     }
 
@@ -313,8 +323,8 @@ mod tests {
             add_peer(&mut s, &format!("p{i}"), h, false);
         }
         let p = planner(2);
-        assert_eq!(p.schedule(&mut s, "t", "seed"), 0);
-        p.replan(&mut s, "t", usize::MAX);
+        assert_eq!(p.schedule(&mut s, "t", "seed", &mut rng()), None);
+        p.replan(&mut s, "t", usize::MAX, &mut rng());
         for i in 0..4 {
             assert!(parents(&s, &format!("p{i}")).len() <= 2);
         }
@@ -336,7 +346,7 @@ mod tests {
         t.set_parents("b", vec!["a".into()]);
         t.peers.get_mut("b").unwrap().state = PeerState::Succeeded;
         let p = planner(4);
-        p.schedule(&mut s, "t", "a");
+        p.schedule(&mut s, "t", "a", &mut rng());
         assert!(parents(&s, "a").is_empty(), "b descends from a");
     }
 
@@ -349,7 +359,7 @@ mod tests {
         add_peer(&mut s, "child", "me", false);
         add_peer(&mut s, "far", "far", false);
         add_peer(&mut s, "near", "near", false);
-        planner(1).schedule(&mut s, "t", "child");
+        planner(1).schedule(&mut s, "t", "child", &mut rng());
         assert_eq!(parents(&s, "child"), vec!["near".to_string()]);
     }
 
@@ -364,10 +374,10 @@ mod tests {
             add_peer(&mut s, &format!("p{i}"), h, false);
         }
         let p = planner(8);
-        assert_eq!(p.schedule(&mut s, "t", "p0"), 4);
+        assert_eq!(p.schedule(&mut s, "t", "p0", &mut rng()).unwrap().len(), 4);
         assert!(p.set_limits(1, 40));
         assert_eq!(p.config().candidate_parent_limit, 1);
-        assert_eq!(p.schedule(&mut s, "t", "p0"), 1);
+        assert_eq!(p.schedule(&mut s, "t", "p0", &mut rng()).unwrap().len(), 1);
         assert!(!p.set_limits(0, 40), "zero parents refused");
         assert!(!p.set_limits(5, 4), "filter below candidate refused");
         assert_eq!(

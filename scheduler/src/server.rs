@@ -2,6 +2,7 @@
 //! them on shutdown.
 
 use crate::config::SchedulerConfig;
+use crate::core::{Core, Retention};
 use crate::error::Error;
 use crate::evaluator::DefaultEvaluator;
 use crate::metrics::Metrics;
@@ -10,7 +11,7 @@ use crate::service::{SchedulerService, Shared};
 use damselfly_proto::scheduler::scheduler_server::SchedulerServer;
 use damselfly_service::shutdown::Shutdown;
 use prometheus_client::registry::Registry;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use tracing::info;
 
 /// Runs a scheduler until `shutdown` fires.
@@ -18,17 +19,18 @@ pub async fn run(config: SchedulerConfig, shutdown: Shutdown) -> Result<(), Erro
     config.validate()?;
     let mut registry = Registry::default();
     let metrics = Metrics::new(&mut registry);
-    let shared = Arc::new(Shared {
-        state: Mutex::new(Default::default()),
-        planner: Arc::new(Planner::new(
-            Box::new(DefaultEvaluator {
-                config: config.evaluator.clone(),
-            }),
-            config.evaluator.clone(),
-        )),
-        metrics,
-        manager: Default::default(),
-    });
+    let planner = Arc::new(Planner::new(
+        Box::new(DefaultEvaluator {
+            config: config.evaluator.clone(),
+        }),
+        config.evaluator.clone(),
+    ));
+    let retention = Retention {
+        host_timeout: config.host_timeout,
+        task_ttl: config.task_ttl,
+    };
+    let core = Core::new(planner, metrics, retention, rand::random());
+    let shared = Arc::new(Shared::new(core, Default::default()));
 
     let http = tokio::net::TcpListener::bind(config.http_listen)
         .await
@@ -46,12 +48,12 @@ pub async fn run(config: SchedulerConfig, shutdown: Shutdown) -> Result<(), Erro
 
     let gc_shared = shared.clone();
     let gc_stop = shutdown.clone();
-    let (host_timeout, ttl, every) = (config.host_timeout, config.task_ttl, config.gc_interval);
+    let every = config.gc_interval;
     let gc_task = tokio::spawn(async move {
         let mut tick = tokio::time::interval(every);
         loop {
             tokio::select! {
-                _ = tick.tick() => gc_shared.gc(host_timeout, ttl),
+                _ = tick.tick() => gc_shared.gc(),
                 _ = gc_stop.wait() => break,
             }
         }

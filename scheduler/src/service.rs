@@ -1,36 +1,50 @@
-//! The gRPC wrapper: turns stream messages into calls on [`Shared`].
+//! The gRPC wrapper: decodes stream messages into [`Event`]s for the
+//! scheduling [`Core`] and encodes the [`Command`]s it returns onto the
+//! streams.
 //!
-//! Every handler takes the state lock, changes plain data and queues replies
-//! on unbounded channels; nothing awaits while holding the lock.
+//! Every handler takes the lock, hands the core one event and queues the
+//! replies on unbounded channels; nothing awaits while holding the lock, and
+//! commands leave in the order the core produced them.
 
+use crate::core::{Command, Core, Event, Registration};
 use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::schedule::Planner;
-use crate::state::{Host, Peer, PeerState, State, Task, TaskTx};
+use crate::state::State;
 use damselfly_proto::piece::Layout;
-use damselfly_proto::ring;
 use damselfly_proto::scheduler::scheduler_server::Scheduler;
 use damselfly_proto::scheduler::{
-    BackToSource, Digests, FailReason, HostCommand, HostMessage, PieceDigest, Register, SeedTask,
+    BackToSource, Digests, FailReason, HostCommand, HostMessage, Parents, PieceDigest, Register, SeedTask,
     TaskCommand, TaskInfo, TaskMessage, host_command, host_message, task_command, task_message,
 };
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use tokio::sync::mpsc;
 use tokio_stream::Stream;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
-use tracing::{debug, info, warn};
+use tracing::warn;
 
-/// Most peers re-planned because of one event (bounds the work per message).
-const REPLAN_BATCH: usize = 256;
-/// Most peers that get a newcomer offered as an extra parent when it registers.
-const REPLAN_ON_REGISTER: usize = 16;
+type HostTx = mpsc::UnboundedSender<Result<HostCommand, Status>>;
+type TaskTx = mpsc::UnboundedSender<Result<TaskCommand, Status>>;
+
+/// The open streams, by host and by (task, peer).
+#[derive(Default)]
+struct Links {
+    hosts: HashMap<String, (u64, HostTx)>,
+    peers: HashMap<(String, String), TaskTx>,
+    next_conn: u64,
+}
+
+struct Inner {
+    core: Core,
+    links: Links,
+}
 
 pub struct Shared {
-    pub state: Mutex<State>,
+    inner: Mutex<Inner>,
     pub planner: Arc<Planner>,
     pub metrics: Metrics,
     /// The manager link's view (default when there is no manager).
@@ -39,85 +53,64 @@ pub struct Shared {
 
 type ReplyStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
-fn cmd(c: task_command::Cmd) -> TaskCommand {
-    TaskCommand { cmd: Some(c) }
-}
-
 impl Shared {
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().expect("scheduler state lock poisoned")
-    }
-
-    fn update_gauges(&self, s: &State) {
-        self.metrics.hosts.set(s.hosts.len() as i64);
-        self.metrics.tasks.set(s.tasks.len() as i64);
-        self.metrics
-            .peers
-            .set(s.tasks.values().map(|t| t.peers.len() as i64).sum());
-    }
-
-    fn replan_orphans(&self, s: &mut State, orphans: Vec<(String, Vec<String>)>) {
-        for (task_id, children) in orphans {
-            for c in children.into_iter().take(REPLAN_BATCH) {
-                self.planner.schedule(s, &task_id, &c);
-            }
+    pub fn new(core: Core, manager: Arc<Mutex<crate::manager::ManagerStatus>>) -> Self {
+        Self {
+            planner: core.planner.clone(),
+            metrics: core.metrics.clone(),
+            inner: Mutex::new(Inner {
+                core,
+                links: Links::default(),
+            }),
+            manager,
         }
     }
 
-    /// A host stream ended or timed out: forget it and re-plan its peers' children.
-    pub fn host_gone(&self, host_id: &str, conn: Option<u64>) {
-        let mut s = self.lock();
-        if let Some(c) = conn
-            && s.hosts.get(host_id).map(|h| h.conn) != Some(c)
-        {
-            return; // replaced by a newer connection of the same host
-        }
-        let orphans = s.remove_host(host_id);
-        self.replan_orphans(&mut s, orphans);
-        self.update_gauges(&s);
-        info!(host_id, "host removed");
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().expect("scheduler state lock poisoned")
+    }
+
+    /// Reads the scheduling state (for `/tasks/{id}`).
+    pub fn with_state<R>(&self, f: impl FnOnce(&State) -> R) -> R {
+        f(&self.lock().core.state)
+    }
+
+    /// Hands one event to the core and delivers what it answers.
+    fn handle(&self, event: Event) -> Result<(), Error> {
+        let mut inner = self.lock();
+        let commands = inner.core.handle(Instant::now(), event)?;
+        inner.links.deliver(commands);
+        Ok(())
+    }
+
+    /// GC: hosts that stopped announcing, tasks nobody touched for the TTL.
+    pub fn gc(&self) {
+        let _ = self.handle(Event::Tick);
     }
 
     fn on_host_message(&self, host_id: &str, msg: host_message::Msg) {
-        let mut s = self.lock();
-        let Some(host) = s.hosts.get_mut(host_id) else {
-            return;
+        let event = match msg {
+            host_message::Msg::Hello(_) => Event::HostAlive {
+                host_id: host_id.to_string(),
+                active_uploads: None,
+            },
+            host_message::Msg::Keepalive(load) => Event::HostAlive {
+                host_id: host_id.to_string(),
+                active_uploads: Some(load.active_uploads),
+            },
+            host_message::Msg::Stored(stored) => Event::HostStored {
+                host_id: host_id.to_string(),
+                tasks: stored
+                    .tasks
+                    .into_iter()
+                    .map(|st| (st.task_id, Layout::new(st.content_length, st.piece_length.max(1))))
+                    .collect(),
+            },
         };
-        host.last_seen = Instant::now();
-        match msg {
-            host_message::Msg::Hello(_) => {}
-            host_message::Msg::Keepalive(load) => host.active_uploads = load.active_uploads,
-            host_message::Msg::Stored(stored) => {
-                for st in stored.tasks {
-                    let layout = Layout::new(st.content_length, st.piece_length.max(1));
-                    let Some(task) = s.tasks.get_mut(&st.task_id) else {
-                        continue;
-                    };
-                    if task.layout != Some(layout) || task.digests_known() < layout.piece_count() as usize {
-                        continue; // only tasks whose trusted digests we hold
-                    }
-                    let peer_id = format!("{host_id}/stored");
-                    task.peers.insert(
-                        peer_id.clone(),
-                        new_peer(
-                            peer_id.clone(),
-                            host_id,
-                            PeerState::Succeeded,
-                            false,
-                            layout.piece_count(),
-                            None,
-                        ),
-                    );
-                    task.order.push(peer_id);
-                    task.last_active = Instant::now();
-                    let id = task.id.clone();
-                    self.planner.replan(&mut s, &id, REPLAN_BATCH);
-                }
-            }
-        }
+        let _ = self.handle(event);
     }
 
-    /// Registers a peer on a task and decides who feeds it.
+    /// Registers a peer on a task: decodes, then the core decides who feeds it.
     fn register(&self, reg: Register, tx: TaskTx) -> Result<(String, String), Error> {
         let spec = reg
             .spec
@@ -125,326 +118,161 @@ impl Shared {
         if spec.task_id.is_empty() || reg.peer_id.is_empty() {
             return Err(Error::BadRequest("task_id and peer_id are required".into()));
         }
-        let task_id = spec.task_id.clone();
+        let layout = (reg.content_length > 0 && reg.piece_length > 0)
+            .then(|| Layout::new(reg.content_length, reg.piece_length));
+        let registration = Registration {
+            host_id: reg.host_id,
+            peer_id: reg.peer_id.clone(),
+            pieces_held: reg.bitmap.iter().map(|b| b.count_ones()).sum(),
+            from_source: reg.from_source,
+            layout,
+            spec,
+        };
+        let key = (registration.spec.task_id.clone(), reg.peer_id);
         let started = Instant::now();
-        let mut s = self.lock();
-        if !s.hosts.contains_key(&reg.host_id) {
-            return Err(Error::UnknownHost(reg.host_id));
-        }
-        let task = s
-            .tasks
-            .entry(task_id.clone())
-            .or_insert_with(|| Task::new(task_id.clone(), spec.clone()));
-        if task.spec.url.is_empty() {
-            task.spec = spec.clone();
-        }
-        task.last_active = Instant::now();
-        let mut peer = new_peer(
-            reg.peer_id.clone(),
-            &reg.host_id,
-            PeerState::Running,
-            reg.from_source,
-            0,
-            Some(tx),
-        );
-        if reg.content_length > 0 && reg.piece_length > 0 {
-            task.set_layout(Layout::new(reg.content_length, reg.piece_length));
-            peer.pieces = reg.bitmap.iter().map(|b| b.count_ones()).sum();
-        }
-        task.remove_peer(&reg.peer_id);
-        task.peers.insert(reg.peer_id.clone(), peer);
-        task.order.push(reg.peer_id.clone());
-
-        let needs_source = !task.has_source() && !has_complete_peer(task) && !reg.from_source;
-        if needs_source && task.seed_host.is_none() {
-            let seeds: Vec<&str> = s
-                .hosts
-                .values()
-                .filter(|h| h.info.seed)
-                .map(|h| h.info.host_id.as_str())
-                .collect();
-            match ring::pick(&task_id, seeds, &reg.host_id) {
-                Some(seed) => {
-                    let host = &s.hosts[&seed];
-                    let trigger = HostCommand {
-                        cmd: Some(host_command::Cmd::SeedTask(SeedTask { spec: Some(spec) })),
-                    };
-                    if host.tx.send(Ok(trigger)).is_ok() {
-                        s.tasks.get_mut(&task_id).expect("inserted").seed_host = Some(seed.clone());
-                        self.metrics.seed_triggers.inc();
-                        info!(task_id, seed_host = seed, "seed peer triggered");
-                    }
-                }
-                None => self.back_to_source(&mut s, &task_id, &reg.peer_id, "no seed peer available"),
-            }
-        }
-        let task = &s.tasks[&task_id];
-        if let Some(l) = task.layout {
-            task.send(&reg.peer_id, cmd(task_command::Cmd::Info(info_of(l))));
-            task.send(&reg.peer_id, cmd(task_command::Cmd::Digests(known_digests(task))));
-        }
-        self.planner.schedule(&mut s, &task_id, &reg.peer_id);
-        self.planner.replan(&mut s, &task_id, REPLAN_ON_REGISTER);
+        let mut inner = self.lock();
+        let commands = inner.core.handle(started, Event::Registered(registration))?;
+        inner.links.peers.insert(key.clone(), tx);
+        inner.links.deliver(commands);
         self.metrics
             .schedule_seconds
             .observe(started.elapsed().as_secs_f64());
-        self.update_gauges(&s);
-        Ok((task_id, reg.peer_id))
-    }
-
-    fn back_to_source(&self, s: &mut State, task_id: &str, peer_id: &str, reason: &str) {
-        let Some(task) = s.tasks.get_mut(task_id) else {
-            return;
-        };
-        let Some(peer) = task.peers.get_mut(peer_id) else {
-            return;
-        };
-        peer.source = true;
-        task.set_parents(peer_id, Vec::new());
-        task.send(
-            peer_id,
-            cmd(task_command::Cmd::BackToSource(BackToSource {
-                reason: reason.into(),
-            })),
-        );
-        self.metrics.back_to_source.inc();
-        info!(task_id, peer_id, reason, "peer sent back to source");
-        self.planner.replan(s, task_id, REPLAN_BATCH);
+        Ok(key)
     }
 
     fn on_task_message(&self, task_id: &str, peer_id: &str, msg: task_message::Msg) {
-        let mut s = self.lock();
-        let Some(task) = s.tasks.get_mut(task_id) else {
-            return;
-        };
-        task.last_active = Instant::now();
-        let Some(peer) = task.peers.get_mut(peer_id) else {
-            return;
-        };
-        let is_source = peer.source;
-        match msg {
-            task_message::Msg::Register(_) => {}
-            task_message::Msg::SourceInfo(info) if is_source => {
+        let (task_id, peer_id) = (task_id.to_string(), peer_id.to_string());
+        let event = match msg {
+            task_message::Msg::Register(_) => return,
+            task_message::Msg::SourceInfo(info) => {
                 if info.piece_length == 0 {
                     return;
                 }
-                let layout = Layout::new(info.content_length, info.piece_length);
-                if task.set_layout(layout) {
-                    task.broadcast(&cmd(task_command::Cmd::Info(info_of(layout))), peer_id);
-                    self.planner.replan(&mut s, task_id, REPLAN_BATCH);
-                } else {
-                    warn!(task_id, peer_id, "source reported a different layout; ignored");
+                Event::SourceInfo {
+                    task_id,
+                    peer_id,
+                    layout: Layout::new(info.content_length, info.piece_length),
                 }
             }
-            task_message::Msg::SourceInfo(_) => {
-                warn!(task_id, peer_id, "source info from a non-source peer ignored")
-            }
-            task_message::Msg::Pieces(done) => {
-                peer.pieces = peer.pieces.saturating_add(done.pieces.len() as u32);
-                self.metrics.bytes_from_peers.inc_by(done.bytes_from_peers);
-                self.metrics.bytes_from_source.inc_by(done.bytes_from_source);
-                if is_source {
-                    let mut fresh = Vec::new();
-                    for p in done.pieces {
-                        let Ok(d) = <[u8; 32]>::try_from(p.sha256.as_slice()) else {
-                            continue;
-                        };
-                        match task.digests.get_mut(p.index as usize) {
-                            Some(slot @ None) => {
-                                *slot = Some(d);
-                                fresh.push(PieceDigest {
-                                    index: p.index,
-                                    sha256: d.to_vec(),
-                                });
-                            }
-                            Some(Some(known)) if *known != d => {
-                                warn!(
-                                    task_id,
-                                    peer_id,
-                                    index = p.index,
-                                    "source digest disagrees with the first source"
-                                )
-                            }
-                            _ => {}
-                        }
-                    }
-                    if !fresh.is_empty() {
-                        task.broadcast(
-                            &cmd(task_command::Cmd::Digests(Digests { pieces: fresh })),
-                            peer_id,
-                        );
-                    }
-                }
-                let parents: Vec<(String, u32, u32)> = done
-                    .costs
-                    .iter()
-                    .map(|c| (c.parent_peer_id.clone(), c.pieces, c.mean_millis))
-                    .collect();
-                for (parent, n, ms) in parents {
-                    let Some(host_id) = s.tasks[task_id].peers.get(&parent).map(|p| p.host_id.clone()) else {
-                        continue;
-                    };
-                    if let Some(h) = s.hosts.get_mut(&host_id) {
-                        h.costs.add(ms as f64, n as u64);
-                    }
-                }
-            }
-            task_message::Msg::PieceFailed(f) => {
-                let reason = FailReason::try_from(f.reason).unwrap_or(FailReason::Unspecified);
-                peer.blocklist.insert(f.parent_peer_id.clone());
-                let parent_host = task.peers.get(&f.parent_peer_id).map(|p| p.host_id.clone());
-                if reason == FailReason::Corrupt {
-                    self.metrics.piece_failed("corrupt");
-                    if let Some(h) = parent_host {
-                        let reporters = task.corrupt_reports.entry(h.clone()).or_default();
-                        reporters.insert(peer_id.to_string());
-                        if reporters.len() >= self.planner.config().corrupt_reports_for_bad_host {
-                            warn!(
-                                task_id,
-                                host_id = h,
-                                "host excluded: several peers got corrupt pieces from it"
-                            );
-                            task.bad_hosts.insert(h);
-                        }
-                    }
-                    warn!(
-                        task_id,
-                        peer_id,
-                        parent = f.parent_peer_id,
-                        index = f.index,
-                        "corrupt piece reported"
-                    );
-                } else {
-                    self.metrics.piece_failed("unreachable");
-                    debug!(task_id, peer_id, parent = f.parent_peer_id, "parent unreachable");
-                }
-                self.reschedule(&mut s, task_id, peer_id);
-            }
-            task_message::Msg::Reschedule(_) => self.reschedule(&mut s, task_id, peer_id),
-            task_message::Msg::Finished(_) => {
-                peer.state = PeerState::Succeeded;
-                if let Some(l) = task.layout {
-                    peer.pieces = l.piece_count();
-                }
-                info!(task_id, peer_id, "peer finished");
-            }
-            task_message::Msg::Failed(f) => {
-                peer.state = PeerState::Failed;
-                warn!(task_id, peer_id, reason = f.reason, "peer failed");
-                let children: Vec<String> = peer.children.iter().cloned().collect();
-                self.replan_orphans(&mut s, vec![(task_id.to_string(), children)]);
-            }
-        }
+            task_message::Msg::Pieces(report) => Event::PiecesReported {
+                task_id,
+                peer_id,
+                report,
+            },
+            task_message::Msg::PieceFailed(f) => Event::PieceFailed {
+                task_id,
+                peer_id,
+                parent_peer_id: f.parent_peer_id,
+                index: f.index,
+                reason: FailReason::try_from(f.reason).unwrap_or(FailReason::Unspecified),
+            },
+            task_message::Msg::Reschedule(_) => Event::RescheduleAsked { task_id, peer_id },
+            task_message::Msg::Finished(_) => Event::Finished { task_id, peer_id },
+            task_message::Msg::Failed(f) => Event::Failed {
+                task_id,
+                peer_id,
+                reason: f.reason,
+            },
+        };
+        let _ = self.handle(event);
     }
 
-    /// New parents for a peer; if none can serve it and nothing is fetching
-    /// from the origin, that peer goes to the origin itself.
-    fn reschedule(&self, s: &mut State, task_id: &str, peer_id: &str) {
-        let got = self.planner.schedule(s, task_id, peer_id);
-        let task = &s.tasks[task_id];
-        let source_usable = task.peers.values().any(|p| {
-            (p.source || p.state == PeerState::Succeeded)
-                && p.id != peer_id
-                && !task.peers[peer_id].blocklist.contains(&p.id)
-                && !task.bad_hosts.contains(&p.host_id)
-        });
-        if got == 0 || !source_usable {
-            self.back_to_source(s, task_id, peer_id, "no usable parent holds the task");
-        }
-    }
-
-    /// The task stream ended. A finished peer stays as a parent (its host is
-    /// still alive); anyone else leaves the task.
+    /// The task stream ended: its sender goes, and the core decides whether the peer stays.
     fn task_stream_closed(&self, task_id: &str, peer_id: &str) {
-        let mut s = self.lock();
-        let Some(task) = s.tasks.get_mut(task_id) else {
-            return;
-        };
-        let keep = task
+        let mut inner = self.lock();
+        inner
+            .links
             .peers
-            .get(peer_id)
-            .is_some_and(|p| p.state == PeerState::Succeeded);
-        if keep {
-            if let Some(p) = task.peers.get_mut(peer_id) {
-                p.tx = None;
-            }
-            task.set_parents(peer_id, Vec::new());
-        } else {
-            let orphans = task.remove_peer(peer_id);
-            self.replan_orphans(&mut s, vec![(task_id.to_string(), orphans)]);
-        }
-        self.update_gauges(&s);
-    }
-
-    /// Drops hosts that stopped announcing and tasks nobody touched for `ttl`.
-    pub fn gc(&self, host_timeout: Duration, ttl: Duration) {
-        let stale: Vec<String> = {
-            let s = self.lock();
-            s.hosts
-                .values()
-                .filter(|h| h.last_seen.elapsed() > host_timeout)
-                .map(|h| h.info.host_id.clone())
-                .collect()
+            .remove(&(task_id.to_string(), peer_id.to_string()));
+        let event = Event::StreamClosed {
+            task_id: task_id.to_string(),
+            peer_id: peer_id.to_string(),
         };
-        for h in stale {
-            warn!(host_id = h, "host stopped announcing");
-            self.host_gone(&h, None);
+        if let Ok(commands) = inner.core.handle(Instant::now(), event) {
+            inner.links.deliver(commands);
         }
-        let mut s = self.lock();
-        s.tasks
-            .retain(|_, t| !t.peers.is_empty() || t.last_active.elapsed() < ttl);
-        self.update_gauges(&s);
+    }
+
+    /// A host stream ended: the core forgets the host unless it reconnected since.
+    fn host_stream_closed(&self, host_id: &str, conn: u64) {
+        let mut inner = self.lock();
+        if inner.links.hosts.get(host_id).is_some_and(|(c, _)| *c == conn) {
+            inner.links.hosts.remove(host_id);
+        }
+        let event = Event::HostLeft {
+            host_id: host_id.to_string(),
+            conn: Some(conn),
+        };
+        if let Ok(commands) = inner.core.handle(Instant::now(), event) {
+            inner.links.deliver(commands);
+        }
     }
 }
 
-fn new_peer(
-    id: String,
-    host_id: &str,
-    state: PeerState,
-    source: bool,
-    pieces: u32,
-    tx: Option<TaskTx>,
-) -> Peer {
-    Peer {
-        id,
-        host_id: host_id.to_string(),
-        state,
-        source,
-        pieces,
-        parents: Vec::new(),
-        children: HashSet::new(),
-        blocklist: HashSet::new(),
-        tx,
-        registered: Instant::now(),
-    }
-}
-
-fn has_complete_peer(task: &Task) -> bool {
-    task.layout
-        .is_some_and(|l| task.digests_known() == l.piece_count() as usize)
-        && task.peers.values().any(|p| p.state == PeerState::Succeeded)
-}
-
-fn info_of(l: Layout) -> TaskInfo {
-    TaskInfo {
-        content_length: l.content_length,
-        piece_length: l.piece_length,
-    }
-}
-
-fn known_digests(task: &Task) -> Digests {
-    Digests {
-        pieces: task
-            .digests
-            .iter()
-            .enumerate()
-            .filter_map(|(i, d)| {
-                d.map(|d| PieceDigest {
-                    index: i as u32,
-                    sha256: d.to_vec(),
-                })
-            })
-            .collect(),
+impl Links {
+    /// Encodes each command onto its stream; a closed stream drops it.
+    fn deliver(&self, commands: Vec<Command>) {
+        for c in commands {
+            let (task_id, peer_id, c) = match c {
+                Command::SeedTask { host_id, spec } => {
+                    let trigger = HostCommand {
+                        cmd: Some(host_command::Cmd::SeedTask(SeedTask { spec: Some(spec) })),
+                    };
+                    if let Some((_, tx)) = self.hosts.get(&host_id)
+                        && tx.send(Ok(trigger)).is_err()
+                    {
+                        warn!(host_id, "seed host stream closed; trigger lost");
+                    }
+                    continue;
+                }
+                Command::Info {
+                    task_id,
+                    peer_id,
+                    layout,
+                } => (
+                    task_id,
+                    peer_id,
+                    task_command::Cmd::Info(TaskInfo {
+                        content_length: layout.content_length,
+                        piece_length: layout.piece_length,
+                    }),
+                ),
+                Command::Digests {
+                    task_id,
+                    peer_id,
+                    pieces,
+                } => (
+                    task_id,
+                    peer_id,
+                    task_command::Cmd::Digests(Digests {
+                        pieces: pieces
+                            .into_iter()
+                            .map(|(index, d)| PieceDigest {
+                                index,
+                                sha256: d.to_vec(),
+                            })
+                            .collect(),
+                    }),
+                ),
+                Command::Parents {
+                    task_id,
+                    peer_id,
+                    parents,
+                } => (task_id, peer_id, task_command::Cmd::Parents(Parents { parents })),
+                Command::BackToSource {
+                    task_id,
+                    peer_id,
+                    reason,
+                } => (
+                    task_id,
+                    peer_id,
+                    task_command::Cmd::BackToSource(BackToSource { reason }),
+                ),
+            };
+            if let Some(tx) = self.peers.get(&(task_id, peer_id)) {
+                let _ = tx.send(Ok(TaskCommand { cmd: Some(c) }));
+            }
+        }
     }
 }
 
@@ -474,21 +302,14 @@ impl Scheduler for SchedulerService {
         let host_id = info.host_id.clone();
         let (tx, rx) = mpsc::unbounded_channel();
         let conn = {
-            let mut s = self.shared.lock();
-            let conn = s.next_conn();
-            info!(host_id, ip = info.ip, seed = info.seed, "host announced");
-            s.hosts.insert(
-                host_id.clone(),
-                Host {
-                    info,
-                    tx,
-                    conn,
-                    last_seen: Instant::now(),
-                    active_uploads: 0,
-                    costs: Default::default(),
-                },
-            );
-            self.shared.update_gauges(&s);
+            let mut inner = self.shared.lock();
+            inner.links.next_conn += 1;
+            let conn = inner.links.next_conn;
+            inner.links.hosts.insert(host_id.clone(), (conn, tx));
+            let commands = inner
+                .core
+                .handle(Instant::now(), Event::HostAnnounced { info, conn })?;
+            inner.links.deliver(commands);
             conn
         };
         let shared = self.shared.clone();
@@ -498,7 +319,7 @@ impl Scheduler for SchedulerService {
                     shared.on_host_message(&host_id, msg);
                 }
             }
-            shared.host_gone(&host_id, Some(conn));
+            shared.host_stream_closed(&host_id, conn);
         });
         Ok(Response::new(Box::pin(UnboundedReceiverStream::new(rx))))
     }

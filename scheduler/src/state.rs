@@ -1,18 +1,14 @@
 //! Hosts, tasks, peers and each task's parent->child DAG: plain data.
 //!
-//! One [`State`] lives behind a mutex in the service; nothing here awaits or
-//! does I/O, so every operation is short and testable on its own. Messages to
-//! peers go through unbounded channels so that sending never blocks while the
-//! lock is held.
+//! One [`State`] lives in the scheduling [`Core`](crate::core::Core); nothing
+//! here awaits, does I/O or reads the clock, so every operation is short and
+//! testable on its own. The streams to hosts and peers belong to the
+//! transport ([`service`](crate::service)), not to this data.
 
 use damselfly_proto::piece::Layout;
-use damselfly_proto::scheduler::{HostCommand, HostInfo, TaskCommand, TaskSpec};
+use damselfly_proto::scheduler::{HostInfo, TaskSpec};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::Instant;
-use tokio::sync::mpsc::UnboundedSender;
-
-pub type HostTx = UnboundedSender<Result<HostCommand, tonic::Status>>;
-pub type TaskTx = UnboundedSender<Result<TaskCommand, tonic::Status>>;
 
 /// Welford running statistics of one host's piece costs (milliseconds).
 #[derive(Debug, Default, Clone)]
@@ -48,7 +44,6 @@ impl CostStats {
 
 pub struct Host {
     pub info: HostInfo,
-    pub tx: HostTx,
     /// Distinguishes a reconnected host's stream from the one it replaced.
     pub conn: u64,
     pub last_seen: Instant,
@@ -83,9 +78,9 @@ pub struct Peer {
     pub parents: Vec<String>,
     pub children: HashSet<String>,
     pub blocklist: HashSet<String>,
-    /// The open task stream; `None` once the peer finished and closed it
+    /// Its task stream is open; false once the peer finished and closed it
     /// (it stays a parent for as long as its host is alive).
-    pub tx: Option<TaskTx>,
+    pub open: bool,
     pub registered: Instant,
 }
 
@@ -106,7 +101,7 @@ pub struct Task {
 }
 
 impl Task {
-    pub fn new(id: String, spec: TaskSpec) -> Self {
+    pub fn new(id: String, spec: TaskSpec, now: Instant) -> Self {
         Self {
             id,
             spec,
@@ -117,7 +112,7 @@ impl Task {
             seed_host: None,
             corrupt_reports: HashMap::new(),
             bad_hosts: HashSet::new(),
-            last_active: Instant::now(),
+            last_active: now,
         }
     }
 
@@ -196,39 +191,15 @@ impl Task {
         }
         children
     }
-
-    /// Sends a command to one peer if its stream is open.
-    pub fn send(&self, peer: &str, cmd: TaskCommand) {
-        if let Some(tx) = self.peers.get(peer).and_then(|p| p.tx.as_ref()) {
-            let _ = tx.send(Ok(cmd));
-        }
-    }
-
-    /// Sends a command to every peer with an open stream except `except`.
-    pub fn broadcast(&self, cmd: &TaskCommand, except: &str) {
-        for p in self.peers.values() {
-            if p.id != except
-                && let Some(tx) = &p.tx
-            {
-                let _ = tx.send(Ok(cmd.clone()));
-            }
-        }
-    }
 }
 
 #[derive(Default)]
 pub struct State {
     pub hosts: HashMap<String, Host>,
     pub tasks: HashMap<String, Task>,
-    next_conn: u64,
 }
 
 impl State {
-    pub fn next_conn(&mut self) -> u64 {
-        self.next_conn += 1;
-        self.next_conn
-    }
-
     /// Removes a host and every peer it ran; returns (task id, orphaned children) pairs.
     pub fn remove_host(&mut self, host_id: &str) -> Vec<(String, Vec<String>)> {
         self.hosts.remove(host_id);
@@ -270,13 +241,13 @@ mod tests {
             parents: vec![],
             children: HashSet::new(),
             blocklist: HashSet::new(),
-            tx: None,
+            open: false,
             registered: Instant::now(),
         }
     }
 
     fn task_with(ids: &[&str]) -> Task {
-        let mut t = Task::new("t".into(), TaskSpec::default());
+        let mut t = Task::new("t".into(), TaskSpec::default(), Instant::now());
         for id in ids {
             t.peers.insert(id.to_string(), peer(id));
             t.order.push(id.to_string());

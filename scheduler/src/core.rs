@@ -1,0 +1,716 @@
+//! The scheduling core: events in, commands out.
+//!
+//! [`Core::handle`] takes one [`Event`] (a host announced itself, a peer
+//! registered, reported pieces, lost a parent, finished, left; a GC tick)
+//! with the time it happened, changes [`State`] and returns the
+//! [`Command`]s to deliver (parents, seed triggers, back to source, layout
+//! and digest relays). It never awaits, does no I/O and never reads the
+//! clock, so tests and the swarm simulator drive it in-process; the gRPC
+//! [`service`](crate::service) only decodes stream messages into events and
+//! encodes commands onto the streams.
+
+use crate::error::Error;
+use crate::metrics::Metrics;
+use crate::schedule::{Planner, parent_addrs};
+use crate::state::{Host, Peer, PeerState, State, Task};
+use damselfly_proto::piece::Layout;
+use damselfly_proto::ring;
+use damselfly_proto::scheduler::{FailReason, HostInfo, Parent, PiecesDone, TaskSpec};
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tracing::{debug, info, warn};
+
+/// Most peers re-planned because of one event (bounds the work per message).
+const REPLAN_BATCH: usize = 256;
+/// Most peers that get a newcomer offered as an extra parent when it registers.
+const REPLAN_ON_REGISTER: usize = 16;
+
+/// A peer's registration on a task, decoded and checked by the transport.
+#[derive(Debug, Clone)]
+pub struct Registration {
+    pub host_id: String,
+    pub peer_id: String,
+    pub spec: TaskSpec,
+    /// The peer fetches from the origin by itself (a seed, or it holds the task).
+    pub from_source: bool,
+    /// Known when the peer already holds pieces (a restart), with how many.
+    pub layout: Option<Layout>,
+    pub pieces_held: u32,
+}
+
+/// Something that happened, as the core sees it.
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// A host stream opened; `conn` tells it apart from a reconnection's.
+    HostAnnounced {
+        info: HostInfo,
+        conn: u64,
+    },
+    /// A hello or keepalive on a host stream (the load, if it carried one).
+    HostAlive {
+        host_id: String,
+        active_uploads: Option<u32>,
+    },
+    /// A restarted host still holds these complete tasks.
+    HostStored {
+        host_id: String,
+        tasks: Vec<(String, Layout)>,
+    },
+    /// A host stream ended (`conn`), or the host timed out (`None`).
+    HostLeft {
+        host_id: String,
+        conn: Option<u64>,
+    },
+    Registered(Registration),
+    /// A source reported the task's layout.
+    SourceInfo {
+        task_id: String,
+        peer_id: String,
+        layout: Layout,
+    },
+    PiecesReported {
+        task_id: String,
+        peer_id: String,
+        report: PiecesDone,
+    },
+    PieceFailed {
+        task_id: String,
+        peer_id: String,
+        parent_peer_id: String,
+        index: u32,
+        reason: FailReason,
+    },
+    RescheduleAsked {
+        task_id: String,
+        peer_id: String,
+    },
+    Finished {
+        task_id: String,
+        peer_id: String,
+    },
+    Failed {
+        task_id: String,
+        peer_id: String,
+        reason: String,
+    },
+    /// The peer's task stream ended.
+    StreamClosed {
+        task_id: String,
+        peer_id: String,
+    },
+    /// Time for GC: hosts silent past the timeout, tasks idle past the TTL.
+    Tick,
+}
+
+/// What the transport must deliver.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Command {
+    /// Tell a seed host to fetch the task from its origin.
+    SeedTask { host_id: String, spec: TaskSpec },
+    /// The task's layout, to one peer.
+    Info {
+        task_id: String,
+        peer_id: String,
+        layout: Layout,
+    },
+    /// Trusted piece digests, to one peer.
+    Digests {
+        task_id: String,
+        peer_id: String,
+        pieces: Vec<(u32, [u8; 32])>,
+    },
+    /// The peer's parents from now on (replaces the previous set).
+    Parents {
+        task_id: String,
+        peer_id: String,
+        parents: Vec<Parent>,
+    },
+    BackToSource {
+        task_id: String,
+        peer_id: String,
+        reason: String,
+    },
+}
+
+/// How long hosts and idle tasks are kept.
+#[derive(Debug, Clone, Copy)]
+pub struct Retention {
+    pub host_timeout: Duration,
+    pub task_ttl: Duration,
+}
+
+pub struct Core {
+    pub state: State,
+    pub planner: Arc<Planner>,
+    pub metrics: Metrics,
+    retention: Retention,
+    rng: StdRng,
+}
+
+impl Core {
+    /// `seed` drives the candidate sampling of large swarms (fixed in
+    /// simulations, random in the service).
+    pub fn new(planner: Arc<Planner>, metrics: Metrics, retention: Retention, seed: u64) -> Self {
+        Self {
+            state: State::default(),
+            planner,
+            metrics,
+            retention,
+            rng: StdRng::seed_from_u64(seed),
+        }
+    }
+
+    /// Applies one event that happened at `now`; returns what to send.
+    pub fn handle(&mut self, now: Instant, event: Event) -> Result<Vec<Command>, Error> {
+        let mut out = Vec::new();
+        match event {
+            Event::HostAnnounced { info, conn } => {
+                info!(
+                    host_id = info.host_id,
+                    ip = info.ip,
+                    seed = info.seed,
+                    "host announced"
+                );
+                self.state.hosts.insert(
+                    info.host_id.clone(),
+                    Host {
+                        info,
+                        conn,
+                        last_seen: now,
+                        active_uploads: 0,
+                        costs: Default::default(),
+                    },
+                );
+            }
+            Event::HostAlive {
+                host_id,
+                active_uploads,
+            } => {
+                if let Some(h) = self.state.hosts.get_mut(&host_id) {
+                    h.last_seen = now;
+                    if let Some(n) = active_uploads {
+                        h.active_uploads = n;
+                    }
+                }
+            }
+            Event::HostStored { host_id, tasks } => self.host_stored(now, &host_id, tasks, &mut out),
+            Event::HostLeft { host_id, conn } => self.host_gone(&host_id, conn, &mut out),
+            Event::Registered(reg) => self.register(now, reg, &mut out)?,
+            Event::SourceInfo {
+                task_id,
+                peer_id,
+                layout,
+            } => self.source_info(now, &task_id, &peer_id, layout, &mut out),
+            Event::PiecesReported {
+                task_id,
+                peer_id,
+                report,
+            } => self.pieces(now, &task_id, &peer_id, report, &mut out),
+            Event::PieceFailed {
+                task_id,
+                peer_id,
+                parent_peer_id,
+                index,
+                reason,
+            } => self.piece_failed(now, &task_id, &peer_id, &parent_peer_id, index, reason, &mut out),
+            Event::RescheduleAsked { task_id, peer_id } => {
+                if self.touch(now, &task_id, &peer_id) {
+                    self.reschedule(&task_id, &peer_id, &mut out);
+                }
+            }
+            Event::Finished { task_id, peer_id } => {
+                if self.touch(now, &task_id, &peer_id) {
+                    let task = self.state.tasks.get_mut(&task_id).expect("touched");
+                    let pieces = task.layout.map(|l| l.piece_count());
+                    let peer = task.peers.get_mut(&peer_id).expect("touched");
+                    peer.state = PeerState::Succeeded;
+                    if let Some(n) = pieces {
+                        peer.pieces = n;
+                    }
+                    info!(task_id, peer_id, "peer finished");
+                }
+            }
+            Event::Failed {
+                task_id,
+                peer_id,
+                reason,
+            } => {
+                if self.touch(now, &task_id, &peer_id) {
+                    let peer = self
+                        .state
+                        .tasks
+                        .get_mut(&task_id)
+                        .expect("touched")
+                        .peers
+                        .get_mut(&peer_id);
+                    let peer = peer.expect("touched");
+                    peer.state = PeerState::Failed;
+                    warn!(task_id, peer_id, reason, "peer failed");
+                    let children: Vec<String> = peer.children.iter().cloned().collect();
+                    self.replan_orphans(vec![(task_id, children)], &mut out);
+                }
+            }
+            Event::StreamClosed { task_id, peer_id } => self.stream_closed(&task_id, &peer_id, &mut out),
+            Event::Tick => self.gc(now, &mut out),
+        }
+        self.update_gauges();
+        Ok(out)
+    }
+
+    fn update_gauges(&self) {
+        let s = &self.state;
+        self.metrics.hosts.set(s.hosts.len() as i64);
+        self.metrics.tasks.set(s.tasks.len() as i64);
+        self.metrics
+            .peers
+            .set(s.tasks.values().map(|t| t.peers.len() as i64).sum());
+    }
+
+    /// Marks the task active; false when the task or the peer is unknown
+    /// (the event is then ignored).
+    fn touch(&mut self, now: Instant, task_id: &str, peer_id: &str) -> bool {
+        let Some(task) = self.state.tasks.get_mut(task_id) else {
+            return false;
+        };
+        task.last_active = now;
+        task.peers.contains_key(peer_id)
+    }
+
+    /// Sends a command to one peer if its stream is open.
+    fn send(&self, task_id: &str, peer_id: &str, out: &mut Vec<Command>, make: impl FnOnce() -> Command) {
+        let open = self
+            .state
+            .tasks
+            .get(task_id)
+            .and_then(|t| t.peers.get(peer_id))
+            .is_some_and(|p| p.open);
+        if open {
+            out.push(make());
+        }
+    }
+
+    /// Sends a command to every peer of the task with an open stream except `except`.
+    fn broadcast(&self, task_id: &str, except: &str, out: &mut Vec<Command>, make: impl Fn(&str) -> Command) {
+        let Some(task) = self.state.tasks.get(task_id) else {
+            return;
+        };
+        for p in task.peers.values() {
+            if p.id != except && p.open {
+                out.push(make(&p.id));
+            }
+        }
+    }
+
+    /// Chooses parents for one peer and queues the set.
+    fn schedule(&mut self, task_id: &str, peer_id: &str, out: &mut Vec<Command>) -> usize {
+        let Some(chosen) = self
+            .planner
+            .schedule(&mut self.state, task_id, peer_id, &mut self.rng)
+        else {
+            return 0;
+        };
+        let parents = parent_addrs(&self.state, task_id, &chosen);
+        self.send(task_id, peer_id, out, || Command::Parents {
+            task_id: task_id.to_string(),
+            peer_id: peer_id.to_string(),
+            parents,
+        });
+        chosen.len()
+    }
+
+    fn replan(&mut self, task_id: &str, max: usize, out: &mut Vec<Command>) {
+        for (peer_id, chosen) in self.planner.replan(&mut self.state, task_id, max, &mut self.rng) {
+            let parents = parent_addrs(&self.state, task_id, &chosen);
+            self.send(task_id, &peer_id, out, || Command::Parents {
+                task_id: task_id.to_string(),
+                peer_id: peer_id.clone(),
+                parents,
+            });
+        }
+    }
+
+    fn replan_orphans(&mut self, orphans: Vec<(String, Vec<String>)>, out: &mut Vec<Command>) {
+        for (task_id, children) in orphans {
+            for c in children.into_iter().take(REPLAN_BATCH) {
+                self.schedule(&task_id, &c, out);
+            }
+        }
+    }
+
+    /// A host stream ended or timed out: forget it and re-plan its peers' children.
+    fn host_gone(&mut self, host_id: &str, conn: Option<u64>, out: &mut Vec<Command>) {
+        if let Some(c) = conn
+            && self.state.hosts.get(host_id).map(|h| h.conn) != Some(c)
+        {
+            return; // replaced by a newer connection of the same host
+        }
+        let orphans = self.state.remove_host(host_id);
+        self.replan_orphans(orphans, out);
+        info!(host_id, "host removed");
+    }
+
+    fn host_stored(
+        &mut self,
+        now: Instant,
+        host_id: &str,
+        tasks: Vec<(String, Layout)>,
+        out: &mut Vec<Command>,
+    ) {
+        let Some(host) = self.state.hosts.get_mut(host_id) else {
+            return;
+        };
+        host.last_seen = now;
+        for (task_id, layout) in tasks {
+            let Some(task) = self.state.tasks.get_mut(&task_id) else {
+                continue;
+            };
+            if task.layout != Some(layout) || task.digests_known() < layout.piece_count() as usize {
+                continue; // only tasks whose trusted digests we hold
+            }
+            let peer_id = format!("{host_id}/stored");
+            task.peers.insert(
+                peer_id.clone(),
+                new_peer(
+                    peer_id.clone(),
+                    host_id,
+                    PeerState::Succeeded,
+                    false,
+                    layout.piece_count(),
+                    false,
+                    now,
+                ),
+            );
+            task.order.push(peer_id);
+            task.last_active = now;
+            self.replan(&task_id, REPLAN_BATCH, out);
+        }
+    }
+
+    /// Registers a peer on a task and decides who feeds it.
+    fn register(&mut self, now: Instant, reg: Registration, out: &mut Vec<Command>) -> Result<(), Error> {
+        let task_id = reg.spec.task_id.clone();
+        let s = &mut self.state;
+        if !s.hosts.contains_key(&reg.host_id) {
+            return Err(Error::UnknownHost(reg.host_id));
+        }
+        let task = s
+            .tasks
+            .entry(task_id.clone())
+            .or_insert_with(|| Task::new(task_id.clone(), reg.spec.clone(), now));
+        if task.spec.url.is_empty() {
+            task.spec = reg.spec.clone();
+        }
+        task.last_active = now;
+        let mut peer = new_peer(
+            reg.peer_id.clone(),
+            &reg.host_id,
+            PeerState::Running,
+            reg.from_source,
+            0,
+            true,
+            now,
+        );
+        if let Some(layout) = reg.layout {
+            task.set_layout(layout);
+            peer.pieces = reg.pieces_held;
+        }
+        task.remove_peer(&reg.peer_id);
+        task.peers.insert(reg.peer_id.clone(), peer);
+        task.order.push(reg.peer_id.clone());
+
+        let needs_source = !task.has_source() && !has_complete_peer(task) && !reg.from_source;
+        if needs_source && task.seed_host.is_none() {
+            let seeds: Vec<&str> = s
+                .hosts
+                .values()
+                .filter(|h| h.info.seed)
+                .map(|h| h.info.host_id.as_str())
+                .collect();
+            match ring::pick(&task_id, seeds, &reg.host_id) {
+                Some(seed) => {
+                    out.push(Command::SeedTask {
+                        host_id: seed.clone(),
+                        spec: reg.spec,
+                    });
+                    s.tasks.get_mut(&task_id).expect("inserted").seed_host = Some(seed.clone());
+                    self.metrics.seed_triggers.inc();
+                    info!(task_id, seed_host = seed, "seed peer triggered");
+                }
+                None => self.back_to_source(&task_id, &reg.peer_id, "no seed peer available", out),
+            }
+        }
+        let task = &self.state.tasks[&task_id];
+        if let Some(layout) = task.layout {
+            let pieces = known_digests(task);
+            self.send(&task_id, &reg.peer_id, out, || Command::Info {
+                task_id: task_id.clone(),
+                peer_id: reg.peer_id.clone(),
+                layout,
+            });
+            self.send(&task_id, &reg.peer_id, out, || Command::Digests {
+                task_id: task_id.clone(),
+                peer_id: reg.peer_id.clone(),
+                pieces,
+            });
+        }
+        self.schedule(&task_id, &reg.peer_id, out);
+        self.replan(&task_id, REPLAN_ON_REGISTER, out);
+        Ok(())
+    }
+
+    fn back_to_source(&mut self, task_id: &str, peer_id: &str, reason: &str, out: &mut Vec<Command>) {
+        let Some(task) = self.state.tasks.get_mut(task_id) else {
+            return;
+        };
+        let Some(peer) = task.peers.get_mut(peer_id) else {
+            return;
+        };
+        peer.source = true;
+        task.set_parents(peer_id, Vec::new());
+        self.send(task_id, peer_id, out, || Command::BackToSource {
+            task_id: task_id.to_string(),
+            peer_id: peer_id.to_string(),
+            reason: reason.into(),
+        });
+        self.metrics.back_to_source.inc();
+        info!(task_id, peer_id, reason, "peer sent back to source");
+        self.replan(task_id, REPLAN_BATCH, out);
+    }
+
+    fn source_info(
+        &mut self,
+        now: Instant,
+        task_id: &str,
+        peer_id: &str,
+        layout: Layout,
+        out: &mut Vec<Command>,
+    ) {
+        if !self.touch(now, task_id, peer_id) {
+            return;
+        }
+        let task = self.state.tasks.get_mut(task_id).expect("touched");
+        if !task.peers[peer_id].source {
+            warn!(task_id, peer_id, "source info from a non-source peer ignored");
+            return;
+        }
+        if task.set_layout(layout) {
+            self.broadcast(task_id, peer_id, out, |to| Command::Info {
+                task_id: task_id.to_string(),
+                peer_id: to.to_string(),
+                layout,
+            });
+            self.replan(task_id, REPLAN_BATCH, out);
+        } else {
+            warn!(task_id, peer_id, "source reported a different layout; ignored");
+        }
+    }
+
+    fn pieces(
+        &mut self,
+        now: Instant,
+        task_id: &str,
+        peer_id: &str,
+        done: PiecesDone,
+        out: &mut Vec<Command>,
+    ) {
+        if !self.touch(now, task_id, peer_id) {
+            return;
+        }
+        let task = self.state.tasks.get_mut(task_id).expect("touched");
+        let peer = task.peers.get_mut(peer_id).expect("touched");
+        peer.pieces = peer.pieces.saturating_add(done.pieces.len() as u32);
+        self.metrics.bytes_from_peers.inc_by(done.bytes_from_peers);
+        self.metrics.bytes_from_source.inc_by(done.bytes_from_source);
+        if peer.source {
+            let mut fresh = Vec::new();
+            for p in done.pieces {
+                let Ok(d) = <[u8; 32]>::try_from(p.sha256.as_slice()) else {
+                    continue;
+                };
+                match task.digests.get_mut(p.index as usize) {
+                    Some(slot @ None) => {
+                        *slot = Some(d);
+                        fresh.push((p.index, d));
+                    }
+                    Some(Some(known)) if *known != d => {
+                        warn!(
+                            task_id,
+                            peer_id,
+                            index = p.index,
+                            "source digest disagrees with the first source"
+                        )
+                    }
+                    _ => {}
+                }
+            }
+            if !fresh.is_empty() {
+                self.broadcast(task_id, peer_id, out, |to| Command::Digests {
+                    task_id: task_id.to_string(),
+                    peer_id: to.to_string(),
+                    pieces: fresh.clone(),
+                });
+            }
+        }
+        for c in done.costs {
+            let Some(host_id) = self.state.tasks[task_id]
+                .peers
+                .get(&c.parent_peer_id)
+                .map(|p| p.host_id.clone())
+            else {
+                continue;
+            };
+            if let Some(h) = self.state.hosts.get_mut(&host_id) {
+                h.costs.add(c.mean_millis as f64, c.pieces as u64);
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn piece_failed(
+        &mut self,
+        now: Instant,
+        task_id: &str,
+        peer_id: &str,
+        parent_peer_id: &str,
+        index: u32,
+        reason: FailReason,
+        out: &mut Vec<Command>,
+    ) {
+        if !self.touch(now, task_id, peer_id) {
+            return;
+        }
+        let reports_for_bad_host = self.planner.config().corrupt_reports_for_bad_host;
+        let task = self.state.tasks.get_mut(task_id).expect("touched");
+        let parent_host = task.peers.get(parent_peer_id).map(|p| p.host_id.clone());
+        let peer = task.peers.get_mut(peer_id).expect("touched");
+        peer.blocklist.insert(parent_peer_id.to_string());
+        if reason == FailReason::Corrupt {
+            self.metrics.piece_failed("corrupt");
+            if let Some(h) = parent_host {
+                let reporters = task.corrupt_reports.entry(h.clone()).or_default();
+                reporters.insert(peer_id.to_string());
+                if reporters.len() >= reports_for_bad_host {
+                    warn!(
+                        task_id,
+                        host_id = h,
+                        "host excluded: several peers got corrupt pieces from it"
+                    );
+                    task.bad_hosts.insert(h);
+                }
+            }
+            warn!(
+                task_id,
+                peer_id,
+                parent = parent_peer_id,
+                index,
+                "corrupt piece reported"
+            );
+        } else {
+            self.metrics.piece_failed("unreachable");
+            debug!(task_id, peer_id, parent = parent_peer_id, "parent unreachable");
+        }
+        self.reschedule(task_id, peer_id, out);
+    }
+
+    /// New parents for a peer; if none can serve it and nothing is fetching
+    /// from the origin, that peer goes to the origin itself.
+    fn reschedule(&mut self, task_id: &str, peer_id: &str, out: &mut Vec<Command>) {
+        let got = self.schedule(task_id, peer_id, out);
+        let task = &self.state.tasks[task_id];
+        let source_usable = task.peers.values().any(|p| {
+            (p.source || p.state == PeerState::Succeeded)
+                && p.id != peer_id
+                && !task.peers[peer_id].blocklist.contains(&p.id)
+                && !task.bad_hosts.contains(&p.host_id)
+        });
+        if got == 0 || !source_usable {
+            self.back_to_source(task_id, peer_id, "no usable parent holds the task", out);
+        }
+    }
+
+    /// The task stream ended. A finished peer stays as a parent (its host is
+    /// still alive); anyone else leaves the task.
+    fn stream_closed(&mut self, task_id: &str, peer_id: &str, out: &mut Vec<Command>) {
+        let Some(task) = self.state.tasks.get_mut(task_id) else {
+            return;
+        };
+        let keep = task
+            .peers
+            .get(peer_id)
+            .is_some_and(|p| p.state == PeerState::Succeeded);
+        if keep {
+            if let Some(p) = task.peers.get_mut(peer_id) {
+                p.open = false;
+            }
+            task.set_parents(peer_id, Vec::new());
+        } else {
+            let orphans = task.remove_peer(peer_id);
+            self.replan_orphans(vec![(task_id.to_string(), orphans)], out);
+        }
+    }
+
+    /// Drops hosts that stopped announcing and tasks nobody touched for the TTL.
+    fn gc(&mut self, now: Instant, out: &mut Vec<Command>) {
+        let Retention {
+            host_timeout,
+            task_ttl,
+        } = self.retention;
+        let stale: Vec<String> = self
+            .state
+            .hosts
+            .values()
+            .filter(|h| now.saturating_duration_since(h.last_seen) > host_timeout)
+            .map(|h| h.info.host_id.clone())
+            .collect();
+        for h in stale {
+            warn!(host_id = h, "host stopped announcing");
+            self.host_gone(&h, None, out);
+        }
+        self.state
+            .tasks
+            .retain(|_, t| !t.peers.is_empty() || now.saturating_duration_since(t.last_active) < task_ttl);
+    }
+}
+
+fn new_peer(
+    id: String,
+    host_id: &str,
+    state: PeerState,
+    source: bool,
+    pieces: u32,
+    open: bool,
+    now: Instant,
+) -> Peer {
+    Peer {
+        id,
+        host_id: host_id.to_string(),
+        state,
+        source,
+        pieces,
+        parents: Vec::new(),
+        children: HashSet::new(),
+        blocklist: HashSet::new(),
+        open,
+        registered: now,
+    }
+}
+
+fn has_complete_peer(task: &Task) -> bool {
+    task.layout
+        .is_some_and(|l| task.digests_known() == l.piece_count() as usize)
+        && task.peers.values().any(|p| p.state == PeerState::Succeeded)
+}
+
+fn known_digests(task: &Task) -> Vec<(u32, [u8; 32])> {
+    task.digests
+        .iter()
+        .enumerate()
+        .filter_map(|(i, d)| d.map(|d| (i as u32, d)))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,483 @@
+//! The scheduling core's flows, in-process: events in, commands checked.
+
+use super::*;
+use crate::config::EvaluatorConfig;
+use crate::evaluator::DefaultEvaluator;
+use damselfly_proto::scheduler::{PieceCost, PieceDigest};
+use prometheus_client::registry::Registry;
+
+const T: &str = "task";
+
+fn core_with(limit: usize) -> Core {
+    let config = EvaluatorConfig {
+        candidate_parent_limit: limit,
+        ..EvaluatorConfig::default()
+    };
+    let planner = Arc::new(Planner::new(
+        Box::new(DefaultEvaluator {
+            config: config.clone(),
+        }),
+        config,
+    ));
+    let retention = Retention {
+        host_timeout: Duration::from_secs(30),
+        task_ttl: Duration::from_secs(3600),
+    };
+    Core::new(planner, Metrics::new(&mut Registry::default()), retention, 1)
+}
+
+struct World {
+    core: Core,
+    t0: Instant,
+}
+
+impl World {
+    fn new(limit: usize) -> Self {
+        Self {
+            core: core_with(limit),
+            t0: Instant::now(),
+        }
+    }
+
+    fn at(&mut self, secs: u64, event: Event) -> Vec<Command> {
+        self.core
+            .handle(self.t0 + Duration::from_secs(secs), event)
+            .expect("event accepted")
+    }
+
+    fn host(&mut self, id: &str, seed: bool) {
+        let info = HostInfo {
+            host_id: id.into(),
+            ip: "10.0.0.1".into(),
+            piece_port: 7,
+            upload_slots: 8,
+            seed,
+            ..Default::default()
+        };
+        assert!(self.at(0, Event::HostAnnounced { info, conn: 1 }).is_empty());
+    }
+
+    fn register(&mut self, peer: &str, host: &str, from_source: bool) -> Vec<Command> {
+        let reg = Registration {
+            host_id: host.into(),
+            peer_id: peer.into(),
+            spec: TaskSpec {
+                task_id: T.into(),
+                url: "http://origin/blob".into(),
+                ..Default::default()
+            },
+            from_source,
+            layout: None,
+            pieces_held: 0,
+        };
+        self.at(0, Event::Registered(reg))
+    }
+
+    fn parents(&self, peer: &str) -> Vec<String> {
+        let mut p = self.core.state.tasks[T].peers[peer].parents.clone();
+        p.sort();
+        p
+    }
+
+    /// The seed `seed` on host `hs` holds the layout and every digest.
+    fn seeded(&mut self, seed: &str, hs: &str) -> Vec<Command> {
+        self.register(seed, hs, true);
+        let layout = Layout::new(4 * 1024, 1024);
+        let mut out = self.at(
+            1,
+            Event::SourceInfo {
+                task_id: T.into(),
+                peer_id: seed.into(),
+                layout,
+            },
+        );
+        let report = PiecesDone {
+            pieces: (0..4)
+                .map(|i| PieceDigest {
+                    index: i,
+                    sha256: vec![i as u8; 32],
+                })
+                .collect(),
+            ..Default::default()
+        };
+        out.extend(self.at(
+            1,
+            Event::PiecesReported {
+                task_id: T.into(),
+                peer_id: seed.into(),
+                report,
+            },
+        ));
+        out
+    }
+}
+
+fn ev(task_id: &str, peer_id: &str) -> (String, String) {
+    (task_id.to_string(), peer_id.to_string())
+}
+
+/// The parent ids of the last `Parents` command to `peer`.
+fn last_parents(out: &[Command], peer: &str) -> Option<Vec<String>> {
+    out.iter().rev().find_map(|c| match c {
+        Command::Parents { peer_id, parents, .. } if peer_id == peer => {
+            let mut ids: Vec<String> = parents.iter().map(|p| p.peer_id.clone()).collect();
+            ids.sort();
+            Some(ids)
+        }
+        _ => None,
+    })
+}
+
+#[test]
+fn first_peer_triggers_one_seed_and_later_peers_do_not() {
+    let mut w = World::new(4);
+    w.host("seed-host", true);
+    w.host("h1", false);
+    w.host("h2", false);
+    let out = w.register("a", "h1", false);
+    let seeds: Vec<&Command> = out
+        .iter()
+        .filter(|c| matches!(c, Command::SeedTask { .. }))
+        .collect();
+    assert_eq!(seeds.len(), 1, "{out:?}");
+    assert!(
+        matches!(seeds[0], Command::SeedTask { host_id, spec } if host_id == "seed-host" && spec.task_id == T)
+    );
+    assert_eq!(last_parents(&out, "a"), Some(vec![]), "nobody to feed it yet");
+    assert_eq!(w.core.state.tasks[T].seed_host.as_deref(), Some("seed-host"));
+
+    let out = w.register("b", "h2", false);
+    assert!(
+        !out.iter().any(|c| matches!(c, Command::SeedTask { .. })),
+        "{out:?}"
+    );
+    assert_eq!(last_parents(&out, "b"), Some(vec!["a".to_string()]));
+}
+
+#[test]
+fn no_seed_host_sends_the_first_peer_to_the_origin() {
+    let mut w = World::new(4);
+    w.host("h1", false);
+    let out = w.register("a", "h1", false);
+    assert!(
+        out.iter()
+            .any(|c| matches!(c, Command::BackToSource { peer_id, .. } if peer_id == "a")),
+        "{out:?}"
+    );
+    assert!(w.core.state.tasks[T].peers["a"].source);
+}
+
+#[test]
+fn source_layout_and_digests_are_relayed_to_the_others_only() {
+    let mut w = World::new(4);
+    w.host("seed-host", true);
+    w.host("h1", false);
+    w.host("h2", false);
+    w.register("a", "h1", false);
+    w.register("b", "h2", false);
+    let out = w.seeded("seed", "seed-host");
+    let infos: Vec<&str> = out
+        .iter()
+        .filter_map(|c| match c {
+            Command::Info { peer_id, .. } => Some(peer_id.as_str()),
+            _ => None,
+        })
+        .collect();
+    let mut infos = infos;
+    infos.sort();
+    assert_eq!(infos, vec!["a", "b"]);
+    let digests: Vec<(&str, usize)> = out
+        .iter()
+        .filter_map(|c| match c {
+            Command::Digests { peer_id, pieces, .. } => Some((peer_id.as_str(), pieces.len())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(digests.len(), 2, "{out:?}");
+    assert!(digests.iter().all(|(p, n)| *p != "seed" && *n == 4));
+    // Re-planned once the source appeared: both have it as a parent.
+    assert!(w.parents("a").contains(&"seed".to_string()));
+    assert!(w.parents("b").contains(&"seed".to_string()));
+
+    // A late peer gets the layout and every digest at registration.
+    w.host("h3", false);
+    let out = w.register("c", "h3", false);
+    assert!(
+        out.iter()
+            .any(|c| matches!(c, Command::Info { peer_id, .. } if peer_id == "c"))
+    );
+    assert!(out.iter().any(
+        |c| matches!(c, Command::Digests { peer_id, pieces, .. } if peer_id == "c" && pieces.len() == 4)
+    ));
+    // Digests from a non-source are not relayed.
+    let report = PiecesDone {
+        pieces: vec![PieceDigest {
+            index: 0,
+            sha256: vec![9; 32],
+        }],
+        ..Default::default()
+    };
+    let (task_id, peer_id) = ev(T, "a");
+    let out = w.at(
+        2,
+        Event::PiecesReported {
+            task_id,
+            peer_id,
+            report,
+        },
+    );
+    assert!(
+        !out.iter().any(|c| matches!(c, Command::Digests { .. })),
+        "{out:?}"
+    );
+    assert_eq!(w.core.state.tasks[T].digests[0], Some([0; 32]));
+}
+
+#[test]
+fn a_parent_leaving_re_plans_its_children() {
+    let mut w = World::new(4);
+    w.host("seed-host", true);
+    for h in ["h1", "h2", "h3"] {
+        w.host(h, false);
+    }
+    w.seeded("seed", "seed-host");
+    w.register("a", "h1", false);
+    w.register("b", "h2", false);
+    assert!(w.parents("b").contains(&"a".to_string()), "{:?}", w.parents("b"));
+    let (task_id, peer_id) = ev(T, "a");
+    let out = w.at(3, Event::StreamClosed { task_id, peer_id });
+    assert!(!w.core.state.tasks[T].peers.contains_key("a"));
+    let got = last_parents(&out, "b").expect("b re-planned");
+    assert!(!got.contains(&"a".to_string()));
+    assert!(got.contains(&"seed".to_string()));
+
+    // A whole host going silent: its peers leave, their children are re-planned.
+    w.register("c", "h3", false);
+    assert!(w.parents("c").contains(&"b".to_string()));
+    // h2 (b's host) never speaks again; the others keep announcing.
+    for h in ["seed-host", "h3"] {
+        w.at(
+            40,
+            Event::HostAlive {
+                host_id: h.into(),
+                active_uploads: Some(0),
+            },
+        );
+    }
+    let out = w.at(45, Event::Tick);
+    assert!(!w.core.state.hosts.contains_key("h2"));
+    assert!(!w.core.state.hosts.contains_key("h1"), "h1 also went silent");
+    assert!(!w.core.state.tasks[T].peers.contains_key("b"));
+    assert_eq!(last_parents(&out, "c"), Some(vec!["seed".to_string()]));
+}
+
+#[test]
+fn a_reconnected_host_is_not_removed_by_its_old_stream() {
+    let mut w = World::new(4);
+    w.host("h1", false);
+    let info = w.core.state.hosts["h1"].info.clone();
+    w.at(1, Event::HostAnnounced { info, conn: 2 });
+    w.at(
+        2,
+        Event::HostLeft {
+            host_id: "h1".into(),
+            conn: Some(1),
+        },
+    );
+    assert!(w.core.state.hosts.contains_key("h1"));
+    w.at(
+        2,
+        Event::HostLeft {
+            host_id: "h1".into(),
+            conn: Some(2),
+        },
+    );
+    assert!(!w.core.state.hosts.contains_key("h1"));
+}
+
+#[test]
+fn corrupt_reports_from_two_peers_exclude_a_host() {
+    let mut w = World::new(4);
+    w.host("seed-host", true);
+    for h in ["bad", "h1", "h2"] {
+        w.host(h, false);
+    }
+    w.seeded("seed", "seed-host");
+    w.register("liar", "bad", false);
+    w.register("a", "h1", false);
+    w.register("b", "h2", false);
+    assert!(w.parents("a").contains(&"liar".to_string()));
+    let corrupt = |peer: &str| {
+        let (task_id, peer_id) = ev(T, peer);
+        Event::PieceFailed {
+            task_id,
+            peer_id,
+            parent_peer_id: "liar".into(),
+            index: 1,
+            reason: FailReason::Corrupt,
+        }
+    };
+    let out = w.at(2, corrupt("a"));
+    assert!(!last_parents(&out, "a").unwrap().contains(&"liar".to_string()));
+    assert!(
+        w.core.state.tasks[T].bad_hosts.is_empty(),
+        "one reporter only blocklists"
+    );
+    assert!(w.parents("b").contains(&"liar".to_string()));
+    w.at(2, corrupt("b"));
+    assert!(w.core.state.tasks[T].bad_hosts.contains("bad"));
+    // Nobody gets it again, not even a newcomer.
+    w.host("h4", false);
+    let out = w.register("c", "h4", false);
+    assert!(!last_parents(&out, "c").unwrap().contains(&"liar".to_string()));
+}
+
+#[test]
+fn finished_descendants_are_not_chosen_and_finished_peers_stay() {
+    let mut w = World::new(4);
+    w.host("seed-host", true);
+    w.host("h1", false);
+    w.host("h2", false);
+    w.seeded("seed", "seed-host");
+    w.register("a", "h1", false);
+    w.register("b", "h2", false);
+    assert!(w.parents("b").contains(&"a".to_string()));
+    let (task_id, peer_id) = ev(T, "b");
+    w.at(3, Event::Finished { task_id, peer_id });
+    let (task_id, peer_id) = ev(T, "b");
+    w.at(3, Event::StreamClosed { task_id, peer_id });
+    let b = &w.core.state.tasks[T].peers["b"];
+    assert!(b.state == PeerState::Succeeded && !b.open && b.parents.is_empty());
+    // b no longer descends from a (its edges went when it closed): usable.
+    let (task_id, peer_id) = ev(T, "a");
+    let out = w.at(4, Event::RescheduleAsked { task_id, peer_id });
+    assert!(last_parents(&out, "a").unwrap().contains(&"b".to_string()));
+    // A finished peer still hanging below a is not.
+    w.host("h3", false);
+    w.register("c", "h3", false);
+    let task = w.core.state.tasks.get_mut(T).unwrap();
+    task.set_parents("c", vec!["a".into()]);
+    task.peers.get_mut("c").unwrap().state = PeerState::Succeeded;
+    let (task_id, peer_id) = ev(T, "a");
+    let out = w.at(5, Event::RescheduleAsked { task_id, peer_id });
+    assert!(!last_parents(&out, "a").unwrap().contains(&"c".to_string()));
+    // Commands never go to a closed stream.
+    assert!(
+        !out.iter()
+            .any(|c| matches!(c, Command::Parents { peer_id, .. } if peer_id == "b"))
+    );
+}
+
+#[test]
+fn losing_the_only_holder_sends_the_peer_back_to_source() {
+    let mut w = World::new(4);
+    w.host("seed-host", true);
+    w.host("h1", false);
+    w.seeded("seed", "seed-host");
+    w.register("a", "h1", false);
+    assert_eq!(w.parents("a"), vec!["seed".to_string()]);
+    let (task_id, peer_id) = ev(T, "a");
+    let out = w.at(
+        2,
+        Event::PieceFailed {
+            task_id,
+            peer_id,
+            parent_peer_id: "seed".into(),
+            index: 0,
+            reason: FailReason::Unreachable,
+        },
+    );
+    assert!(
+        out.iter()
+            .any(|c| matches!(c, Command::BackToSource { peer_id, .. } if peer_id == "a")),
+        "{out:?}"
+    );
+    assert!(w.core.state.tasks[T].peers["a"].source);
+}
+
+#[test]
+fn piece_costs_mark_a_slow_host_as_a_bad_node() {
+    let mut w = World::new(4);
+    w.host("seed-host", true);
+    for h in ["slow", "h1", "h2"] {
+        w.host(h, false);
+    }
+    w.seeded("seed", "seed-host");
+    w.register("s", "slow", false);
+    w.register("a", "h1", false);
+    w.register("b", "h2", false);
+    assert!(w.parents("b").contains(&"s".to_string()));
+    let cost = |ms: u32| PiecesDone {
+        costs: vec![PieceCost {
+            parent_peer_id: "s".into(),
+            pieces: 1,
+            mean_millis: ms,
+        }],
+        ..Default::default()
+    };
+    for _ in 0..5 {
+        let (task_id, peer_id) = ev(T, "a");
+        w.at(
+            2,
+            Event::PiecesReported {
+                task_id,
+                peer_id,
+                report: cost(10),
+            },
+        );
+    }
+    let (task_id, peer_id) = ev(T, "a");
+    w.at(
+        2,
+        Event::PiecesReported {
+            task_id,
+            peer_id,
+            report: cost(10_000),
+        },
+    );
+    let (task_id, peer_id) = ev(T, "b");
+    let out = w.at(3, Event::RescheduleAsked { task_id, peer_id });
+    assert!(!last_parents(&out, "b").unwrap().contains(&"s".to_string()));
+}
+
+#[test]
+fn unknown_host_is_refused_and_idle_tasks_are_forgotten() {
+    let mut w = World::new(4);
+    let reg = Registration {
+        host_id: "ghost".into(),
+        peer_id: "p".into(),
+        spec: TaskSpec {
+            task_id: T.into(),
+            ..Default::default()
+        },
+        from_source: false,
+        layout: None,
+        pieces_held: 0,
+    };
+    assert!(matches!(
+        w.core.handle(w.t0, Event::Registered(reg)),
+        Err(Error::UnknownHost(_))
+    ));
+    w.host("h1", false);
+    w.register("a", "h1", false);
+    let (task_id, peer_id) = ev(T, "a");
+    w.at(1, Event::StreamClosed { task_id, peer_id });
+    w.at(
+        10,
+        Event::HostAlive {
+            host_id: "h1".into(),
+            active_uploads: None,
+        },
+    );
+    w.at(20, Event::Tick);
+    assert!(w.core.state.tasks.contains_key(T), "within the TTL");
+    w.at(
+        2 * 3600,
+        Event::HostAlive {
+            host_id: "h1".into(),
+            active_uploads: None,
+        },
+    );
+    w.at(2 * 3600, Event::Tick);
+    assert!(!w.core.state.tasks.contains_key(T));
+}
