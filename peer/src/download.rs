@@ -7,12 +7,16 @@
 //! missing pieces from several parents at once (other peers before the
 //! source, whose uplink is scarce), verifies, stores, reports in batches,
 //! and goes back to source when told to, when the scheduler is gone, or when
-//! no parent delivers for a while.
+//! no parent delivers for a while. Which piece goes to which parent and when
+//! to give up are [`crate::picker`]'s (plain code, clock passed in); this
+//! file wires them to the scheduler stream, the parent connections and the
+//! store.
 
 use crate::config::PeerConfig;
 use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::parent::{self, ParentConn, ParentEvent, Target};
+use crate::picker::{Picker, TICK, TOTAL_WINDOW, Timers};
 use crate::rate::RateLimiter;
 use crate::source::{self, SourceEvent};
 use crate::task::{Task, Tasks, sha256};
@@ -33,15 +37,6 @@ use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::transport::Channel;
 use tracing::{Instrument, debug, info, info_span, warn};
 
-/// Requests outstanding per parent: enough to keep a link busy across one
-/// round trip, few enough that a slow parent holds little. With few parents
-/// each gets more, so that the requests in flight stay at about
-/// [`TOTAL_WINDOW`] (one fast parent on a fast link needs a deep pipeline).
-const PARENT_WINDOW: usize = 2;
-const TOTAL_WINDOW: usize = 32;
-const TICK: Duration = Duration::from_millis(50);
-const SAVE_EVERY: Duration = Duration::from_millis(500);
-const REPORT_EVERY: Duration = Duration::from_millis(250);
 const SCHEDULER_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// One configured scheduler.
@@ -185,22 +180,6 @@ pub async fn wait(task: &Task) -> Result<(), Error> {
     }
 }
 
-struct ParentState {
-    conn: ParentConn,
-    have: Vec<bool>,
-    held: usize,
-    inflight: usize,
-    seed: bool,
-}
-
-impl ParentState {
-    /// A source still fetching from the origin: its uplink spreads new
-    /// pieces, so it is asked only for what no other parent has.
-    fn scarce(&self) -> bool {
-        self.seed && self.held < self.have.len()
-    }
-}
-
 #[derive(Default)]
 struct Report {
     pieces: Vec<PieceDigest>,
@@ -217,19 +196,17 @@ struct Engine {
     peer_id: String,
     sched_tx: Option<mpsc::UnboundedSender<TaskMessage>>,
     sched_rx: Option<tonic::Streaming<TaskCommand>>,
-    parents: HashMap<String, ParentState>,
+    /// Open connections, one per parent the picker knows.
+    conns: HashMap<String, ParentConn>,
+    picker: Picker,
     blocklist: HashSet<String>,
-    inflight: HashMap<u32, (String, Instant)>,
     events_tx: mpsc::UnboundedSender<ParentEvent>,
     events_rx: mpsc::UnboundedReceiver<ParentEvent>,
     source_tx: mpsc::UnboundedSender<SourceEvent>,
     source_rx: mpsc::UnboundedReceiver<SourceEvent>,
     sourcing: bool,
     report: Report,
-    last_progress: Instant,
-    last_report: Instant,
-    last_save: Instant,
-    last_reschedule: Instant,
+    timers: Timers,
 }
 
 fn msg(m: task_message::Msg) -> TaskMessage {
@@ -241,7 +218,7 @@ impl Engine {
         let (events_tx, events_rx) = mpsc::unbounded_channel();
         let (source_tx, source_rx) = mpsc::unbounded_channel();
         let peer_id = format!("{}-{:08x}", d.host_id, rand::random::<u32>());
-        let now = Instant::now();
+        let timers = Timers::new(Instant::now(), d.config.stall_timeout);
         Self {
             d,
             task,
@@ -250,19 +227,16 @@ impl Engine {
             peer_id,
             sched_tx: None,
             sched_rx: None,
-            parents: HashMap::new(),
+            conns: HashMap::new(),
+            picker: Picker::default(),
             blocklist: HashSet::new(),
-            inflight: HashMap::new(),
             events_tx,
             events_rx,
             source_tx,
             source_rx,
             sourcing: false,
             report: Report::default(),
-            last_progress: now,
-            last_report: now,
-            last_save: now,
-            last_reschedule: now,
+            timers,
         }
     }
 
@@ -401,8 +375,8 @@ impl Engine {
         }
         let wanted: HashSet<String> = list.iter().map(|p| p.peer_id.clone()).collect();
         let gone: Vec<String> = self
-            .parents
-            .keys()
+            .picker
+            .parent_ids()
             .filter(|k| !wanted.contains(*k))
             .cloned()
             .collect();
@@ -410,7 +384,7 @@ impl Engine {
             self.drop_parent(&g);
         }
         for p in list {
-            if self.parents.contains_key(&p.peer_id)
+            if self.picker.has_parent(&p.peer_id)
                 || self.blocklist.contains(&p.peer_id)
                 || p.peer_id == self.peer_id
             {
@@ -428,22 +402,14 @@ impl Engine {
                 self.events_tx.clone(),
                 self.d.download_limiter.clone(),
             );
-            self.parents.insert(
-                p.peer_id,
-                ParentState {
-                    conn,
-                    have: Vec::new(),
-                    held: 0,
-                    inflight: 0,
-                    seed: p.seed,
-                },
-            );
+            self.picker.add_parent(&p.peer_id, p.seed);
+            self.conns.insert(p.peer_id, conn);
         }
     }
 
     fn drop_parent(&mut self, id: &str) {
-        self.parents.remove(id);
-        self.inflight.retain(|_, (p, _)| p != id);
+        self.conns.remove(id);
+        self.picker.remove_parent(id);
     }
 
     /// A parent failed: forget it for this task and tell the scheduler.
@@ -468,8 +434,8 @@ impl Engine {
         }
         info!(reason = why, "fetching from the origin");
         self.sourcing = true;
-        self.parents.clear();
-        self.inflight.clear();
+        self.conns.clear();
+        self.picker.clear();
         self.task.lock().source = true;
         match self.task.layout() {
             Some(l) => self.fetch_missing(l),
@@ -546,7 +512,7 @@ impl Engine {
                     index,
                     sha256: digest.to_vec(),
                 });
-                self.last_progress = Instant::now();
+                self.timers.progress(Instant::now());
             }
             SourceEvent::Done => {}
             SourceEvent::Failed(e) => return Err(e),
@@ -556,24 +522,8 @@ impl Engine {
 
     fn on_parent_event(&mut self, ev: ParentEvent) -> Result<(), Error> {
         match ev {
-            ParentEvent::Bitmap { parent, have } => {
-                if let Some(p) = self.parents.get_mut(&parent) {
-                    p.held = have.iter().filter(|h| **h).count();
-                    p.have = have;
-                }
-            }
-            ParentEvent::Have { parent, pieces } => {
-                if let Some(p) = self.parents.get_mut(&parent) {
-                    for i in pieces {
-                        if let Some(h) = p.have.get_mut(i as usize)
-                            && !*h
-                        {
-                            *h = true;
-                            p.held += 1;
-                        }
-                    }
-                }
-            }
+            ParentEvent::Bitmap { parent, have } => self.picker.bitmap(&parent, have),
+            ParentEvent::Have { parent, pieces } => self.picker.have(&parent, pieces),
             ParentEvent::Piece {
                 parent,
                 index,
@@ -581,13 +531,8 @@ impl Engine {
                 verified,
                 elapsed,
             } => {
-                if let Some(p) = self.parents.get_mut(&parent) {
-                    p.inflight = p.inflight.saturating_sub(1);
-                }
-                if self.inflight.get(&index).is_some_and(|(p, _)| *p == parent) {
-                    self.inflight.remove(&index);
-                }
-                if self.task.has(index) || !self.parents.contains_key(&parent) {
+                self.picker.arrived(&parent, index);
+                if self.task.has(index) || !self.picker.has_parent(&parent) {
                     return Ok(());
                 }
                 let ok = verified.or_else(|| self.task.expected_digest(index).map(|d| sha256(&data) == d));
@@ -603,7 +548,7 @@ impl Engine {
                         let c = self.report.costs.entry(parent).or_default();
                         c.0 += 1;
                         c.1 += elapsed.as_millis() as u64;
-                        self.last_progress = Instant::now();
+                        self.timers.progress(Instant::now());
                     }
                     Some(false) => {
                         warn!(parent, index, "corrupt piece from parent; blocklisted");
@@ -613,10 +558,10 @@ impl Engine {
                 }
             }
             ParentEvent::Closed { parent, error } => {
-                if self.parents.contains_key(&parent) {
+                if self.picker.has_parent(&parent) {
                     debug!(parent, error, "parent connection closed");
                     self.fail_parent(&parent, 0, FailReason::Unreachable);
-                    if self.parents.is_empty() {
+                    if self.picker.is_empty() {
                         self.send(task_message::Msg::Reschedule(Reschedule {}));
                     }
                 }
@@ -625,10 +570,9 @@ impl Engine {
         Ok(())
     }
 
-    /// Requests the lowest missing pieces, each from the least busy parent that
-    /// has it (a source still fetching only when nobody else has the piece).
+    /// Requests the lowest missing pieces (see [`Picker::fill`]).
     fn fill(&mut self) {
-        if self.sourcing || self.parents.is_empty() {
+        if self.sourcing || self.picker.is_empty() {
             return;
         }
         let s = self.task.lock();
@@ -636,71 +580,41 @@ impl Engine {
             return;
         }
         let total = self.d.limits.download_concurrency(TOTAL_WINDOW);
-        let window = PARENT_WINDOW.max(total / self.parents.len());
-        let mut free: usize = self
-            .parents
-            .values()
-            .map(|p| window.saturating_sub(p.inflight))
-            .sum::<usize>()
-            .min(total.saturating_sub(self.inflight.len()));
-        for i in 0..s.have.len() {
-            if free == 0 {
-                break;
-            }
-            if s.have[i] || s.digests[i].is_none() || self.inflight.contains_key(&(i as u32)) {
-                continue;
-            }
-            let best = self
-                .parents
-                .iter()
-                .filter(|(_, p)| p.inflight < window && p.have.get(i).copied().unwrap_or(false))
-                .min_by_key(|(id, p)| (p.scarce(), p.inflight, *id))
-                .map(|(id, _)| id.clone());
-            let Some(id) = best else { continue };
-            let p = self.parents.get_mut(&id).expect("just found");
-            if p.conn.request(i as u32) {
-                p.inflight += 1;
-                free -= 1;
-                self.inflight.insert(i as u32, (id, Instant::now()));
-            }
-        }
+        let conns = &self.conns;
+        self.picker.fill(
+            Instant::now(),
+            s.have.len(),
+            |i| !s.have[i] && s.digests[i].is_some(),
+            total,
+            |parent, i| conns.get(parent).is_some_and(|c| c.request(i)),
+        );
     }
 
     fn on_tick(&mut self) -> Result<(), Error> {
-        let interval = if self.sourcing { TICK } else { REPORT_EVERY };
-        if self.last_report.elapsed() >= interval {
+        let now = Instant::now();
+        let due = self.timers.tick(now, self.sourcing, self.sched_tx.is_some());
+        if due.report {
             self.flush_report();
         }
-        if self.last_save.elapsed() >= SAVE_EVERY {
+        if due.save {
             self.task.save(&self.d.tasks.store)?;
-            self.last_save = Instant::now();
         }
         if self.sourcing {
             return Ok(());
         }
-        let stall = self.d.config.stall_timeout;
-        let late: Vec<(u32, String)> = self
-            .inflight
-            .iter()
-            .filter(|(_, (_, at))| at.elapsed() > stall * 2)
-            .map(|(i, (p, _))| (*i, p.clone()))
-            .collect();
-        for (i, p) in late {
+        for (i, p) in self.picker.late(now, self.timers.request_timeout()) {
             warn!(parent = p, index = i, "piece request timed out");
             self.fail_parent(&p, i, FailReason::Unreachable);
         }
-        let idle = self.last_progress.elapsed();
-        if idle > stall * 3 || (self.sched_tx.is_none() && idle > stall) {
+        if due.back_to_source {
             self.start_source("no progress from parents")?;
-        } else if idle > stall && self.last_reschedule.elapsed() > stall {
-            self.last_reschedule = Instant::now();
+        } else if due.reschedule {
             self.send(task_message::Msg::Reschedule(Reschedule {}));
         }
         Ok(())
     }
 
     fn flush_report(&mut self) {
-        self.last_report = Instant::now();
         let r = std::mem::take(&mut self.report);
         if r.pieces.is_empty() && r.bytes_from_peers == 0 && r.bytes_from_source == 0 {
             return;
@@ -723,7 +637,8 @@ impl Engine {
     }
 
     async fn finish(mut self) -> Result<(), Error> {
-        self.parents.clear();
+        self.conns.clear();
+        self.picker.clear();
         let expected = self.task.lock().digest.clone();
         if let Some(expected) = expected {
             let path = self.task.content_path().to_path_buf();

@@ -14,7 +14,7 @@
 //! - [`piece_server`]: serves pieces to children (super-seeding when this peer is the source).
 //! - [`parent`]: one connection to a parent, as a child.
 //! - [`source`]: back-to-source over HTTP(S) with Range and retries.
-//! - [`download`]: the engine that drives one task to completion.
+//! - [`download`]: the engine that drives one task to completion; [`picker`]: its piece choice and timers (plain code).
 //! - [`announcer`]: the host stream to the scheduler (keepalive, seed triggers).
 //! - [`schedulers`]: one host stream per scheduler in the (fixed or managed) list.
 //! - [`manager`]: the scheduler list (and cluster settings) from a manager, and the preheat session.
@@ -37,6 +37,7 @@ pub mod local_api;
 pub mod manager;
 pub mod metrics;
 pub mod parent;
+pub mod picker;
 pub mod piece_server;
 pub mod rate;
 pub mod schedulers;

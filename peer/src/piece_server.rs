@@ -50,16 +50,27 @@ struct Offer {
     served: Option<Instant>,
 }
 
-/// Which child each piece of a source task was first offered to.
+/// Which child each piece of a source task was first offered to (plain
+/// code, the clock passed in: the swarm simulator drives it too).
 #[derive(Default)]
-struct SuperSeed {
+pub struct SuperSeed {
     children: Vec<String>,
     offered: HashMap<u32, Offer>,
 }
 
 impl SuperSeed {
+    /// A child connected.
+    pub fn join(&mut self, child: &str) {
+        self.children.push(child.to_string());
+    }
+
+    /// No child is connected.
+    pub fn is_empty(&self) -> bool {
+        self.children.is_empty()
+    }
+
     /// May `child` see piece `index`? `complete`: the source holds the whole task.
-    fn visible(&mut self, child: &str, index: u32, now: Instant, complete: bool) -> bool {
+    pub fn visible(&mut self, child: &str, index: u32, now: Instant, complete: bool) -> bool {
         if self.children.is_empty() {
             return true;
         }
@@ -77,15 +88,17 @@ impl SuperSeed {
             }
     }
 
-    fn served(&mut self, child: &str, index: u32) {
+    /// `child` was sent piece `index` at `now`.
+    pub fn served(&mut self, child: &str, index: u32, now: Instant) {
         if let Some(o) = self.offered.get_mut(&index)
             && o.owner == child
         {
-            o.served.get_or_insert_with(Instant::now);
+            o.served.get_or_insert(now);
         }
     }
 
-    fn leave(&mut self, child: &str) {
+    /// A child disconnected: the pieces it was offered are everyone's.
+    pub fn leave(&mut self, child: &str) {
         self.children.retain(|c| c != child);
         for o in self.offered.values_mut() {
             if o.owner == child {
@@ -241,7 +254,7 @@ impl PieceServer {
                     write_frame(wr, &Frame::Piece { index, data }).await?;
                     self.metrics.bytes_uploaded.inc_by(n);
                     if let Some(ss) = self.super_seeds.lock().expect("super-seed lock").get_mut(&task.id) {
-                        ss.served(child, index);
+                        ss.served(child, index, Instant::now());
                     }
                 }
                 changed = changes.changed() => {
@@ -282,18 +295,14 @@ impl PieceServer {
 
     fn join(&self, task_id: &str, child: &str) {
         let mut seeds = self.super_seeds.lock().expect("super-seed lock");
-        seeds
-            .entry(task_id.to_string())
-            .or_default()
-            .children
-            .push(child.to_string());
+        seeds.entry(task_id.to_string()).or_default().join(child);
     }
 
     fn leave(&self, task_id: &str, child: &str) {
         let mut seeds = self.super_seeds.lock().expect("super-seed lock");
         if let Some(ss) = seeds.get_mut(task_id) {
             ss.leave(child);
-            if ss.children.is_empty() {
+            if ss.is_empty() {
                 seeds.remove(task_id);
             }
         }
@@ -319,7 +328,7 @@ mod tests {
             ss.visible("a", 1, t0 + SUPER_SEED_GRACE, false),
             "b was too slow to ask"
         );
-        ss.served("a", 0);
+        ss.served("a", 0, t0);
         let later = Instant::now() + SUPER_SEED_GRACE;
         assert!(!ss.visible("b", 0, later, false), "a has it: b gets it from a");
         ss.leave("a");
@@ -340,8 +349,8 @@ mod tests {
             !ss.visible("b", 0, t0, true),
             "the source is complete, yet a spreads it first"
         );
-        ss.served("a", 0);
         let served = Instant::now();
+        ss.served("a", 0, served);
         assert!(!ss.visible("b", 0, served, true));
         assert!(
             !ss.visible("b", 0, served + ENDGAME_REVEAL, false),

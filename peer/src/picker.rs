@@ -1,0 +1,395 @@
+//! Which piece to ask of which parent, and when a download gives up on one:
+//! the download engine's decisions as plain code, the clock passed in.
+//!
+//! [`Picker`] knows what each parent holds and what is in flight; its
+//! [`fill`](Picker::fill) asks for the lowest missing pieces, each from the
+//! least busy parent that has it (other peers before a source still
+//! fetching, whose uplink is scarce), keeping about [`TOTAL_WINDOW`]
+//! requests in flight and at least [`PARENT_WINDOW`] per parent. [`Timers`]
+//! says when to report, save, ask for new parents or go back to source.
+//! [`download`](crate::download) wires both to sockets; the swarm simulator
+//! drives the same code over simulated links.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+/// Requests outstanding per parent: enough to keep a link busy across one
+/// round trip, few enough that a slow parent holds little. With few parents
+/// each gets more, so that the requests in flight stay at about
+/// [`TOTAL_WINDOW`] (one fast parent on a fast link needs a deep pipeline).
+pub const PARENT_WINDOW: usize = 2;
+pub const TOTAL_WINDOW: usize = 32;
+
+/// What one parent holds, as far as this download knows.
+#[derive(Debug, Default)]
+struct Holder {
+    have: Vec<bool>,
+    held: usize,
+    inflight: usize,
+    seed: bool,
+}
+
+impl Holder {
+    /// A source still fetching from the origin: its uplink spreads new
+    /// pieces, so it is asked only for what no other parent has.
+    fn scarce(&self) -> bool {
+        self.seed && self.held < self.have.len()
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct Picker {
+    parents: HashMap<String, Holder>,
+    /// piece -> (parent asked, when).
+    inflight: HashMap<u32, (String, Instant)>,
+}
+
+impl Picker {
+    pub fn has_parent(&self, id: &str) -> bool {
+        self.parents.contains_key(id)
+    }
+
+    pub fn parent_ids(&self) -> impl Iterator<Item = &String> {
+        self.parents.keys()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.parents.is_empty()
+    }
+
+    pub fn inflight(&self) -> usize {
+        self.inflight.len()
+    }
+
+    /// A new parent (`seed`: the scheduler says it is a source).
+    pub fn add_parent(&mut self, id: &str, seed: bool) {
+        self.parents.entry(id.to_string()).or_insert_with(|| Holder {
+            seed,
+            ..Holder::default()
+        });
+    }
+
+    /// Forgets a parent and what was asked of it (asked again elsewhere).
+    pub fn remove_parent(&mut self, id: &str) {
+        self.parents.remove(id);
+        self.inflight.retain(|_, (p, _)| p != id);
+    }
+
+    pub fn clear(&mut self) {
+        self.parents.clear();
+        self.inflight.clear();
+    }
+
+    /// The parent's whole bitmap.
+    pub fn bitmap(&mut self, id: &str, have: Vec<bool>) {
+        if let Some(p) = self.parents.get_mut(id) {
+            p.held = have.iter().filter(|h| **h).count();
+            p.have = have;
+        }
+    }
+
+    /// The parent now also holds these pieces.
+    pub fn have(&mut self, id: &str, pieces: impl IntoIterator<Item = u32>) {
+        if let Some(p) = self.parents.get_mut(id) {
+            for i in pieces {
+                if let Some(h) = p.have.get_mut(i as usize)
+                    && !*h
+                {
+                    *h = true;
+                    p.held += 1;
+                }
+            }
+        }
+    }
+
+    /// A piece (good or not) came back from `parent`.
+    pub fn arrived(&mut self, parent: &str, index: u32) {
+        if let Some(p) = self.parents.get_mut(parent) {
+            p.inflight = p.inflight.saturating_sub(1);
+        }
+        if self.inflight.get(&index).is_some_and(|(p, _)| p == parent) {
+            self.inflight.remove(&index);
+        }
+    }
+
+    /// Requests the lowest missing pieces that have a digest (`wanted(i)`),
+    /// each from the least busy parent that has it (a source still fetching
+    /// only when nobody else has the piece). `total` is the download's
+    /// window; `request(parent, index)` sends one and says whether it went.
+    pub fn fill(
+        &mut self,
+        now: Instant,
+        pieces: usize,
+        wanted: impl Fn(usize) -> bool,
+        total: usize,
+        mut request: impl FnMut(&str, u32) -> bool,
+    ) {
+        if self.parents.is_empty() {
+            return;
+        }
+        let window = PARENT_WINDOW.max(total / self.parents.len());
+        let mut free: usize = self
+            .parents
+            .values()
+            .map(|p| window.saturating_sub(p.inflight))
+            .sum::<usize>()
+            .min(total.saturating_sub(self.inflight.len()));
+        for i in 0..pieces {
+            if free == 0 {
+                break;
+            }
+            if !wanted(i) || self.inflight.contains_key(&(i as u32)) {
+                continue;
+            }
+            let best = self
+                .parents
+                .iter()
+                .filter(|(_, p)| p.inflight < window && p.have.get(i).copied().unwrap_or(false))
+                .min_by_key(|(id, p)| (p.scarce(), p.inflight, *id))
+                .map(|(id, _)| id.clone());
+            let Some(id) = best else { continue };
+            if request(&id, i as u32) {
+                self.parents.get_mut(&id).expect("just found").inflight += 1;
+                free -= 1;
+                self.inflight.insert(i as u32, (id, now));
+            }
+        }
+    }
+
+    /// Requests outstanding for longer than `timeout`: (piece, parent).
+    pub fn late(&self, now: Instant, timeout: Duration) -> Vec<(u32, String)> {
+        let mut late: Vec<(u32, String)> = self
+            .inflight
+            .iter()
+            .filter(|(_, (_, at))| now.saturating_duration_since(*at) > timeout)
+            .map(|(i, (p, _))| (*i, p.clone()))
+            .collect();
+        late.sort();
+        late
+    }
+}
+
+/// When to report, save, ask for new parents or give up on the mesh.
+#[derive(Debug, Clone)]
+pub struct Timers {
+    pub stall_timeout: Duration,
+    last_progress: Instant,
+    last_report: Instant,
+    last_save: Instant,
+    last_reschedule: Instant,
+}
+
+/// What one tick asks of the engine.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Due {
+    pub report: bool,
+    pub save: bool,
+    /// Ask the scheduler for other parents.
+    pub reschedule: bool,
+    /// Give up on the mesh and fetch from the origin.
+    pub back_to_source: bool,
+}
+
+pub const TICK: Duration = Duration::from_millis(50);
+pub const SAVE_EVERY: Duration = Duration::from_millis(500);
+pub const REPORT_EVERY: Duration = Duration::from_millis(250);
+
+impl Timers {
+    pub fn new(now: Instant, stall_timeout: Duration) -> Self {
+        Self {
+            stall_timeout,
+            last_progress: now,
+            last_report: now,
+            last_save: now,
+            last_reschedule: now,
+        }
+    }
+
+    /// A piece landed.
+    pub fn progress(&mut self, now: Instant) {
+        self.last_progress = now;
+    }
+
+    /// How long a request may stay unanswered before its parent is dropped.
+    pub fn request_timeout(&self) -> Duration {
+        self.stall_timeout * 2
+    }
+
+    /// `sourcing`: fetching from the origin already; `scheduler`: the task
+    /// stream is up. A source reports every tick (its digests gate the
+    /// swarm), others every [`REPORT_EVERY`]. Without progress from parents
+    /// for `stall_timeout` a peer asks for new ones (once per
+    /// `stall_timeout`); for 3 x that (1 x without a scheduler) it goes to the
+    /// origin.
+    pub fn tick(&mut self, now: Instant, sourcing: bool, scheduler: bool) -> Due {
+        let since = |t: Instant| now.saturating_duration_since(t);
+        let mut due = Due::default();
+        let interval = if sourcing { TICK } else { REPORT_EVERY };
+        if since(self.last_report) >= interval {
+            self.last_report = now;
+            due.report = true;
+        }
+        if since(self.last_save) >= SAVE_EVERY {
+            self.last_save = now;
+            due.save = true;
+        }
+        if sourcing {
+            return due;
+        }
+        let stall = self.stall_timeout;
+        let idle = since(self.last_progress);
+        if idle > stall * 3 || (!scheduler && idle > stall) {
+            due.back_to_source = true;
+        } else if idle > stall && since(self.last_reschedule) > stall {
+            self.last_reschedule = now;
+            due.reschedule = true;
+        }
+        due
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    /// Runs `fill` and returns the (parent, piece) requests it made.
+    fn fill(p: &mut Picker, now: Instant, have: &[bool], total: usize) -> Vec<(String, u32)> {
+        let mut sent = Vec::new();
+        p.fill(
+            now,
+            have.len(),
+            |i| !have[i],
+            total,
+            |id, i| {
+                sent.push((id.to_string(), i));
+                true
+            },
+        );
+        sent
+    }
+
+    #[test]
+    fn lowest_missing_first_spread_over_parents_within_windows() {
+        let t0 = Instant::now();
+        let mut p = Picker::default();
+        p.add_parent("a", false);
+        p.add_parent("b", false);
+        p.bitmap("a", vec![true; 8]);
+        p.bitmap("b", vec![true; 8]);
+        let mut have = vec![false; 8];
+        have[0] = true;
+        let sent = fill(&mut p, t0, &have, 4);
+        assert_eq!(
+            sent,
+            vec![("a".into(), 1), ("b".into(), 2), ("a".into(), 3), ("b".into(), 4)],
+            "lowest first, least busy parent, 2 each"
+        );
+        assert!(fill(&mut p, t0, &have, 4).is_empty(), "windows full");
+        p.arrived("b", 2);
+        have[2] = true;
+        assert_eq!(fill(&mut p, t0, &have, 4), vec![("b".into(), 5)]);
+    }
+
+    #[test]
+    fn a_fetching_source_only_gives_what_no_peer_has() {
+        let t0 = Instant::now();
+        let mut p = Picker::default();
+        p.add_parent("seed", true);
+        p.add_parent("peer", false);
+        p.bitmap("seed", vec![true, true, true, false]);
+        p.bitmap("peer", vec![true, false, false, false]);
+        let sent = fill(&mut p, t0, &[false; 4], 32);
+        assert_eq!(
+            sent,
+            vec![("peer".into(), 0), ("seed".into(), 1), ("seed".into(), 2)]
+        );
+        // Complete now: no longer scarce, the least busy parent serves.
+        let mut p2 = Picker::default();
+        p2.add_parent("seed", true);
+        p2.add_parent("peer", false);
+        p2.bitmap("seed", vec![true; 2]);
+        p2.bitmap("peer", vec![true; 2]);
+        assert_eq!(
+            fill(&mut p2, t0, &[false; 2], 32),
+            vec![("peer".into(), 0), ("seed".into(), 1)]
+        );
+    }
+
+    #[test]
+    fn haves_pieces_without_digest_and_refused_requests() {
+        let t0 = Instant::now();
+        let mut p = Picker::default();
+        p.add_parent("a", false);
+        p.bitmap("a", vec![false; 4]);
+        assert!(fill(&mut p, t0, &[false; 4], 32).is_empty());
+        p.have("a", [2, 3, 9]);
+        let mut sent = Vec::new();
+        p.fill(
+            t0,
+            4,
+            |i| i != 2,
+            32,
+            |id, i| {
+                sent.push((id.to_string(), i));
+                false // the connection is gone
+            },
+        );
+        assert_eq!(sent, vec![("a".into(), 3)]);
+        assert_eq!(p.inflight(), 0, "a refused request is not in flight");
+    }
+
+    #[test]
+    fn late_requests_and_removed_parents() {
+        let t0 = Instant::now();
+        let mut p = Picker::default();
+        p.add_parent("a", false);
+        p.add_parent("b", false);
+        p.bitmap("a", vec![true; 4]);
+        p.bitmap("b", vec![true; 4]);
+        fill(&mut p, t0, &[false; 4], 2);
+        assert!(p.late(t0 + ms(9_000), ms(10_000)).is_empty());
+        assert_eq!(
+            p.late(t0 + ms(10_001), ms(10_000)),
+            vec![(0, "a".into()), (1, "b".into())]
+        );
+        p.remove_parent("a");
+        assert_eq!(p.inflight(), 1);
+        // Piece 0 goes to b once its window has room.
+        p.arrived("b", 1);
+        let sent = fill(&mut p, t0, &[false, true, false, false], 2);
+        assert_eq!(sent, vec![("b".into(), 0), ("b".into(), 2)]);
+    }
+
+    #[test]
+    fn timers_report_save_reschedule_then_back_to_source() {
+        let t0 = Instant::now();
+        let stall = Duration::from_secs(5);
+        let mut t = Timers::new(t0, stall);
+        assert_eq!(t.tick(t0 + ms(100), false, true), Due::default());
+        let due = t.tick(t0 + ms(600), false, true);
+        assert!(due.report && due.save && !due.reschedule);
+        t.progress(t0 + ms(600));
+        assert!(
+            !t.tick(t0 + ms(5_500), false, true).reschedule,
+            "progress 4.9 s ago"
+        );
+        let due = t.tick(t0 + ms(5_700), false, true);
+        assert!(due.reschedule && !due.back_to_source);
+        assert!(!t.tick(t0 + ms(6_000), false, true).reschedule, "once per stall");
+        assert!(t.tick(t0 + ms(10_800), false, true).reschedule);
+        assert!(t.tick(t0 + ms(15_700), false, true).back_to_source);
+        // Without a scheduler one stall is enough.
+        let mut t = Timers::new(t0, stall);
+        assert!(t.tick(t0 + ms(5_001), false, false).back_to_source);
+        // A source reports every tick and never stalls out.
+        let mut t = Timers::new(t0, stall);
+        let due = t.tick(t0 + ms(60_000), true, true);
+        assert!(due.report && !due.back_to_source && !due.reschedule);
+        assert!(!t.tick(t0 + ms(60_040), true, true).report);
+        assert!(t.tick(t0 + ms(60_050), true, true).report);
+    }
+}
