@@ -531,7 +531,7 @@ impl Engine {
                 verified,
                 elapsed,
             } => {
-                self.picker.arrived(&parent, index);
+                self.picker.arrived(&parent, index, Instant::now());
                 if self.task.has(index) || !self.picker.has_parent(&parent) {
                     return Ok(());
                 }

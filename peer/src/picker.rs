@@ -27,6 +27,8 @@ struct Holder {
     held: usize,
     inflight: usize,
     seed: bool,
+    /// When it last delivered a piece to us.
+    delivered: Option<Instant>,
 }
 
 impl Holder {
@@ -102,10 +104,11 @@ impl Picker {
         }
     }
 
-    /// A piece (good or not) came back from `parent`.
-    pub fn arrived(&mut self, parent: &str, index: u32) {
+    /// A piece (good or not) came back from `parent` at `now`.
+    pub fn arrived(&mut self, parent: &str, index: u32, now: Instant) {
         if let Some(p) = self.parents.get_mut(parent) {
             p.inflight = p.inflight.saturating_sub(1);
+            p.delivered = Some(now);
         }
         if self.inflight.get(&index).is_some_and(|(p, _)| p == parent) {
             self.inflight.remove(&index);
@@ -156,12 +159,26 @@ impl Picker {
         }
     }
 
-    /// Requests outstanding for longer than `timeout`: (piece, parent).
+    /// Requests outstanding for longer than `timeout` from a parent that
+    /// delivered nothing for as long: (piece, parent). A parent that keeps
+    /// delivering is slow, not stalled: one connection carries one piece at
+    /// a time, so with a deep window on a shared uplink the last request
+    /// queued may wait longer than the timeout (measured in simulation: 8
+    /// requests at a parent serving 16 children on 25 Mbit/s wait 10.7 s,
+    /// and dropping such parents was the lab's `piece request timed out` at
+    /// N = 32).
     pub fn late(&self, now: Instant, timeout: Duration) -> Vec<(u32, String)> {
         let mut late: Vec<(u32, String)> = self
             .inflight
             .iter()
-            .filter(|(_, (_, at))| now.saturating_duration_since(*at) > timeout)
+            .filter(|(_, (p, at))| {
+                let since = self
+                    .parents
+                    .get(p)
+                    .and_then(|h| h.delivered)
+                    .map_or(*at, |d| d.max(*at));
+                now.saturating_duration_since(since) > timeout
+            })
             .map(|(i, (p, _))| (*i, p.clone()))
             .collect();
         late.sort();
@@ -289,7 +306,7 @@ mod tests {
             "lowest first, least busy parent, 2 each"
         );
         assert!(fill(&mut p, t0, &have, 4).is_empty(), "windows full");
-        p.arrived("b", 2);
+        p.arrived("b", 2, t0);
         have[2] = true;
         assert_eq!(fill(&mut p, t0, &have, 4), vec![("b".into(), 5)]);
     }
@@ -359,9 +376,29 @@ mod tests {
         p.remove_parent("a");
         assert_eq!(p.inflight(), 1);
         // Piece 0 goes to b once its window has room.
-        p.arrived("b", 1);
+        p.arrived("b", 1, t0);
         let sent = fill(&mut p, t0, &[false, true, false, false], 2);
         assert_eq!(sent, vec![("b".into(), 0), ("b".into(), 2)]);
+    }
+
+    #[test]
+    fn a_parent_that_keeps_delivering_is_not_late() {
+        let t0 = Instant::now();
+        let mut p = Picker::default();
+        p.add_parent("slow", false);
+        p.bitmap("slow", vec![true; 8]);
+        fill(&mut p, t0, &[false; 8], 8);
+        assert_eq!(p.inflight(), 8);
+        let timeout = ms(10_000);
+        // One piece every 1.3 s: the last queued request waits 10.4 s.
+        for i in 0..7u32 {
+            p.arrived("slow", i, t0 + ms(1_300 * (i as u64 + 1)));
+        }
+        assert!(
+            p.late(t0 + ms(10_500), timeout).is_empty(),
+            "it delivered 1.4 s ago"
+        );
+        assert_eq!(p.late(t0 + ms(9_100 + 10_001), timeout), vec![(7, "slow".into())]);
     }
 
     #[test]

@@ -7,9 +7,15 @@
 //! swarm's bottleneck, so it advertises each new piece to one child only
 //! (round-robin over connected children). The children trade among
 //! themselves, and the source's uplink carries each piece about once. A
-//! piece its child has not asked for within [`SUPER_SEED_GRACE`], or whose
-//! child disconnected, becomes visible to every child, so a slow or vanished
-//! child delays the swarm, never blocks it.
+//! piece whose child disconnected, or that is still unserved after
+//! [`SUPER_SEED_GRACE`] while its child has been idle towards this source
+//! (no request waiting, nothing sent) for as long, becomes visible to every
+//! child, so a vanished or silent child delays the swarm, never blocks it.
+//! A child that is busy fetching from the source keeps its pieces: when the
+//! source's uplink is shared by many children on slow links, serving one
+//! child its next pieces takes longer than the grace, and revealing them
+//! then made every child ask the source for them at once (the simulator
+//! showed the source sending each byte 9 times at N = 50 on 25 Mbit/s).
 //!
 //! The endgame: once the source holds the whole task, a piece its child
 //! fetched becomes visible to every child [`ENDGAME_REVEAL`] after that. The
@@ -56,12 +62,30 @@ struct Offer {
 pub struct SuperSeed {
     children: Vec<String>,
     offered: HashMap<u32, Offer>,
+    /// child -> (requests received and not yet served, last request or piece sent).
+    activity: HashMap<String, (u32, Instant)>,
 }
 
 impl SuperSeed {
     /// A child connected.
-    pub fn join(&mut self, child: &str) {
+    pub fn join(&mut self, child: &str, now: Instant) {
         self.children.push(child.to_string());
+        self.activity.insert(child.to_string(), (0, now));
+    }
+
+    /// `child` asked for a piece.
+    pub fn requested(&mut self, child: &str, now: Instant) {
+        if let Some(a) = self.activity.get_mut(child) {
+            a.0 += 1;
+            a.1 = now;
+        }
+    }
+
+    /// Nothing of `child`'s waits here and nothing went to it for the grace.
+    fn idle(activity: &HashMap<String, (u32, Instant)>, child: &str, now: Instant) -> bool {
+        activity
+            .get(child)
+            .is_none_or(|(waiting, at)| *waiting == 0 && now.duration_since(*at) >= SUPER_SEED_GRACE)
     }
 
     /// No child is connected.
@@ -80,16 +104,24 @@ impl SuperSeed {
             at: now,
             served: None,
         });
-        offer.owner == child
-            || offer.owner.is_empty()
-            || match offer.served {
-                None => now.duration_since(offer.at) >= SUPER_SEED_GRACE,
-                Some(at) => complete && now.duration_since(at) >= ENDGAME_REVEAL,
+        if offer.owner == child || offer.owner.is_empty() {
+            return true;
+        }
+        match offer.served {
+            None => {
+                now.duration_since(offer.at) >= SUPER_SEED_GRACE
+                    && Self::idle(&self.activity, &offer.owner, now)
             }
+            Some(at) => complete && now.duration_since(at) >= ENDGAME_REVEAL,
+        }
     }
 
     /// `child` was sent piece `index` at `now`.
     pub fn served(&mut self, child: &str, index: u32, now: Instant) {
+        if let Some(a) = self.activity.get_mut(child) {
+            a.0 = a.0.saturating_sub(1);
+            a.1 = now;
+        }
         if let Some(o) = self.offered.get_mut(&index)
             && o.owner == child
         {
@@ -100,6 +132,7 @@ impl SuperSeed {
     /// A child disconnected: the pieces it was offered are everyone's.
     pub fn leave(&mut self, child: &str) {
         self.children.retain(|c| c != child);
+        self.activity.remove(child);
         for o in self.offered.values_mut() {
             if o.owner == child {
                 o.owner.clear();
@@ -179,8 +212,10 @@ impl PieceServer {
         self.metrics.active_uploads.inc();
         self.join(&task_id, &child);
         let (req_tx, mut req_rx) = mpsc::channel::<u32>(REQUEST_QUEUE);
+        let (this, reader_task, reader_child) = (self.clone(), task_id.clone(), child.clone());
         let reader = tokio::spawn(async move {
             while let Ok(Some(Frame::Request(i))) = read_frame(&mut rd).await {
+                this.requested(&reader_task, &reader_child);
                 if req_tx.send(i).await.is_err() {
                     break;
                 }
@@ -295,7 +330,16 @@ impl PieceServer {
 
     fn join(&self, task_id: &str, child: &str) {
         let mut seeds = self.super_seeds.lock().expect("super-seed lock");
-        seeds.entry(task_id.to_string()).or_default().join(child);
+        seeds
+            .entry(task_id.to_string())
+            .or_default()
+            .join(child, Instant::now());
+    }
+
+    fn requested(&self, task_id: &str, child: &str) {
+        if let Some(ss) = self.super_seeds.lock().expect("super-seed lock").get_mut(task_id) {
+            ss.requested(child, Instant::now());
+        }
     }
 
     fn leave(&self, task_id: &str, child: &str) {
@@ -315,18 +359,17 @@ mod tests {
 
     #[test]
     fn super_seed_offers_each_piece_to_one_child_first() {
-        let mut ss = SuperSeed {
-            children: vec!["a".into(), "b".into()],
-            ..Default::default()
-        };
         let t0 = Instant::now();
+        let mut ss = SuperSeed::default();
+        ss.join("a", t0);
+        ss.join("b", t0);
         assert!(ss.visible("a", 0, t0, false));
         assert!(!ss.visible("b", 0, t0, false));
         assert!(ss.visible("b", 1, t0, false));
         assert!(!ss.visible("a", 1, t0, false));
         assert!(
             ss.visible("a", 1, t0 + SUPER_SEED_GRACE, false),
-            "b was too slow to ask"
+            "b asked for nothing in the grace"
         );
         ss.served("a", 0, t0);
         let later = Instant::now() + SUPER_SEED_GRACE;
@@ -335,6 +378,28 @@ mod tests {
         assert!(ss.visible("b", 0, t0, false), "a left: its pieces are everyone's");
         let mut alone = SuperSeed::default();
         assert!(alone.visible("x", 5, t0, false));
+    }
+
+    #[test]
+    fn a_child_busy_with_the_source_keeps_its_pieces_past_the_grace() {
+        let t0 = Instant::now();
+        let mut ss = SuperSeed::default();
+        ss.join("a", t0);
+        ss.join("b", t0);
+        assert!(!ss.visible("a", 1, t0, false), "b's piece");
+        // b asks for another piece; the source's uplink is slow, so it waits.
+        ss.requested("b", t0 + Duration::from_millis(100));
+        let late = t0 + SUPER_SEED_GRACE * 3;
+        assert!(!ss.visible("a", 1, late, false), "b has a request waiting");
+        ss.served("b", 3, late);
+        assert!(
+            !ss.visible("a", 1, late + SUPER_SEED_GRACE / 2, false),
+            "b was just served"
+        );
+        assert!(
+            ss.visible("a", 1, late + SUPER_SEED_GRACE, false),
+            "b idle for the grace: piece 1 is everyone's"
+        );
     }
 
     #[test]

@@ -249,7 +249,8 @@ impl Core {
                     let peer = peer.expect("touched");
                     peer.state = PeerState::Failed;
                     warn!(task_id, peer_id, reason, "peer failed");
-                    let children: Vec<String> = peer.children.iter().cloned().collect();
+                    let mut children: Vec<String> = peer.children.iter().cloned().collect();
+                    children.sort();
                     self.replan_orphans(vec![(task_id, children)], &mut out);
                 }
             }

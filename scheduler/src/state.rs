@@ -183,7 +183,9 @@ impl Task {
             return Vec::new();
         };
         self.order.retain(|x| x != peer);
-        let children: Vec<String> = p.children.into_iter().collect();
+        // Sorted: who is re-planned first must not depend on hashing.
+        let mut children: Vec<String> = p.children.into_iter().collect();
+        children.sort();
         for c in &children {
             if let Some(child) = self.peers.get_mut(c) {
                 child.parents.retain(|x| x != peer);
@@ -205,12 +207,13 @@ impl State {
         self.hosts.remove(host_id);
         let mut orphans = Vec::new();
         for task in self.tasks.values_mut() {
-            let ids: Vec<String> = task
+            let mut ids: Vec<String> = task
                 .peers
                 .values()
                 .filter(|p| p.host_id == host_id)
                 .map(|p| p.id.clone())
                 .collect();
+            ids.sort();
             let mut children = Vec::new();
             for id in ids {
                 children.extend(task.remove_peer(&id));
@@ -223,6 +226,7 @@ impl State {
                 orphans.push((task.id.clone(), children));
             }
         }
+        orphans.sort();
         orphans
     }
 }

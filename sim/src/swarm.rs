@@ -1,0 +1,1112 @@
+//! The event loop: hosts, downloads, connections and the scheduling core
+//! over virtual time.
+
+use crate::net::{Link, Net, Reschedule};
+use crate::{Config, Report};
+use damselfly_peer::picker::{Picker, TICK, TOTAL_WINDOW, Timers};
+use damselfly_peer::piece_server::SuperSeed;
+use damselfly_proto::piece::Layout;
+use damselfly_proto::scheduler::{FailReason, HostInfo, PieceCost, PieceDigest, PiecesDone, TaskSpec};
+use damselfly_scheduler::config::EvaluatorConfig;
+use damselfly_scheduler::core::{Command, Core, Event, Registration, Retention};
+use damselfly_scheduler::evaluator::DefaultEvaluator;
+use damselfly_scheduler::metrics::Metrics;
+use damselfly_scheduler::schedule::Planner;
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use std::cmp::Ordering;
+use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const ORIGIN: usize = 0;
+const SEED: usize = 1;
+/// Back to source: block size and connections (the peer's defaults).
+const SOURCE_BLOCK: u64 = 8 << 20;
+const SOURCE_CONNECTIONS: usize = 2;
+/// How often a source re-evaluates what its children may see (the piece server's tick).
+const SUPER_TICK: f64 = 0.25;
+
+#[derive(Debug, Clone, Copy)]
+enum Tag {
+    Piece { conn: usize, index: u32 },
+    Source { dl: usize, worker: usize, index: u32 },
+}
+
+enum Ev {
+    Start(usize),
+    ToCore(Box<Event>),
+    Cmd(Box<Command>),
+    FlowDone { flow: usize, version: u64 },
+    Connected(usize),
+    Bitmap { conn: usize, have: Vec<bool> },
+    Request { conn: usize, index: u32 },
+    Piece { conn: usize, index: u32 },
+    Have { conn: usize, index: u32 },
+    Closed(usize),
+    Tick(usize),
+    SuperTick(usize),
+    Probed(usize),
+    SourceBlock { dl: usize, worker: usize },
+    Kill,
+}
+
+struct Entry {
+    at: f64,
+    seq: u64,
+    ev: Ev,
+}
+
+impl PartialEq for Entry {
+    fn eq(&self, o: &Self) -> bool {
+        self.cmp(o) == Ordering::Equal
+    }
+}
+impl Eq for Entry {}
+impl PartialOrd for Entry {
+    fn partial_cmp(&self, o: &Self) -> Option<Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Entry {
+    /// Earliest first (the heap is a max-heap).
+    fn cmp(&self, o: &Self) -> Ordering {
+        o.at.total_cmp(&self.at).then(o.seq.cmp(&self.seq))
+    }
+}
+
+struct Host {
+    id: String,
+    lat: f64,
+    alive: bool,
+    killed: bool,
+}
+
+#[derive(Default)]
+struct Pending {
+    pieces: Vec<PieceDigest>,
+    bytes_from_peers: u64,
+    bytes_from_source: u64,
+    costs: BTreeMap<String, (u32, u64)>,
+}
+
+struct Dl {
+    host: usize,
+    task: usize,
+    peer_id: String,
+    started: bool,
+    /// The task stream to the scheduler is open.
+    registered: bool,
+    done_at: Option<f64>,
+    layout: Option<Layout>,
+    have: Vec<bool>,
+    digest: Vec<bool>,
+    held: usize,
+    picker: Picker,
+    timers: Timers,
+    /// parent peer id -> connection.
+    conns: BTreeMap<String, usize>,
+    blocklist: HashSet<String>,
+    sourcing: bool,
+    blocks: VecDeque<VecDeque<u32>>,
+    workers: Vec<VecDeque<u32>>,
+    report: Pending,
+    /// Connections on which this download is the parent.
+    children: Vec<usize>,
+    super_seed: SuperSeed,
+    super_tick: bool,
+}
+
+struct Conn {
+    child: usize,
+    parent: usize,
+    open: bool,
+    connected: bool,
+    queue: VecDeque<u32>,
+    flow: Option<usize>,
+    told: Vec<bool>,
+    asked: HashMap<u32, f64>,
+}
+
+struct Sim {
+    cfg: Config,
+    now: f64,
+    t0: Instant,
+    seq: u64,
+    queue: BinaryHeap<Entry>,
+    hosts: Vec<Host>,
+    net: Net<Tag>,
+    dls: Vec<Dl>,
+    conns: Vec<Conn>,
+    peer_index: HashMap<String, usize>,
+    task_ids: Vec<String>,
+    core: Core,
+    rng: StdRng,
+    origin_bytes: u64,
+    seed_sent: u64,
+    sched_in: u64,
+    sched_out: u64,
+    back_to_source: u64,
+    timed_out: u64,
+    events: u64,
+    remaining: usize,
+}
+
+/// Runs one simulation to the end (every surviving peer has every task, or
+/// virtual time ran out) and reports.
+pub fn run(cfg: &Config) -> Report {
+    let wall = Instant::now();
+    let mut sim = Sim::new(cfg.clone());
+    let limit = 30.0 * cfg.s_over_u() + 120.0;
+    while sim.remaining > 0 {
+        let Some(e) = sim.queue.pop() else { break };
+        if e.at > limit {
+            break;
+        }
+        sim.now = e.at;
+        sim.events += 1;
+        sim.dispatch(e.ev);
+    }
+    sim.report(wall.elapsed().as_secs_f64())
+}
+
+fn digest_of(task: usize, index: u32) -> Vec<u8> {
+    let mut d = vec![0u8; 32];
+    d[..8].copy_from_slice(&(task as u64).to_le_bytes());
+    d[8..12].copy_from_slice(&index.to_le_bytes());
+    d
+}
+
+impl Sim {
+    fn new(cfg: Config) -> Self {
+        let mut rng = StdRng::seed_from_u64(cfg.seed);
+        let up = cfg.rate_bits / 8.0;
+        let mut links = vec![Link::new(up, up), Link::new(up, up)];
+        let mut hosts = vec![
+            Host {
+                id: "origin".into(),
+                lat: cfg.latency,
+                alive: true,
+                killed: false,
+            },
+            Host {
+                id: "seed".into(),
+                lat: cfg.latency,
+                alive: true,
+                killed: false,
+            },
+        ];
+        let mut order: Vec<usize> = (0..cfg.peers).collect();
+        order.shuffle(&mut rng);
+        let slow: HashSet<usize> = order
+            .iter()
+            .take((cfg.slow_share * cfg.peers as f64).round() as usize)
+            .copied()
+            .collect();
+        for i in 0..cfg.peers {
+            let f = if slow.contains(&i) { cfg.slow_factor } else { 1.0 };
+            links.push(Link::new(up * f, up * f));
+            hosts.push(Host {
+                id: format!("peer{}", i + 1),
+                lat: cfg.latency,
+                alive: true,
+                killed: false,
+            });
+        }
+        let config = EvaluatorConfig {
+            candidate_parent_limit: cfg.candidate_parent_limit,
+            filter_parent_limit: cfg.filter_parent_limit,
+            ..EvaluatorConfig::default()
+        };
+        let planner = Arc::new(Planner::new(
+            Box::new(DefaultEvaluator {
+                config: config.clone(),
+            }),
+            config,
+        ));
+        let retention = Retention {
+            host_timeout: Duration::from_secs(30),
+            task_ttl: Duration::from_secs(3600),
+        };
+        let metrics = Metrics::new(&mut prometheus_client::registry::Registry::default());
+        let core = Core::new(planner, metrics, retention, cfg.seed);
+        let t0 = Instant::now();
+        let stall = Duration::from_secs_f64(cfg.stall_timeout);
+        let task_ids: Vec<String> = (0..cfg.layers.len()).map(|t| format!("task{t}")).collect();
+        let mut dls = Vec::new();
+        let mut peer_index = HashMap::new();
+        for (h, host) in hosts.iter().enumerate().skip(1) {
+            for t in 0..cfg.layers.len() {
+                let peer_id = format!("{}-t{t}", host.id);
+                peer_index.insert(peer_id.clone(), dls.len());
+                dls.push(Dl {
+                    host: h,
+                    task: t,
+                    peer_id,
+                    started: false,
+                    registered: false,
+                    done_at: None,
+                    layout: None,
+                    have: Vec::new(),
+                    digest: Vec::new(),
+                    held: 0,
+                    picker: Picker::default(),
+                    timers: Timers::new(t0, stall),
+                    conns: BTreeMap::new(),
+                    blocklist: HashSet::new(),
+                    sourcing: false,
+                    blocks: VecDeque::new(),
+                    workers: vec![VecDeque::new(); SOURCE_CONNECTIONS],
+                    report: Pending::default(),
+                    children: Vec::new(),
+                    super_seed: SuperSeed::default(),
+                    super_tick: false,
+                });
+            }
+        }
+        let remaining = cfg.peers * cfg.layers.len();
+        let mut sim = Self {
+            now: 0.0,
+            t0,
+            seq: 0,
+            queue: BinaryHeap::new(),
+            net: Net::new(links),
+            dls,
+            conns: Vec::new(),
+            peer_index,
+            task_ids,
+            core,
+            rng,
+            origin_bytes: 0,
+            seed_sent: 0,
+            sched_in: 0,
+            sched_out: 0,
+            back_to_source: 0,
+            timed_out: 0,
+            events: 0,
+            remaining,
+            hosts,
+            cfg,
+        };
+        for h in 1..sim.hosts.len() {
+            let info = HostInfo {
+                host_id: sim.hosts[h].id.clone(),
+                ip: format!("10.0.{}.{}", h / 250, h % 250),
+                piece_port: 65000,
+                upload_slots: sim.cfg.upload_slots,
+                seed: h == SEED,
+                ..Default::default()
+            };
+            sim.core_now(Event::HostAnnounced { info, conn: 1 });
+        }
+        for d in 0..sim.dls.len() {
+            if sim.dls[d].host != SEED {
+                let jitter = sim.rng.random_range(0.0..0.02);
+                sim.at(jitter, Ev::Start(d));
+            }
+        }
+        if sim.cfg.kill_share > 0.0 {
+            let at = sim.cfg.kill_at * sim.cfg.s_over_u();
+            sim.at(at, Ev::Kill);
+        }
+        sim
+    }
+
+    fn at(&mut self, delay: f64, ev: Ev) {
+        self.seq += 1;
+        self.queue.push(Entry {
+            at: self.now + delay.max(0.0),
+            seq: self.seq,
+            ev,
+        });
+    }
+
+    fn instant(&self) -> Instant {
+        self.t0 + Duration::from_secs_f64(self.now)
+    }
+
+    fn path(&self, a: usize, b: usize) -> f64 {
+        self.hosts[a].lat + self.hosts[b].lat
+    }
+
+    /// A message from `host` to the scheduler (on an unshaped host).
+    fn send_to_core(&mut self, host: usize, ev: Event) {
+        let lat = self.hosts[host].lat;
+        self.at(lat, Ev::ToCore(Box::new(ev)));
+    }
+
+    fn core_now(&mut self, ev: Event) {
+        self.sched_in += 1;
+        let Ok(mut commands) = self.core.handle(self.instant(), ev) else {
+            return;
+        };
+        self.sched_out += commands.len() as u64;
+        // Deterministic order (the core's maps are not): by recipient, stable.
+        commands.sort_by(|a, b| recipient(a).cmp(&recipient(b)));
+        for c in commands {
+            let host = match &c {
+                Command::SeedTask { .. } => SEED,
+                other => match self.peer_index.get(recipient(other).1) {
+                    Some(d) => self.dls[*d].host,
+                    None => continue,
+                },
+            };
+            let lat = self.hosts[host].lat;
+            self.at(lat, Ev::Cmd(Box::new(c)));
+        }
+    }
+
+    fn dispatch(&mut self, ev: Ev) {
+        match ev {
+            Ev::Start(d) => self.start(d, false),
+            Ev::ToCore(e) => self.core_now(*e),
+            Ev::Cmd(c) => self.command(*c),
+            Ev::FlowDone { flow, version } => self.flow_done(flow, version),
+            Ev::Connected(c) => self.connected(c),
+            Ev::Bitmap { conn, have } => {
+                if self.conns[conn].open {
+                    let (child, parent) = (self.conns[conn].child, self.conns[conn].parent);
+                    let pid = self.dls[parent].peer_id.clone();
+                    self.dls[child].picker.bitmap(&pid, have);
+                    self.fill(child);
+                }
+            }
+            Ev::Request { conn, index } => {
+                if !self.conns[conn].open {
+                    return;
+                }
+                let now = self.instant();
+                let (child, parent) = (self.conns[conn].child, self.conns[conn].parent);
+                let child_id = self.dls[child].peer_id.clone();
+                self.dls[parent].super_seed.requested(&child_id, now);
+                self.conns[conn].queue.push_back(index);
+                if self.conns[conn].flow.is_none() {
+                    self.serve_next(conn);
+                }
+            }
+            Ev::Piece { conn, index } => self.piece_arrived(conn, index),
+            Ev::Have { conn, index } => {
+                if self.conns[conn].open {
+                    let (child, parent) = (self.conns[conn].child, self.conns[conn].parent);
+                    let pid = self.dls[parent].peer_id.clone();
+                    self.dls[child].picker.have(&pid, [index]);
+                    self.fill(child);
+                }
+            }
+            Ev::Closed(c) => self.closed(c),
+            Ev::Tick(d) => self.tick(d),
+            Ev::SuperTick(d) => {
+                self.dls[d].super_tick = false;
+                let dl = &self.dls[d];
+                if self.hosts[dl.host].alive && dl.sourcing && !dl.children.is_empty() {
+                    for c in dl.children.clone() {
+                        self.reveal(c);
+                    }
+                    self.arm_super_tick(d);
+                }
+            }
+            Ev::Probed(d) => {
+                if !self.hosts[self.dls[d].host].alive {
+                    return;
+                }
+                let size = self.cfg.layers[self.dls[d].task];
+                let layout = Layout::for_length(size);
+                self.set_layout(d, layout);
+                let (task_id, peer_id) = self.ids(d);
+                self.send_to_core(
+                    self.dls[d].host,
+                    Event::SourceInfo {
+                        task_id,
+                        peer_id,
+                        layout,
+                    },
+                );
+                self.fetch_missing(d);
+            }
+            Ev::SourceBlock { dl, worker } => self.source_next_piece(dl, worker),
+            Ev::Kill => self.kill(),
+        }
+    }
+
+    fn ids(&self, d: usize) -> (String, String) {
+        (
+            self.task_ids[self.dls[d].task].clone(),
+            self.dls[d].peer_id.clone(),
+        )
+    }
+
+    fn start(&mut self, d: usize, seed: bool) {
+        if self.dls[d].started || !self.hosts[self.dls[d].host].alive {
+            return;
+        }
+        self.dls[d].started = true;
+        self.dls[d].registered = true;
+        let (task_id, peer_id) = self.ids(d);
+        let reg = Registration {
+            host_id: self.hosts[self.dls[d].host].id.clone(),
+            peer_id,
+            spec: TaskSpec {
+                task_id,
+                url: "http://origin/blob".into(),
+                ..Default::default()
+            },
+            from_source: seed,
+            layout: None,
+            pieces_held: 0,
+        };
+        self.send_to_core(self.dls[d].host, Event::Registered(reg));
+        self.dls[d].timers = Timers::new(self.instant(), Duration::from_secs_f64(self.cfg.stall_timeout));
+        self.at(TICK.as_secs_f64(), Ev::Tick(d));
+        if seed {
+            self.start_source(d);
+        }
+    }
+
+    fn command(&mut self, c: Command) {
+        let d = match &c {
+            Command::SeedTask { spec, .. } => {
+                let Some(t) = self.task_ids.iter().position(|t| *t == spec.task_id) else {
+                    return;
+                };
+                let d = (SEED - 1) * self.cfg.layers.len() + t;
+                return self.start(d, true);
+            }
+            other => self.peer_index[recipient(other).1],
+        };
+        if !self.hosts[self.dls[d].host].alive || self.dls[d].done_at.is_some() {
+            return;
+        }
+        match c {
+            Command::SeedTask { .. } => {}
+            Command::Info { layout, .. } => {
+                if self.dls[d].layout.is_none() {
+                    self.set_layout(d, layout);
+                }
+            }
+            Command::Digests { pieces, .. } => {
+                let dl = &mut self.dls[d];
+                for (i, _) in pieces {
+                    if let Some(k) = dl.digest.get_mut(i as usize) {
+                        *k = true;
+                    }
+                }
+                self.fill(d);
+            }
+            Command::Parents { parents, .. } => self.set_parents(d, parents),
+            Command::BackToSource { .. } => self.start_source(d),
+        }
+    }
+
+    fn set_layout(&mut self, d: usize, layout: Layout) {
+        let dl = &mut self.dls[d];
+        let n = layout.piece_count() as usize;
+        dl.layout = Some(layout);
+        dl.have = vec![false; n];
+        dl.digest = vec![false; n];
+        for c in self.dls[d].children.clone() {
+            if self.conns[c].open {
+                self.send_bitmap(c);
+            }
+        }
+    }
+
+    fn set_parents(&mut self, d: usize, list: Vec<damselfly_proto::scheduler::Parent>) {
+        if self.dls[d].sourcing {
+            return;
+        }
+        let wanted: HashSet<&str> = list.iter().map(|p| p.peer_id.as_str()).collect();
+        let mut gone: Vec<String> = self.dls[d]
+            .picker
+            .parent_ids()
+            .filter(|k| !wanted.contains(k.as_str()))
+            .cloned()
+            .collect();
+        gone.sort();
+        for g in gone {
+            self.drop_parent(d, &g);
+        }
+        for p in list {
+            let dl = &self.dls[d];
+            if dl.picker.has_parent(&p.peer_id)
+                || dl.blocklist.contains(&p.peer_id)
+                || p.peer_id == dl.peer_id
+            {
+                continue;
+            }
+            let Some(&parent) = self.peer_index.get(&p.peer_id) else {
+                continue;
+            };
+            self.dls[d].picker.add_parent(&p.peer_id, p.seed);
+            let c = self.conns.len();
+            self.conns.push(Conn {
+                child: d,
+                parent,
+                open: true,
+                connected: false,
+                queue: VecDeque::new(),
+                flow: None,
+                told: Vec::new(),
+                asked: HashMap::new(),
+            });
+            self.dls[d].conns.insert(p.peer_id, c);
+            // TCP handshake and Hello: 1.5 round trips.
+            let delay = 3.0 * self.path(self.dls[d].host, self.dls[parent].host);
+            self.at(delay, Ev::Connected(c));
+        }
+    }
+
+    fn connected(&mut self, c: usize) {
+        let (child, parent) = (self.conns[c].child, self.conns[c].parent);
+        if !self.conns[c].open {
+            return;
+        }
+        let lat = self.path(self.dls[child].host, self.dls[parent].host);
+        if !self.hosts[self.dls[parent].host].alive {
+            self.conns[c].open = false;
+            self.at(lat, Ev::Closed(c));
+            return;
+        }
+        self.conns[c].connected = true;
+        let child_id = self.dls[child].peer_id.clone();
+        let now = self.instant();
+        self.dls[parent].children.push(c);
+        self.dls[parent].super_seed.join(&child_id, now);
+        if self.dls[parent].layout.is_some() {
+            self.send_bitmap(c);
+        }
+        self.arm_super_tick(parent);
+    }
+
+    /// The parent's first frame once it knows the layout: what the child may see.
+    fn send_bitmap(&mut self, c: usize) {
+        let (child, parent) = (self.conns[c].child, self.conns[c].parent);
+        let lat = self.path(self.dls[child].host, self.dls[parent].host);
+        let n = self.dls[parent].have.len();
+        self.conns[c].told = vec![false; n];
+        let mut have = vec![false; n];
+        for i in self.newly_visible(c) {
+            have[i as usize] = true;
+        }
+        self.at(lat, Ev::Bitmap { conn: c, have });
+    }
+
+    /// Pieces the parent may now tell this child about (super-seeding when
+    /// the parent is a source), marking them told.
+    fn newly_visible(&mut self, c: usize) -> Vec<u32> {
+        let (child, parent) = (self.conns[c].child, self.conns[c].parent);
+        let now = self.instant();
+        let child_id = self.dls[child].peer_id.clone();
+        let p = &mut self.dls[parent];
+        let n = p.have.len();
+        if self.conns[c].told.len() != n {
+            self.conns[c].told = vec![false; n];
+        }
+        let complete = p.held == n && n > 0;
+        let told = &mut self.conns[c].told;
+        let mut out = Vec::new();
+        for (i, t) in told.iter_mut().enumerate() {
+            if p.have[i] && !*t && (!p.sourcing || p.super_seed.visible(&child_id, i as u32, now, complete)) {
+                *t = true;
+                out.push(i as u32);
+            }
+        }
+        out
+    }
+
+    fn reveal(&mut self, c: usize) {
+        if !self.conns[c].open || !self.conns[c].connected {
+            return;
+        }
+        let lat = self.path(
+            self.dls[self.conns[c].child].host,
+            self.dls[self.conns[c].parent].host,
+        );
+        for index in self.newly_visible(c) {
+            self.at(lat, Ev::Have { conn: c, index });
+        }
+    }
+
+    fn arm_super_tick(&mut self, d: usize) {
+        let dl = &mut self.dls[d];
+        if dl.sourcing && !dl.super_tick {
+            dl.super_tick = true;
+            self.at(SUPER_TICK, Ev::SuperTick(d));
+        }
+    }
+
+    fn serve_next(&mut self, c: usize) {
+        let parent = self.conns[c].parent;
+        while let Some(index) = self.conns[c].queue.pop_front() {
+            if !self.dls[parent]
+                .have
+                .get(index as usize)
+                .copied()
+                .unwrap_or(false)
+            {
+                continue;
+            }
+            let layout = self.dls[parent].layout.expect("has pieces");
+            let bytes = layout.len_of(index) as f64;
+            let (from, to) = (self.dls[parent].host, self.dls[self.conns[c].child].host);
+            let (flow, times) = self
+                .net
+                .start(self.now, from, to, bytes, Tag::Piece { conn: c, index });
+            self.conns[c].flow = Some(flow);
+            self.reschedule(times);
+            return;
+        }
+    }
+
+    fn reschedule(&mut self, times: Vec<Reschedule>) {
+        for (flow, version, at) in times {
+            let delay = at - self.now;
+            self.at(delay, Ev::FlowDone { flow, version });
+        }
+    }
+
+    fn flow_done(&mut self, flow: usize, version: u64) {
+        if self.net.get(flow).is_none_or(|f| f.version != version) {
+            return;
+        }
+        let (f, times) = self.net.stop(self.now, flow).expect("checked");
+        self.reschedule(times);
+        match f.tag {
+            Tag::Piece { conn, index } => {
+                self.conns[conn].flow = None;
+                let (child, parent) = (self.conns[conn].child, self.conns[conn].parent);
+                let bytes = self.dls[parent].layout.expect("served").len_of(index) as u64;
+                if f.from == SEED {
+                    self.seed_sent += bytes;
+                }
+                let now = self.instant();
+                let child_id = self.dls[child].peer_id.clone();
+                self.dls[parent].super_seed.served(&child_id, index, now);
+                let lat = self.path(f.from, f.to);
+                self.at(lat, Ev::Piece { conn, index });
+                self.serve_next(conn);
+            }
+            Tag::Source { dl, worker, index } => {
+                let bytes = self.dls[dl].layout.expect("fetching").len_of(index) as u64;
+                self.origin_bytes += bytes;
+                if !self.dls[dl].have[index as usize] {
+                    let d = &mut self.dls[dl];
+                    d.digest[index as usize] = true;
+                    d.report.bytes_from_source += bytes;
+                    d.report.pieces.push(PieceDigest {
+                        index,
+                        sha256: digest_of(d.task, index),
+                    });
+                    self.landed(dl, index);
+                }
+                self.source_next_piece(dl, worker);
+            }
+        }
+    }
+
+    fn piece_arrived(&mut self, c: usize, index: u32) {
+        if !self.conns[c].open {
+            return;
+        }
+        let (child, parent) = (self.conns[c].child, self.conns[c].parent);
+        let pid = self.dls[parent].peer_id.clone();
+        let now = self.instant();
+        self.dls[child].picker.arrived(&pid, index, now);
+        let asked = self.conns[c].asked.remove(&index);
+        let dl = &self.dls[child];
+        if dl.done_at.is_some() || dl.have[index as usize] || !dl.picker.has_parent(&pid) {
+            return self.fill(child);
+        }
+        let bytes = dl.layout.expect("requested").len_of(index) as u64;
+        let dl = &mut self.dls[child];
+        dl.report.bytes_from_peers += bytes;
+        dl.report.pieces.push(PieceDigest {
+            index,
+            sha256: Vec::new(),
+        });
+        let cost = dl.report.costs.entry(pid).or_default();
+        cost.0 += 1;
+        cost.1 += ((self.now - asked.unwrap_or(self.now)) * 1000.0) as u64;
+        self.landed(child, index);
+        self.fill(child);
+    }
+
+    /// A piece is stored: serve it, and finish if it was the last.
+    fn landed(&mut self, d: usize, index: u32) {
+        let now = self.instant();
+        let dl = &mut self.dls[d];
+        dl.have[index as usize] = true;
+        dl.held += 1;
+        dl.timers.progress(now);
+        for c in dl.children.clone() {
+            if self.dls[d].sourcing {
+                self.reveal(c);
+            } else if self.conns[c].open
+                && self.conns[c].connected
+                && self.conns[c].told.len() > index as usize
+            {
+                self.conns[c].told[index as usize] = true;
+                let lat = self.path(self.dls[d].host, self.dls[self.conns[c].child].host);
+                self.at(lat, Ev::Have { conn: c, index });
+            }
+        }
+        if self.dls[d].held == self.dls[d].have.len() {
+            self.finish(d);
+        }
+    }
+
+    fn finish(&mut self, d: usize) {
+        self.dls[d].done_at = Some(self.now);
+        if self.dls[d].host != SEED {
+            self.remaining -= 1;
+        }
+        let parents: Vec<String> = self.dls[d].conns.keys().cloned().collect();
+        for p in parents {
+            self.drop_parent(d, &p);
+        }
+        self.dls[d].picker.clear();
+        self.flush_report(d);
+        let (task_id, peer_id) = self.ids(d);
+        let host = self.dls[d].host;
+        self.send_to_core(
+            host,
+            Event::Finished {
+                task_id: task_id.clone(),
+                peer_id: peer_id.clone(),
+            },
+        );
+        self.send_to_core(host, Event::StreamClosed { task_id, peer_id });
+        self.dls[d].registered = false;
+    }
+
+    fn fill(&mut self, d: usize) {
+        let now = self.instant();
+        let dl = &mut self.dls[d];
+        if dl.sourcing || dl.done_at.is_some() || dl.layout.is_none() || dl.picker.is_empty() {
+            return;
+        }
+        let mut sent = Vec::new();
+        let (have, digest, conns) = (&dl.have, &dl.digest, &dl.conns);
+        dl.picker.fill(
+            now,
+            have.len(),
+            |i| !have[i] && digest[i],
+            TOTAL_WINDOW,
+            |parent, i| match conns.get(parent) {
+                Some(&c) => {
+                    sent.push((c, i));
+                    true
+                }
+                None => false,
+            },
+        );
+        for (c, index) in sent {
+            self.conns[c].asked.insert(index, self.now);
+            let lat = self.path(self.dls[d].host, self.dls[self.conns[c].parent].host);
+            self.at(lat, Ev::Request { conn: c, index });
+        }
+    }
+
+    /// Closes a connection from either end; the other end learns it after a latency.
+    fn close_conn(&mut self, c: usize) {
+        if !self.conns[c].open {
+            return;
+        }
+        self.conns[c].open = false;
+        let (child, parent) = (self.conns[c].child, self.conns[c].parent);
+        if let Some(f) = self.conns[c].flow.take()
+            && let Some((_, times)) = self.net.stop(self.now, f)
+        {
+            self.reschedule(times);
+        }
+        if self.conns[c].connected {
+            let child_id = self.dls[child].peer_id.clone();
+            let p = &mut self.dls[parent];
+            p.children.retain(|x| *x != c);
+            p.super_seed.leave(&child_id);
+        }
+    }
+
+    fn drop_parent(&mut self, d: usize, id: &str) {
+        if let Some(c) = self.dls[d].conns.remove(id) {
+            self.close_conn(c);
+        }
+        self.dls[d].picker.remove_parent(id);
+    }
+
+    fn fail_parent(&mut self, d: usize, id: &str, index: u32, reason: FailReason) {
+        self.drop_parent(d, id);
+        self.dls[d].blocklist.insert(id.to_string());
+        if self.dls[d].registered {
+            let (task_id, peer_id) = self.ids(d);
+            self.send_to_core(
+                self.dls[d].host,
+                Event::PieceFailed {
+                    task_id,
+                    peer_id,
+                    parent_peer_id: id.to_string(),
+                    index,
+                    reason,
+                },
+            );
+        }
+    }
+
+    /// The child learns that a connection broke (the parent died).
+    fn closed(&mut self, c: usize) {
+        let child = self.conns[c].child;
+        let parent_id = self.dls[self.conns[c].parent].peer_id.clone();
+        if !self.hosts[self.dls[child].host].alive || self.dls[child].conns.get(&parent_id) != Some(&c) {
+            return;
+        }
+        self.fail_parent(child, &parent_id, 0, FailReason::Unreachable);
+        if self.dls[child].picker.is_empty() && self.dls[child].registered {
+            let (task_id, peer_id) = self.ids(child);
+            self.send_to_core(self.dls[child].host, Event::RescheduleAsked { task_id, peer_id });
+        }
+    }
+
+    fn tick(&mut self, d: usize) {
+        let dl = &self.dls[d];
+        if dl.done_at.is_some() || !self.hosts[dl.host].alive {
+            return;
+        }
+        let now = self.instant();
+        let (sourcing, registered) = (dl.sourcing, dl.registered);
+        let due = self.dls[d].timers.tick(now, sourcing, registered);
+        if due.report {
+            self.flush_report(d);
+        }
+        if !sourcing {
+            let timeout = self.dls[d].timers.request_timeout();
+            for (i, p) in self.dls[d].picker.late(now, timeout) {
+                self.timed_out += 1;
+                self.fail_parent(d, &p, i, FailReason::Unreachable);
+            }
+            if due.back_to_source {
+                self.start_source(d);
+            } else if due.reschedule {
+                let (task_id, peer_id) = self.ids(d);
+                self.send_to_core(self.dls[d].host, Event::RescheduleAsked { task_id, peer_id });
+            }
+            self.fill(d);
+        }
+        self.at(TICK.as_secs_f64(), Ev::Tick(d));
+    }
+
+    fn flush_report(&mut self, d: usize) {
+        let r = std::mem::take(&mut self.dls[d].report);
+        if !self.dls[d].registered
+            || (r.pieces.is_empty() && r.bytes_from_peers == 0 && r.bytes_from_source == 0)
+        {
+            return;
+        }
+        let costs = r
+            .costs
+            .into_iter()
+            .map(|(parent_peer_id, (n, total))| PieceCost {
+                parent_peer_id,
+                pieces: n,
+                mean_millis: (total / n.max(1) as u64) as u32,
+            })
+            .collect();
+        let report = PiecesDone {
+            pieces: r.pieces,
+            bytes_from_peers: r.bytes_from_peers,
+            bytes_from_source: r.bytes_from_source,
+            costs,
+        };
+        let (task_id, peer_id) = self.ids(d);
+        self.send_to_core(
+            self.dls[d].host,
+            Event::PiecesReported {
+                task_id,
+                peer_id,
+                report,
+            },
+        );
+    }
+
+    fn start_source(&mut self, d: usize) {
+        if self.dls[d].sourcing {
+            return;
+        }
+        if self.dls[d].host != SEED {
+            self.back_to_source += 1;
+        }
+        self.dls[d].sourcing = true;
+        let parents: Vec<String> = self.dls[d].conns.keys().cloned().collect();
+        for p in parents {
+            self.drop_parent(d, &p);
+        }
+        self.dls[d].picker.clear();
+        if self.dls[d].layout.is_some() {
+            self.fetch_missing(d);
+        } else {
+            // The length probe: one round trip to the origin.
+            let rtt = 2.0 * self.path(self.dls[d].host, ORIGIN);
+            self.at(rtt, Ev::Probed(d));
+        }
+        self.arm_super_tick(d);
+    }
+
+    fn fetch_missing(&mut self, d: usize) {
+        let dl = &mut self.dls[d];
+        let layout = dl.layout.expect("laid out");
+        let per_block = (SOURCE_BLOCK / layout.piece_length as u64).max(1) as usize;
+        let missing: Vec<u32> = (0..dl.have.len() as u32)
+            .filter(|i| !dl.have[*i as usize])
+            .collect();
+        dl.blocks = missing
+            .chunks(per_block)
+            .map(|c| c.iter().copied().collect())
+            .collect();
+        let rtt = 2.0 * self.path(self.dls[d].host, ORIGIN);
+        for worker in 0..SOURCE_CONNECTIONS.min(self.dls[d].blocks.len()) {
+            self.at(rtt, Ev::SourceBlock { dl: d, worker });
+        }
+    }
+
+    /// The next piece of this connection's block, or the next block (a new
+    /// Range request: one round trip).
+    fn source_next_piece(&mut self, d: usize, worker: usize) {
+        if !self.hosts[self.dls[d].host].alive || self.dls[d].done_at.is_some() {
+            return;
+        }
+        loop {
+            let dl = &mut self.dls[d];
+            if let Some(index) = dl.workers[worker].pop_front() {
+                if dl.have[index as usize] {
+                    continue;
+                }
+                let bytes = dl.layout.expect("laid out").len_of(index) as f64;
+                let tag = Tag::Source { dl: d, worker, index };
+                let (_, times) = self.net.start(self.now, ORIGIN, self.dls[d].host, bytes, tag);
+                return self.reschedule(times);
+            }
+            let Some(block) = dl.blocks.pop_front() else {
+                return;
+            };
+            dl.workers[worker] = block;
+            let rtt = 2.0 * self.path(self.dls[d].host, ORIGIN);
+            return self.at(rtt, Ev::SourceBlock { dl: d, worker });
+        }
+    }
+
+    fn kill(&mut self) {
+        let mut candidates: Vec<usize> = (SEED + 1..self.hosts.len()).collect();
+        candidates.shuffle(&mut self.rng);
+        let n = (self.cfg.kill_share * self.cfg.peers as f64).round() as usize;
+        for h in candidates.into_iter().take(n) {
+            self.hosts[h].alive = false;
+            self.hosts[h].killed = true;
+            for f in self.net.flows_of(h) {
+                if let Some((flow, times)) = self.net.stop(self.now, f) {
+                    if let Tag::Piece { conn, .. } = flow.tag {
+                        self.conns[conn].flow = None;
+                    }
+                    self.reschedule(times);
+                }
+            }
+            let tasks = self.cfg.layers.len();
+            for d in (h - 1) * tasks..h * tasks {
+                if self.dls[d].done_at.is_none() {
+                    self.remaining -= 1;
+                }
+                // Its children learn that the connections broke.
+                for c in self.dls[d].children.clone() {
+                    let lat = self.path(h, self.dls[self.conns[c].child].host);
+                    self.close_conn(c);
+                    self.at(lat, Ev::Closed(c));
+                }
+                let parents: Vec<usize> = self.dls[d].conns.values().copied().collect();
+                for c in parents {
+                    self.close_conn(c);
+                }
+                if self.dls[d].registered {
+                    let (task_id, peer_id) = self.ids(d);
+                    self.send_to_core(h, Event::StreamClosed { task_id, peer_id });
+                }
+            }
+            let host_id = self.hosts[h].id.clone();
+            self.send_to_core(
+                h,
+                Event::HostLeft {
+                    host_id,
+                    conn: Some(1),
+                },
+            );
+        }
+    }
+
+    fn report(&self, wall: f64) -> Report {
+        let s = self.cfg.total_bytes() as f64;
+        let su = self.cfg.s_over_u();
+        let tasks = self.cfg.layers.len();
+        let mut done: Vec<f64> = Vec::new();
+        let mut unfinished = 0;
+        for h in SEED + 1..self.hosts.len() {
+            if self.hosts[h].killed {
+                continue;
+            }
+            let last = (0..tasks).map(|t| self.dls[(h - 1) * tasks + t].done_at);
+            match last.collect::<Option<Vec<f64>>>() {
+                Some(v) => done.push(v.into_iter().fold(0.0, f64::max)),
+                None => unfinished += 1,
+            }
+        }
+        if std::env::var_os("DAMSELFLY_SIM_TRACE").is_some() {
+            // Per download: when it finished and the parents the scheduler left it.
+            for d in &self.dls {
+                let task = self.core.state.tasks.get(&self.task_ids[d.task]);
+                let parents = task
+                    .and_then(|t| t.peers.get(&d.peer_id))
+                    .map(|p| p.parents.clone());
+                eprintln!(
+                    "{} done {:?} parents {:?}",
+                    d.peer_id,
+                    d.done_at,
+                    parents.unwrap_or_default()
+                );
+            }
+        }
+        done.sort_by(f64::total_cmp);
+        let makespan = if unfinished > 0 {
+            f64::INFINITY
+        } else {
+            done.last().copied().unwrap_or(0.0)
+        };
+        let median = done.get(done.len() / 2).copied().unwrap_or(f64::INFINITY);
+        let span = self.now.max(1e-9);
+        Report {
+            peers: self.cfg.peers,
+            layers: tasks,
+            total_bytes: self.cfg.total_bytes(),
+            s_over_u: su,
+            makespan,
+            makespan_ratio: makespan / su,
+            median_ratio: median / su,
+            origin_ratio: self.origin_bytes as f64 / s,
+            seed_sent_ratio: self.seed_sent as f64 / s,
+            killed: self.hosts.iter().filter(|h| h.killed).count(),
+            unfinished,
+            back_to_source: self.back_to_source,
+            scheduler_in_per_s: self.sched_in as f64 / span,
+            scheduler_out_per_s: self.sched_out as f64 / span,
+            piece_requests_timed_out: self.timed_out,
+            events: self.events,
+            wall_seconds: wall,
+        }
+    }
+}
+
+/// The (task, peer) a command goes to (empty for a host command).
+fn recipient(c: &Command) -> (&str, &str) {
+    match c {
+        Command::SeedTask { host_id, .. } => ("", host_id),
+        Command::Info { task_id, peer_id, .. }
+        | Command::Digests { task_id, peer_id, .. }
+        | Command::Parents { task_id, peer_id, .. }
+        | Command::BackToSource { task_id, peer_id, .. } => (task_id, peer_id),
+    }
+}

@@ -1,0 +1,105 @@
+//! The simulator at small sizes: the swarm's ratios, the two fixes it led
+//! to, and that runs repeat.
+
+use damselfly_sim::{Config, run};
+
+/// 25 Mbit/s links and 32 MiB (S/U = 10.7 s, the lab's N = 32/48 setting).
+fn slow_links(peers: usize) -> Config {
+    Config {
+        rate_bits: 25e6,
+        ..Config::lab(peers, 32 << 20)
+    }
+}
+
+#[test]
+fn sixteen_peers_finish_near_s_over_u_and_the_origin_sends_once() {
+    // The lab's setting: U = 100 Mbit/s, S = 128 MiB.
+    let r = run(&Config::lab(16, 128 << 20));
+    println!("{r:?}");
+    assert_eq!(r.unfinished, 0);
+    assert!(r.makespan_ratio >= 1.0, "faster than one link can carry: {r:?}");
+    assert!(
+        r.makespan_ratio <= 1.15,
+        "makespan / (S/U) = {:.3}",
+        r.makespan_ratio
+    );
+    assert!(r.origin_ratio <= 1.01, "origin / S = {:.3}", r.origin_ratio);
+    assert!(
+        r.seed_sent_ratio <= 1.05,
+        "seed sent / S = {:.3}",
+        r.seed_sent_ratio
+    );
+}
+
+/// Super-seeding on slow links: serving one child its next pieces takes
+/// longer than the grace; revealing them then had the seed send each byte
+/// 9 times at N = 50.
+#[test]
+fn fifty_peers_on_slow_links_the_origin_and_seed_send_each_byte_once() {
+    let r = run(&slow_links(50));
+    println!("{r:?}");
+    assert_eq!(r.unfinished, 0);
+    assert!(r.origin_ratio <= 1.01, "origin / S = {:.3}", r.origin_ratio);
+    assert!(
+        r.seed_sent_ratio <= 1.05,
+        "seed sent / S = {:.3}",
+        r.seed_sent_ratio
+    );
+    assert_eq!((r.back_to_source, r.piece_requests_timed_out), (0, 0));
+}
+
+/// The target at N = 50; today late registrants starve (every
+/// parent's upload slots are taken by earlier peers) and finish at ~16 x.
+#[test]
+#[ignore = "fails today: peers registered late get few parents (ARCHITECTURE.md, the simulator)"]
+fn fifty_peers_on_slow_links_finish_within_a_quarter_of_s_over_u() {
+    let r = run(&slow_links(50));
+    assert!(
+        r.makespan_ratio <= 1.25,
+        "makespan / (S/U) = {:.3}",
+        r.makespan_ratio
+    );
+}
+
+/// Four parents each: 8 requests queue on a connection that gets 1/16 of
+/// a 25 Mbit/s uplink, so the last waits 10.7 s; a parent that keeps
+/// delivering is not dropped as timed out (it was 15 times, and one peer
+/// went back to source).
+#[test]
+fn a_slow_but_delivering_parent_is_not_timed_out() {
+    let r = run(&Config {
+        candidate_parent_limit: 4,
+        ..slow_links(50)
+    });
+    println!("{r:?}");
+    assert_eq!(r.unfinished, 0);
+    assert_eq!((r.piece_requests_timed_out, r.back_to_source), (0, 0));
+    assert!(r.origin_ratio <= 1.01, "origin / S = {:.3}", r.origin_ratio);
+}
+
+#[test]
+fn a_run_repeats_exactly() {
+    let cfg = Config {
+        kill_share: 0.1,
+        ..slow_links(20)
+    };
+    let (a, b) = (run(&cfg), run(&cfg));
+    assert_eq!(
+        (a.makespan, a.events, a.seed_sent_ratio),
+        (b.makespan, b.events, b.seed_sent_ratio)
+    );
+}
+
+#[test]
+fn killed_and_slow_peers_do_not_stop_the_others() {
+    let cfg = Config {
+        kill_share: 0.1,
+        slow_share: 0.1,
+        ..Config::lab(50, 32 << 20)
+    };
+    let r = run(&cfg);
+    println!("{r:?}");
+    assert_eq!(r.killed, 5);
+    assert_eq!(r.unfinished, 0, "every survivor finishes");
+    assert!(r.origin_ratio <= 1.05, "origin / S = {:.3}", r.origin_ratio);
+}
