@@ -16,7 +16,7 @@ use crate::config::PeerConfig;
 use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::parent::{self, ParentConn, ParentEvent, Target};
-use crate::picker::{Picker, TICK, TOTAL_WINDOW, Timers};
+use crate::picker::{Picker, Report, TICK, TOTAL_WINDOW, Timers};
 use crate::rate::RateLimiter;
 use crate::source::{self, SourceEvent};
 use crate::task::{Task, Tasks, sha256};
@@ -24,8 +24,8 @@ use damselfly_proto::piece::Layout;
 use damselfly_proto::ring;
 use damselfly_proto::scheduler::scheduler_client::SchedulerClient;
 use damselfly_proto::scheduler::{
-    FailReason, Failed, Finished, PieceCost, PieceDigest, PieceFailed, PiecesDone, Register, Reschedule,
-    SourceInfo, TaskCommand, TaskMessage, TaskSpec, task_command, task_message,
+    FailReason, Failed, Finished, PieceDigest, PieceFailed, PiecesDone, Register, Reschedule, SourceInfo,
+    TaskCommand, TaskMessage, TaskSpec, task_command, task_message,
 };
 use sha2::Digest;
 use std::collections::{HashMap, HashSet};
@@ -178,14 +178,6 @@ pub async fn wait(task: &Task) -> Result<(), Error> {
             return Err(Error::Failed("task dropped".into()));
         }
     }
-}
-
-#[derive(Default)]
-struct Report {
-    pieces: Vec<PieceDigest>,
-    bytes_from_peers: u64,
-    bytes_from_source: u64,
-    costs: HashMap<String, (u32, u64)>,
 }
 
 struct Engine {
@@ -507,11 +499,7 @@ impl Engine {
                 self.task.set_digests([(index, digest)]);
                 self.task.write_piece(index, &data, true)?;
                 self.d.metrics.bytes_from_source.inc_by(data.len() as u64);
-                self.report.bytes_from_source += data.len() as u64;
-                self.report.pieces.push(PieceDigest {
-                    index,
-                    sha256: digest.to_vec(),
-                });
+                self.report.from_source(index, data.len() as u64, digest);
                 self.timers.progress(Instant::now());
             }
             SourceEvent::Done => {}
@@ -540,14 +528,7 @@ impl Engine {
                     Some(true) => {
                         self.task.write_piece(index, &data, false)?;
                         self.d.metrics.bytes_from_peers.inc_by(data.len() as u64);
-                        self.report.bytes_from_peers += data.len() as u64;
-                        self.report.pieces.push(PieceDigest {
-                            index,
-                            sha256: Vec::new(),
-                        });
-                        let c = self.report.costs.entry(parent).or_default();
-                        c.0 += 1;
-                        c.1 += elapsed.as_millis() as u64;
+                        self.report.from_parent(index, data.len() as u64, parent, elapsed);
                         self.timers.progress(Instant::now());
                     }
                     Some(false) => {
@@ -615,25 +596,9 @@ impl Engine {
     }
 
     fn flush_report(&mut self) {
-        let r = std::mem::take(&mut self.report);
-        if r.pieces.is_empty() && r.bytes_from_peers == 0 && r.bytes_from_source == 0 {
-            return;
+        if let Some(r) = self.report.take() {
+            self.send(task_message::Msg::Pieces(r));
         }
-        let costs = r
-            .costs
-            .into_iter()
-            .map(|(parent_peer_id, (n, total))| PieceCost {
-                parent_peer_id,
-                pieces: n,
-                mean_millis: (total / n.max(1) as u64) as u32,
-            })
-            .collect();
-        self.send(task_message::Msg::Pieces(PiecesDone {
-            pieces: r.pieces,
-            bytes_from_peers: r.bytes_from_peers,
-            bytes_from_source: r.bytes_from_source,
-            costs,
-        }));
     }
 
     async fn finish(mut self) -> Result<(), Error> {

@@ -10,7 +10,8 @@
 //! [`download`](crate::download) wires both to sockets; the swarm simulator
 //! drives the same code over simulated links.
 
-use std::collections::HashMap;
+use damselfly_proto::scheduler::{PieceCost, PieceDigest, PiecesDone};
+use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 /// Requests outstanding per parent: enough to keep a link busy across one
@@ -183,6 +184,62 @@ impl Picker {
             .collect();
         late.sort();
         late
+    }
+}
+
+/// What the next report to the scheduler carries.
+#[derive(Debug, Default)]
+pub struct Report {
+    pieces: Vec<PieceDigest>,
+    bytes_from_peers: u64,
+    bytes_from_source: u64,
+    /// parent -> (pieces, total milliseconds).
+    costs: BTreeMap<String, (u32, u64)>,
+}
+
+impl Report {
+    /// A piece from a parent, `elapsed` after it was asked for.
+    pub fn from_parent(&mut self, index: u32, bytes: u64, parent: String, elapsed: Duration) {
+        self.bytes_from_peers += bytes;
+        self.pieces.push(PieceDigest {
+            index,
+            sha256: Vec::new(),
+        });
+        let c = self.costs.entry(parent).or_default();
+        c.0 += 1;
+        c.1 += elapsed.as_millis() as u64;
+    }
+
+    /// A piece from the origin, with the digest this source vouches for.
+    pub fn from_source(&mut self, index: u32, bytes: u64, digest: [u8; 32]) {
+        self.bytes_from_source += bytes;
+        self.pieces.push(PieceDigest {
+            index,
+            sha256: digest.to_vec(),
+        });
+    }
+
+    /// The message to send, if there is anything to say; starts a new report.
+    pub fn take(&mut self) -> Option<PiecesDone> {
+        let r = std::mem::take(self);
+        if r.pieces.is_empty() && r.bytes_from_peers == 0 && r.bytes_from_source == 0 {
+            return None;
+        }
+        let costs = r
+            .costs
+            .into_iter()
+            .map(|(parent_peer_id, (n, total))| PieceCost {
+                parent_peer_id,
+                pieces: n,
+                mean_millis: (total / n.max(1) as u64) as u32,
+            })
+            .collect();
+        Some(PiecesDone {
+            pieces: r.pieces,
+            bytes_from_peers: r.bytes_from_peers,
+            bytes_from_source: r.bytes_from_source,
+            costs,
+        })
     }
 }
 
@@ -399,6 +456,21 @@ mod tests {
             "it delivered 1.4 s ago"
         );
         assert_eq!(p.late(t0 + ms(9_100 + 10_001), timeout), vec![(7, "slow".into())]);
+    }
+
+    #[test]
+    fn reports_carry_digests_only_from_the_origin_and_mean_costs() {
+        let mut r = Report::default();
+        assert!(r.take().is_none(), "nothing to say");
+        r.from_source(0, 10, [7; 32]);
+        r.from_parent(1, 10, "p".into(), ms(30));
+        r.from_parent(2, 10, "p".into(), ms(10));
+        let m = r.take().expect("a report");
+        assert_eq!((m.bytes_from_source, m.bytes_from_peers), (10, 20));
+        assert_eq!(m.pieces[0].sha256, vec![7; 32]);
+        assert!(m.pieces[1].sha256.is_empty());
+        assert_eq!((m.costs[0].pieces, m.costs[0].mean_millis), (2, 20));
+        assert!(r.take().is_none(), "taken");
     }
 
     #[test]

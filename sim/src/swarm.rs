@@ -3,10 +3,10 @@
 
 use crate::net::{Link, Net, Reschedule};
 use crate::{Config, Report};
-use damselfly_peer::picker::{Picker, TICK, TOTAL_WINDOW, Timers};
+use damselfly_peer::picker::{Picker, Report as PieceReport, TICK, TOTAL_WINDOW, Timers};
 use damselfly_peer::piece_server::SuperSeed;
 use damselfly_proto::piece::Layout;
-use damselfly_proto::scheduler::{FailReason, HostInfo, PieceCost, PieceDigest, PiecesDone, TaskSpec};
+use damselfly_proto::scheduler::{FailReason, HostInfo, TaskSpec};
 use damselfly_scheduler::config::EvaluatorConfig;
 use damselfly_scheduler::core::{Command, Core, Event, Registration, Retention};
 use damselfly_scheduler::evaluator::DefaultEvaluator;
@@ -85,14 +85,6 @@ struct Host {
     killed: bool,
 }
 
-#[derive(Default)]
-struct Pending {
-    pieces: Vec<PieceDigest>,
-    bytes_from_peers: u64,
-    bytes_from_source: u64,
-    costs: BTreeMap<String, (u32, u64)>,
-}
-
 struct Dl {
     host: usize,
     task: usize,
@@ -113,7 +105,7 @@ struct Dl {
     sourcing: bool,
     blocks: VecDeque<VecDeque<u32>>,
     workers: Vec<VecDeque<u32>>,
-    report: Pending,
+    report: PieceReport,
     /// Connections on which this download is the parent.
     children: Vec<usize>,
     super_seed: SuperSeed,
@@ -173,8 +165,9 @@ pub fn run(cfg: &Config) -> Report {
     sim.report(wall.elapsed().as_secs_f64())
 }
 
-fn digest_of(task: usize, index: u32) -> Vec<u8> {
-    let mut d = vec![0u8; 32];
+/// The digest every source reports for a piece (stands in for its sha256).
+fn digest_of(task: usize, index: u32) -> [u8; 32] {
+    let mut d = [0u8; 32];
     d[..8].copy_from_slice(&(task as u64).to_le_bytes());
     d[8..12].copy_from_slice(&index.to_le_bytes());
     d
@@ -260,7 +253,7 @@ impl Sim {
                     sourcing: false,
                     blocks: VecDeque::new(),
                     workers: vec![VecDeque::new(); SOURCE_CONNECTIONS],
-                    report: Pending::default(),
+                    report: PieceReport::default(),
                     children: Vec::new(),
                     super_seed: SuperSeed::default(),
                     super_tick: false,
@@ -611,27 +604,12 @@ impl Sim {
     }
 
     fn flush_report(&mut self, d: usize) {
-        let r = std::mem::take(&mut self.dls[d].report);
-        if !self.dls[d].registered
-            || (r.pieces.is_empty() && r.bytes_from_peers == 0 && r.bytes_from_source == 0)
-        {
+        let Some(report) = self.dls[d].report.take() else {
+            return;
+        };
+        if !self.dls[d].registered {
             return;
         }
-        let costs = r
-            .costs
-            .into_iter()
-            .map(|(parent_peer_id, (n, total))| PieceCost {
-                parent_peer_id,
-                pieces: n,
-                mean_millis: (total / n.max(1) as u64) as u32,
-            })
-            .collect();
-        let report = PiecesDone {
-            pieces: r.pieces,
-            bytes_from_peers: r.bytes_from_peers,
-            bytes_from_source: r.bytes_from_source,
-            costs,
-        };
         let (task_id, peer_id) = self.ids(d);
         self.send_to_core(
             self.dls[d].host,

@@ -141,11 +141,7 @@ impl Sim {
                 if !self.dls[dl].have[index as usize] {
                     let d = &mut self.dls[dl];
                     d.digest[index as usize] = true;
-                    d.report.bytes_from_source += bytes;
-                    d.report.pieces.push(PieceDigest {
-                        index,
-                        sha256: digest_of(d.task, index),
-                    });
+                    d.report.from_source(index, bytes, digest_of(d.task, index));
                     self.landed(dl, index);
                 }
                 self.source_next_piece(dl, worker);
@@ -168,14 +164,8 @@ impl Sim {
         }
         let bytes = dl.layout.expect("requested").len_of(index) as u64;
         let dl = &mut self.dls[child];
-        dl.report.bytes_from_peers += bytes;
-        dl.report.pieces.push(PieceDigest {
-            index,
-            sha256: Vec::new(),
-        });
-        let cost = dl.report.costs.entry(pid).or_default();
-        cost.0 += 1;
-        cost.1 += ((self.now - asked.unwrap_or(self.now)) * 1000.0) as u64;
+        let elapsed = Duration::from_secs_f64(self.now - asked.unwrap_or(self.now));
+        dl.report.from_parent(index, bytes, pid, elapsed);
         self.landed(child, index);
         self.fill(child);
     }
