@@ -108,7 +108,7 @@ pub fn spec_of(req: &BlobRequest) -> TaskSpec {
             .map(|(k, v)| (k.clone(), v.expose().to_string()))
             .collect(),
         digest: req.digest.to_string(),
-        piece_length: 0,
+        ..Default::default()
     }
 }
 

@@ -375,11 +375,9 @@ impl Engine {
     fn on_command(&mut self, c: TaskCommand) -> Result<(), Error> {
         match c.cmd {
             Some(task_command::Cmd::Info(i)) => {
-                if i.piece_length == 0 {
-                    return Err(Error::Failed("scheduler sent a zero piece length".into()));
-                }
-                self.task
-                    .set_layout(Layout::new(i.content_length, i.piece_length))?;
+                let layout = Layout::try_new(i.content_length, i.piece_length)
+                    .map_err(|e| Error::Failed(format!("the scheduler's layout: {e}")))?;
+                self.task.set_layout(layout)?;
             }
             Some(task_command::Cmd::Digests(d)) => {
                 self.task.set_digests(
@@ -519,7 +517,8 @@ impl Engine {
                 } else {
                     self.d.limits.piece_length_for(n)
                 };
-                let layout = Layout::new(n, piece_length);
+                let layout = Layout::try_new(n, piece_length)
+                    .map_err(|e| Error::Failed(format!("{}: {e}", self.spec.url)))?;
                 self.task.set_layout(layout)?;
                 self.send(task_message::Msg::SourceInfo(SourceInfo {
                     content_length: n,

@@ -59,6 +59,8 @@ pub fn spec_of(req: &DownloadRequest) -> Result<TaskSpec, Error> {
         headers: req.headers.clone(),
         digest: digest.map(|d| d.to_string()).unwrap_or_default(),
         piece_length: 0,
+        tag: req.tag.clone(),
+        application: req.application.clone(),
     })
 }
 

@@ -9,6 +9,7 @@ use crate::rate::RateLimiter;
 use crate::task::{Task, sha256};
 use crate::wire::{Frame, read_frame, write_frame};
 use bytes::Bytes;
+use damselfly_proto::layout::check_bitmap;
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -129,9 +130,8 @@ async fn run(
         let event = match frame {
             Frame::Bitmap { pieces, bits } => ParentEvent::Bitmap {
                 parent: parent.clone(),
-                have: (0..pieces as usize)
-                    .map(|i| bits.get(i / 8).is_some_and(|b| b & (1 << (i % 8)) != 0))
-                    .collect(),
+                have: check_bitmap(task.layout(), pieces, &bits)
+                    .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?,
             },
             Frame::Have(pieces) => ParentEvent::Have {
                 parent: parent.clone(),

@@ -3,6 +3,7 @@
 //! Every handler takes the state lock, changes plain data and queues replies
 //! on unbounded channels; nothing awaits while holding the lock.
 
+use crate::admission;
 use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::schedule::Planner;
@@ -89,7 +90,9 @@ impl Shared {
             host_message::Msg::Keepalive(load) => host.active_uploads = load.active_uploads,
             host_message::Msg::Stored(stored) => {
                 for st in stored.tasks {
-                    let layout = Layout::new(st.content_length, st.piece_length.max(1));
+                    let Some(layout) = admission::stored_layout(&st) else {
+                        continue;
+                    };
                     let Some(task) = s.tasks.get_mut(&st.task_id) else {
                         continue;
                     };
@@ -118,44 +121,61 @@ impl Shared {
     }
 
     /// Registers a peer on a task and decides who feeds it.
-    fn register(&self, reg: Register, tx: TaskTx) -> Result<(String, String), Error> {
-        let spec = reg
-            .spec
-            .ok_or_else(|| Error::BadRequest("register without a task spec".into()))?;
-        if spec.task_id.is_empty() || reg.peer_id.is_empty() {
-            return Err(Error::BadRequest("task_id and peer_id are required".into()));
-        }
+    fn register(&self, mut reg: Register, tx: TaskTx) -> Result<(String, String), Error> {
+        let admitted = admission::registration(&reg)?;
+        let spec = reg.spec.take().expect("checked by admission");
         let task_id = spec.task_id.clone();
         let started = Instant::now();
         let mut s = self.lock();
-        if !s.hosts.contains_key(&reg.host_id) {
+        let Some(host) = s.hosts.get(&reg.host_id) else {
             return Err(Error::UnknownHost(reg.host_id));
-        }
+        };
+        // Only a seed is a source by its own word; anyone else fetches from
+        // the origin when the scheduler sends it there.
+        let from_source = reg.from_source && host.info.seed;
+        // The task keeps no origin headers: they go to the one seed triggered below.
+        let kept = damselfly_proto::scheduler::TaskSpec {
+            headers: Default::default(),
+            ..spec.clone()
+        };
         let task = s
             .tasks
             .entry(task_id.clone())
-            .or_insert_with(|| Task::new(task_id.clone(), spec.clone()));
+            .or_insert_with(|| Task::new(task_id.clone(), kept.clone()));
         if task.spec.url.is_empty() {
-            task.spec = spec.clone();
+            task.spec = kept;
+        }
+        if let Some(l) = admitted.layout {
+            // A restarted holder's layout: a source sets it, anyone else must agree.
+            match task.layout {
+                Some(known) if known != l => {
+                    return Err(Error::BadRequest(
+                        damselfly_proto::layout::LayoutError::Mismatch { known, claimed: l }.to_string(),
+                    ));
+                }
+                None if !from_source => {}
+                _ => {
+                    task.set_layout(l);
+                }
+            }
         }
         task.last_active = Instant::now();
         let mut peer = new_peer(
             reg.peer_id.clone(),
             &reg.host_id,
             PeerState::Running,
-            reg.from_source,
+            from_source,
             0,
             Some(tx),
         );
-        if reg.content_length > 0 && reg.piece_length > 0 {
-            task.set_layout(Layout::new(reg.content_length, reg.piece_length));
-            peer.pieces = reg.bitmap.iter().map(|b| b.count_ones()).sum();
+        if task.layout.is_some() && task.layout == admitted.layout {
+            peer.pieces = admitted.held;
         }
         task.remove_peer(&reg.peer_id);
         task.peers.insert(reg.peer_id.clone(), peer);
         task.order.push(reg.peer_id.clone());
 
-        let needs_source = !task.has_source() && !has_complete_peer(task) && !reg.from_source;
+        let needs_source = !task.has_source() && !has_complete_peer(task) && !from_source;
         if needs_source && task.seed_host.is_none() {
             let seeds: Vec<&str> = s
                 .hosts
@@ -225,22 +245,21 @@ impl Shared {
         match msg {
             task_message::Msg::Register(_) => {}
             task_message::Msg::SourceInfo(info) if is_source => {
-                if info.piece_length == 0 {
-                    return;
-                }
-                let layout = Layout::new(info.content_length, info.piece_length);
-                if task.set_layout(layout) {
-                    task.broadcast(&cmd(task_command::Cmd::Info(info_of(layout))), peer_id);
-                    self.planner.replan(&mut s, task_id, REPLAN_BATCH);
-                } else {
-                    warn!(task_id, peer_id, "source reported a different layout; ignored");
+                match admission::source_layout(task.layout, &info) {
+                    Ok(layout) => {
+                        task.set_layout(layout);
+                        task.broadcast(&cmd(task_command::Cmd::Info(info_of(layout))), peer_id);
+                        self.planner.replan(&mut s, task_id, REPLAN_BATCH);
+                    }
+                    Err(e) => warn!(task_id, peer_id, error = %e, "source layout refused"),
                 }
             }
             task_message::Msg::SourceInfo(_) => {
                 warn!(task_id, peer_id, "source info from a non-source peer ignored")
             }
             task_message::Msg::Pieces(done) => {
-                peer.pieces = peer.pieces.saturating_add(done.pieces.len() as u32);
+                let count = task.layout.map_or(0, |l| l.piece_count());
+                peer.pieces = peer.pieces.saturating_add(done.pieces.len() as u32).min(count);
                 self.metrics.bytes_from_peers.inc_by(done.bytes_from_peers);
                 self.metrics.bytes_from_source.inc_by(done.bytes_from_source);
                 if is_source {
@@ -468,9 +487,7 @@ impl Scheduler for SchedulerService {
         let Some(host_message::Msg::Hello(info)) = first else {
             return Err(Error::BadRequest("the first host message must be hello".into()).into());
         };
-        if info.host_id.is_empty() || info.ip.is_empty() || info.piece_port == 0 {
-            return Err(Error::BadRequest("hello needs host_id, ip and piece_port".into()).into());
-        }
+        admission::hello(&info)?;
         let host_id = info.host_id.clone();
         let (tx, rx) = mpsc::unbounded_channel();
         let conn = {
