@@ -299,3 +299,113 @@ fn a_rogue_registrant_is_refused_and_the_real_download_gets_the_origins_bytes() 
     drop(rt);
     Ok(())
 }
+
+/// Announces a non-seed host `rogue` and registers `urls` as tasks (each with
+/// the id its spec derives); returns the open streams.
+async fn register_urls(lab: &Lab, urls: &[String]) -> Result<Vec<mpsc::UnboundedSender<TaskMessage>>> {
+    let endpoint = format!("http://{}:{SCHEDULER_PORT}", lab.ip("sched"));
+    let mut client = SchedulerClient::connect(endpoint).await?;
+    let (host_tx, host_rx) = mpsc::unbounded_channel();
+    host_tx.send(HostMessage {
+        msg: Some(host_message::Msg::Hello(HostInfo {
+            host_id: "rogue".into(),
+            ip: lab.gateway().to_string(),
+            piece_port: 1,
+            ..Default::default()
+        })),
+    })?;
+    let mut commands = client
+        .announce_host(UnboundedReceiverStream::new(host_rx))
+        .await?
+        .into_inner();
+    tokio::spawn(async move {
+        let _keep = host_tx;
+        while let Ok(Some(_)) = commands.message().await {}
+    });
+    let mut open = Vec::new();
+    for (i, url) in urls.iter().enumerate() {
+        let mut headers = std::collections::HashMap::new();
+        headers.insert("X-Rogue".to_string(), "1".to_string());
+        let reg = Register {
+            host_id: "rogue".into(),
+            peer_id: format!("rogue-{i}"),
+            spec: Some(TaskSpec {
+                task_id: damselfly_proto::task_id::task_id(url, None, "", "").unwrap(),
+                url: url.clone(),
+                headers,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        open.push(register(&mut client, reg, vec![]).await?);
+    }
+    Ok(open)
+}
+
+#[test]
+fn a_seed_does_not_fetch_its_own_loopback_or_link_local_addresses() -> Result<()> {
+    require_root();
+    let lab = Lab::new("dftrust2", 61, &["sched", "seed"], None)?;
+    let dir = tempfile::tempdir()?;
+    let www = dir.path().join("www");
+    std::fs::create_dir_all(&www)?;
+    std::fs::write(www.join("secret"), b"the seed's own secret")?;
+    std::fs::write(www.join("ready"), b"")?;
+    let mut cmd = std::process::Command::new(bins::origin()?);
+    cmd.arg("--dir").arg(&www).arg("--listen").arg("127.0.0.1:9999");
+    let secret = lab.spawn("seed", "secret", &cmd)?;
+    damselfly_e2e::wait::wait_for("the seed's loopback service", Duration::from_secs(10), || {
+        lab.run(
+            "seed",
+            std::process::Command::new("curl").args(["-sf", "http://127.0.0.1:9999/ready"]),
+        )
+        .is_ok_and(|o| o.status.success())
+    })?;
+    let mesh = Mesh::start(
+        &lab,
+        &bins::damselfly()?,
+        &dir.path().join("state"),
+        "sched",
+        "seed",
+        &[],
+    )?;
+    let urls = [
+        "http://127.0.0.1:9999/secret".to_string(),
+        "http://169.254.169.254/latest/meta-data/".to_string(),
+        format!("http://{}:{SCHEDULER_METRICS_PORT}/metrics", lab.ip("sched")),
+    ];
+    let rt = tokio::runtime::Runtime::new()?;
+    let _open = rt.block_on(register_urls(&lab, &urls))?;
+    damselfly_e2e::wait::wait_for(
+        "the seed to refuse every trigger",
+        Duration::from_secs(30),
+        || mesh.seed.proc.log().matches("seed trigger refused").count() >= urls.len(),
+    )?;
+    let asked: Vec<_> = damselfly_e2e::origin::parse_requests(&secret.log())
+        .into_iter()
+        .filter(|r| !r.path.contains("ready"))
+        .collect();
+    assert!(asked.is_empty(), "the seed fetched from its loopback: {asked:?}");
+    let log = mesh.seed.proc.log() + &mesh.scheduler.log();
+    assert!(
+        !log.contains("X-Rogue") && !log.contains("x-rogue"),
+        "headers never logged"
+    );
+    // The seed holds none of these tasks: its piece port says so.
+    let id = damselfly_proto::task_id::task_id(&urls[0], None, "", "").unwrap();
+    let reply = rt.block_on(async {
+        let mut s = tokio::net::TcpStream::connect((lab.ip("seed"), PIECE_PORT)).await?;
+        s.write_all(&frame(HELLO, format!("{id}\nrogue").as_bytes()))
+            .await?;
+        let mut buf = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf)).await??;
+        anyhow::Ok(buf)
+    })?;
+    assert!(
+        String::from_utf8_lossy(&reply).contains("not here"),
+        "{:?}",
+        String::from_utf8_lossy(&reply)
+    );
+    assert!(mesh.seed.proc.is_running() && mesh.scheduler.is_running());
+    Ok(())
+}

@@ -29,6 +29,8 @@ pub enum Error {
     Config(#[from] damselfly_service::config::ConfigError),
     #[error("download failed: {0}")]
     Failed(String),
+    #[error("forbidden: {0}")]
+    Forbidden(String),
 }
 
 impl Error {
@@ -54,6 +56,7 @@ impl From<Error> for tonic::Status {
         let msg = e.to_string();
         match e {
             Error::BadRequest(_) => tonic::Status::invalid_argument(msg),
+            Error::Forbidden(_) => tonic::Status::permission_denied(msg),
             Error::OriginStatus { status: 404, .. } => tonic::Status::not_found(msg),
             Error::OriginStatus {
                 status: 401 | 403, ..

@@ -14,6 +14,7 @@
 //! - [`piece_server`]: serves pieces to children (super-seeding when this peer is the source).
 //! - [`parent`]: one connection to a parent, as a child.
 //! - [`source`]: back-to-source over HTTP(S) with Range and retries.
+//! - [`origin_policy`]: which origins a seed task may name (no loopback, link-local, cluster services).
 //! - [`download`]: the engine that drives one task to completion.
 //! - [`announcer`]: the host stream to the scheduler (keepalive, seed triggers).
 //! - [`schedulers`]: one host stream per scheduler in the (fixed or managed) list.
@@ -36,6 +37,7 @@ pub mod limits;
 pub mod local_api;
 pub mod manager;
 pub mod metrics;
+pub mod origin_policy;
 pub mod parent;
 pub mod piece_server;
 pub mod rate;
