@@ -409,3 +409,69 @@ fn a_seed_does_not_fetch_its_own_loopback_or_link_local_addresses() -> Result<()
     assert!(mesh.seed.proc.is_running() && mesh.scheduler.is_running());
     Ok(())
 }
+
+#[test]
+fn origin_errors_reach_get_with_their_kind_and_url() -> Result<()> {
+    require_root();
+    let lab = Lab::new("dftrust3", 62, &["origin", "sched", "seed", "p1"], None)?;
+    let dir = tempfile::tempdir()?;
+    let www = dir.path().join("www");
+    std::fs::create_dir_all(www.join("private"))?;
+    write_random_file(&www.join("private/blob"), MIB)?;
+    let sha = sha256_file(&www.join("private/blob"))?;
+    let origin = Origin::start(&lab, "origin", &www, ORIGIN_PORT)?;
+    let mesh = Mesh::start(
+        &lab,
+        &bins::damselfly()?,
+        &dir.path().join("state"),
+        "sched",
+        "seed",
+        &["p1"],
+    )?;
+    let get = |url: &str, header: Option<&str>| -> Result<damselfly_e2e::process::JobResult> {
+        let mut cmd = mesh.get_command("p1", url, &dir.path().join("out"));
+        if let Some(h) = header {
+            cmd.arg("-H").arg(h);
+        }
+        lab.start("p1", "get", &cmd)?.wait(Duration::from_secs(120))
+    };
+    for (path, header, kind) in [
+        ("missing.bin", None, "not found"),
+        ("private/blob", None, "permission denied"),
+        (
+            "private/blob",
+            Some("Authorization: Bearer wrong"),
+            "permission denied",
+        ),
+    ] {
+        let url = origin.url(path);
+        let r = get(&url, header)?;
+        ensure!(!r.success(), "get {url} succeeded");
+        let log = std::fs::read_to_string(&r.log)?;
+        ensure!(
+            log.contains(&format!("{kind}: ")) && log.contains(&url),
+            "get {url}: expected {kind:?} naming the URL, got:\n{log}"
+        );
+    }
+    // A digest that is not the content's: data loss, and no output.
+    let wrong = format!("sha256:{}", "0".repeat(64));
+    let mut cmd = mesh.get_command("p1", &origin.url("private/blob"), &dir.path().join("bad"));
+    cmd.args(["-H", "Authorization: Bearer lab-token", "--digest", &wrong]);
+    let r = lab.start("p1", "get", &cmd)?.wait(Duration::from_secs(120))?;
+    let log = std::fs::read_to_string(&r.log)?;
+    ensure!(
+        !r.success() && log.contains("data loss: "),
+        "wrong digest:\n{log}"
+    );
+    ensure!(
+        !dir.path().join("bad").exists(),
+        "no output for a mismatched digest"
+    );
+    let ok = get(
+        &origin.url("private/blob"),
+        Some("Authorization: Bearer lab-token"),
+    )?;
+    ok.ensure_success()?;
+    assert_eq!(sha256_file(&dir.path().join("out"))?, sha);
+    Ok(())
+}

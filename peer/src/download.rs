@@ -159,7 +159,7 @@ impl Downloader {
                 } else {
                     let _ = task.save(&self.tasks.store);
                 }
-                task.mark_failed(e.to_string());
+                task.mark_failed(e.failure());
                 self.tasks.forget(&id);
             }
         }
@@ -174,7 +174,7 @@ pub async fn wait(task: &Task) -> Result<(), Error> {
     loop {
         let p = task.progress();
         if let Some(f) = p.failed {
-            return Err(Error::Failed(f));
+            return Err(Error::Ended(f));
         }
         if p.done {
             return Ok(());

@@ -219,7 +219,7 @@ async fn follow(
     loop {
         let p = task.progress();
         if let Some(f) = p.failed {
-            return Err(Status::from(Error::Failed(f)));
+            return Err(Status::from(f));
         }
         if p.done {
             if let Some(out) = out {
