@@ -43,6 +43,8 @@ const TICK: Duration = Duration::from_millis(50);
 const SAVE_EVERY: Duration = Duration::from_millis(500);
 const REPORT_EVERY: Duration = Duration::from_millis(250);
 const SCHEDULER_TIMEOUT: Duration = Duration::from_secs(5);
+/// A parent that said it is busy is not connected to again for this long.
+const BUSY_RETRY: Duration = Duration::from_secs(1);
 
 /// One configured scheduler.
 #[derive(Clone)]
@@ -219,6 +221,8 @@ struct Engine {
     sched_rx: Option<tonic::Streaming<TaskCommand>>,
     parents: HashMap<String, ParentState>,
     blocklist: HashSet<String>,
+    /// Parents that were at their upload limit, and when they said so.
+    busy: HashMap<String, Instant>,
     inflight: HashMap<u32, (String, Instant)>,
     events_tx: mpsc::UnboundedSender<ParentEvent>,
     events_rx: mpsc::UnboundedReceiver<ParentEvent>,
@@ -252,6 +256,7 @@ impl Engine {
             sched_rx: None,
             parents: HashMap::new(),
             blocklist: HashSet::new(),
+            busy: HashMap::new(),
             inflight: HashMap::new(),
             events_tx,
             events_rx,
@@ -410,6 +415,10 @@ impl Engine {
         for p in list {
             if self.parents.contains_key(&p.peer_id)
                 || self.blocklist.contains(&p.peer_id)
+                || self
+                    .busy
+                    .get(&p.peer_id)
+                    .is_some_and(|at| at.elapsed() < BUSY_RETRY)
                 || p.peer_id == self.peer_id
             {
                 continue;
@@ -611,10 +620,22 @@ impl Engine {
                     None => {} // digest unknown yet: requested again once it is
                 }
             }
-            ParentEvent::Closed { parent, error } => {
+            ParentEvent::Closed { parent, error, fault } => {
                 if self.parents.contains_key(&parent) {
                     debug!(parent, error, "parent connection closed");
-                    self.fail_parent(&parent, 0, FailReason::Unreachable);
+                    if fault == FailReason::Busy {
+                        // Not a fault: asked again once the scheduler offers it after BUSY_RETRY.
+                        self.drop_parent(&parent);
+                        self.busy.insert(parent.clone(), Instant::now());
+                        self.d.metrics.piece_failed("busy");
+                        self.send(task_message::Msg::PieceFailed(PieceFailed {
+                            index: 0,
+                            parent_peer_id: parent,
+                            reason: fault as i32,
+                        }));
+                    } else {
+                        self.fail_parent(&parent, 0, fault);
+                    }
                     if self.parents.is_empty() {
                         self.send(task_message::Msg::Reschedule(Reschedule {}));
                     }

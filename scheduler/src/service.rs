@@ -310,7 +310,9 @@ impl Shared {
             }
             task_message::Msg::PieceFailed(f) => {
                 let reason = FailReason::try_from(f.reason).unwrap_or(FailReason::Unspecified);
-                peer.blocklist.insert(f.parent_peer_id.clone());
+                if reason != FailReason::Busy {
+                    peer.blocklist.insert(f.parent_peer_id.clone());
+                }
                 let parent_host = task.peers.get(&f.parent_peer_id).map(|p| p.host_id.clone());
                 if reason == FailReason::Corrupt {
                     self.metrics.piece_failed("corrupt");
@@ -332,6 +334,14 @@ impl Shared {
                         parent = f.parent_peer_id,
                         index = f.index,
                         "corrupt piece reported"
+                    );
+                } else if reason == FailReason::Busy {
+                    self.metrics.piece_failed("busy");
+                    debug!(
+                        task_id,
+                        peer_id,
+                        parent = f.parent_peer_id,
+                        "parent busy; offered again later"
                     );
                 } else {
                     self.metrics.piece_failed("unreachable");
