@@ -406,6 +406,18 @@ fn a_seed_does_not_fetch_its_own_loopback_or_link_local_addresses() -> Result<()
         "{:?}",
         String::from_utf8_lossy(&reply)
     );
+    // The scheduler kept no origin header of the task it relayed to the seed.
+    let view = lab.run_ok(
+        "sched",
+        std::process::Command::new("curl").args([
+            "-sf",
+            &format!("http://{}:{SCHEDULER_METRICS_PORT}/tasks/{id}", lab.ip("sched")),
+        ]),
+    )?;
+    assert!(
+        view.contains(&id) && !view.to_ascii_lowercase().contains("x-rogue"),
+        "{view}"
+    );
     assert!(mesh.seed.proc.is_running() && mesh.scheduler.is_running());
     Ok(())
 }
