@@ -119,25 +119,46 @@ async fn register(
     Ok(tx)
 }
 
+/// One mesh with its origin in a lab.
+struct Setup {
+    mesh: Mesh,
+    origin: Origin,
+    lab: Lab,
+    dir: tempfile::TempDir,
+    sha: String,
+}
+
+/// origin, sched, seed and p1, with a random file of `size` bytes at `path` on the origin.
+fn setup(prefix: &str, octet: u8, path: &str, size: u64) -> Result<Setup> {
+    require_root();
+    let lab = Lab::new(prefix, octet, &["origin", "sched", "seed", "p1"], None)?;
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("www").join(path);
+    std::fs::create_dir_all(file.parent().expect("a file in www"))?;
+    write_random_file(&file, size)?;
+    let sha = sha256_file(&file)?;
+    let origin = Origin::start(&lab, "origin", &dir.path().join("www"), ORIGIN_PORT)?;
+    let state = dir.path().join("state");
+    let mesh = Mesh::start(&lab, &bins::damselfly()?, &state, "sched", "seed", &["p1"])?;
+    Ok(Setup {
+        mesh,
+        origin,
+        lab,
+        dir,
+        sha,
+    })
+}
+
 #[test]
 fn a_rogue_registrant_is_refused_and_the_real_download_gets_the_origins_bytes() -> Result<()> {
-    require_root();
-    let lab = Lab::new("dftrust1", 60, &["origin", "sched", "seed", "p1"], None)?;
-    let dir = tempfile::tempdir()?;
-    let www = dir.path().join("www");
-    std::fs::create_dir_all(&www)?;
     let size = 4 * MIB + 123;
-    write_random_file(&www.join("blob"), size)?;
-    let sha = sha256_file(&www.join("blob"))?;
-    let origin = Origin::start(&lab, "origin", &www, ORIGIN_PORT)?;
-    let mesh = Mesh::start(
-        &lab,
-        &bins::damselfly()?,
-        &dir.path().join("state"),
-        "sched",
-        "seed",
-        &["p1"],
-    )?;
+    let Setup {
+        lab,
+        dir,
+        origin,
+        mesh,
+        sha,
+    } = setup("dftrust1", 60, "blob", size)?;
     let url = origin.url("blob");
     let id = damselfly_proto::task_id::task_id(&url, None, "", "").unwrap();
     let pieces = size.div_ceil(256 * 1024) as u32;
@@ -424,22 +445,13 @@ fn a_seed_does_not_fetch_its_own_loopback_or_link_local_addresses() -> Result<()
 
 #[test]
 fn origin_errors_reach_get_with_their_kind_and_url() -> Result<()> {
-    require_root();
-    let lab = Lab::new("dftrust3", 62, &["origin", "sched", "seed", "p1"], None)?;
-    let dir = tempfile::tempdir()?;
-    let www = dir.path().join("www");
-    std::fs::create_dir_all(www.join("private"))?;
-    write_random_file(&www.join("private/blob"), MIB)?;
-    let sha = sha256_file(&www.join("private/blob"))?;
-    let origin = Origin::start(&lab, "origin", &www, ORIGIN_PORT)?;
-    let mesh = Mesh::start(
-        &lab,
-        &bins::damselfly()?,
-        &dir.path().join("state"),
-        "sched",
-        "seed",
-        &["p1"],
-    )?;
+    let Setup {
+        lab,
+        dir,
+        origin,
+        mesh,
+        sha,
+    } = setup("dftrust3", 62, "private/blob", MIB)?;
     let get = |url: &str, header: Option<&str>| -> Result<damselfly_e2e::process::JobResult> {
         let mut cmd = mesh.get_command("p1", url, &dir.path().join("out"));
         if let Some(h) = header {
