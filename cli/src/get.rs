@@ -75,11 +75,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         force_source: false,
     };
     let mut client = connect(args.socket).await?;
-    let mut stream = client
-        .download(request)
-        .await
-        .map_err(|s| anyhow::anyhow!("{}", s.message()))?
-        .into_inner();
+    let mut stream = client.download(request).await.map_err(failed)?.into_inner();
     let bar = (!args.quiet && std::io::stderr().is_terminal()).then(|| {
         let b = indicatif::ProgressBar::new(0);
         b.set_style(
@@ -109,8 +105,21 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 if let Some(b) = bar {
                     b.abandon();
                 }
-                bail!("{}", s.message());
+                return Err(failed(s));
             }
         }
     }
+}
+
+/// The daemon's answer with its kind first: "not found: origin answered HTTP 404 for URL".
+fn failed(s: tonic::Status) -> anyhow::Error {
+    let kind = match s.code() {
+        tonic::Code::NotFound => "not found",
+        tonic::Code::PermissionDenied => "permission denied",
+        tonic::Code::DataLoss => "data loss",
+        tonic::Code::InvalidArgument => "invalid argument",
+        tonic::Code::Unavailable => "unavailable",
+        _ => "failed",
+    };
+    anyhow::anyhow!("{kind}: {}", s.message())
 }

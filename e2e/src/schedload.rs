@@ -330,9 +330,10 @@ async fn register_peer(
     host: usize,
 ) -> (Outcome, Option<mpsc::UnboundedSender<TaskMessage>>) {
     let (tx, rx) = mpsc::unbounded_channel();
+    let url = format!("http://origin.invalid/blob-{task}");
     let spec = TaskSpec {
-        task_id: format!("task-{task}"),
-        url: format!("http://origin.invalid/blob-{task}"),
+        task_id: damselfly_proto::task_id::task_id(&url, None, "", "").expect("a valid URL"),
+        url,
         piece_length: config.piece_length,
         ..Default::default()
     };

@@ -3,6 +3,7 @@
 //! It reconnects with backoff for as long as the daemon runs.
 
 use crate::download::{Downloader, Request, SchedulerEndpoint};
+use crate::origin_policy::OriginPolicy;
 use damselfly_proto::scheduler::scheduler_client::SchedulerClient;
 use damselfly_proto::scheduler::{
     HostInfo, HostLoad, HostMessage, StoredTask, StoredTasks, host_command, host_message,
@@ -97,9 +98,17 @@ async fn session(
                         && let Some(spec) = seed.spec
                     {
                         info!(task_id = spec.task_id, "seed trigger");
-                        if let Err(e) = downloader.start(Request { spec, seed: true }) {
-                            warn!(error = %e, "seed trigger failed");
-                        }
+                        let downloader = downloader.clone();
+                        tokio::spawn(async move {
+                            let policy = OriginPolicy::for_peer(&downloader.config);
+                            let started = match policy.check(&spec.url).await {
+                                Ok(()) => downloader.start(Request { spec, seed: true }),
+                                Err(e) => Err(e),
+                            };
+                            if let Err(e) = started {
+                                warn!(error = %e, "seed trigger refused or failed");
+                            }
+                        });
                     }
                 }
                 Ok(None) => return Err("scheduler closed the stream".into()),

@@ -108,7 +108,7 @@ pub fn spec_of(req: &BlobRequest) -> TaskSpec {
             .map(|(k, v)| (k.clone(), v.expose().to_string()))
             .collect(),
         digest: req.digest.to_string(),
-        piece_length: 0,
+        ..Default::default()
     }
 }
 
@@ -122,7 +122,7 @@ pub async fn wait_layout(task: &Task) -> Result<Layout, Error> {
             return Ok(l);
         }
         if let Some(f) = p.failed {
-            return Err(Error::Failed(f));
+            return Err(Error::Ended(f));
         }
         if changes.changed().await.is_err() {
             return Err(Error::Failed("task dropped".into()));
@@ -333,7 +333,7 @@ mod tests {
         let failer = t.clone();
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(20)).await;
-            failer.mark_failed("origin gone".into());
+            failer.mark_failed(crate::error::Failure::internal("origin gone"));
         });
         let (got, err) = collect(s).await;
         assert_eq!(got, piece(&data, layout, 0));
@@ -348,7 +348,7 @@ mod tests {
         tokio::spawn(async move { setter.set_layout(Layout::new(10, PIECE)).unwrap() });
         assert_eq!(wait_layout(&t).await.unwrap().content_length, 10);
         let f = Task::new("f".into(), "http://o/b".into(), None, dir.path().join("d"));
-        f.mark_failed("nope".into());
+        f.mark_failed(crate::error::Failure::internal("nope"));
         assert!(wait_layout(&f).await.unwrap_err().to_string().contains("nope"));
     }
 

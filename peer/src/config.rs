@@ -28,6 +28,8 @@
 //! retry_backoff = "200ms"
 //! connect_timeout = "10s"
 //! insecure_tls = false
+//! allowed_hosts = []                       # seed tasks: only these hosts ("host" or "host:port");
+//!                                          # empty: any but loopback, link-local, the schedulers and manager
 //!
 //! [proxy]                                  # the registry mirror proxy, blobs from the mesh
 //! enabled = true
@@ -191,6 +193,10 @@ pub struct SourceConfig {
     pub connect_timeout: Duration,
     /// Accept origins with self-signed certificates (tests, labs).
     pub insecure_tls: bool,
+    /// Hosts (`host` or `host:port`) a seed fetches from when the scheduler
+    /// asks; empty: any host but loopback, link-local and the cluster's
+    /// service addresses (see [`crate::origin_policy`]).
+    pub allowed_hosts: Vec<String>,
 }
 
 const DEFAULT_DATA_DIR: &str = "/var/lib/damselfly";
@@ -234,6 +240,7 @@ impl Default for SourceConfig {
             retry_backoff: Duration::from_millis(200),
             connect_timeout: Duration::from_secs(10),
             insecure_tls: false,
+            allowed_hosts: Vec::new(),
         }
     }
 }

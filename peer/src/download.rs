@@ -38,6 +38,8 @@ use tonic::transport::Channel;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 const SCHEDULER_TIMEOUT: Duration = Duration::from_secs(5);
+/// A parent that said it is busy is not connected to again for this long.
+const BUSY_RETRY: Duration = Duration::from_secs(1);
 
 /// One configured scheduler.
 #[derive(Clone)]
@@ -154,7 +156,7 @@ impl Downloader {
                 } else {
                     let _ = task.save(&self.tasks.store);
                 }
-                task.mark_failed(e.to_string());
+                task.mark_failed(e.failure());
                 self.tasks.forget(&id);
             }
         }
@@ -169,7 +171,7 @@ pub async fn wait(task: &Task) -> Result<(), Error> {
     loop {
         let p = task.progress();
         if let Some(f) = p.failed {
-            return Err(Error::Failed(f));
+            return Err(Error::Ended(f));
         }
         if p.done {
             return Ok(());
@@ -192,6 +194,8 @@ struct Engine {
     conns: HashMap<String, ParentConn>,
     picker: Picker,
     blocklist: HashSet<String>,
+    /// Parents that were at their upload limit, and when they said so.
+    busy: HashMap<String, Instant>,
     events_tx: mpsc::UnboundedSender<ParentEvent>,
     events_rx: mpsc::UnboundedReceiver<ParentEvent>,
     source_tx: mpsc::UnboundedSender<SourceEvent>,
@@ -222,6 +226,7 @@ impl Engine {
             conns: HashMap::new(),
             picker: Picker::default(),
             blocklist: HashSet::new(),
+            busy: HashMap::new(),
             events_tx,
             events_rx,
             source_tx,
@@ -341,11 +346,9 @@ impl Engine {
     fn on_command(&mut self, c: TaskCommand) -> Result<(), Error> {
         match c.cmd {
             Some(task_command::Cmd::Info(i)) => {
-                if i.piece_length == 0 {
-                    return Err(Error::Failed("scheduler sent a zero piece length".into()));
-                }
-                self.task
-                    .set_layout(Layout::new(i.content_length, i.piece_length))?;
+                let layout = Layout::try_new(i.content_length, i.piece_length)
+                    .map_err(|e| Error::Failed(format!("the scheduler's layout: {e}")))?;
+                self.task.set_layout(layout)?;
             }
             Some(task_command::Cmd::Digests(d)) => {
                 self.task.set_digests(
@@ -378,6 +381,10 @@ impl Engine {
         for p in list {
             if self.picker.has_parent(&p.peer_id)
                 || self.blocklist.contains(&p.peer_id)
+                || self
+                    .busy
+                    .get(&p.peer_id)
+                    .is_some_and(|at| at.elapsed() < BUSY_RETRY)
                 || p.peer_id == self.peer_id
             {
                 continue;
@@ -477,7 +484,8 @@ impl Engine {
                 } else {
                     self.d.limits.piece_length_for(n)
                 };
-                let layout = Layout::new(n, piece_length);
+                let layout = Layout::try_new(n, piece_length)
+                    .map_err(|e| Error::Failed(format!("{}: {e}", self.spec.url)))?;
                 self.task.set_layout(layout)?;
                 self.send(task_message::Msg::SourceInfo(SourceInfo {
                     content_length: n,
@@ -538,10 +546,22 @@ impl Engine {
                     None => {} // digest unknown yet: requested again once it is
                 }
             }
-            ParentEvent::Closed { parent, error } => {
+            ParentEvent::Closed { parent, error, fault } => {
                 if self.picker.has_parent(&parent) {
                     debug!(parent, error, "parent connection closed");
-                    self.fail_parent(&parent, 0, FailReason::Unreachable);
+                    if fault == FailReason::Busy {
+                        // Not a fault: asked again once the scheduler offers it after BUSY_RETRY.
+                        self.drop_parent(&parent);
+                        self.busy.insert(parent.clone(), Instant::now());
+                        self.d.metrics.piece_failed("busy");
+                        self.send(task_message::Msg::PieceFailed(PieceFailed {
+                            index: 0,
+                            parent_peer_id: parent,
+                            reason: fault as i32,
+                        }));
+                    } else {
+                        self.fail_parent(&parent, 0, fault);
+                    }
                     if self.picker.is_empty() {
                         self.send(task_message::Msg::Reschedule(Reschedule {}));
                     }

@@ -29,6 +29,58 @@ pub enum Error {
     Config(#[from] damselfly_service::config::ConfigError),
     #[error("download failed: {0}")]
     Failed(String),
+    #[error("forbidden: {0}")]
+    Forbidden(String),
+    /// A download that failed elsewhere (the task's own run), with its kind.
+    #[error("{0}")]
+    Ended(Failure),
+}
+
+/// What a failed download's waiters are told: its kind survives the task
+/// boundary, so an origin's 404 reaches `damselfly get` as not-found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailKind {
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    DataLoss,
+    Unavailable,
+    Internal,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    pub kind: FailKind,
+    pub message: String,
+}
+
+impl Failure {
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self {
+            kind: FailKind::Internal,
+            message: message.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl From<Failure> for tonic::Status {
+    fn from(f: Failure) -> Self {
+        let code = match f.kind {
+            FailKind::InvalidArgument => tonic::Code::InvalidArgument,
+            FailKind::NotFound => tonic::Code::NotFound,
+            FailKind::PermissionDenied => tonic::Code::PermissionDenied,
+            FailKind::DataLoss => tonic::Code::DataLoss,
+            FailKind::Unavailable => tonic::Code::Unavailable,
+            FailKind::Internal => tonic::Code::Internal,
+        };
+        tonic::Status::new(code, f.message)
+    }
 }
 
 impl Error {
@@ -49,19 +101,31 @@ impl Error {
     }
 }
 
-impl From<Error> for tonic::Status {
-    fn from(e: Error) -> Self {
-        let msg = e.to_string();
-        match e {
-            Error::BadRequest(_) => tonic::Status::invalid_argument(msg),
-            Error::OriginStatus { status: 404, .. } => tonic::Status::not_found(msg),
+impl Error {
+    /// The error as the task keeps it for its waiters.
+    pub fn failure(&self) -> Failure {
+        let kind = match self {
+            Error::Ended(f) => return f.clone(),
+            Error::BadRequest(_) => FailKind::InvalidArgument,
+            Error::Forbidden(_) => FailKind::PermissionDenied,
+            Error::OriginStatus { status: 404, .. } => FailKind::NotFound,
             Error::OriginStatus {
                 status: 401 | 403, ..
-            } => tonic::Status::permission_denied(msg),
-            Error::DigestMismatch { .. } => tonic::Status::data_loss(msg),
-            Error::Origin(_) | Error::OriginStatus { .. } => tonic::Status::unavailable(msg),
-            _ => tonic::Status::internal(msg),
+            } => FailKind::PermissionDenied,
+            Error::DigestMismatch { .. } => FailKind::DataLoss,
+            Error::Origin(_) | Error::OriginStatus { .. } => FailKind::Unavailable,
+            _ => FailKind::Internal,
+        };
+        Failure {
+            kind,
+            message: self.to_string(),
         }
+    }
+}
+
+impl From<Error> for tonic::Status {
+    fn from(e: Error) -> Self {
+        e.failure().into()
     }
 }
 

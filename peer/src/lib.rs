@@ -15,6 +15,8 @@
 //! - [`parent`]: one connection to a parent, as a child.
 //! - [`source`]: back-to-source over HTTP(S) with Range and retries.
 //! - [`download`]: the engine that drives one task to completion; [`picker`]: its piece choice and timers (plain code).
+//! - [`origin_policy`]: which origins a seed task may name (no loopback, link-local, cluster services).
+//! - [`download`]: the engine that drives one task to completion.
 //! - [`announcer`]: the host stream to the scheduler (keepalive, seed triggers).
 //! - [`schedulers`]: one host stream per scheduler in the (fixed or managed) list.
 //! - [`manager`]: the scheduler list (and cluster settings) from a manager, and the preheat session.
@@ -36,6 +38,7 @@ pub mod limits;
 pub mod local_api;
 pub mod manager;
 pub mod metrics;
+pub mod origin_policy;
 pub mod parent;
 pub mod picker;
 pub mod piece_server;

@@ -11,6 +11,7 @@
 //! peer's `/metrics` shows the values in force (0: the local default, no
 //! bound).
 
+use damselfly_proto::layout::check_piece_length;
 use damselfly_proto::manager::ClusterSettings;
 use damselfly_proto::piece;
 use prometheus_client::metrics::gauge::Gauge;
@@ -66,14 +67,14 @@ impl Limits {
     }
 
     /// Takes the cluster's settings. Values out of range (a zero, a piece
-    /// length that is not a power of two, min above max) are refused as a
+    /// length outside the shared bounds, min above max) are refused as a
     /// whole: the ones in force stay.
     pub fn apply(&self, s: &ClusterSettings) -> bool {
-        let pow2 = |v: u64| v.is_power_of_two() && v <= u32::MAX as u64;
+        let carried = |v: u64| check_piece_length(v).is_ok();
         let ok = s.peer_upload_concurrency > 0
             && s.peer_download_concurrency > 0
-            && pow2(s.min_piece_length)
-            && pow2(s.max_piece_length)
+            && carried(s.min_piece_length)
+            && carried(s.max_piece_length)
             && s.min_piece_length <= s.max_piece_length;
         if ok {
             self.upload_concurrency.set(s.peer_upload_concurrency as i64);
@@ -167,6 +168,8 @@ mod tests {
             settings(4, 8, 4 * MIB, MIB),
             settings(4, 8, 0, MIB),
             settings(4, 8, MIB, 1 << 33),
+            settings(4, 8, 32 * MIB, 32 * MIB),
+            settings(4, 8, 4096, MIB),
         ] {
             assert!(!l.apply(&bad), "{bad:?}");
         }

@@ -59,6 +59,8 @@ pub fn spec_of(req: &DownloadRequest) -> Result<TaskSpec, Error> {
         headers: req.headers.clone(),
         digest: digest.map(|d| d.to_string()).unwrap_or_default(),
         piece_length: 0,
+        tag: req.tag.clone(),
+        application: req.application.clone(),
     })
 }
 
@@ -217,7 +219,7 @@ async fn follow(
     loop {
         let p = task.progress();
         if let Some(f) = p.failed {
-            return Err(Status::from(Error::Failed(f)));
+            return Err(Status::from(f));
         }
         if p.done {
             if let Some(out) = out {

@@ -151,7 +151,7 @@ pub fn preheat_spec(cmd: &pb::PreheatCommand) -> Result<TaskSpec, String> {
         url: cmd.url.clone(),
         headers: cmd.headers.clone(),
         digest: digest.map(|d| d.to_string()).unwrap_or_default(),
-        piece_length: 0,
+        ..Default::default()
     })
 }
 

@@ -9,6 +9,8 @@ use crate::rate::RateLimiter;
 use crate::task::{Task, sha256};
 use crate::wire::{Frame, read_frame, write_frame};
 use bytes::Bytes;
+use damselfly_proto::layout::check_bitmap;
+use damselfly_proto::scheduler::FailReason;
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -40,8 +42,38 @@ pub enum ParentEvent {
     Closed {
         parent: String,
         error: String,
+        fault: FailReason,
     },
 }
+
+/// What a parent's `Error` frame means for the child: a parent at its upload
+/// limit is busy (ask again later), one without the task does not hold it,
+/// anything else counts as unreachable.
+pub fn fault_of(message: &str) -> FailReason {
+    if message.starts_with(BUSY) {
+        FailReason::Busy
+    } else if message.ends_with(NOT_HERE) {
+        FailReason::NotHere
+    } else {
+        FailReason::Unreachable
+    }
+}
+
+/// How the piece server starts its answer to a child it cannot take now.
+pub const BUSY: &str = "busy:";
+/// How the piece server ends its answer for a task it does not hold.
+pub const NOT_HERE: &str = "not here";
+
+#[derive(Debug)]
+struct Refused(FailReason, String);
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "parent said: {}", self.1)
+    }
+}
+
+impl std::error::Error for Refused {}
 
 /// A live connection; dropping it closes the connection.
 pub struct ParentConn {
@@ -76,11 +108,17 @@ pub fn connect(
     let (tx, rx) = mpsc::unbounded_channel();
     let parent = target.peer_id.clone();
     let handle = tokio::spawn(async move {
-        let error = match run(&target, &task, &my_peer_id, &events, rx, &limiter).await {
-            Ok(()) => "closed by parent".to_string(),
-            Err(e) => e.to_string(),
+        let (error, fault) = match run(&target, &task, &my_peer_id, &events, rx, &limiter).await {
+            Ok(()) => ("closed by parent".to_string(), FailReason::Unreachable),
+            Err(e) => {
+                let fault = e
+                    .get_ref()
+                    .and_then(|r| r.downcast_ref::<Refused>())
+                    .map_or(FailReason::Unreachable, |r| r.0);
+                (e.to_string(), fault)
+            }
         };
-        let _ = events.send(ParentEvent::Closed { parent, error });
+        let _ = events.send(ParentEvent::Closed { parent, error, fault });
     });
     ParentConn {
         requests: tx,
@@ -129,9 +167,8 @@ async fn run(
         let event = match frame {
             Frame::Bitmap { pieces, bits } => ParentEvent::Bitmap {
                 parent: parent.clone(),
-                have: (0..pieces as usize)
-                    .map(|i| bits.get(i / 8).is_some_and(|b| b & (1 << (i % 8)) != 0))
-                    .collect(),
+                have: check_bitmap(task.layout(), pieces, &bits)
+                    .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?,
             },
             Frame::Have(pieces) => ParentEvent::Have {
                 parent: parent.clone(),
@@ -149,7 +186,7 @@ async fn run(
                     elapsed: started.map(|s| s.elapsed()).unwrap_or_default(),
                 }
             }
-            Frame::Error(m) => return Err(std::io::Error::other(format!("parent said: {m}"))),
+            Frame::Error(m) => return Err(std::io::Error::other(Refused(fault_of(&m), m))),
             Frame::Hello { .. } | Frame::Request(_) => {
                 return Err(std::io::Error::new(
                     std::io::ErrorKind::InvalidData,
@@ -167,5 +204,22 @@ struct AbortOnDrop(tokio::task::JoinHandle<()>);
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_parents_refusal_is_typed() {
+        assert_eq!(fault_of("busy: too many children"), FailReason::Busy);
+        assert_eq!(fault_of("task abc not here"), FailReason::NotHere);
+        assert_eq!(fault_of("piece 3 not held"), FailReason::Unreachable);
+        let e = std::io::Error::other(Refused(FailReason::Busy, "busy: x".into()));
+        assert_eq!(
+            e.get_ref().and_then(|r| r.downcast_ref::<Refused>()).map(|r| r.0),
+            Some(FailReason::Busy)
+        );
     }
 }

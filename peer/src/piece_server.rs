@@ -200,13 +200,15 @@ impl PieceServer {
         let task = match self.tasks.get_or_load(&task_id) {
             Ok(Some(t)) => t,
             _ => {
-                write_frame(&mut wr, &Frame::Error(format!("task {task_id} not here"))).await?;
+                let m = format!("task {task_id} {}", crate::parent::NOT_HERE);
+                write_frame(&mut wr, &Frame::Error(m)).await?;
                 return tokio::io::AsyncWriteExt::flush(&mut wr).await;
             }
         };
         // At the upload concurrency: the child asks the scheduler for another parent.
         let Some(_slot) = self.limits.try_upload() else {
-            write_frame(&mut wr, &Frame::Error("busy: too many children".into())).await?;
+            let m = format!("{} too many children", crate::parent::BUSY);
+            write_frame(&mut wr, &Frame::Error(m)).await?;
             return tokio::io::AsyncWriteExt::flush(&mut wr).await;
         };
         self.metrics.active_uploads.inc();

@@ -24,7 +24,7 @@ pub struct Progress {
     pub bytes_from_peers: u64,
     pub bytes_from_source: u64,
     pub done: bool,
-    pub failed: Option<String>,
+    pub failed: Option<crate::error::Failure>,
 }
 
 #[derive(Default)]
@@ -289,7 +289,7 @@ impl Task {
         self.notify();
     }
 
-    pub fn mark_failed(&self, why: String) {
+    pub fn mark_failed(&self, why: crate::error::Failure) {
         self.lock().progress.failed = Some(why);
         self.notify();
     }

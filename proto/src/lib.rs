@@ -6,10 +6,12 @@
 //! - [`manager`]: the control plane for schedulers, seed peers and peers (generated).
 //! - [`task_id`]: how a download is named, so every peer of one file meets in one swarm.
 //! - [`piece`]: how a task is cut into pieces.
+//! - [`layout`]: layouts, bitmaps and piece indexes from other hosts, checked once.
 //! - [`ring`]: consistent hashing of tasks onto seeds and schedulers.
 //!
 //! Everything here is shared by more than one role; nothing here does I/O.
 
+pub mod layout;
 pub mod piece;
 pub mod ring;
 pub mod task_id;

@@ -10,7 +10,8 @@
 //! 2 MiB, and only files above 8 GiB get more than 512 pieces.
 
 pub const MIN_PIECE_LENGTH: u32 = 256 * 1024;
-pub const MAX_PIECE_LENGTH: u32 = 16 * 1024 * 1024;
+/// The largest piece length any role carries (one wire frame).
+pub const MAX_PIECE_LENGTH: u32 = *crate::layout::PIECE_LENGTH_BOUNDS.end();
 pub const TARGET_PIECES: u64 = 512;
 
 /// The piece length for content of `content_length` bytes.

@@ -95,9 +95,38 @@ pub fn task_id(
     Ok(hex::encode(h.finalize()))
 }
 
+/// The id `spec` must carry: derived from its digest, or else from its URL,
+/// tag and application. A spec whose id differs names another task.
+pub fn id_of_spec(spec: &crate::scheduler::TaskSpec) -> Result<String, String> {
+    let digest = if spec.digest.is_empty() {
+        None
+    } else {
+        Some(Sha256Digest::parse(&spec.digest)?)
+    };
+    task_id(&spec.url, digest.as_ref(), &spec.tag, &spec.application)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_spec_names_its_own_id() {
+        use crate::scheduler::TaskSpec;
+        let mut spec = TaskSpec {
+            url: "http://h/f?X-Amz-Signature=1".into(),
+            tag: "t".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            id_of_spec(&spec).unwrap(),
+            task_id("http://h/f", None, "t", "").unwrap()
+        );
+        spec.digest = format!("sha256:{}", "cd".repeat(32));
+        assert_eq!(id_of_spec(&spec).unwrap(), "cd".repeat(32));
+        spec.digest = "sha256:zz".into();
+        assert!(id_of_spec(&spec).is_err());
+    }
 
     #[test]
     fn signing_params_do_not_change_the_id() {

@@ -13,6 +13,7 @@ use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::schedule::{Planner, parent_addrs};
 use crate::state::{Host, Peer, PeerState, State, Task};
+use damselfly_proto::layout::LayoutError;
 use damselfly_proto::piece::Layout;
 use damselfly_proto::ring;
 use damselfly_proto::scheduler::{FailReason, HostInfo, Parent, PiecesDone, TaskSpec};
@@ -394,35 +395,56 @@ impl Core {
     fn register(&mut self, now: Instant, reg: Registration, out: &mut Vec<Command>) -> Result<(), Error> {
         let task_id = reg.spec.task_id.clone();
         let s = &mut self.state;
-        if !s.hosts.contains_key(&reg.host_id) {
+        let Some(host) = s.hosts.get(&reg.host_id) else {
             return Err(Error::UnknownHost(reg.host_id));
-        }
+        };
+        // Only a seed is a source by its own word; anyone else fetches from
+        // the origin when the scheduler sends it there.
+        let from_source = reg.from_source && host.info.seed;
+        // The task keeps no origin headers: they go to the one seed triggered below.
+        let kept = TaskSpec {
+            headers: Default::default(),
+            ..reg.spec.clone()
+        };
         let task = s
             .tasks
             .entry(task_id.clone())
-            .or_insert_with(|| Task::new(task_id.clone(), reg.spec.clone(), now));
+            .or_insert_with(|| Task::new(task_id.clone(), kept.clone(), now));
         if task.spec.url.is_empty() {
-            task.spec = reg.spec.clone();
+            task.spec = kept;
+        }
+        if let Some(claimed) = reg.layout {
+            // A restarted holder's layout: a source sets it, anyone else must agree.
+            match task.layout {
+                Some(known) if known != claimed => {
+                    return Err(Error::BadRequest(
+                        LayoutError::Mismatch { known, claimed }.to_string(),
+                    ));
+                }
+                None if !from_source => {}
+                _ => {
+                    task.set_layout(claimed);
+                }
+            }
         }
         task.last_active = now;
         let mut peer = new_peer(
             reg.peer_id.clone(),
             &reg.host_id,
             PeerState::Running,
-            reg.from_source,
+            from_source,
             0,
             true,
             now,
         );
-        if let Some(layout) = reg.layout {
-            task.set_layout(layout);
+        if task.layout.is_some() && task.layout == reg.layout {
             peer.pieces = reg.pieces_held;
         }
         task.remove_peer(&reg.peer_id);
         task.peers.insert(reg.peer_id.clone(), peer);
         task.order.push(reg.peer_id.clone());
 
-        let needs_source = !task.has_source() && !has_complete_peer(task) && !reg.from_source;
+        let needs_source = !task.has_source() && !has_complete_peer(task) && !from_source;
         if needs_source && task.seed_host.is_none() {
             let seeds: Vec<&str> = s
                 .hosts
@@ -522,7 +544,8 @@ impl Core {
         }
         let task = self.state.tasks.get_mut(task_id).expect("touched");
         let peer = task.peers.get_mut(peer_id).expect("touched");
-        peer.pieces = peer.pieces.saturating_add(done.pieces.len() as u32);
+        let count = task.layout.map_or(0, |l| l.piece_count());
+        peer.pieces = peer.pieces.saturating_add(done.pieces.len() as u32).min(count);
         self.metrics.bytes_from_peers.inc_by(done.bytes_from_peers);
         self.metrics.bytes_from_source.inc_by(done.bytes_from_source);
         if peer.source {
@@ -587,7 +610,9 @@ impl Core {
         let task = self.state.tasks.get_mut(task_id).expect("touched");
         let parent_host = task.peers.get(parent_peer_id).map(|p| p.host_id.clone());
         let peer = task.peers.get_mut(peer_id).expect("touched");
-        peer.blocklist.insert(parent_peer_id.to_string());
+        if reason != FailReason::Busy {
+            peer.blocklist.insert(parent_peer_id.to_string());
+        }
         if reason == FailReason::Corrupt {
             self.metrics.piece_failed("corrupt");
             if let Some(h) = parent_host {
@@ -609,6 +634,9 @@ impl Core {
                 index,
                 "corrupt piece reported"
             );
+        } else if reason == FailReason::Busy {
+            self.metrics.piece_failed("busy");
+            debug!(task_id, peer_id, parent = parent_peer_id, "parent busy; offered again later");
         } else {
             self.metrics.piece_failed("unreachable");
             debug!(task_id, peer_id, parent = parent_peer_id, "parent unreachable");

@@ -8,6 +8,7 @@
 //!
 //! Layout:
 //! - [`config`]: the scheduler's config file.
+//! - [`admission`]: what a host sends, checked where it is decoded (ids, layouts, bitmaps).
 //! - [`state`]: hosts, tasks, peers and the DAG (plain data, no I/O).
 //! - [`core`]: the scheduling core: events in, commands out, the clock passed in.
 //! - [`evaluator`]: the trait that filters and scores candidate parents, and the default policy.
@@ -18,6 +19,7 @@
 //! - [`metrics`]: the scheduler's Prometheus metrics.
 //! - [`server`]: starts everything and stops it on shutdown.
 
+pub mod admission;
 pub mod config;
 pub mod core;
 pub mod error;

@@ -6,12 +6,12 @@
 //! replies on unbounded channels; nothing awaits while holding the lock, and
 //! commands leave in the order the core produced them.
 
+use crate::admission;
 use crate::core::{Command, Core, Event, Registration};
 use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::schedule::Planner;
 use crate::state::State;
-use damselfly_proto::piece::Layout;
 use damselfly_proto::scheduler::scheduler_server::Scheduler;
 use damselfly_proto::scheduler::{
     BackToSource, Digests, FailReason, HostCommand, HostMessage, Parents, PieceDigest, Register, SeedTask,
@@ -103,7 +103,7 @@ impl Shared {
                 tasks: stored
                     .tasks
                     .into_iter()
-                    .map(|st| (st.task_id, Layout::new(st.content_length, st.piece_length.max(1))))
+                    .filter_map(|st| Some((st.task_id.clone(), admission::stored_layout(&st)?)))
                     .collect(),
             },
         };
@@ -111,21 +111,15 @@ impl Shared {
     }
 
     /// Registers a peer on a task: decodes, then the core decides who feeds it.
-    fn register(&self, reg: Register, tx: TaskTx) -> Result<(String, String), Error> {
-        let spec = reg
-            .spec
-            .ok_or_else(|| Error::BadRequest("register without a task spec".into()))?;
-        if spec.task_id.is_empty() || reg.peer_id.is_empty() {
-            return Err(Error::BadRequest("task_id and peer_id are required".into()));
-        }
-        let layout = (reg.content_length > 0 && reg.piece_length > 0)
-            .then(|| Layout::new(reg.content_length, reg.piece_length));
+    fn register(&self, mut reg: Register, tx: TaskTx) -> Result<(String, String), Error> {
+        let admitted = admission::registration(&reg)?;
+        let spec = reg.spec.take().expect("checked by admission");
         let registration = Registration {
             host_id: reg.host_id,
             peer_id: reg.peer_id.clone(),
-            pieces_held: reg.bitmap.iter().map(|b| b.count_ones()).sum(),
+            pieces_held: admitted.held,
             from_source: reg.from_source,
-            layout,
+            layout: admitted.layout,
             spec,
         };
         let key = (registration.spec.task_id.clone(), reg.peer_id);
@@ -144,16 +138,17 @@ impl Shared {
         let (task_id, peer_id) = (task_id.to_string(), peer_id.to_string());
         let event = match msg {
             task_message::Msg::Register(_) => return,
-            task_message::Msg::SourceInfo(info) => {
-                if info.piece_length == 0 {
-                    return;
-                }
-                Event::SourceInfo {
+            task_message::Msg::SourceInfo(info) => match admission::source_layout(None, &info) {
+                Ok(layout) => Event::SourceInfo {
                     task_id,
                     peer_id,
-                    layout: Layout::new(info.content_length, info.piece_length),
+                    layout,
+                },
+                Err(e) => {
+                    warn!(task_id, peer_id, error = %e, "source layout refused");
+                    return;
                 }
-            }
+            },
             task_message::Msg::Pieces(report) => Event::PiecesReported {
                 task_id,
                 peer_id,
@@ -296,9 +291,7 @@ impl Scheduler for SchedulerService {
         let Some(host_message::Msg::Hello(info)) = first else {
             return Err(Error::BadRequest("the first host message must be hello".into()).into());
         };
-        if info.host_id.is_empty() || info.ip.is_empty() || info.piece_port == 0 {
-            return Err(Error::BadRequest("hello needs host_id, ip and piece_port".into()).into());
-        }
+        admission::hello(&info)?;
         let host_id = info.host_id.clone();
         let (tx, rx) = mpsc::unbounded_channel();
         let conn = {

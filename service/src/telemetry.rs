@@ -68,3 +68,12 @@ pub async fn serve_metrics(
     });
     Ok((bound, handle))
 }
+
+/// Said once at start-up by every networked role: there is no TLS between
+/// components yet, so whoever reaches their ports is believed.
+pub fn warn_trusted_network(role: &str) {
+    tracing::warn!(
+        role,
+        "no TLS between components: the network must be trusted (any host that reaches this {role} is believed)"
+    );
+}

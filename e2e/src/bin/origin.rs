@@ -1,6 +1,7 @@
 //! `damselfly-origin --dir DIR --listen ADDR`: a static file server for lab
 //! tests and the bench, with Range, HEAD, Content-Length and keep-alive.
-//! Logs one line per request to stderr (format: `damselfly_e2e::origin`).
+//! Logs one line per request to stderr (format: `damselfly_e2e::origin`). Files under
+//! `/private/` answer 401 without `Authorization: Bearer lab-token`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -10,7 +11,7 @@ use axum::Router;
 use axum::extract::{ConnectInfo, Request};
 use axum::http::header::{CONTENT_LENGTH, RANGE};
 use axum::middleware::{self, Next};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use clap::Parser;
 use damselfly_e2e::origin::RequestLog;
 use tower_http::services::ServeDir;
@@ -32,10 +33,25 @@ struct Args {
     listen: SocketAddr,
 }
 
+/// Files under `/private/` need `Authorization: Bearer <PRIVATE_TOKEN>` (401 without).
+pub const PRIVATE_TOKEN: &str = "lab-token";
+
 fn app(dir: PathBuf) -> Router {
     Router::new()
         .fallback_service(ServeDir::new(dir).with_buf_chunk_size(CHUNK))
+        .layer(middleware::from_fn(private))
         .layer(middleware::from_fn(log_request))
+}
+
+async fn private(req: Request, next: Next) -> Response {
+    let authorized = req
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .is_some_and(|v| v.as_bytes() == format!("Bearer {PRIVATE_TOKEN}").as_bytes());
+    if req.uri().path().starts_with("/private/") && !authorized {
+        return axum::http::StatusCode::UNAUTHORIZED.into_response();
+    }
+    next.run(req).await
 }
 
 async fn log_request(ConnectInfo(from): ConnectInfo<SocketAddr>, req: Request, next: Next) -> Response {

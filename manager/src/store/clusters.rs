@@ -25,7 +25,7 @@ pub struct ClusterSettings {
     /// Smallest piece length in bytes a peer lays a new task out with when
     /// it fetches from the origin (power of two, >= 64 KiB).
     pub min_piece_length: u64,
-    /// Largest piece length in bytes (power of two, <= 64 MiB).
+    /// Largest piece length in bytes (power of two, <= 16 MiB: one piece-protocol frame).
     pub max_piece_length: u64,
 }
 
@@ -74,11 +74,8 @@ impl ClusterSettings {
             ("min_piece_length", self.min_piece_length),
             ("max_piece_length", self.max_piece_length),
         ] {
-            if !v.is_power_of_two() || !(64 * 1024..=64 * 1024 * 1024).contains(&v) {
-                return Err(Error::invalid(
-                    f(name),
-                    "must be a power of two within 64 KiB..=64 MiB",
-                ));
+            if let Err(e) = damselfly_proto::layout::check_piece_length(v) {
+                return Err(Error::invalid(f(name), format!("{e} (what every peer carries)")));
             }
         }
         if self.min_piece_length > self.max_piece_length {
@@ -520,6 +517,22 @@ mod tests {
         };
         assert!(
             matches!(s.validate("").unwrap_err(), Error::Invalid { field, .. } if field == "min_piece_length")
+        );
+        // What peers cannot carry in one wire frame is refused, naming the field.
+        let s = ClusterSettings {
+            min_piece_length: 32 << 20,
+            max_piece_length: 32 << 20,
+            ..Default::default()
+        };
+        assert!(
+            matches!(s.validate("").unwrap_err(), Error::Invalid { field, .. } if field == "min_piece_length")
+        );
+        let s = ClusterSettings {
+            max_piece_length: 64 << 20,
+            ..Default::default()
+        };
+        assert!(
+            matches!(s.validate("").unwrap_err(), Error::Invalid { field, .. } if field == "max_piece_length")
         );
         let sc = ClusterScopes {
             cidrs: vec!["10.0.0.0/33".into()],

@@ -1,0 +1,282 @@
+//! What the scheduler takes from a host, checked once where it is decoded.
+//!
+//! Pure functions over the decoded messages: the gRPC wrapper calls them
+//! before anything reaches the state. A registration must name the task its
+//! spec describes (the id is derived from the digest, or from the URL, tag and
+//! application), and every layout, bitmap and string is bounded before it
+//! sizes anything.
+
+use crate::error::Error;
+use damselfly_proto::layout::{LayoutError, check_piece_length};
+use damselfly_proto::piece::Layout;
+use damselfly_proto::scheduler::{HostInfo, Register, SourceInfo, StoredTask};
+use damselfly_proto::task_id::id_of_spec;
+
+/// Longest host, peer or task id.
+pub const MAX_ID: usize = 256;
+/// Longest origin URL.
+pub const MAX_URL: usize = 8 * 1024;
+/// Most origin headers of one task, and their total size.
+pub const MAX_HEADERS: usize = 64;
+pub const MAX_HEADER_BYTES: usize = 16 * 1024;
+/// Longest free-text host field (hostname, idc, location).
+const MAX_TEXT: usize = 256;
+
+fn bad(m: impl Into<String>) -> Error {
+    Error::BadRequest(m.into())
+}
+
+fn bounded(field: &str, v: &str, max: usize) -> Result<(), Error> {
+    if v.len() > max {
+        return Err(bad(format!("{field} is longer than {max} bytes")));
+    }
+    Ok(())
+}
+
+/// A host's hello: ids and texts bounded, a real address and port.
+pub fn hello(info: &HostInfo) -> Result<(), Error> {
+    if info.host_id.is_empty() || info.ip.is_empty() || info.piece_port == 0 {
+        return Err(bad("hello needs host_id, ip and piece_port"));
+    }
+    bounded("host_id", &info.host_id, MAX_ID)?;
+    for (field, v) in [
+        ("hostname", &info.hostname),
+        ("idc", &info.idc),
+        ("location", &info.location),
+    ] {
+        bounded(field, v, MAX_TEXT)?;
+    }
+    info.ip
+        .parse::<std::net::IpAddr>()
+        .map_err(|_| bad(format!("ip {:?} is not an IP address", info.ip)))?;
+    if info.piece_port > u16::MAX as u32 {
+        return Err(bad(format!("piece_port {} is not a TCP port", info.piece_port)));
+    }
+    Ok(())
+}
+
+/// A registration, checked. `layout` is what the registrant claims to hold
+/// (a restarted peer), `held` how many pieces its bitmap sets.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Registration {
+    pub layout: Option<Layout>,
+    pub held: u32,
+}
+
+/// Checks a `Register`: ids present and bounded, the task id derived from the
+/// spec, headers bounded, any layout and bitmap within the bounds.
+pub fn registration(reg: &Register) -> Result<Registration, Error> {
+    let spec = reg
+        .spec
+        .as_ref()
+        .ok_or_else(|| bad("register without a task spec"))?;
+    if spec.task_id.is_empty() || reg.peer_id.is_empty() {
+        return Err(bad("task_id and peer_id are required"));
+    }
+    bounded("peer_id", &reg.peer_id, MAX_ID)?;
+    bounded("host_id", &reg.host_id, MAX_ID)?;
+    bounded("task_id", &spec.task_id, MAX_ID)?;
+    bounded("url", &spec.url, MAX_URL)?;
+    bounded("tag", &spec.tag, MAX_TEXT)?;
+    bounded("application", &spec.application, MAX_TEXT)?;
+    let header_bytes: usize = spec.headers.iter().map(|(k, v)| k.len() + v.len()).sum();
+    if spec.headers.len() > MAX_HEADERS || header_bytes > MAX_HEADER_BYTES {
+        return Err(bad(format!(
+            "at most {MAX_HEADERS} headers of {MAX_HEADER_BYTES} bytes in all"
+        )));
+    }
+    let derived = id_of_spec(spec).map_err(bad)?;
+    if derived != spec.task_id {
+        return Err(bad(format!(
+            "task id {} is not the id of its spec (digest, or URL with tag and application)",
+            spec.task_id
+        )));
+    }
+    if spec.piece_length != 0 {
+        check_piece_length(spec.piece_length as u64).map_err(|e| bad(format!("spec: {e}")))?;
+    }
+    if reg.piece_length == 0 {
+        if reg.content_length != 0 || !reg.bitmap.is_empty() {
+            return Err(bad("a bitmap or content length needs a piece length"));
+        }
+        return Ok(Registration {
+            layout: None,
+            held: 0,
+        });
+    }
+    let layout = Layout::try_new(reg.content_length, reg.piece_length).map_err(|e| bad(e.to_string()))?;
+    let have = layout
+        .check_bitmap(layout.piece_count() as u64, &reg.bitmap)
+        .map_err(|e| bad(e.to_string()))?;
+    Ok(Registration {
+        layout: Some(layout),
+        held: have.iter().filter(|h| **h).count() as u32,
+    })
+}
+
+/// The layout a source reports, if it is within the bounds and agrees with
+/// what the task already has.
+pub fn source_layout(known: Option<Layout>, info: &SourceInfo) -> Result<Layout, LayoutError> {
+    Layout::matches(known, Layout::try_new(info.content_length, info.piece_length)?)
+}
+
+/// The layout of a task a host says it stores, if within the bounds.
+pub fn stored_layout(st: &StoredTask) -> Option<Layout> {
+    Layout::try_new(st.content_length, st.piece_length).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use damselfly_proto::scheduler::TaskSpec;
+    use damselfly_proto::task_id::task_id;
+
+    const URL: &str = "http://origin/f.bin";
+    const P: u32 = 256 * 1024;
+
+    fn reg() -> Register {
+        Register {
+            host_id: "h".into(),
+            peer_id: "p".into(),
+            spec: Some(TaskSpec {
+                task_id: task_id(URL, None, "", "").unwrap(),
+                url: URL.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn refused(r: &Register) -> String {
+        match registration(r) {
+            Err(Error::BadRequest(m)) => m,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_plain_registration_passes() {
+        assert_eq!(
+            registration(&reg()).unwrap(),
+            Registration {
+                layout: None,
+                held: 0
+            }
+        );
+    }
+
+    #[test]
+    fn a_task_id_must_be_the_id_of_its_spec() {
+        let mut r = reg();
+        r.spec.as_mut().unwrap().url = "http://attacker/evil.bin".into();
+        assert!(refused(&r).contains("is not the id of its spec"));
+        // The digest names a digest task; a URL id with a digest is refused.
+        let mut r = reg();
+        r.spec.as_mut().unwrap().digest = format!("sha256:{}", "ab".repeat(32));
+        assert!(refused(&r).contains("is not the id"));
+        r.spec.as_mut().unwrap().task_id = "ab".repeat(32);
+        registration(&r).unwrap();
+        // A tag changes the id.
+        let mut r = reg();
+        r.spec.as_mut().unwrap().tag = "t".into();
+        assert!(refused(&r).contains("is not the id"));
+    }
+
+    #[test]
+    fn absurd_layouts_and_bitmaps_are_refused() {
+        for (len, piece) in [
+            (u32::MAX as u64, 1),
+            (1 << 32, 1),
+            (1 << 63, P),
+            (u64::MAX, 16 << 20),
+            (1 << 40, 64 * 1024),
+        ] {
+            let mut r = reg();
+            r.content_length = len;
+            r.piece_length = piece;
+            refused(&r);
+        }
+        let mut r = reg();
+        r.content_length = 10 * P as u64;
+        r.piece_length = P;
+        r.bitmap = vec![0xff; 1 << 20];
+        assert!(refused(&r).contains("bitmap"));
+        r.bitmap = vec![0xff, 0b11];
+        assert_eq!(registration(&r).unwrap().held, 10);
+        r.piece_length = 0;
+        refused(&r);
+    }
+
+    #[test]
+    fn strings_and_headers_are_bounded() {
+        let mut r = reg();
+        r.peer_id = "p".repeat(MAX_ID + 1);
+        refused(&r);
+        let mut r = reg();
+        let spec = r.spec.as_mut().unwrap();
+        for i in 0..=MAX_HEADERS {
+            spec.headers.insert(format!("h{i}"), "v".into());
+        }
+        refused(&r);
+        let mut r = reg();
+        r.spec.as_mut().unwrap().piece_length = 3;
+        refused(&r);
+    }
+
+    #[test]
+    fn hellos_name_a_real_address() {
+        let ok = HostInfo {
+            host_id: "h".into(),
+            ip: "10.0.0.1".into(),
+            piece_port: 4001,
+            ..Default::default()
+        };
+        hello(&ok).unwrap();
+        for bad in [
+            HostInfo {
+                ip: "not-an-ip".into(),
+                ..ok.clone()
+            },
+            HostInfo {
+                piece_port: 70000,
+                ..ok.clone()
+            },
+            HostInfo {
+                host_id: "h".repeat(MAX_ID + 1),
+                ..ok.clone()
+            },
+        ] {
+            assert!(hello(&bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_source_layout_must_agree() {
+        let info = SourceInfo {
+            content_length: 1 << 20,
+            piece_length: P,
+        };
+        let l = source_layout(None, &info).unwrap();
+        assert_eq!(source_layout(Some(l), &info), Ok(l));
+        let other = Layout::try_new(2 << 20, P).unwrap();
+        assert!(source_layout(Some(other), &info).is_err());
+        assert!(
+            source_layout(
+                None,
+                &SourceInfo {
+                    content_length: 1 << 32,
+                    piece_length: 1
+                }
+            )
+            .is_err()
+        );
+        assert!(
+            stored_layout(&StoredTask {
+                task_id: "t".into(),
+                content_length: u64::MAX,
+                piece_length: P
+            })
+            .is_none()
+        );
+    }
+}
