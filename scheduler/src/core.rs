@@ -636,7 +636,12 @@ impl Core {
             );
         } else if reason == FailReason::Busy {
             self.metrics.piece_failed("busy");
-            debug!(task_id, peer_id, parent = parent_peer_id, "parent busy; offered again later");
+            debug!(
+                task_id,
+                peer_id,
+                parent = parent_peer_id,
+                "parent busy; offered again later"
+            );
         } else {
             self.metrics.piece_failed("unreachable");
             debug!(task_id, peer_id, parent = parent_peer_id, "parent unreachable");
