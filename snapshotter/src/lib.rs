@@ -15,6 +15,7 @@ pub mod model;
 pub mod overlay;
 pub mod server;
 pub mod snapshotter;
+pub mod unpack;
 
 pub use error::{Error, Result};
 
