@@ -5,6 +5,7 @@
 //! - [`snapshotter`]: the domain trait, one method per RPC; [`grpc`] wraps it.
 //! - [`overlay`]: the overlayfs implementation; [`meta`] its records in redb; [`filter`]
 //!   containerd's list filters.
+//! - [`remote`]: layers from the mesh, unpacked ([`unpack`]) inside Prepare.
 //! - [`server`]: the unix socket and the role's config.
 
 pub mod error;
@@ -13,6 +14,7 @@ pub mod grpc;
 pub mod meta;
 pub mod model;
 pub mod overlay;
+pub mod remote;
 pub mod server;
 pub mod snapshotter;
 pub mod unpack;

@@ -88,6 +88,16 @@ fn db_key(ns: &str, key: &str) -> String {
     format!("{ns}/{key}")
 }
 
+/// A snapshot to add with [`MetaStore::create`].
+pub struct New<'a> {
+    pub kind: Kind,
+    pub key: &'a str,
+    pub parent: &'a str,
+    pub labels: Labels,
+    /// Known only for committed snapshots.
+    pub usage: Option<Usage>,
+}
+
 /// What [`MetaStore::create`] returns: the new record and its parents' ids, nearest first.
 pub struct Created {
     pub record: Record,
@@ -162,17 +172,21 @@ impl MetaStore {
         Ok((record, parents))
     }
 
-    /// Adds an active or view snapshot. `make_dir(id)` runs inside the transaction: the record is
+    /// Adds a snapshot (`usage` is known only for committed ones). `make_dir(id)` runs inside the transaction: the record is
     /// only committed once its directory exists.
     pub fn create(
         &self,
         ns: &str,
-        kind: Kind,
-        key: &str,
-        parent: &str,
-        labels: Labels,
+        new: New<'_>,
         make_dir: impl FnOnce(u64) -> Result<()>,
     ) -> Result<Created> {
+        let New {
+            kind,
+            key,
+            parent,
+            labels,
+            usage,
+        } = new;
         check_key(key)?;
         crate::model::check_labels(&labels)?;
         let txn = self.db.begin_write()?;
@@ -203,7 +217,7 @@ impl MetaStore {
                 labels,
                 created_ns: now,
                 updated_ns: now,
-                usage: None,
+                usage,
             };
             write(&mut table, &k, &record)?;
             make_dir(id)?;
@@ -211,6 +225,28 @@ impl MetaStore {
         };
         txn.commit()?;
         Ok(created)
+    }
+
+    /// Adds committed snapshot `name` whose tree already exists: `place_dir(id)` moves it into
+    /// place inside the transaction.
+    pub fn insert_committed(
+        &self,
+        ns: &str,
+        name: &str,
+        parent: &str,
+        labels: Labels,
+        usage: Usage,
+        place_dir: impl FnOnce(u64) -> Result<()>,
+    ) -> Result<()> {
+        let new = New {
+            kind: Kind::Committed,
+            key: name,
+            parent,
+            labels,
+            usage: Some(usage),
+        };
+        self.create(ns, new, place_dir)?;
+        Ok(())
     }
 
     /// Turns active `key` into committed `name` (same directory), with `labels` and `usage`.
@@ -341,6 +377,16 @@ impl MetaStore {
 mod tests {
     use super::*;
 
+    fn new<'a>(kind: Kind, key: &'a str, parent: &'a str) -> New<'a> {
+        New {
+            kind,
+            key,
+            parent,
+            labels: Labels::new(),
+            usage: None,
+        }
+    }
+
     fn store() -> (tempfile::TempDir, MetaStore) {
         let dir = tempfile::tempdir().unwrap();
         let store = MetaStore::open(&dir.path().join("meta.redb")).unwrap();
@@ -350,10 +396,8 @@ mod tests {
     #[test]
     fn namespaces_are_apart_and_survive_reopen() {
         let (dir, s) = store();
-        s.create("a", Kind::Active, "k", "", Labels::new(), |_| Ok(()))
-            .unwrap();
-        s.create("a-b", Kind::Active, "k", "", Labels::new(), |_| Ok(()))
-            .unwrap();
+        s.create("a", new(Kind::Active, "k", ""), |_| Ok(())).unwrap();
+        s.create("a-b", new(Kind::Active, "k", ""), |_| Ok(())).unwrap();
         assert!(matches!(s.get("b", "k"), Err(Error::NotFound(_))));
         assert_eq!(s.list("a").unwrap().len(), 1);
         s.commit("a", "k", "c", Labels::new(), Usage::default()).unwrap();
@@ -367,14 +411,11 @@ mod tests {
     #[test]
     fn parents_must_be_committed_and_childless_to_remove() {
         let (_d, s) = store();
-        s.create("n", Kind::Active, "a", "", Labels::new(), |_| Ok(()))
-            .unwrap();
-        let e = s.create("n", Kind::Active, "b", "a", Labels::new(), |_| Ok(()));
+        s.create("n", new(Kind::Active, "a", ""), |_| Ok(())).unwrap();
+        let e = s.create("n", new(Kind::Active, "b", "a"), |_| Ok(()));
         assert!(matches!(e, Err(Error::InvalidArgument(_))));
         s.commit("n", "a", "c", Labels::new(), Usage::default()).unwrap();
-        let created = s
-            .create("n", Kind::View, "v", "c", Labels::new(), |_| Ok(()))
-            .unwrap();
+        let created = s.create("n", new(Kind::View, "v", "c"), |_| Ok(())).unwrap();
         assert_eq!(created.parent_ids.len(), 1);
         assert!(matches!(s.remove("n", "c"), Err(Error::FailedPrecondition(_))));
         s.remove("n", "v").unwrap();
@@ -384,7 +425,7 @@ mod tests {
     #[test]
     fn failed_directory_leaves_no_record() {
         let (_d, s) = store();
-        let e = s.create("n", Kind::Active, "a", "", Labels::new(), |_| {
+        let e = s.create("n", new(Kind::Active, "a", ""), |_| {
             Err(Error::Store("disk full".into()))
         });
         assert!(e.is_err());

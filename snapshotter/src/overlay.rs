@@ -8,7 +8,7 @@
 //! `spawn_blocking`.
 
 use crate::filter::Filters;
-use crate::meta::{MetaStore, Record, check_namespace};
+use crate::meta::{MetaStore, New, Record, check_namespace};
 use crate::model::{Info, Kind, Labels, Mount, Usage};
 use crate::snapshotter::Snapshotter;
 use crate::{Error, Result};
@@ -42,6 +42,8 @@ impl Overlay {
         std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o700))
             .map_err(|e| Error::io(format!("chmod {}", root.display()), e))?;
         let meta = MetaStore::open(&root.join("metadata.redb"))?;
+        // Layers being unpacked when the last process stopped: never adopted, so never used.
+        remove_tree(&root.join("staging"))?;
         Ok(Self {
             inner: Arc::new(Inner {
                 root: root.to_path_buf(),
@@ -54,6 +56,63 @@ impl Overlay {
 
     pub fn root(&self) -> &Path {
         &self.inner.root
+    }
+
+    /// Blocking: a fresh directory `ROOT/staging/<n>` with an empty `fs/` to unpack a layer
+    /// into before it becomes a snapshot ([`Overlay::adopt_blocking`]).
+    pub fn stage_blocking(&self) -> Result<PathBuf> {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = self
+            .inner
+            .root
+            .join("staging")
+            .join(format!("{}-{n}", std::process::id()));
+        for sub in ["fs", "work"] {
+            let p = dir.join(sub);
+            std::fs::create_dir_all(&p).map_err(|e| Error::io(format!("create {}", p.display()), e))?;
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755))
+                .map_err(|e| Error::io(format!("chmod {}", p.display()), e))?;
+        }
+        Ok(dir)
+    }
+
+    /// Blocking: removes a staging directory that will not be adopted.
+    pub fn discard_blocking(&self, staged: &Path) {
+        if let Err(e) = remove_tree(staged) {
+            tracing::warn!(dir = %staged.display(), error = %e, "staging directory left behind");
+        }
+    }
+
+    /// Blocking: makes the staged tree committed snapshot `name` on `parent`.
+    pub fn adopt_blocking(
+        &self,
+        ns: &str,
+        name: &str,
+        parent: &str,
+        labels: Labels,
+        staged: &Path,
+    ) -> Result<()> {
+        check_namespace(ns)?;
+        let inner = &self.inner;
+        let usage = disk_usage(&staged.join("fs"))?;
+        let _dirs = inner.dirs.lock().unwrap_or_else(|e| e.into_inner());
+        inner
+            .meta
+            .insert_committed(ns, name, parent, labels, usage, |id| {
+                let dir = inner.dir(id);
+                std::fs::rename(staged, &dir)
+                    .map_err(|e| Error::io(format!("move {} into place", staged.display()), e))
+            })
+    }
+
+    /// Blocking: whether `name` exists in `ns`.
+    pub fn exists_blocking(&self, ns: &str, name: &str) -> Result<bool> {
+        match self.inner.meta.get(ns, name) {
+            Ok(_) => Ok(true),
+            Err(Error::NotFound(_)) => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 
     async fn blocking<T: Send + 'static>(
@@ -75,9 +134,17 @@ impl Overlay {
         check_namespace(&ns)?;
         self.blocking(move |inner| {
             let _dirs = inner.dirs.lock().unwrap_or_else(|e| e.into_inner());
-            let created = inner
-                .meta
-                .create(&ns, kind, &key, &parent, labels, |id| inner.make_dir(id))?;
+            let created = inner.meta.create(
+                &ns,
+                New {
+                    kind,
+                    key: &key,
+                    parent: &parent,
+                    labels,
+                    usage: None,
+                },
+                |id| inner.make_dir(id),
+            )?;
             tracing::debug!(ns, key, id = created.record.id, ?kind, "snapshot created");
             Ok(inner.mounts(&created.record, &created.parent_ids))
         })

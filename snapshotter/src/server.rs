@@ -2,6 +2,7 @@
 
 use crate::grpc::SnapshotsService;
 use crate::overlay::Overlay;
+use crate::remote::{Remote, RemoteConfig, RemoteMetrics};
 use crate::{Error, Result};
 use damselfly_service::config::ConfigError;
 use damselfly_service::shutdown::Shutdown;
@@ -22,6 +23,7 @@ pub struct SnapshotterConfig {
     /// The unix socket containerd's proxy plugin dials.
     pub socket: PathBuf,
     pub metrics_listen: SocketAddr,
+    pub remote: RemoteConfig,
 }
 
 impl Default for SnapshotterConfig {
@@ -30,6 +32,7 @@ impl Default for SnapshotterConfig {
             root: DEFAULT_ROOT.into(),
             socket: DEFAULT_SOCKET.into(),
             metrics_listen: DEFAULT_METRICS.parse().expect("valid default address"),
+            remote: RemoteConfig::default(),
         }
     }
 }
@@ -42,7 +45,7 @@ impl SnapshotterConfig {
         if !self.socket.is_absolute() {
             return Err(ConfigError::invalid("socket", "must be an absolute path"));
         }
-        Ok(())
+        self.remote.validate()
     }
 }
 
@@ -50,8 +53,11 @@ impl SnapshotterConfig {
 pub async fn run(config: SnapshotterConfig, shutdown: Shutdown) -> Result<()> {
     let root = config.root.clone();
     let overlay = tokio::task::spawn_blocking(move || Overlay::open(&root)).await??;
-    let registry = prometheus_client::registry::Registry::default();
-    let (metrics_addr, metrics) = damselfly_service::telemetry::serve_metrics(
+    let mut registry = prometheus_client::registry::Registry::default();
+    let metrics = RemoteMetrics::default();
+    metrics.register(&mut registry);
+    let snapshotter = Remote::new(Arc::new(overlay), &config.remote, metrics);
+    let (metrics_addr, metrics_task) = damselfly_service::telemetry::serve_metrics(
         config.metrics_listen,
         Arc::new(registry),
         shutdown.clone(),
@@ -80,7 +86,7 @@ pub async fn run(config: SnapshotterConfig, shutdown: Shutdown) -> Result<()> {
     tracing::info!(root = %config.root.display(), socket = %config.socket.display(), metrics = %metrics_addr, "snapshotter serving");
     let stop = shutdown.clone();
     let served = tonic::transport::Server::builder()
-        .add_service(SnapshotsService::new(Arc::new(overlay)).into_server())
+        .add_service(SnapshotsService::new(Arc::new(snapshotter)).into_server())
         .serve_with_incoming_shutdown(tokio_stream::wrappers::UnixListenerStream::new(uds), async move {
             stop.wait().await
         })
@@ -88,6 +94,6 @@ pub async fn run(config: SnapshotterConfig, shutdown: Shutdown) -> Result<()> {
     let socket = config.socket.clone();
     let _ = tokio::task::spawn_blocking(move || std::fs::remove_file(socket)).await;
     shutdown.trigger();
-    let _ = metrics.await;
+    let _ = metrics_task.await;
     served.map_err(|e| Error::Task(format!("snapshots service: {e}")))
 }

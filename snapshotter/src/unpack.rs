@@ -17,6 +17,7 @@ use crate::{Error, Result};
 use rustix::fd::{AsFd, OwnedFd};
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags, Timespec, Timestamps, XattrFlags};
 use rustix::io::Errno;
+use sha2::{Digest, Sha256};
 use std::cell::Cell;
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Component, Path, PathBuf};
@@ -57,11 +58,44 @@ impl Compression {
     }
 }
 
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Stats {
     pub entries: u64,
     /// Bytes of file content written.
     pub bytes: u64,
+    /// `sha256:<hex>` of the uncompressed tar stream: the layer's diff id.
+    pub diff_id: String,
+}
+
+/// Hashes what passes through.
+pub struct Hashing<R> {
+    inner: R,
+    hasher: Sha256,
+    pub bytes: u64,
+}
+
+impl<R> Hashing<R> {
+    pub fn new(inner: R) -> Self {
+        Self {
+            inner,
+            hasher: Sha256::new(),
+            bytes: 0,
+        }
+    }
+
+    /// `sha256:<hex>` of everything read so far.
+    pub fn digest(&self) -> String {
+        format!("sha256:{}", hex::encode(self.hasher.clone().finalize()))
+    }
+}
+
+impl<R: Read> Read for Hashing<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.bytes += n as u64;
+        Ok(n)
+    }
 }
 
 fn bad(entry: &str, why: impl std::fmt::Display) -> Error {
@@ -110,7 +144,12 @@ pub fn unpack(blob: impl Read, compression: Option<Compression>, dest: &Path) ->
                 .map_err(|e| Error::InvalidArgument(format!("layer is not valid zstd: {e}")))?,
         ),
     };
-    let stats = unpack_tar(tar, dest)?;
+    let mut tar = Hashing::new(tar);
+    let mut stats = unpack_tar(&mut tar, dest)?;
+    // The tar reader stops at the end-of-archive blocks; the diff id covers the whole stream.
+    std::io::copy(&mut tar, &mut std::io::sink()).map_err(|e| Error::io("read the layer to its end", e))?;
+    stats.diff_id = tar.digest();
+    drop(tar);
     std::io::copy(&mut blob, &mut std::io::sink()).map_err(|e| Error::io("read the layer to its end", e))?;
     Ok(stats)
 }

@@ -51,6 +51,7 @@ async fn restart_keeps_snapshots_and_namespaces_apart() {
         root: dir.path().join("root"),
         socket: dir.path().join("snap.sock"),
         metrics_listen: "127.0.0.1:0".parse().unwrap(),
+        ..Default::default()
     };
     let (stop, task) = start(&config);
     let mut c = connect(&config.socket).await;

@@ -96,6 +96,14 @@ fn check_good(snap: &Path) {
     assert_eq!(std::fs::read(snap.join("implicit/dir/file")).unwrap(), b"deep\n");
 }
 
+fn good_diff_id() -> String {
+    use sha2::Digest;
+    format!(
+        "sha256:{}",
+        hex::encode(sha2::Sha256::digest(std::fs::read(layer("good.tar")).unwrap()))
+    )
+}
+
 #[test]
 fn good_layer_every_compression() {
     if !is_root() {
@@ -112,6 +120,11 @@ fn good_layer_every_compression() {
         let stats =
             unpack(File::open(layer(name)).unwrap(), hint, &snap).unwrap_or_else(|e| panic!("{name}: {e}"));
         assert!(stats.entries >= 20 && stats.bytes > 0, "{name}: {stats:?}");
+        assert_eq!(
+            stats.diff_id,
+            good_diff_id(),
+            "{name}: diff id is the uncompressed tar's digest"
+        );
         check_good(&snap);
     }
 }
