@@ -16,6 +16,7 @@ pub mod model;
 pub mod overlay;
 pub mod remote;
 pub mod server;
+pub mod setup;
 pub mod snapshotter;
 pub mod unpack;
 
