@@ -1,6 +1,8 @@
 //! The thin gRPC wrapper: containerd's `Snapshots` service over any [`Snapshotter`].
 //!
-//! containerd names the namespace of every call in the `containerd-namespace` request header.
+//! A client may name a namespace in the `containerd-namespace` request header (containerd's Go
+//! snapshots client does). containerd itself, as a proxy plugin's user, sends none: its metadata
+//! layer already prefixes every key with its namespace, so those calls share one keyspace.
 
 use crate::model::{Info, Kind, Labels, Mount};
 use crate::proto::snapshots::{self as pb, snapshots_server};
@@ -30,11 +32,13 @@ impl<S: Snapshotter> SnapshotsService<S> {
 }
 
 fn namespace<T>(req: &Request<T>) -> Result<String> {
-    req.metadata()
-        .get("containerd-namespace")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string)
-        .ok_or_else(|| Error::InvalidArgument("request names no containerd namespace".into()))
+    match req.metadata().get("containerd-namespace") {
+        None => Ok(String::new()),
+        Some(v) => v
+            .to_str()
+            .map(str::to_string)
+            .map_err(|_| Error::InvalidArgument("containerd-namespace header is not text".into())),
+    }
 }
 
 fn labels(map: std::collections::HashMap<String, String>) -> Labels {

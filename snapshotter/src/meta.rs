@@ -55,10 +55,13 @@ fn from_ns(ns: u128) -> SystemTime {
     UNIX_EPOCH + Duration::new(secs, (ns % 1_000_000_000) as u32)
 }
 
-/// containerd's namespace rule: letters, digits, `.`, `_`, `-`, at most 76 characters.
+/// containerd's namespace rule: letters, digits, `.`, `_`, `-`, at most 76 characters; or empty
+/// for calls that name none (containerd's own, whose keys carry their namespace).
 pub fn check_namespace(ns: &str) -> Result<()> {
-    let ok = !ns.is_empty()
-        && ns.len() <= 76
+    if ns.is_empty() {
+        return Ok(());
+    }
+    let ok = ns.len() <= 76
         && ns.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
         && ns
             .bytes()
