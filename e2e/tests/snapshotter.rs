@@ -197,3 +197,157 @@ fn containerd_pulls_and_runs_on_the_snapshotter_across_restarts() -> Result<()> 
     snapshotter.stop()?;
     Ok(())
 }
+
+/// Prometheus counter `name` from `http://127.0.0.1:PORT/metrics` inside `host`.
+fn counter(lab: &Lab, host: &str, port: u16, name: &str) -> Result<u64> {
+    let text = lab.run_ok(
+        host,
+        Command::new("curl").args(["-sf", &format!("http://127.0.0.1:{port}/metrics")]),
+    )?;
+    text.lines()
+        .find(|l| l.starts_with(name))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .with_context(|| format!("{name} not in /metrics:\n{text}"))
+}
+
+/// CRI (`crictl pull`) through containerd 1.6 configured by `init containerd --snapshotter`:
+/// CRI labels every layer's Prepare, the snapshotter fetches the layers from the host's
+/// registry proxy (`damselfly proxy` on 127.0.0.1:65001, straight from the origin here) and
+/// answers AlreadyExists, so containerd neither fetches nor unpacks them. The registry sends
+/// each layer once and no Prepare falls back. (Running a container from the CRI-pulled image is
+/// not checked yet: `ctr -n k8s.io run` does not see the layers as unpacked; see README.)
+/// Lab prefix `snap2`, subnet octet 71.
+#[test]
+fn crictl_pull_takes_every_layer_from_the_proxy() -> Result<()> {
+    if !lab_ready("snapshotter-cri") || damselfly_e2e::oci::which("crictl").is_none() {
+        assert!(
+            std::env::var("DAMSELFLY_REQUIRE_LAB").as_deref() != Ok("1"),
+            "crictl missing"
+        );
+        return Ok(());
+    }
+    const METRICS: u16 = 65010;
+    let bin = bins::damselfly()?;
+    let lab = Lab::new("snap2", 71, &["origin", "n1"], None)?;
+    let registry = RegistryHost::start(&lab, "origin", 5000, None)?;
+    let reg = registry.name();
+    let image = format!("{reg}/demo/app:latest");
+    let built = TestImage::build(&lab.dir().join("image"), "app", 2, LAYER_BYTES)?;
+    built.push(&image, None)?;
+    let blobs = built.blobs()?;
+
+    let proxy_config = lab.dir().join("proxy.toml");
+    std::fs::write(
+        &proxy_config,
+        format!("default_registry = \"{reg}\"\n[registries.\"{reg}\"]\nendpoint = \"http://{reg}\"\n"),
+    )?;
+    let proxy = lab.spawn(
+        "n1",
+        "proxy",
+        Command::new(&bin)
+            .args(["proxy", "--listen", "127.0.0.1:65001", "--config"])
+            .arg(&proxy_config),
+    )?;
+    let snap_dir = lab.dir().join("snapshotter");
+    let socket = snap_dir.join("snapshotter.sock");
+    let snapshotter = lab.spawn(
+        "n1",
+        "snapshotter",
+        Command::new(&bin)
+            .args([
+                "snapshotter",
+                "--metrics-listen",
+                &format!("127.0.0.1:{METRICS}"),
+                "--root",
+            ])
+            .arg(snap_dir.join("root"))
+            .arg("--socket")
+            .arg(&socket),
+    )?;
+    wait_for("the snapshotter socket", Duration::from_secs(30), || {
+        socket.exists() || !snapshotter.is_running()
+    })?;
+    let ctd_dir = lab.dir().join("containerd");
+    let ctd = Containerd::start_configured(&lab, "n1", &ctd_dir, |config| {
+        // CRI on (the base config turns it off), as lab.md's traps require.
+        let d = ctd_dir.display();
+        std::fs::write(
+            config,
+            format!(
+                "version = 2\nroot = \"{d}/root\"\nstate = \"{d}/state\"\n\
+                 [grpc]\n  address = \"{d}/containerd.sock\"\n\
+                 [ttrpc]\n  address = \"{d}/containerd.sock.ttrpc\"\n\
+                 [plugins.\"io.containerd.grpc.v1.cri\"]\n  disable_apparmor = true\n\
+                 \x20 netns_mounts_under_state_dir = true\n  restrict_oom_score_adj = true\n\
+                 \x20 [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.runc]\n\
+                 \x20   runtime_type = \"io.containerd.runc.v2\"\n\
+                 \x20   [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.runc.options]\n\
+                 \x20     Root = \"{d}/runc\"\n\
+                 \x20 [plugins.\"io.containerd.grpc.v1.cri\".registry]\n    config_path = \"{d}/certs.d\"\n"
+            ),
+        )?;
+        let out = Command::new(&bin)
+            .args([
+                "init",
+                "containerd",
+                "--snapshotter",
+                "--containerd-major",
+                "1",
+                "--containerd-config",
+            ])
+            .arg(config)
+            .arg("--snapshotter-socket")
+            .arg(&socket)
+            .arg("--config-path")
+            .arg(ctd_dir.join("certs.d"))
+            .arg("--registry")
+            .arg(format!("http://{reg}"))
+            .output()
+            .context("damselfly init containerd --snapshotter")?;
+        ensure!(
+            out.status.success(),
+            "init: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(())
+    })?;
+    let crictl_yaml = ctd_dir.join("crictl.yaml");
+    std::fs::write(
+        &crictl_yaml,
+        format!(
+            "runtime-endpoint: unix://{0}\nimage-endpoint: unix://{0}\ntimeout: 120\n",
+            ctd.socket().display()
+        ),
+    )?;
+    let crictl = damselfly_e2e::oci::which("crictl").context("crictl")?;
+    lab.run_ok(
+        "n1",
+        Command::new(&crictl)
+            .arg("--config")
+            .arg(&crictl_yaml)
+            .args(["pull", &image]),
+    )?;
+
+    let layers = &blobs[1..];
+    assert_eq!(
+        counter(&lab, "n1", METRICS, "damselfly_snapshotter_remote_layers_total")?,
+        layers.len() as u64
+    );
+    assert_eq!(
+        counter(&lab, "n1", METRICS, "damselfly_snapshotter_fallbacks_total")?,
+        0
+    );
+    for (digest, _) in layers {
+        let gets: Vec<_> = registry
+            .blob_gets(digest)
+            .into_iter()
+            .filter(|g| g.method == "GET")
+            .collect();
+        assert_eq!(gets.len(), 1, "{digest} sent once: {gets:?}");
+    }
+    drop(ctd);
+    drop(snapshotter);
+    drop(proxy);
+    Ok(())
+}

@@ -68,8 +68,10 @@ impl Selector {
 
 fn field(info: &Info, path: &[String]) -> (String, bool) {
     match path.first().map(String::as_str) {
-        Some("name") if path.len() == 1 => (info.name.clone(), !info.name.is_empty()),
-        Some("parent") if path.len() == 1 => (info.parent.clone(), !info.parent.is_empty()),
+        // As containerd's own adaptor: name and parent are always present (`parent==""` matches
+        // snapshots without a parent; containerd's metadata layer asks exactly that).
+        Some("name") if path.len() == 1 => (info.name.clone(), true),
+        Some("parent") if path.len() == 1 => (info.parent.clone(), true),
         Some("kind") if path.len() == 1 => (info.kind.as_str().to_string(), true),
         Some("labels") if path.len() > 1 => match info.labels.get(&path[1..].join(".")) {
             Some(v) => (v.clone(), true),
@@ -243,6 +245,11 @@ mod tests {
         assert!(!m(&["labels.missing"], &a));
         assert!(m(&["parent!=\"\""], &a));
         assert!(!m(&["parent!=\"\""], &info("b", "", Kind::Committed, &[])));
+        assert!(m(
+            &["labels.l==2,parent==\"\""],
+            &info("b", "", Kind::Committed, &[("l", "2")])
+        ));
+        assert!(!m(&["parent==\"\""], &a));
         assert!(m(&["name~=^a-"], &a));
     }
 

@@ -286,6 +286,29 @@ impl Remote {
         fetch
     }
 
+    /// The committed snapshot containerd will look for: labelled with the chain id, on `parent`.
+    async fn find_committed(&self, ns: &str, chain: &str, parent: &str) -> Result<Option<Info>> {
+        let all = self.overlay.list(ns.to_string(), Vec::new()).await?;
+        Ok(all.into_iter().find(|i| {
+            i.kind == crate::model::Kind::Committed
+                && i.parent == parent
+                && i.labels.get(REF_LABEL).map(String::as_str) == Some(chain)
+        }))
+    }
+
+    /// The chain id of committed snapshot `parent`: its `snapshot.ref` label, else the last part
+    /// of its name (containerd names the layers it commits `<ns>/<n>/<chain id>`).
+    async fn chain_of(&self, ns: &str, parent: &str) -> Result<String> {
+        if parent.is_empty() {
+            return Ok(String::new());
+        }
+        let info = self.overlay.stat(ns.to_string(), parent.to_string()).await?;
+        Ok(match info.labels.get(REF_LABEL) {
+            Some(chain) => chain.clone(),
+            None => parent.rsplit('/').next().unwrap_or(parent).to_string(),
+        })
+    }
+
     async fn prepare_remote(
         &self,
         ns: String,
@@ -294,13 +317,9 @@ impl Remote {
         labels: Labels,
         req: LayerRequest,
     ) -> Result<Vec<Mount>> {
-        let overlay = self.overlay.clone();
-        let (n, c) = (ns.clone(), req.chain_id.clone());
-        if tokio::task::spawn_blocking(move || overlay.exists_blocking(&n, &c)).await?? {
-            return Err(Error::AlreadyExists(format!(
-                "snapshot {} already exists",
-                req.chain_id
-            )));
+        let exists = || Error::AlreadyExists(format!("snapshot {} already exists", req.chain_id));
+        if self.find_committed(&ns, &req.chain_id, &parent).await?.is_some() {
+            return Err(exists());
         }
         let fetch = self.start(&req.registry, &req.repo, &req.digest);
         for later in req.later.iter().filter(|d| **d != req.digest) {
@@ -323,7 +342,7 @@ impl Remote {
             }
         };
         let Some(dir) = staged.dir.lock().unwrap_or_else(|e| e.into_inner()).take() else {
-            // Another namespace's Prepare took this unpacked copy: containerd pulls this one.
+            // Another Prepare took this unpacked copy: containerd pulls this one.
             self.metrics.fallbacks.inc();
             tracing::warn!(
                 layer = req.digest,
@@ -331,9 +350,19 @@ impl Remote {
             );
             return self.overlay.prepare(ns, key, parent, labels).await;
         };
-        let expected = chain_id(&parent, &staged.diff_id);
+        let parent_chain = match self.chain_of(&ns, &parent).await {
+            Ok(c) => c,
+            Err(e) => {
+                let o = self.overlay.clone();
+                let _ = tokio::task::spawn_blocking(move || o.discard_blocking(&dir)).await;
+                return Err(e);
+            }
+        };
+        let expected = chain_id(&parent_chain, &staged.diff_id);
         let overlay = self.overlay.clone();
         let chain = req.chain_id.clone();
+        // Committed under the Prepare's key: unique, and namespaced by containerd. containerd
+        // finds it by its `snapshot.ref` label and parent.
         let adopted = tokio::task::spawn_blocking(move || {
             if expected != chain {
                 overlay.discard_blocking(&dir);
@@ -341,7 +370,7 @@ impl Remote {
                     "layer unpacks to chain id {expected}, containerd expects {chain}"
                 )));
             }
-            let r = overlay.adopt_blocking(&ns, &chain, &parent, labels, &dir);
+            let r = overlay.adopt_blocking(&ns, &key, &parent, labels, &dir);
             if r.is_err() {
                 overlay.discard_blocking(&dir);
             }
@@ -349,17 +378,14 @@ impl Remote {
         })
         .await?;
         match adopted {
-            Ok(()) | Err(Error::AlreadyExists(_)) => {
+            Ok(()) => {
                 self.metrics.layers.inc();
                 tracing::info!(
                     layer = req.digest,
                     chain_id = req.chain_id,
                     "layer unpacked from the mesh"
                 );
-                Err(Error::AlreadyExists(format!(
-                    "snapshot {} already exists",
-                    req.chain_id
-                )))
+                Err(exists())
             }
             Err(e) => Err(Error::FailedPrecondition(format!("layer {}: {e}", req.digest))),
         }

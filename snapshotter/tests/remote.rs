@@ -221,7 +221,7 @@ async fn layers_from_the_proxy() {
     assert_eq!(first.code(), tonic::Code::AlreadyExists, "{first:?}");
     let second = d
         .client
-        .prepare(prepare("extract-2", &chain1, labels(&chain2, &d2, &[&d2])))
+        .prepare(prepare("extract-2", "extract-1", labels(&chain2, &d2, &[&d2])))
         .await
         .unwrap_err();
     assert_eq!(second.code(), tonic::Code::AlreadyExists, "{second:?}");
@@ -234,21 +234,33 @@ async fn layers_from_the_proxy() {
     let info = d
         .client
         .stat(in_ns(StatSnapshotRequest {
-            key: chain2.clone(),
+            key: "extract-2".into(),
             ..Default::default()
         }))
         .await
         .unwrap();
+    // Committed under the Prepare's key; containerd finds it by its label and parent.
     let info = info.into_inner().info.unwrap();
     assert_eq!(
         (info.kind, info.parent.as_str()),
-        (Kind::Committed as i32, chain1.as_str())
+        (Kind::Committed as i32, "extract-1")
+    );
+    assert_eq!(info.labels.get(REF_LABEL), Some(&chain2));
+    let again = d
+        .client
+        .prepare(prepare("extract-2b", "extract-1", labels(&chain2, &d2, &[&d2])))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        again.code(),
+        tonic::Code::AlreadyExists,
+        "a committed layer is not fetched again"
     );
     let mounts = d
         .client
         .view(in_ns(ViewSnapshotRequest {
             key: "v".into(),
-            parent: chain1.clone(),
+            parent: "extract-1".into(),
             ..Default::default()
         }))
         .await
@@ -267,7 +279,7 @@ async fn layers_from_the_proxy() {
     let chain3 = sha(format!("{chain1} sha256:other").as_bytes());
     let err = d
         .client
-        .prepare(prepare("extract-3", &chain1, labels(&chain3, &d3, &[&d3])))
+        .prepare(prepare("extract-3", "extract-1", labels(&chain3, &d3, &[&d3])))
         .await
         .unwrap_err();
     assert!(err.message().contains(&d3), "{err:?}");
@@ -281,7 +293,7 @@ async fn layers_from_the_proxy() {
     let exists = d
         .client
         .stat(in_ns(StatSnapshotRequest {
-            key: chain3.clone(),
+            key: "extract-3".into(),
             ..Default::default()
         }))
         .await;
@@ -297,7 +309,7 @@ async fn layers_from_the_proxy() {
         .client
         .prepare(prepare(
             "extract-4",
-            &chain1,
+            "extract-1",
             labels(&chain4, &missing, &[&missing]),
         ))
         .await
