@@ -16,5 +16,8 @@ fi
 if command -v go >/dev/null && ! command -v crictl >/dev/null && [ ! -x "$(go env GOPATH)/bin/crictl" ]; then
   go install sigs.k8s.io/cri-tools/cmd/crictl@v1.37.0
 fi
+# Go modules of containerd's snapshotter suite (scripts/snapshotter-suite.sh), from the Go module proxy.
+command -v go >/dev/null || { echo "go not found: install Go 1.26+ first" >&2; exit 1; }
+(cd "$(dirname "$0")/../snapshotter/testsuite" && go mod download)
 command -v cargo >/dev/null || { echo "cargo not found: install Rust (rustup) first" >&2; exit 1; }
 rustup component list --installed 2>/dev/null | grep -q rustfmt || rustup component add rustfmt clippy

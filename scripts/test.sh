@@ -10,6 +10,8 @@ cargo clippy --workspace --all-targets -- -D warnings
 # The e2e tests drive the real binary, built with the test-only fault switches.
 cargo build --features fault-injection -p damselfly
 export DAMSELFLY_BIN="$CARGO_TARGET_DIR/debug/damselfly"
+# containerd's snapshotter suite against `damselfly snapshotter` (21 tests, about 25 s).
+./scripts/snapshotter-suite.sh
 export DAMSELFLY_SMOKE_METHODS=damselfly,direct,bittorrent
 # Tests that need lab programs fail instead of skipping when one is missing.
 export DAMSELFLY_REQUIRE_LAB=1

@@ -13,6 +13,7 @@ mod manager;
 mod peer;
 mod proxy;
 mod scheduler;
+mod snapshotter;
 
 #[derive(Parser)]
 #[command(
@@ -42,6 +43,8 @@ enum Command {
     Demo(demo::Args),
     /// Run a manager: clusters, liveness, preheat, REST API and web console.
     Manager(manager::Args),
+    /// Run containerd's proxy snapshotter (overlayfs; layers unpacked from the mesh).
+    Snapshotter(snapshotter::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -59,6 +62,7 @@ fn main() -> std::process::ExitCode {
             Command::Proxy(args) => proxy::run(args).await,
             Command::Demo(args) => demo::run(args).await,
             Command::Manager(args) => manager::run(args).await,
+            Command::Snapshotter(args) => snapshotter::run(args).await,
         }
     });
     match result {

@@ -284,6 +284,16 @@ pub struct Containerd {
 
 impl Containerd {
     pub fn start(lab: &Lab, host: &str, dir: &Path) -> Result<Containerd> {
+        Self::start_configured(lab, host, dir, |_| Ok(()))
+    }
+
+    /// Like [`Self::start`], with `configure(config.toml)` run on the written config first.
+    pub fn start_configured(
+        lab: &Lab,
+        host: &str,
+        dir: &Path,
+        configure: impl FnOnce(&Path) -> Result<()>,
+    ) -> Result<Containerd> {
         for sub in ["root", "state", "certs.d", "runc"] {
             std::fs::create_dir_all(dir.join(sub))?;
         }
@@ -296,6 +306,7 @@ impl Containerd {
              [debug]\n  address = \"{d}/debug.sock\"\n"
         );
         std::fs::write(dir.join("config.toml"), config)?;
+        configure(&dir.join("config.toml"))?;
         let proc = lab.spawn(
             host,
             "containerd",
