@@ -30,6 +30,7 @@ pub mod mirror;
 pub mod oci;
 pub mod origin;
 pub mod process;
+pub mod rootfs;
 pub mod schedload;
 pub mod wait;
 

@@ -227,6 +227,38 @@ impl TestImage {
         })
     }
 
+    /// Appends an uncompressed layer tarball verbatim as the new top layer.
+    pub fn add_layer(&self, tar: &Path) -> Result<()> {
+        run(Command::new("umoci")
+            .args(["raw", "add-layer", "--image", &self.reference()])
+            .arg(tar))?;
+        Ok(())
+    }
+
+    /// Sets the image config's command.
+    pub fn set_cmd(&self, cmd: &[&str]) -> Result<()> {
+        let mut c = Command::new("umoci");
+        c.args(["config", "--image", &self.reference(), "--clear=config.cmd"]);
+        for arg in cmd {
+            c.args(["--config.cmd", arg]);
+        }
+        run(&mut c)?;
+        Ok(())
+    }
+
+    /// Unpacks the whole image with umoci (an unpacker that is not ours) into `bundle` and
+    /// returns its root file system: what a container of this image must see.
+    pub fn unpack(&self, bundle: &Path) -> Result<PathBuf> {
+        run(Command::new("umoci")
+            .args(["unpack", "--image", &self.reference()])
+            .arg(bundle))?;
+        Ok(bundle.join("rootfs"))
+    }
+
+    fn reference(&self) -> String {
+        format!("{}:{}", self.dir.join("oci").display(), self.tag)
+    }
+
     /// Pushes the image to `reference` (`host:port/repo:tag`, plain HTTP),
     /// with `user:password` if given.
     pub fn push(&self, reference: &str, creds: Option<&str>) -> Result<()> {

@@ -13,6 +13,7 @@ use damselfly_e2e::bins;
 use damselfly_e2e::lab::Lab;
 use damselfly_e2e::oci::{Containerd, RegistryHost, TestImage, missing_programs};
 use damselfly_e2e::process::Proc;
+use damselfly_e2e::rootfs;
 use damselfly_e2e::wait::wait_for;
 use std::path::Path;
 use std::process::Command;
@@ -215,8 +216,9 @@ fn counter(lab: &Lab, host: &str, port: u16, name: &str) -> Result<u64> {
 /// CRI labels every layer's Prepare, the snapshotter fetches the layers from the host's
 /// registry proxy (`damselfly proxy` on 127.0.0.1:65001, straight from the origin here) and
 /// answers AlreadyExists, so containerd neither fetches nor unpacks them. The registry sends
-/// each layer once and no Prepare falls back. (Running a container from the CRI-pulled image is
-/// not checked yet: `ctr -n k8s.io run` does not see the layers as unpacked; see README.)
+/// each layer once and no Prepare falls back. Then a container runs from the image, and its
+/// root file system matches an independent unpack (umoci's): contents, modes, owners, xattrs,
+/// deleted files and opaque directories.
 /// Lab prefix `snap2`, subnet octet 71.
 #[test]
 fn crictl_pull_takes_every_layer_from_the_proxy() -> Result<()> {
@@ -234,8 +236,16 @@ fn crictl_pull_takes_every_layer_from_the_proxy() -> Result<()> {
     let reg = registry.name();
     let image = format!("{reg}/demo/app:latest");
     let built = TestImage::build(&lab.dir().join("image"), "app", 2, LAYER_BYTES)?;
+    // Layers that delete, make a directory opaque, set owners, setuid bits and xattrs.
+    let crafted = Path::new(env!("CARGO_MANIFEST_DIR")).join("../testdata/layers");
+    built.add_layer(&crafted.join("image-upper-1.tar"))?;
+    built.add_layer(&crafted.join("image-upper-2.tar"))?;
     built.push(&image, None)?;
     let blobs = built.blobs()?;
+    let pause = format!("{reg}/demo/pause:latest");
+    let pause_image = TestImage::build(&lab.dir().join("pause"), "pause", 0, 0)?;
+    pause_image.set_cmd(&["/bin/busybox", "sleep", "2147483647"])?;
+    pause_image.push(&pause, None)?;
 
     let proxy_config = lab.dir().join("proxy.toml");
     std::fs::write(
@@ -279,6 +289,7 @@ fn crictl_pull_takes_every_layer_from_the_proxy() -> Result<()> {
                  [grpc]\n  address = \"{d}/containerd.sock\"\n\
                  [ttrpc]\n  address = \"{d}/containerd.sock.ttrpc\"\n\
                  [plugins.\"io.containerd.grpc.v1.cri\"]\n  disable_apparmor = true\n\
+                 \x20 sandbox_image = \"{pause}\"\n\
                  \x20 netns_mounts_under_state_dir = true\n  restrict_oom_score_adj = true\n\
                  \x20 [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.runc]\n\
                  \x20   runtime_type = \"io.containerd.runc.v2\"\n\
@@ -346,8 +357,127 @@ fn crictl_pull_takes_every_layer_from_the_proxy() -> Result<()> {
             .collect();
         assert_eq!(gets.len(), 1, "{digest} sent once: {gets:?}");
     }
+
+    // A container from the CRI-pulled image (a host-network pod: no CNI here) sees exactly
+    // what umoci, an unpacker that is not ours, makes of the image's layers.
+    let crictl = Crictl {
+        bin: crictl,
+        config: crictl_yaml,
+        host: "n1",
+    };
+    let seen = crictl.run_container(&lab, &ctd_dir, &image);
+    crictl.clean(&lab);
+    let seen = seen?;
+    let expected = rootfs::read(&built.unpack(&lab.dir().join("bundle"))?)?;
+    let diff: Vec<String> = expected
+        .iter()
+        .filter(|(k, v)| seen.get(*k) != Some(*v))
+        .map(|(k, v)| format!("{k}: image has {v}, container {:?}", seen.get(k)))
+        .chain(
+            seen.keys()
+                .filter(|k| !expected.contains_key(*k))
+                .map(|k| format!("{k}: only in the container")),
+        )
+        .collect();
+    ensure!(
+        diff.is_empty(),
+        "container root differs from the image:\n{}",
+        diff.join("\n")
+    );
+    // The same facts asserted outright, in case umoci got one wrong the same way.
+    for (path, want) in [
+        ("opq/new-c", Some("file 6 ")),
+        ("opq/old-a", None),
+        ("opq/sub", None),
+        ("etc/gone", None),
+        ("data/layer-1.bin", None),
+        ("data/layer-2.bin", Some("file 1048576 ")),
+        ("srv", Some("dir mode 750 owner 7:8")),
+        ("srv/setuid", Some("mode 4755 owner 0:0")),
+        (
+            "srv/owned",
+            Some("mode 640 owner 1000:1001 xattr user.damselfly=rich"),
+        ),
+        ("srv/second", Some("mode 600 owner 2:3 xattr user.second=2")),
+        ("srv/link", Some("symlink -> owned")),
+    ] {
+        match (want, seen.get(path)) {
+            (None, None) => {}
+            (Some(w), Some(got)) if got.contains(w) => {}
+            (w, got) => anyhow::bail!("{path}: want {w:?}, container has {got:?}"),
+        }
+    }
     drop(ctd);
     drop(snapshotter);
     drop(proxy);
     Ok(())
+}
+
+/// `crictl` against the lab host's containerd.
+struct Crictl {
+    bin: std::path::PathBuf,
+    config: std::path::PathBuf,
+    host: &'static str,
+}
+
+impl Crictl {
+    fn run(&self, lab: &Lab, args: &[&str]) -> Result<String> {
+        let out = lab.run_ok(
+            self.host,
+            Command::new(&self.bin)
+                .arg("--config")
+                .arg(&self.config)
+                .args(args),
+        )?;
+        Ok(out.trim().to_string())
+    }
+
+    /// Starts a container of `image` in a host-network pod and reads its root file system
+    /// through `/proc/PID/root`.
+    fn run_container(&self, lab: &Lab, dir: &Path, image: &str) -> Result<rootfs::Tree> {
+        let pod = dir.join("pod.json");
+        std::fs::write(
+            &pod,
+            serde_json::json!({
+                "metadata": {"name": "snap-pod", "namespace": "default", "uid": "snap-pod-1", "attempt": 0},
+                "log_directory": dir.join("logs").display().to_string(),
+                "linux": {"security_context": {"namespace_options": {"network": 2}}}
+            })
+            .to_string(),
+        )?;
+        let spec = dir.join("container.json");
+        std::fs::write(
+            &spec,
+            serde_json::json!({
+                "metadata": {"name": "c1"}, "image": {"image": image},
+                "command": ["/bin/sh", "-c", "echo cri-ok; /bin/busybox sleep 600"],
+                "log_path": "c1.log", "linux": {}
+            })
+            .to_string(),
+        )?;
+        let pod_id = self.run(lab, &["runp", &pod.display().to_string()])?;
+        let id = self.run(
+            lab,
+            &[
+                "create",
+                &pod_id,
+                &spec.display().to_string(),
+                &pod.display().to_string(),
+            ],
+        )?;
+        self.run(lab, &["start", &id])?;
+        wait_for("the container's output", Duration::from_secs(30), || {
+            self.run(lab, &["logs", &id]).is_ok_and(|l| l.contains("cri-ok"))
+        })?;
+        let info: serde_json::Value = serde_json::from_str(&self.run(lab, &["inspect", &id])?)?;
+        let pid = info["info"]["pid"].as_u64().context("pid in crictl inspect")?;
+        rootfs::read(Path::new(&format!("/proc/{pid}/root")))
+    }
+
+    /// Removes every container and pod (before containerd stops).
+    fn clean(&self, lab: &Lab) {
+        let _ = self.run(lab, &["rm", "-af"]);
+        let _ = self.run(lab, &["stopp", "-a"]);
+        let _ = self.run(lab, &["rmp", "-af"]);
+    }
 }

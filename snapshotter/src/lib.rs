@@ -5,12 +5,14 @@
 //! - [`snapshotter`]: the domain trait, one method per RPC; [`grpc`] wraps it.
 //! - [`overlay`]: the overlayfs implementation; [`meta`] its records in redb; [`filter`]
 //!   containerd's list filters.
-//! - [`remote`]: layers from the mesh, unpacked ([`unpack`]) inside Prepare.
+//! - [`remote`]: layers from the mesh, unpacked ([`unpack`]) inside Prepare; the parents a
+//!   layer did not list take their attributes from the layers below ([`inherit`]).
 //! - [`server`]: the unix socket and the role's config.
 
 pub mod error;
 pub mod filter;
 pub mod grpc;
+pub mod inherit;
 pub mod meta;
 pub mod model;
 pub mod overlay;

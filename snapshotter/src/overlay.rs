@@ -84,7 +84,8 @@ impl Overlay {
         }
     }
 
-    /// Blocking: makes the staged tree committed snapshot `name` on `parent`.
+    /// Blocking: makes the staged tree committed snapshot `name` on `parent`; the directories
+    /// the layer only `implied` first take their attributes from the parents' trees.
     pub fn adopt_blocking(
         &self,
         ns: &str,
@@ -92,9 +93,18 @@ impl Overlay {
         parent: &str,
         labels: Labels,
         staged: &Path,
+        implied: &[PathBuf],
     ) -> Result<()> {
         check_namespace(ns)?;
         let inner = &self.inner;
+        if !parent.is_empty() && !implied.is_empty() {
+            let (record, ids) = inner.meta.get_with_parents(ns, parent)?;
+            let lowers: Vec<PathBuf> = std::iter::once(record.id)
+                .chain(ids)
+                .map(|id| inner.dir(id).join("fs"))
+                .collect();
+            crate::inherit::inherit_dirs(&staged.join("fs"), implied, &lowers)?;
+        }
         let usage = disk_usage(&staged.join("fs"))?;
         let _dirs = inner.dirs.lock().unwrap_or_else(|e| e.into_inner());
         inner

@@ -122,6 +122,7 @@ enum FetchError {
 struct Staged {
     dir: Mutex<Option<PathBuf>>,
     diff_id: String,
+    implied_dirs: Vec<PathBuf>,
 }
 
 type Fetch = Shared<BoxFuture<'static, Result<Arc<Staged>, FetchError>>>;
@@ -370,7 +371,7 @@ impl Remote {
                     "layer unpacks to chain id {expected}, containerd expects {chain}"
                 )));
             }
-            let r = overlay.adopt_blocking(&ns, &key, &parent, labels, &dir);
+            let r = overlay.adopt_blocking(&ns, &key, &parent, labels, &dir, &staged.implied_dirs);
             if r.is_err() {
                 overlay.discard_blocking(&dir);
             }
@@ -471,6 +472,7 @@ async fn fetch_layer(
         Ok(stats) => Ok(Arc::new(Staged {
             dir: Mutex::new(Some(dir)),
             diff_id: stats.diff_id,
+            implied_dirs: stats.implied_dirs,
         })),
         Err(e) => {
             if matches!(e, FetchError::Refused(_)) {

@@ -19,6 +19,7 @@ use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags, Timespec, Timest
 use rustix::io::Errno;
 use sha2::{Digest, Sha256};
 use std::cell::Cell;
+use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Component, Path, PathBuf};
 use std::rc::Rc;
@@ -65,6 +66,9 @@ pub struct Stats {
     pub bytes: u64,
     /// `sha256:<hex>` of the uncompressed tar stream: the layer's diff id.
     pub diff_id: String,
+    /// Directories created only as parents of entries (the layer has no entry of their own):
+    /// they take their attributes from the layers below ([`crate::inherit`]).
+    pub implied_dirs: Vec<PathBuf>,
 }
 
 /// Hashes what passes through.
@@ -172,6 +176,7 @@ fn unpack_tar(tar: impl Read, dest: &Path) -> Result<Stats> {
     let mut unpacker = Unpacker {
         root,
         dirs: Vec::new(),
+        implied: BTreeSet::new(),
         last_dir: None,
         stats: Stats::default(),
     };
@@ -189,6 +194,7 @@ fn unpack_tar(tar: impl Read, dest: &Path) -> Result<Stats> {
         std::io::copy(&mut entry, &mut std::io::sink()).map_err(|e| Error::io("read the layer", e))?;
     }
     unpacker.finish()?;
+    unpacker.stats.implied_dirs = std::mem::take(&mut unpacker.implied).into_iter().collect();
     Ok(unpacker.stats)
 }
 
@@ -213,6 +219,8 @@ struct Unpacker {
     root: OwnedFd,
     /// Directories and their mtimes, set last (creating entries inside changes them).
     dirs: Vec<(PathBuf, Timestamps)>,
+    /// Directories made as parents and not (yet) named by an entry of their own.
+    implied: BTreeSet<PathBuf>,
     /// The parent directory of the last entry: the next regular file usually shares it.
     last_dir: Option<(PathBuf, OwnedFd)>,
     stats: Stats,
@@ -244,13 +252,16 @@ impl Unpacker {
             .map_err(|e| sys(entry, "open the snapshot directory", e))?;
         let mut prefix = PathBuf::new();
         for part in rel.components() {
+            prefix.push(part);
             if create {
                 match rustix::fs::mkdirat(&fd, part.as_os_str(), Mode::from_raw_mode(0o755)) {
-                    Ok(()) | Err(Errno::EXIST) => {}
+                    Ok(()) => {
+                        self.implied.insert(prefix.clone());
+                    }
+                    Err(Errno::EXIST) => {}
                     Err(e) => return Err(sys(entry, "create a parent directory", e)),
                 }
             }
-            prefix.push(part);
             fd = rustix::fs::openat2(&self.root, &prefix, flags, Mode::empty(), resolve).map_err(
                 |e| match e {
                     Errno::XDEV => bad(
@@ -341,6 +352,7 @@ impl Unpacker {
                     Err(e) => return Err(sys(&shown, "stat", e)),
                 }
                 self.apply(&parent, &name, &shown, &meta, false)?;
+                self.implied.remove(&rel);
                 self.dirs.push((rel, meta.times));
                 return Ok(());
             }

@@ -25,7 +25,7 @@ fn sha(bytes: &[u8]) -> String {
 fn layer(name: &str) -> Vec<u8> {
     std::fs::read(
         Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("testdata/layers")
+            .join("../testdata/layers")
             .join(name),
     )
     .unwrap()

@@ -1,5 +1,6 @@
-//! Crafted layers from `testdata/layers/` (made by `make.py` there) through the unpacker: what
-//! a good layer holds arrives intact, every escape is refused and writes nothing outside.
+//! Crafted layers from the workspace's `testdata/layers/` (made by `make.py` there) through
+//! the unpacker: what a good layer holds arrives intact, every escape is refused and writes
+//! nothing outside.
 //! Needs root (owners, devices, `trusted.*` xattrs); skipped otherwise.
 
 use damselfly_snapshotter::unpack::{Compression, unpack};
@@ -9,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 fn layer(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("testdata/layers")
+        .join("../testdata/layers")
         .join(name)
 }
 

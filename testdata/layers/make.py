@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Generates the crafted layers the unpack tests read (tests/unpack.rs). Run from anywhere:
-    python3 snapshotter/testdata/layers/make.py
+    python3 testdata/layers/make.py
 Deterministic (fixed mtimes, owners), so the files only change when this script does. Needs the
 `gzip` and `zstd` commands for the compressed copies of good.tar."""
 import io, os, subprocess, tarfile
@@ -96,3 +96,31 @@ pax.type, pax.size = tarfile.XHDTYPE, 4 << 30
 import gzip
 with gzip.GzipFile(os.path.join(HERE, "huge-header.tar.gz"), "wb", mtime=0) as f:
     f.write(pax.tobuf(tarfile.USTAR_FORMAT) + b"8 a=bcd\n" * ((2 << 20) // 8))
+
+# Two layers stacked on the e2e test image (busybox in /bin, data/layer-N.bin) by
+# e2e/tests/snapshotter.rs, then run by containerd's CRI: the second deletes what the first
+# made, makes a directory opaque and deletes a file of a lower image layer.
+owned = info("srv/owned", mode=0o640, uid=1000, gid=1001)
+owned.pax_headers = {"SCHILY.xattr.user.damselfly": "rich"}
+write("image-upper-1.tar", [
+    node("opq", tarfile.DIRTYPE, mode=0o755),
+    file("opq/old-a", b"old a\n"),
+    node("opq/sub", tarfile.DIRTYPE, mode=0o700, uid=5, gid=6),
+    file("opq/sub/old-b", b"old b\n"),
+    file("etc/gone", b"deleted by the next layer\n"),
+    node("srv", tarfile.DIRTYPE, mode=0o750, uid=7, gid=8),
+    file("srv/setuid", b"#!/bin/sh\n", mode=0o4755),
+    (owned, b"owned by 1000\n"),
+    node("srv/link", tarfile.SYMTYPE, linkname="owned"),
+    node("srv/hard", tarfile.LNKTYPE, linkname="srv/owned"),
+])
+second = info("srv/second", mode=0o600, uid=2, gid=3)
+second.pax_headers = {"SCHILY.xattr.user.second": "2"}
+write("image-upper-2.tar", [
+    node("etc/.wh.gone", tarfile.REGTYPE),
+    node("data/.wh.layer-1.bin", tarfile.REGTYPE),
+    node("opq", tarfile.DIRTYPE, mode=0o755),
+    node("opq/.wh..wh..opq", tarfile.REGTYPE),
+    file("opq/new-c", b"new c\n"),
+    (second, b"second\n"),
+])
