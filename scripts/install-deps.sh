@@ -16,6 +16,14 @@ fi
 if command -v go >/dev/null && ! command -v crictl >/dev/null && [ ! -x "$(go env GOPATH)/bin/crictl" ]; then
   go install sigs.k8s.io/cri-tools/cmd/crictl@v1.37.0
 fi
+# containerd 2.3 for the snapshotter's transfer-service test (e2e/tests/snapshotter.rs), from the
+# Go module proxy: about 2 minutes of both cores, once.
+CTD2=/opt/damselfly-containerd2/bin
+if command -v go >/dev/null; then
+  for c in containerd ctr containerd-shim-runc-v2; do
+    [ -x "$CTD2/$c" ] || GOBIN=$CTD2 GOFLAGS=-mod=mod go install "github.com/containerd/containerd/v2/cmd/$c@v2.3.0"
+  done
+fi
 # Go modules of containerd's snapshotter suite (scripts/snapshotter-suite.sh), from the Go module proxy.
 command -v go >/dev/null || { echo "go not found: install Go 1.26+ first" >&2; exit 1; }
 (cd "$(dirname "$0")/../snapshotter/testsuite" && go mod download)

@@ -326,6 +326,18 @@ impl Containerd {
         dir: &Path,
         configure: impl FnOnce(&Path) -> Result<()>,
     ) -> Result<Containerd> {
+        Self::start_program(lab, host, dir, None, configure)
+    }
+
+    /// Like [`Self::start_configured`], with `containerd` and its runc shim taken from
+    /// `bin_dir` (e.g. a containerd 2.x build) instead of PATH.
+    pub fn start_program(
+        lab: &Lab,
+        host: &str,
+        dir: &Path,
+        bin_dir: Option<&Path>,
+        configure: impl FnOnce(&Path) -> Result<()>,
+    ) -> Result<Containerd> {
         for sub in ["root", "state", "certs.d", "runc"] {
             std::fs::create_dir_all(dir.join(sub))?;
         }
@@ -339,12 +351,19 @@ impl Containerd {
         );
         std::fs::write(dir.join("config.toml"), config)?;
         configure(&dir.join("config.toml"))?;
+        let mut cmd = match bin_dir {
+            Some(b) => {
+                let path = std::env::var("PATH").unwrap_or_default();
+                let mut c = Command::new(b.join("containerd"));
+                c.env("PATH", format!("{}:{path}", b.display()));
+                c
+            }
+            None => Command::new("containerd"),
+        };
         let proc = lab.spawn(
             host,
             "containerd",
-            Command::new("containerd")
-                .arg("--config")
-                .arg(dir.join("config.toml")),
+            cmd.arg("--config").arg(dir.join("config.toml")),
         )?;
         let me = Containerd {
             host: host.to_string(),

@@ -222,16 +222,61 @@ fn counter(lab: &Lab, host: &str, port: u16, name: &str) -> Result<u64> {
 /// Lab prefix `snap2`, subnet octet 71.
 #[test]
 fn crictl_pull_takes_every_layer_from_the_proxy() -> Result<()> {
-    if !lab_ready("snapshotter-cri") || damselfly_e2e::oci::which("crictl").is_none() {
+    if !cri_ready("snapshotter-cri") {
+        return Ok(());
+    }
+    cri_pull_and_run("snap2", 71, None)
+}
+
+/// The same through containerd 2.3, whose CRI pulls through the transfer service (labels
+/// passed because `init` sets `enable_remote_snapshot_annotations`, unpacking to the
+/// snapshotter because of its `unpack_config` entry). containerd 2.3 is built from the Go
+/// module proxy by `scripts/install-deps.sh` into `/opt/damselfly-containerd2/bin`
+/// (`DAMSELFLY_CONTAINERD2` overrides). Lab prefix `snap3`, subnet octet 72.
+#[test]
+fn containerd2_transfer_service_takes_every_layer_from_the_proxy() -> Result<()> {
+    if !cri_ready("snapshotter-containerd2") {
+        return Ok(());
+    }
+    let dir = std::env::var_os("DAMSELFLY_CONTAINERD2")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| "/opt/damselfly-containerd2/bin".into());
+    if !dir.join("containerd").is_file() {
+        let msg = format!(
+            "containerd 2.x not in {} (scripts/install-deps.sh builds it)",
+            dir.display()
+        );
+        assert!(
+            std::env::var("DAMSELFLY_REQUIRE_LAB").as_deref() != Ok("1"),
+            "{msg}"
+        );
+        eprintln!("SKIPPED: {msg}");
+        return Ok(());
+    }
+    cri_pull_and_run("snap3", 72, Some(&dir))
+}
+
+fn cri_ready(test: &str) -> bool {
+    if !lab_ready(test) {
+        return false;
+    }
+    if damselfly_e2e::oci::which("crictl").is_none() {
         assert!(
             std::env::var("DAMSELFLY_REQUIRE_LAB").as_deref() != Ok("1"),
             "crictl missing"
         );
-        return Ok(());
+        eprintln!("{test}: SKIPPED, crictl missing");
+        return false;
     }
+    true
+}
+
+/// containerd 1.6 from PATH, or 2.x from `containerd2` (a directory with `containerd` and its
+/// runc shim).
+fn cri_pull_and_run(prefix: &str, octet: u8, containerd2: Option<&Path>) -> Result<()> {
     const METRICS: u16 = 65010;
     let bin = bins::damselfly()?;
-    let lab = Lab::new("snap2", 71, &["origin", "n1"], None)?;
+    let lab = Lab::new(prefix, octet, &["origin", "n1"], None)?;
     let registry = RegistryHost::start(&lab, "origin", 5000, None)?;
     let reg = registry.name();
     let image = format!("{reg}/demo/app:latest");
@@ -279,11 +324,10 @@ fn crictl_pull_takes_every_layer_from_the_proxy() -> Result<()> {
         socket.exists() || !snapshotter.is_running()
     })?;
     let ctd_dir = lab.dir().join("containerd");
-    let ctd = Containerd::start_configured(&lab, "n1", &ctd_dir, |config| {
+    let ctd = Containerd::start_program(&lab, "n1", &ctd_dir, containerd2, |config| {
         // CRI on (the base config turns it off), as lab.md's traps require.
         let d = ctd_dir.display();
-        std::fs::write(
-            config,
+        let cri = if containerd2.is_none() {
             format!(
                 "version = 2\nroot = \"{d}/root\"\nstate = \"{d}/state\"\n\
                  [grpc]\n  address = \"{d}/containerd.sock\"\n\
@@ -296,15 +340,31 @@ fn crictl_pull_takes_every_layer_from_the_proxy() -> Result<()> {
                  \x20   [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.runc.options]\n\
                  \x20     Root = \"{d}/runc\"\n\
                  \x20 [plugins.\"io.containerd.grpc.v1.cri\".registry]\n    config_path = \"{d}/certs.d\"\n"
-            ),
-        )?;
+            )
+        } else {
+            format!(
+                "version = 3\nroot = \"{d}/root\"\nstate = \"{d}/state\"\n\
+                 [grpc]\n  address = \"{d}/containerd.sock\"\n\
+                 [ttrpc]\n  address = \"{d}/containerd.sock.ttrpc\"\n\
+                 [plugins.'io.containerd.cri.v1.runtime']\n  disable_apparmor = true\n\
+                 \x20 netns_mounts_under_state_dir = true\n  restrict_oom_score_adj = true\n\
+                 \x20 [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc]\n\
+                 \x20   runtime_type = \"io.containerd.runc.v2\"\n\
+                 \x20   [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc.options]\n\
+                 \x20     Root = \"{d}/runc\"\n\
+                 [plugins.'io.containerd.cri.v1.images']\n\
+                 \x20 [plugins.'io.containerd.cri.v1.images'.pinned_images]\n    sandbox = \"{pause}\"\n\
+                 \x20 [plugins.'io.containerd.cri.v1.images'.registry]\n    config_path = \"{d}/certs.d\"\n"
+            )
+        };
+        std::fs::write(config, cri)?;
         let out = Command::new(&bin)
             .args([
                 "init",
                 "containerd",
                 "--snapshotter",
                 "--containerd-major",
-                "1",
+                if containerd2.is_some() { "2" } else { "1" },
                 "--containerd-config",
             ])
             .arg(config)
@@ -323,6 +383,14 @@ fn crictl_pull_takes_every_layer_from_the_proxy() -> Result<()> {
         );
         Ok(())
     })?;
+    let version = lab.run_ok("n1", ctd.ctr().arg("version"))?;
+    let server = version.split("Server:").nth(1).unwrap_or_default();
+    let want = if containerd2.is_some() {
+        "Version:  2."
+    } else {
+        "Version:  1."
+    };
+    ensure!(server.contains(want), "containerd version: {version}");
     let crictl_yaml = ctd_dir.join("crictl.yaml");
     std::fs::write(
         &crictl_yaml,
