@@ -112,6 +112,17 @@ impl Mesh {
         Ok(())
     }
 
+    /// Starts a peer in `host` with `args` instead of the mesh's common peer arguments (e.g. a
+    /// config of its own).
+    pub fn add_peer(&mut self, lab: &Lab, state_dir: &Path, host: &str, args: &[String]) -> Result<()> {
+        self.peers.retain(|p| p.host != host);
+        let url = format!("http://{}:{SCHEDULER_PORT}", self.scheduler_ip);
+        let dir = state_dir.join(host);
+        let peer = start_peer_with(lab, &self.bin, &url, &dir, host, false, &[], args)?;
+        self.peers.push(peer);
+        Ok(())
+    }
+
     /// Stops the peer in `host` (SIGTERM, then SIGKILL) and forgets it.
     pub fn stop_peer(&mut self, host: &str) -> Result<()> {
         if let Some(i) = self.peers.iter().position(|p| p.host == host) {

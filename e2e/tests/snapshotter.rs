@@ -11,6 +11,7 @@
 use anyhow::{Context, Result, ensure};
 use damselfly_e2e::bins;
 use damselfly_e2e::lab::Lab;
+use damselfly_e2e::mesh::Mesh;
 use damselfly_e2e::oci::{Containerd, RegistryHost, TestImage, missing_programs};
 use damselfly_e2e::process::Proc;
 use damselfly_e2e::rootfs;
@@ -274,7 +275,6 @@ fn cri_ready(test: &str) -> bool {
 /// containerd 1.6 from PATH, or 2.x from `containerd2` (a directory with `containerd` and its
 /// runc shim).
 fn cri_pull_and_run(prefix: &str, octet: u8, containerd2: Option<&Path>) -> Result<()> {
-    const METRICS: u16 = 65010;
     let bin = bins::damselfly()?;
     let lab = Lab::new(prefix, octet, &["origin", "n1"], None)?;
     let registry = RegistryHost::start(&lab, "origin", 5000, None)?;
@@ -304,119 +304,12 @@ fn cri_pull_and_run(prefix: &str, octet: u8, containerd2: Option<&Path>) -> Resu
             .args(["proxy", "--listen", "127.0.0.1:65001", "--config"])
             .arg(&proxy_config),
     )?;
-    let snap_dir = lab.dir().join("snapshotter");
-    let socket = snap_dir.join("snapshotter.sock");
-    let snapshotter = lab.spawn(
-        "n1",
-        "snapshotter",
-        Command::new(&bin)
-            .args([
-                "snapshotter",
-                "--metrics-listen",
-                &format!("127.0.0.1:{METRICS}"),
-                "--root",
-            ])
-            .arg(snap_dir.join("root"))
-            .arg("--socket")
-            .arg(&socket),
-    )?;
-    wait_for("the snapshotter socket", Duration::from_secs(30), || {
-        socket.exists() || !snapshotter.is_running()
-    })?;
-    let ctd_dir = lab.dir().join("containerd");
-    let ctd = Containerd::start_program(&lab, "n1", &ctd_dir, containerd2, |config| {
-        // CRI on (the base config turns it off), as lab.md's traps require.
-        let d = ctd_dir.display();
-        let cri = if containerd2.is_none() {
-            format!(
-                "version = 2\nroot = \"{d}/root\"\nstate = \"{d}/state\"\n\
-                 [grpc]\n  address = \"{d}/containerd.sock\"\n\
-                 [ttrpc]\n  address = \"{d}/containerd.sock.ttrpc\"\n\
-                 [plugins.\"io.containerd.grpc.v1.cri\"]\n  disable_apparmor = true\n\
-                 \x20 sandbox_image = \"{pause}\"\n\
-                 \x20 netns_mounts_under_state_dir = true\n  restrict_oom_score_adj = true\n\
-                 \x20 [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.runc]\n\
-                 \x20   runtime_type = \"io.containerd.runc.v2\"\n\
-                 \x20   [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.runc.options]\n\
-                 \x20     Root = \"{d}/runc\"\n\
-                 \x20 [plugins.\"io.containerd.grpc.v1.cri\".registry]\n    config_path = \"{d}/certs.d\"\n"
-            )
-        } else {
-            format!(
-                "version = 3\nroot = \"{d}/root\"\nstate = \"{d}/state\"\n\
-                 [grpc]\n  address = \"{d}/containerd.sock\"\n\
-                 [ttrpc]\n  address = \"{d}/containerd.sock.ttrpc\"\n\
-                 [plugins.'io.containerd.cri.v1.runtime']\n  disable_apparmor = true\n\
-                 \x20 netns_mounts_under_state_dir = true\n  restrict_oom_score_adj = true\n\
-                 \x20 [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc]\n\
-                 \x20   runtime_type = \"io.containerd.runc.v2\"\n\
-                 \x20   [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc.options]\n\
-                 \x20     Root = \"{d}/runc\"\n\
-                 [plugins.'io.containerd.cri.v1.images']\n\
-                 \x20 [plugins.'io.containerd.cri.v1.images'.pinned_images]\n    sandbox = \"{pause}\"\n\
-                 \x20 [plugins.'io.containerd.cri.v1.images'.registry]\n    config_path = \"{d}/certs.d\"\n"
-            )
-        };
-        std::fs::write(config, cri)?;
-        let out = Command::new(&bin)
-            .args([
-                "init",
-                "containerd",
-                "--snapshotter",
-                "--containerd-major",
-                if containerd2.is_some() { "2" } else { "1" },
-                "--containerd-config",
-            ])
-            .arg(config)
-            .arg("--snapshotter-socket")
-            .arg(&socket)
-            .arg("--config-path")
-            .arg(ctd_dir.join("certs.d"))
-            .arg("--registry")
-            .arg(format!("http://{reg}"))
-            .output()
-            .context("damselfly init containerd --snapshotter")?;
-        ensure!(
-            out.status.success(),
-            "init: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Ok(())
-    })?;
-    let version = lab.run_ok("n1", ctd.ctr().arg("version"))?;
-    let server = version.split("Server:").nth(1).unwrap_or_default();
-    let want = if containerd2.is_some() {
-        "Version:  2."
-    } else {
-        "Version:  1."
-    };
-    ensure!(server.contains(want), "containerd version: {version}");
-    let crictl_yaml = ctd_dir.join("crictl.yaml");
-    std::fs::write(
-        &crictl_yaml,
-        format!(
-            "runtime-endpoint: unix://{0}\nimage-endpoint: unix://{0}\ntimeout: 120\n",
-            ctd.socket().display()
-        ),
-    )?;
-    let crictl = damselfly_e2e::oci::which("crictl").context("crictl")?;
-    lab.run_ok(
-        "n1",
-        Command::new(&crictl)
-            .arg("--config")
-            .arg(&crictl_yaml)
-            .args(["pull", &image]),
-    )?;
+    let node = CriNode::start(&lab, "n1", &bin, &reg, &pause, containerd2)?;
+    node.crictl.run(&lab, &["pull", &image])?;
 
     let layers = &blobs[1..];
-    assert_eq!(
-        counter(&lab, "n1", METRICS, "damselfly_snapshotter_remote_layers_total")?,
-        layers.len() as u64
-    );
-    assert_eq!(
-        counter(&lab, "n1", METRICS, "damselfly_snapshotter_fallbacks_total")?,
-        0
-    );
+    assert_eq!(node.counter(&lab, "remote_layers_total")?, layers.len() as u64);
+    assert_eq!(node.counter(&lab, "fallbacks_total")?, 0);
     for (digest, _) in layers {
         let gets: Vec<_> = registry
             .blob_gets(digest)
@@ -428,13 +321,8 @@ fn cri_pull_and_run(prefix: &str, octet: u8, containerd2: Option<&Path>) -> Resu
 
     // A container from the CRI-pulled image (a host-network pod: no CNI here) sees exactly
     // what umoci, an unpacker that is not ours, makes of the image's layers.
-    let crictl = Crictl {
-        bin: crictl,
-        config: crictl_yaml,
-        host: "n1",
-    };
-    let seen = crictl.run_container(&lab, &ctd_dir, &image);
-    crictl.clean(&lab);
+    let seen = node.crictl.run_container(&lab, &node.ctd.dir, &image);
+    node.crictl.clean(&lab);
     let seen = seen?;
     let expected = rootfs::read(&built.unpack(&lab.dir().join("bundle"))?)?;
     let diff: Vec<String> = expected
@@ -475,10 +363,229 @@ fn cri_pull_and_run(prefix: &str, octet: u8, containerd2: Option<&Path>) -> Resu
             (w, got) => anyhow::bail!("{path}: want {w:?}, container has {got:?}"),
         }
     }
-    drop(ctd);
-    drop(snapshotter);
+    drop(node);
     drop(proxy);
     Ok(())
+}
+
+/// A private image: the registry demands basic auth. Peer `p1`'s proxy has credentials for it
+/// in its config, `p2`'s has none. `p1`'s CRI pull takes every layer from the mesh. Then `p2`,
+/// whose pull would find every layer in the mesh: without credentials the pull fails, and with
+/// credentials given to containerd only, every layer falls back to containerd's own pull (the
+/// snapshotter proved no access at the origin, so the mesh gave it nothing).
+/// Lab prefix `snap4`, subnet octet 73.
+#[test]
+fn a_node_without_credentials_gets_no_private_layer_from_the_snapshotter() -> Result<()> {
+    if !cri_ready("snapshotter-private") {
+        return Ok(());
+    }
+    let bin = bins::damselfly()?;
+    let lab = Lab::new("snap4", 73, &["origin", "sched", "seed", "p1", "p2"], None)?;
+    let registry = RegistryHost::start(&lab, "origin", 5000, Some(("puller", "s3cret")))?;
+    let reg = registry.name();
+    let image = format!("{reg}/demo/private:latest");
+    let built = TestImage::build(&lab.dir().join("image"), "private", 2, LAYER_BYTES)?;
+    built.push(&image, Some("puller:s3cret"))?;
+    let layers = built.blobs()?.len() as u64 - 1;
+
+    let config = |name: &str, creds: &str| -> Result<String> {
+        let path = lab.dir().join(name);
+        std::fs::write(
+            &path,
+            format!(
+                "[proxy]\ndefault_registry = \"{reg}\"\n[proxy.registries.\"{reg}\"]\n\
+                 endpoint = \"http://{reg}\"\n{creds}"
+            ),
+        )?;
+        Ok(path.display().to_string())
+    };
+    let plain = config("peer.toml", "")?;
+    let with_creds = config(
+        "peer-creds.toml",
+        "username = \"puller\"\npassword = \"s3cret\"\n",
+    )?;
+    let state = lab.dir().join("state");
+    let mut mesh = Mesh::start_with_args(
+        &lab,
+        &bin,
+        &state,
+        "sched",
+        "seed",
+        &[],
+        &["--config".into(), plain],
+    )?;
+    mesh.add_peer(&lab, &state, "p1", &["--config".into(), with_creds])?;
+    mesh.add_peer(&lab, &state, "p2", &[])?;
+    let pause = format!("{reg}/demo/pause:latest"); // never used: no pod runs here
+    let p1 = CriNode::start(&lab, "p1", &bin, &reg, &pause, None)?;
+    let p2 = CriNode::start(&lab, "p2", &bin, &reg, &pause, None)?;
+
+    p1.crictl.run(&lab, &["pull", &image])?;
+    assert_eq!(
+        p1.counter(&lab, "remote_layers_total")?,
+        layers,
+        "p1 from the mesh"
+    );
+    assert_eq!(p1.counter(&lab, "fallbacks_total")?, 0);
+
+    let refused = p2.crictl.run(&lab, &["pull", &image]);
+    ensure!(refused.is_err(), "p2 pulled a private image without credentials");
+    p2.crictl
+        .run(&lab, &["pull", "--creds", "puller:s3cret", &image])?;
+    assert_eq!(
+        p2.counter(&lab, "remote_layers_total")?,
+        0,
+        "p2 got a layer from the snapshotter"
+    );
+    ensure!(
+        p2.counter(&lab, "fallbacks_total")? >= layers,
+        "every layer of p2 fell back"
+    );
+    drop(p2);
+    drop(p1);
+    drop(mesh);
+    Ok(())
+}
+
+/// A lab host with `damselfly snapshotter` (metrics on 127.0.0.1:65010) and a containerd with
+/// CRI set up by `damselfly init containerd --snapshotter` (registry `reg` mirrored by the
+/// host's peer proxy on 127.0.0.1:65001). Fields drop in order: containerd first.
+struct CriNode {
+    ctd: Containerd,
+    /// Held to stop it on drop, after containerd.
+    _snapshotter: Proc,
+    crictl: Crictl,
+    host: &'static str,
+}
+
+impl CriNode {
+    const METRICS: u16 = 65010;
+
+    fn start(
+        lab: &Lab,
+        host: &'static str,
+        bin: &Path,
+        reg: &str,
+        pause: &str,
+        containerd2: Option<&Path>,
+    ) -> Result<CriNode> {
+        let snap_dir = lab.dir().join(format!("snapshotter-{host}"));
+        let socket = snap_dir.join("snapshotter.sock");
+        let snapshotter = lab.spawn(
+            host,
+            "snapshotter",
+            Command::new(bin)
+                .args([
+                    "snapshotter",
+                    "--metrics-listen",
+                    &format!("127.0.0.1:{}", Self::METRICS),
+                    "--root",
+                ])
+                .arg(snap_dir.join("root"))
+                .arg("--socket")
+                .arg(&socket),
+        )?;
+        wait_for("the snapshotter socket", Duration::from_secs(30), || {
+            socket.exists() || !snapshotter.is_running()
+        })?;
+        let ctd_dir = lab.dir().join(format!("containerd-{host}"));
+        let ctd = Containerd::start_program(lab, host, &ctd_dir, containerd2, |config| {
+            // CRI on (the base config turns it off), as lab.md's traps require.
+            let d = ctd_dir.display();
+            let cri = if containerd2.is_none() {
+                format!(
+                    "version = 2\nroot = \"{d}/root\"\nstate = \"{d}/state\"\n\
+                 [grpc]\n  address = \"{d}/containerd.sock\"\n\
+                 [ttrpc]\n  address = \"{d}/containerd.sock.ttrpc\"\n\
+                 [plugins.\"io.containerd.grpc.v1.cri\"]\n  disable_apparmor = true\n\
+                 \x20 sandbox_image = \"{pause}\"\n\
+                 \x20 netns_mounts_under_state_dir = true\n  restrict_oom_score_adj = true\n\
+                 \x20 [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.runc]\n\
+                 \x20   runtime_type = \"io.containerd.runc.v2\"\n\
+                 \x20   [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.runc.options]\n\
+                 \x20     Root = \"{d}/runc\"\n\
+                 \x20 [plugins.\"io.containerd.grpc.v1.cri\".registry]\n    config_path = \"{d}/certs.d\"\n"
+                )
+            } else {
+                format!(
+                    "version = 3\nroot = \"{d}/root\"\nstate = \"{d}/state\"\n\
+                 [grpc]\n  address = \"{d}/containerd.sock\"\n\
+                 [ttrpc]\n  address = \"{d}/containerd.sock.ttrpc\"\n\
+                 [plugins.'io.containerd.cri.v1.runtime']\n  disable_apparmor = true\n\
+                 \x20 netns_mounts_under_state_dir = true\n  restrict_oom_score_adj = true\n\
+                 \x20 [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc]\n\
+                 \x20   runtime_type = \"io.containerd.runc.v2\"\n\
+                 \x20   [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc.options]\n\
+                 \x20     Root = \"{d}/runc\"\n\
+                 [plugins.'io.containerd.cri.v1.images']\n\
+                 \x20 [plugins.'io.containerd.cri.v1.images'.pinned_images]\n    sandbox = \"{pause}\"\n\
+                 \x20 [plugins.'io.containerd.cri.v1.images'.registry]\n    config_path = \"{d}/certs.d\"\n"
+                )
+            };
+            std::fs::write(config, cri)?;
+            let out = Command::new(bin)
+                .args([
+                    "init",
+                    "containerd",
+                    "--snapshotter",
+                    "--containerd-major",
+                    if containerd2.is_some() { "2" } else { "1" },
+                    "--containerd-config",
+                ])
+                .arg(config)
+                .arg("--snapshotter-socket")
+                .arg(&socket)
+                .arg("--config-path")
+                .arg(ctd_dir.join("certs.d"))
+                .arg("--registry")
+                .arg(format!("http://{reg}"))
+                .output()
+                .context("damselfly init containerd --snapshotter")?;
+            ensure!(
+                out.status.success(),
+                "init: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            Ok(())
+        })?;
+        let version = lab.run_ok(host, ctd.ctr().arg("version"))?;
+        let server = version.split("Server:").nth(1).unwrap_or_default();
+        let want = if containerd2.is_some() {
+            "Version:  2."
+        } else {
+            "Version:  1."
+        };
+        ensure!(server.contains(want), "containerd version: {version}");
+        let config = ctd_dir.join("crictl.yaml");
+        std::fs::write(
+            &config,
+            format!(
+                "runtime-endpoint: unix://{0}\nimage-endpoint: unix://{0}\ntimeout: 120\n",
+                ctd.socket().display()
+            ),
+        )?;
+        let crictl = Crictl {
+            bin: damselfly_e2e::oci::which("crictl").context("crictl")?,
+            config,
+            host,
+        };
+        Ok(CriNode {
+            ctd,
+            _snapshotter: snapshotter,
+            crictl,
+            host,
+        })
+    }
+
+    /// `damselfly_snapshotter_NAME` from the snapshotter's `/metrics`.
+    fn counter(&self, lab: &Lab, name: &str) -> Result<u64> {
+        counter(
+            lab,
+            self.host,
+            Self::METRICS,
+            &format!("damselfly_snapshotter_{name}"),
+        )
+    }
 }
 
 /// `crictl` against the lab host's containerd.
