@@ -100,7 +100,7 @@ async fn resolve(ctx: &Ctx, resolver: &Resolver, job: &ClaimedJob) -> Result<Vec
                     _ => p
                         .registries
                         .iter()
-                        .find(|r| r.host == image.host)
+                        .find(|r| r.host == image.registry || r.host == image.api_host())
                         .map(|r| Credentials {
                             username: r.username.clone(),
                             password: r.password.clone(),

@@ -12,6 +12,9 @@
 //! - [`server`]: the router and the request flow ([`Proxy`], [`router`], [`serve`]).
 //! - [`route`]: distribution API paths, names, tags and digests, validated.
 //! - [`upstream`]: requests to origins: retries, redirects, Basic and Bearer auth.
+//! - [`auth`]: challenges, Basic credentials and Bearer tokens, shared with the manager.
+//! - [`reference`]: image references (`registry/repo:tag@digest`), shared with the manager
+//!   and the snapshotter.
 //! - [`source`]: the [`BlobSource`] trait and [`DirectSource`].
 //! - [`authz`]: the short-lived cache of access proofs.
 //! - [`range`]: `Range` headers.
@@ -37,11 +40,13 @@
 //! # Ok(()) }
 //! ```
 
+pub mod auth;
 pub mod authz;
 pub mod config;
 pub mod error;
 pub mod metrics;
 pub mod range;
+pub mod reference;
 pub mod route;
 pub mod server;
 pub mod setup;

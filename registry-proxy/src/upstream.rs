@@ -10,9 +10,9 @@
 //!   fetched from the challenge's realm), or anonymously. Tokens are cached
 //!   per registry and scope until shortly before they expire.
 
+use crate::auth::{self, Challenge};
 use crate::config::ProxyConfig;
 use crate::error::{ProxyError, StartError};
-use base64::Engine as _;
 use damselfly_service::secret::Secret;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use lru::LruCache;
@@ -43,9 +43,6 @@ pub const HOP_BY_HOP: &[&str] = &[
     "transfer-encoding",
     "upgrade",
 ];
-
-/// Largest error or token body read into memory.
-const SMALL_BODY_LIMIT: usize = 64 * 1024;
 
 /// One registry as the proxy talks to it.
 #[derive(Debug, Clone)]
@@ -208,71 +205,21 @@ impl Upstream {
     ) -> Option<(Secret, Option<u64>)> {
         let challenge = Challenge::parse(challenge?.to_str().ok()?)?;
         let creds = self.config.credentials(&origin.registry);
-        match challenge {
-            Challenge::Basic => {
-                let (user, pass) = creds?;
-                Some((basic(user, pass), None))
-            }
-            Challenge::Bearer {
-                realm,
-                service,
-                scope: challenge_scope,
-            } => {
-                let scope = challenge_scope.or(scope.map(str::to_string));
-                let token = self
-                    .fetch_token(&realm, service.as_deref(), scope.as_deref(), creds)
-                    .await;
-                match token {
-                    Ok(t) => Some(t),
-                    Err(e) => {
-                        tracing::debug!(registry = %origin.registry, error = %e, "token request failed");
-                        None
-                    }
-                }
-            }
-        }
-    }
-
-    async fn fetch_token(
-        &self,
-        realm: &str,
-        service: Option<&str>,
-        scope: Option<&str>,
-        creds: Option<(&str, &Secret)>,
-    ) -> Result<(Secret, Option<u64>), String> {
-        let mut url = Url::parse(realm).map_err(|e| format!("bad realm: {e}"))?;
-        if !matches!(url.scheme(), "http" | "https") {
-            return Err("realm is not http(s)".into());
-        }
+        match auth::answer(
+            &self.client,
+            &challenge,
+            creds,
+            scope,
+            self.config.request_timeout,
+        )
+        .await
         {
-            let mut q = url.query_pairs_mut();
-            if let Some(s) = service {
-                q.append_pair("service", s);
-            }
-            if let Some(s) = scope {
-                for one in s.split(' ').filter(|s| !s.is_empty()) {
-                    q.append_pair("scope", one);
-                }
+            Ok(answer) => Some(answer),
+            Err(e) => {
+                tracing::debug!(registry = %origin.registry, error = %e, "no answer to the origin's challenge");
+                None
             }
         }
-        let mut req = self.client.get(url).timeout(self.config.request_timeout);
-        if let Some((user, pass)) = creds {
-            req = req.header(header::AUTHORIZATION, basic(user, pass).expose());
-        }
-        let resp = req.send().await.map_err(|e| e.to_string())?;
-        if !resp.status().is_success() {
-            return Err(format!("token endpoint answered {}", resp.status()));
-        }
-        let body = read_limited(resp, SMALL_BODY_LIMIT).await?;
-        let v: serde_json::Value = serde_json::from_slice(&body).map_err(|e| format!("token JSON: {e}"))?;
-        let token = v
-            .get("token")
-            .or_else(|| v.get("access_token"))
-            .and_then(|t| t.as_str())
-            .filter(|t| !t.is_empty())
-            .ok_or("no token in the answer")?;
-        let expires_in = v.get("expires_in").and_then(|e| e.as_u64());
-        Ok((Secret::new(format!("Bearer {token}")), expires_in))
     }
 
     /// One request with retries on connection errors and 5xx, following
@@ -354,14 +301,6 @@ fn token_deadline(expires_in: Option<u64>) -> Instant {
     Instant::now() + Duration::from_secs(secs.saturating_sub(5))
 }
 
-fn basic(user: &str, pass: &Secret) -> Secret {
-    let raw = format!("{user}:{}", pass.expose());
-    Secret::new(format!(
-        "Basic {}",
-        base64::engine::general_purpose::STANDARD.encode(raw)
-    ))
-}
-
 /// The error and its causes on one line (reqwest hides the interesting part).
 pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
@@ -386,127 +325,4 @@ pub async fn read_limited(resp: reqwest::Response, limit: usize) -> Result<bytes
         out.extend_from_slice(&chunk);
     }
     Ok(out.freeze())
-}
-
-/// A `WWW-Authenticate` challenge.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Challenge {
-    Basic,
-    Bearer {
-        realm: String,
-        service: Option<String>,
-        scope: Option<String>,
-    },
-}
-
-impl Challenge {
-    pub fn parse(value: &str) -> Option<Self> {
-        let value = value.trim();
-        let (scheme, params) = value.split_once(' ').unwrap_or((value, ""));
-        if scheme.eq_ignore_ascii_case("basic") {
-            return Some(Self::Basic);
-        }
-        if !scheme.eq_ignore_ascii_case("bearer") {
-            return None;
-        }
-        let params = parse_auth_params(params);
-        let get = |k: &str| {
-            params
-                .iter()
-                .find(|(n, _)| n.eq_ignore_ascii_case(k))
-                .map(|(_, v)| v.clone())
-        };
-        Some(Self::Bearer {
-            realm: get("realm")?,
-            service: get("service"),
-            scope: get("scope"),
-        })
-    }
-}
-
-/// `k="v", k2=v2` with quoted strings that may contain commas.
-fn parse_auth_params(s: &str) -> Vec<(String, String)> {
-    let mut out = Vec::new();
-    let mut chars = s.chars().peekable();
-    loop {
-        while matches!(chars.peek(), Some(c) if *c == ',' || c.is_whitespace()) {
-            chars.next();
-        }
-        let mut key = String::new();
-        while let Some(&c) = chars.peek() {
-            if c == '=' || c == ',' {
-                break;
-            }
-            key.push(c);
-            chars.next();
-        }
-        if key.is_empty() {
-            return out;
-        }
-        let mut value = String::new();
-        if chars.peek() == Some(&'=') {
-            chars.next();
-            if chars.peek() == Some(&'"') {
-                chars.next();
-                while let Some(c) = chars.next() {
-                    match c {
-                        '\\' => {
-                            if let Some(n) = chars.next() {
-                                value.push(n);
-                            }
-                        }
-                        '"' => break,
-                        c => value.push(c),
-                    }
-                }
-            } else {
-                while let Some(&c) = chars.peek() {
-                    if c == ',' {
-                        break;
-                    }
-                    value.push(c);
-                    chars.next();
-                }
-            }
-        }
-        out.push((key.trim().to_string(), value.trim().to_string()));
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn challenges() {
-        assert_eq!(Challenge::parse("Basic realm=\"x\""), Some(Challenge::Basic));
-        assert_eq!(
-            Challenge::parse(
-                r#"Bearer realm="https://auth.docker.io/token",service="registry.docker.io",scope="repository:library/busybox:pull,push""#
-            ),
-            Some(Challenge::Bearer {
-                realm: "https://auth.docker.io/token".into(),
-                service: Some("registry.docker.io".into()),
-                scope: Some("repository:library/busybox:pull,push".into()),
-            })
-        );
-        assert_eq!(
-            Challenge::parse("bearer realm=http://t/token"),
-            Some(Challenge::Bearer {
-                realm: "http://t/token".into(),
-                service: None,
-                scope: None
-            })
-        );
-        assert_eq!(Challenge::parse("Bearer service=\"x\""), None);
-        assert_eq!(Challenge::parse("Negotiate"), None);
-        assert_eq!(Challenge::parse(""), None);
-    }
-
-    #[test]
-    fn basic_header_is_a_secret() {
-        let b = basic("alice", &Secret::new("secret"));
-        assert_eq!(b.expose(), "Basic YWxpY2U6c2VjcmV0");
-        assert_eq!(format!("{b:?}"), "<redacted>");
-    }
 }

@@ -137,7 +137,7 @@ mod tests {
         // the near layer; `opq/sub` below an opaque `opq` of the near layer.
         dir(&far.join("srv"), 0o750, 7);
         rustix::fs::lsetxattr(
-            &far.join("srv"),
+            far.join("srv"),
             "user.origin",
             b"far",
             rustix::fs::XattrFlags::empty(),
@@ -148,7 +148,7 @@ mod tests {
         dir(&far.join("gone"), 0o700, 5);
         rustix::fs::mknodat(
             rustix::fs::CWD,
-            &near.join("gone"),
+            near.join("gone"),
             rustix::fs::FileType::CharacterDevice,
             Mode::empty(),
             0,
@@ -157,7 +157,7 @@ mod tests {
         dir(&far.join("opq/sub"), 0o700, 6);
         dir(&near.join("opq"), 0o755, 0);
         rustix::fs::lsetxattr(
-            &near.join("opq"),
+            near.join("opq"),
             "trusted.overlay.opaque",
             b"y",
             rustix::fs::XattrFlags::empty(),
@@ -173,7 +173,7 @@ mod tests {
         inherit_dirs(&upper, &implied, &[near, far]).unwrap();
         assert_eq!(attrs(&upper.join("srv")), (0o750, 7, 8));
         let mut v = [0u8; 8];
-        let n = rustix::fs::lgetxattr(&upper.join("srv"), "user.origin", &mut v).unwrap();
+        let n = rustix::fs::lgetxattr(upper.join("srv"), "user.origin", &mut v).unwrap();
         assert_eq!(&v[..n], b"far");
         assert_eq!(attrs(&upper.join("etc")), (0o711, 4, 5));
         assert_eq!(attrs(&upper.join("gone")), (0o755, 0, 1), "hidden by a whiteout");

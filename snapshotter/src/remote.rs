@@ -17,6 +17,7 @@ use crate::snapshotter::Snapshotter;
 use crate::unpack::{Hashing, unpack};
 use crate::{Error, Result};
 use bytes::Bytes;
+use damselfly_registry_proxy::reference::ImageRef;
 use futures::future::{BoxFuture, FutureExt, Shared};
 use http_body_util::BodyExt;
 use prometheus_client::metrics::counter::Counter;
@@ -157,42 +158,12 @@ fn is_digest(d: &str) -> bool {
     })
 }
 
-/// `registry/repo[:tag][@digest]` into registry and repository, Docker Hub's short forms included.
-pub fn parse_image_ref(image: &str) -> Option<(String, String)> {
-    let name = image.split('@').next()?;
-    let name = match name.rfind('/') {
-        Some(slash) => match name[slash..].rfind(':') {
-            Some(colon) => &name[..slash + colon],
-            None => name,
-        },
-        None => name.split(':').next()?,
-    };
-    let (registry, repo) = match name.split_once('/') {
-        Some((first, rest)) if first.contains('.') || first.contains(':') || first == "localhost" => {
-            (first.to_string(), rest.to_string())
-        }
-        _ if name.contains('/') => ("docker.io".to_string(), name.to_string()),
-        _ => ("docker.io".to_string(), format!("library/{name}")),
-    };
-    let registry_ok = !registry.is_empty()
-        && registry.len() <= 255
-        && registry
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b));
-    let repo_ok = !repo.is_empty()
-        && repo.len() <= 255
-        && repo
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-/".contains(&b))
-        && !repo.split('/').any(|p| p.is_empty() || p == "." || p == "..");
-    (registry_ok && repo_ok).then_some((registry, repo))
-}
-
 impl LayerRequest {
     fn from_labels(labels: &Labels) -> Option<Self> {
         let chain_id = labels.get(REF_LABEL)?;
         let digest = labels.get(LAYER_DIGEST_LABEL)?;
-        let (registry, repo) = parse_image_ref(labels.get(IMAGE_REF_LABEL)?)?;
+        let image = ImageRef::parse(labels.get(IMAGE_REF_LABEL)?).ok()?;
+        let (registry, repo) = (image.registry, image.repository);
         if !is_digest(chain_id) || !is_digest(digest) {
             return None;
         }
@@ -539,22 +510,6 @@ impl Snapshotter for Remote {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn image_refs() {
-        let p = |s| parse_image_ref(s).map(|(r, n)| format!("{r} {n}"));
-        assert_eq!(p("busybox").as_deref(), Some("docker.io library/busybox"));
-        assert_eq!(p("busybox:1.36").as_deref(), Some("docker.io library/busybox"));
-        assert_eq!(p("user/app:v1").as_deref(), Some("docker.io user/app"));
-        assert_eq!(
-            p("127.0.0.1:5000/test/img:tag").as_deref(),
-            Some("127.0.0.1:5000 test/img")
-        );
-        assert_eq!(p("ghcr.io/o/r@sha256:abc").as_deref(), Some("ghcr.io o/r"));
-        assert_eq!(p("localhost/x").as_deref(), Some("localhost x"));
-        assert_eq!(p("reg.io/../etc"), None);
-        assert_eq!(p("reg.io/a?b"), None);
-    }
 
     #[test]
     fn chain_ids_follow_the_oci_rule() {
