@@ -10,13 +10,21 @@
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+/// The piece protocol's version, the first two bytes of every `Hello`.
+pub const PROTOCOL_VERSION: u16 = 1;
+
 /// Largest frame accepted: a max-size piece plus its header.
 pub const MAX_FRAME: u32 = damselfly_proto::piece::MAX_PIECE_LENGTH + 64;
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Frame {
-    /// Child -> parent, first frame.
-    Hello { task_id: String, peer_id: String },
+    /// Child -> parent, first frame. `version` is the child's [`PROTOCOL_VERSION`]; a parent
+    /// answers another version with an `Error` and closes.
+    Hello {
+        version: u16,
+        task_id: String,
+        peer_id: String,
+    },
     /// Child -> parent: send me this piece.
     Request(u32),
     /// Parent -> child: what it advertises now (little-endian bitmap).
@@ -48,7 +56,15 @@ fn u32_at(b: &[u8], at: usize) -> std::io::Result<u32> {
 
 pub async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, f: &Frame) -> std::io::Result<()> {
     let (kind, head, body): (u8, Vec<u8>, &[u8]) = match f {
-        Frame::Hello { task_id, peer_id } => (HELLO, format!("{task_id}\n{peer_id}").into_bytes(), &[]),
+        Frame::Hello {
+            version,
+            task_id,
+            peer_id,
+        } => {
+            let mut h = version.to_be_bytes().to_vec();
+            h.extend_from_slice(format!("{task_id}\n{peer_id}").as_bytes());
+            (HELLO, h, &[])
+        }
         Frame::Request(i) => (REQUEST, i.to_be_bytes().to_vec(), &[]),
         Frame::Bitmap { pieces, bits } => {
             let mut h = pieces.to_be_bytes().to_vec();
@@ -86,9 +102,12 @@ pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> std::io::Result<Opti
     r.read_exact(&mut buf).await?;
     let frame = match kind {
         HELLO => {
-            let s = String::from_utf8(buf).map_err(|_| bad("hello is not utf-8"))?;
+            let version = buf.get(..2).ok_or_else(|| bad("malformed hello"))?;
+            let version = u16::from_be_bytes([version[0], version[1]]);
+            let s = String::from_utf8(buf.split_off(2)).map_err(|_| bad("hello is not utf-8"))?;
             let (task_id, peer_id) = s.split_once('\n').ok_or_else(|| bad("malformed hello"))?;
             Frame::Hello {
+                version,
                 task_id: task_id.into(),
                 peer_id: peer_id.into(),
             }
@@ -128,6 +147,7 @@ mod tests {
     async fn round_trip() {
         let frames = vec![
             Frame::Hello {
+                version: PROTOCOL_VERSION,
                 task_id: "t".into(),
                 peer_id: "p".into(),
             },

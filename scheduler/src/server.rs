@@ -77,7 +77,8 @@ pub async fn run(config: SchedulerConfig, shutdown: Shutdown) -> Result<(), Erro
             source,
         })?;
     info!(grpc = %config.listen, http = %config.http_listen, "scheduler serving");
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let tls = damselfly_service::tls::Tls::load(&config.tls).await?;
+    let incoming = damselfly_service::tls::incoming(listener, tls);
     let stop = shutdown.clone();
     tonic::transport::Server::builder()
         .tcp_nodelay(true)

@@ -336,6 +336,19 @@ impl Tls {
     }
 }
 
+static INSTALLED: std::sync::RwLock<Option<Arc<Tls>>> = std::sync::RwLock::new(None);
+
+/// Sets this process's TLS (a role does it once at start-up, after loading `[tls]`), so that
+/// deep call sites (piece connections, scheduler channels) need no extra parameter.
+pub fn install(tls: Option<Arc<Tls>>) {
+    *INSTALLED.write().unwrap_or_else(|e| e.into_inner()) = tls;
+}
+
+/// The TLS [`install`]ed for this process; `None` means plain TCP.
+pub fn installed() -> Option<Arc<Tls>> {
+    INSTALLED.read().unwrap_or_else(|e| e.into_inner()).clone()
+}
+
 /// A server connection, plain or TLS, with what is known about its client.
 pub struct ServerConn {
     inner: ServerIo,
@@ -411,6 +424,18 @@ pub async fn accept(tls: Option<&Tls>, tcp: TcpStream) -> io::Result<ServerConn>
             })
         }
     }
+}
+
+/// Like [`accept`], and with TLS on the client's certificate must grant `role`.
+pub async fn accept_role(tls: Option<&Tls>, tcp: TcpStream, role: Role) -> io::Result<ServerConn> {
+    let conn = accept(tls, tcp).await?;
+    if tls.is_some() && !conn.identity.has(role) {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!("client certificate does not grant role {}", role.as_str()),
+        ));
+    }
+    Ok(conn)
 }
 
 /// The one call a server makes to wrap its listener: a stream of accepted connections,
