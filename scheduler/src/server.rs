@@ -17,6 +17,8 @@ use tracing::info;
 /// Runs a scheduler until `shutdown` fires.
 pub async fn run(config: SchedulerConfig, shutdown: Shutdown) -> Result<(), Error> {
     config.validate()?;
+    let tls = damselfly_service::tls::Tls::load(&config.tls).await?;
+    damselfly_service::tls::install(tls.clone());
     let mut registry = Registry::default();
     let metrics = Metrics::new(&mut registry);
     let planner = Arc::new(Planner::new(
@@ -77,7 +79,6 @@ pub async fn run(config: SchedulerConfig, shutdown: Shutdown) -> Result<(), Erro
             source,
         })?;
     info!(grpc = %config.listen, http = %config.http_listen, "scheduler serving");
-    let tls = damselfly_service::tls::Tls::load(&config.tls).await?;
     let incoming = damselfly_service::tls::incoming(listener, tls);
     let stop = shutdown.clone();
     tonic::transport::Server::builder()

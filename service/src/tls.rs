@@ -172,6 +172,9 @@ impl Tls {
     pub async fn load(config: &TlsConfig) -> Result<Option<Arc<Tls>>, ConfigError> {
         config.validate()?;
         if !config.enabled() {
+            tracing::warn!(
+                "[tls] mode is off: any host that reaches this node's ports can join the mesh, claim to be a seed and read pieces; trusted networks only (see `damselfly certs init`)"
+            );
             return Ok(None);
         }
         let c = config.clone();
