@@ -120,7 +120,7 @@ pub async fn start_with(
     let grpc = tokio::net::TcpListener::bind(config.grpc_listen)
         .await
         .map_err(|e| error::Error::Internal(format!("bind {}: {e}", config.grpc_listen)))?;
-    let grpc_tls = damselfly_service::tls::Tls::load(&config.tls)
+    let grpc_tls = damselfly_service::tls::Tls::start(&config.tls, &shutdown)
         .await
         .map_err(|e| error::Error::invalid("config", e.to_string()))?;
     let grpc_addr = grpc

@@ -17,7 +17,7 @@ use tracing::info;
 /// Runs a scheduler until `shutdown` fires.
 pub async fn run(config: SchedulerConfig, shutdown: Shutdown) -> Result<(), Error> {
     config.validate()?;
-    let tls = damselfly_service::tls::Tls::load(&config.tls).await?;
+    let tls = damselfly_service::tls::Tls::start(&config.tls, &shutdown).await?;
     damselfly_service::tls::install(tls.clone());
     let mut registry = Registry::default();
     let metrics = Metrics::new(&mut registry);

@@ -174,7 +174,7 @@ mod tests {
                 key: Some(dir.path().join(format!("{name}-key.pem"))),
             };
             let tls = Tls::load_blocking(&config).unwrap().unwrap();
-            assert_eq!(tls.roles(), roles.as_slice());
+            assert_eq!(tls.roles(), roles);
         }
         assert!(
             init(dir.path(), "lab", &nodes)

@@ -154,10 +154,19 @@ impl PeerIdentity {
 
 /// Server and client configs of one node, built once from its `[tls]` files.
 pub struct Tls {
+    current: std::sync::RwLock<Loaded>,
+}
+
+/// One generation of configs; replaced whole when the files change (see [`Tls::watch`]).
+#[derive(Clone)]
+struct Loaded {
     server: Arc<ServerConfig>,
     client: Arc<ClientConfig>,
     roles: Vec<Role>,
 }
+
+/// How often [`Tls::watch`] looks at the files' modification times.
+pub const RELOAD_EVERY: Duration = Duration::from_secs(5);
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
@@ -192,6 +201,19 @@ impl Tls {
         .await
         .map_err(|e| bad("tls", e))??;
         Ok(Some(Arc::new(Tls::from_pem(&ca, &cert, &key)?)))
+    }
+
+    /// [`Tls::load`], then [`Tls::watch`] until `shutdown`: what a role calls at start-up.
+    pub async fn start(
+        config: &TlsConfig,
+        shutdown: &crate::shutdown::Shutdown,
+    ) -> Result<Option<Arc<Tls>>, ConfigError> {
+        let tls = Tls::load(config).await?;
+        if let Some(t) = &tls {
+            let stop = shutdown.clone();
+            t.watch(config.clone(), async move { stop.wait().await });
+        }
+        Ok(tls)
     }
 
     /// Blocking variant of [`Tls::load`] for start-up code that runs before a runtime.
@@ -259,23 +281,85 @@ impl Tls {
             .map_err(|e| bad("tls.key", format!("does not match tls.cert: {e}")))?;
         client.alpn_protocols = vec![b"h2".to_vec()];
         Ok(Tls {
-            server: Arc::new(server),
-            client: Arc::new(client),
-            roles,
+            current: std::sync::RwLock::new(Loaded {
+                server: Arc::new(server),
+                client: Arc::new(client),
+                roles,
+            }),
         })
     }
 
     /// The roles this node's own certificate grants.
-    pub fn roles(&self) -> &[Role] {
-        &self.roles
+    pub fn roles(&self) -> Vec<Role> {
+        self.loaded().roles
+    }
+
+    fn loaded(&self) -> Loaded {
+        self.current.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     pub fn server_config(&self) -> Arc<ServerConfig> {
-        self.server.clone()
+        self.loaded().server
     }
 
     pub fn client_config(&self) -> Arc<ClientConfig> {
-        self.client.clone()
+        self.loaded().client
+    }
+
+    /// Replaces the configs with those of `other` (new connections use them; open ones keep theirs).
+    pub fn replace(&self, other: &Tls) {
+        let next = other.loaded();
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = next;
+    }
+
+    /// Reloads the files of `config` whenever one of their modification times changes (certificates
+    /// rotate by replacing the files), until `stop` resolves. A set of files that does not load is
+    /// logged and the previous configs stay.
+    pub fn watch(
+        self: &Arc<Self>,
+        config: TlsConfig,
+        stop: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> tokio::task::JoinHandle<()> {
+        let this = self.clone();
+        tokio::spawn(async move {
+            let stamp = |c: TlsConfig| async move {
+                tokio::task::spawn_blocking(move || {
+                    [&c.ca, &c.cert, &c.key]
+                        .iter()
+                        .map(|p| {
+                            p.as_ref()
+                                .and_then(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
+                        })
+                        .collect::<Vec<_>>()
+                })
+                .await
+                .unwrap_or_default()
+            };
+            let mut last = stamp(config.clone()).await;
+            let mut tick = tokio::time::interval(RELOAD_EVERY);
+            tokio::pin!(stop);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = &mut stop => return,
+                }
+                let now = stamp(config.clone()).await;
+                if now == last {
+                    continue;
+                }
+                match Tls::load(&config).await {
+                    Ok(Some(fresh)) => {
+                        this.replace(&fresh);
+                        last = now;
+                        tracing::info!("TLS certificates reloaded");
+                    }
+                    Ok(None) => return,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "TLS files changed but do not load; keeping the previous ones")
+                    }
+                }
+            }
+        })
     }
 
     /// Server side of one connection: handshake (bounded in time), then the client's identity.
@@ -284,7 +368,7 @@ impl Tls {
         tcp: TcpStream,
     ) -> io::Result<(tokio_rustls::server::TlsStream<TcpStream>, PeerIdentity)> {
         let remote = tcp.peer_addr().ok();
-        let acceptor = tokio_rustls::TlsAcceptor::from(self.server.clone());
+        let acceptor = tokio_rustls::TlsAcceptor::from(self.server_config());
         let tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp))
             .await
             .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out"))??;
@@ -311,7 +395,7 @@ impl Tls {
         tcp: TcpStream,
         expect: Role,
     ) -> io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
-        self.connect_alpn(tcp, expect, self.client.clone()).await
+        self.connect_alpn(tcp, expect, self.client_config()).await
     }
 
     /// Like [`Tls::connect`] for the piece protocol (its own ALPN name).
@@ -319,7 +403,7 @@ impl Tls {
         &self,
         tcp: TcpStream,
     ) -> io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
-        let mut config = (*self.client).clone();
+        let mut config = (*self.client_config()).clone();
         config.alpn_protocols = vec![b"damselfly-piece/1".to_vec()];
         self.connect_alpn(tcp, Role::Peer, Arc::new(config)).await
     }
@@ -555,9 +639,9 @@ mod tests {
         let seed = ca.issue(Role::Seed, "s1").unwrap();
         let peer = ca.issue(Role::Peer, "p1").unwrap();
         let sched = ca.issue(Role::Scheduler, "sc").unwrap();
-        assert_eq!(tls_for(&ca, &seed).roles(), &[Role::Peer, Role::Seed]);
-        assert_eq!(tls_for(&ca, &peer).roles(), &[Role::Peer]);
-        assert_eq!(tls_for(&ca, &sched).roles(), &[Role::Scheduler]);
+        assert_eq!(tls_for(&ca, &seed).roles(), vec![Role::Peer, Role::Seed]);
+        assert_eq!(tls_for(&ca, &peer).roles(), vec![Role::Peer]);
+        assert_eq!(tls_for(&ca, &sched).roles(), vec![Role::Scheduler]);
     }
 
     async fn pair() -> (TcpListener, SocketAddr) {
@@ -645,5 +729,75 @@ mod tests {
         assert_eq!(ids[0], Some(vec![Role::Peer, Role::Seed]));
         assert_eq!(ids[2], None, "another CA's certificate was accepted");
         assert_eq!(ids[3], None, "a client without a certificate was accepted");
+    }
+
+    /// Certificates rotate: replacing the files (a new CA and certificate) makes new
+    /// connections use them, without a restart.
+    #[tokio::test]
+    async fn replaced_files_are_reloaded() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |ca: &Authority, c: &NodeCert| {
+            std::fs::write(dir.path().join("ca.pem"), ca.cert_pem()).unwrap();
+            std::fs::write(dir.path().join("c.pem"), &c.cert_pem).unwrap();
+            std::fs::write(dir.path().join("k.pem"), &c.key_pem).unwrap();
+        };
+        let (old, new) = (Authority::new("old").unwrap(), Authority::new("new").unwrap());
+        write(&old, &old.issue(Role::Scheduler, "sc").unwrap());
+        let config = TlsConfig {
+            mode: TlsMode::On,
+            ca: Some(dir.path().join("ca.pem")),
+            cert: Some(dir.path().join("c.pem")),
+            key: Some(dir.path().join("k.pem")),
+        };
+        let server = Tls::load(&config).await.unwrap().unwrap();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        server.watch(config.clone(), async move {
+            let _ = stop_rx.await;
+        });
+        let (l, addr) = pair().await;
+        let s = server.clone();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = l.accept().await {
+                let s = s.clone();
+                tokio::spawn(async move {
+                    if let Ok((mut c, _)) = s.accept(tcp).await {
+                        let _ = c.write_all(b"x").await;
+                        let _ = c.flush().await;
+                    }
+                });
+            }
+        });
+        let client_new = tls_for(&new, &new.issue(Role::Peer, "p").unwrap());
+        let works = |c: &Tls| {
+            let c = c.client_config();
+            async move {
+                let tcp = TcpStream::connect(addr).await.unwrap();
+                let name = ServerName::try_from(Role::Scheduler.dns_name()).unwrap();
+                match tokio_rustls::TlsConnector::from(c).connect(name, tcp).await {
+                    Ok(mut s) => {
+                        let mut b = [0u8; 1];
+                        s.read_exact(&mut b).await.is_ok()
+                    }
+                    Err(_) => false,
+                }
+            }
+        };
+        assert!(
+            !works(&client_new).await,
+            "a client of the new CA got in before the rotation"
+        );
+        // Rotate: the files now hold the new CA and a certificate it signed (newer mtimes).
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        write(&new, &new.issue(Role::Scheduler, "sc").unwrap());
+        let mut ok = false;
+        for _ in 0..(3 * RELOAD_EVERY.as_millis() / 100) {
+            if works(&client_new).await {
+                ok = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(ok, "new connections did not use the rotated certificates");
+        let _ = stop_tx.send(());
     }
 }
