@@ -221,11 +221,11 @@ mod tests {
             write_frame(&mut out, &frame).await.unwrap();
             let mut again = out.as_slice();
             assert_eq!(read_frame(&mut again).await.unwrap(), Some(frame.clone()));
-            if let Frame::Bitmap { pieces, bits } = frame {
-                if let Ok(v) = damselfly_proto::layout::check_bitmap(None, pieces, &bits) {
-                    assert_eq!(v.len(), pieces as usize);
-                    assert!(pieces <= damselfly_proto::layout::MAX_PIECES);
-                }
+            if let Frame::Bitmap { pieces, bits } = frame
+                && let Ok(v) = damselfly_proto::layout::check_bitmap(None, pieces, &bits)
+            {
+                assert_eq!(v.len(), pieces as usize);
+                assert!(pieces <= damselfly_proto::layout::MAX_PIECES);
             }
         }
     }
