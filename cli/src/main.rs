@@ -6,6 +6,7 @@
 
 use clap::{Parser, Subcommand};
 
+mod certs;
 mod demo;
 mod get;
 mod init;
@@ -45,6 +46,8 @@ enum Command {
     Manager(manager::Args),
     /// Run containerd's proxy snapshotter (overlayfs; layers unpacked from the mesh).
     Snapshotter(snapshotter::Args),
+    /// Certificates for mutual TLS: `certs init DIR ROLE:NAME...` writes a CA and per-node certs.
+    Certs(certs::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -63,6 +66,7 @@ fn main() -> std::process::ExitCode {
             Command::Demo(args) => demo::run(args).await,
             Command::Manager(args) => manager::run(args).await,
             Command::Snapshotter(args) => snapshotter::run(args).await,
+            Command::Certs(args) => certs::run(args).await,
         }
     });
     match result {

@@ -416,8 +416,8 @@ fn a_seed_does_not_fetch_its_own_loopback_or_link_local_addresses() -> Result<()
     let id = damselfly_proto::task_id::task_id(&urls[0], None, "", "").unwrap();
     let reply = rt.block_on(async {
         let mut s = tokio::net::TcpStream::connect((lab.ip("seed"), PIECE_PORT)).await?;
-        s.write_all(&frame(HELLO, format!("{id}\nrogue").as_bytes()))
-            .await?;
+        let hello = [&1u16.to_be_bytes()[..], format!("{id}\nrogue").as_bytes()].concat();
+        s.write_all(&frame(HELLO, &hello)).await?;
         let mut buf = Vec::new();
         tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf)).await??;
         anyhow::Ok(buf)

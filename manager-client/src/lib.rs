@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 type Conn = InterceptedService<Channel, AuthHeader>;
 
@@ -115,7 +115,7 @@ impl ManagerClient {
             Some(t) => Some(format!("Bearer {t}").parse().map_err(|_| Error::Token)?),
             None => None,
         };
-        let endpoint = Endpoint::from_shared(addr.to_string())
+        let endpoint = damselfly_service::tls::endpoint(addr)
             .map_err(|source| Error::Address {
                 addr: addr.to_string(),
                 source,
@@ -124,7 +124,14 @@ impl ManagerClient {
             // keepalive and seed streams (each unary call gets its own timeout).
             .connect_timeout(timeout);
         Ok(ManagerClient {
-            raw: Raw::with_interceptor(endpoint.connect_lazy(), AuthHeader(header)),
+            raw: Raw::with_interceptor(
+                damselfly_service::tls::channel(
+                    endpoint,
+                    damselfly_service::tls::installed(),
+                    damselfly_service::tls::Role::Manager,
+                ),
+                AuthHeader(header),
+            ),
             cache_dir: cache_dir.into(),
             timeout,
         })

@@ -35,6 +35,8 @@ pub struct Config {
     pub secret_key: Option<Secret>,
     pub auth: AuthConfig,
     pub preheat: PreheatConfig,
+    /// Mutual TLS for the gRPC port (`[tls]`, see `damselfly_service::tls`).
+    pub tls: damselfly_service::tls::TlsConfig,
 }
 
 impl Default for Config {
@@ -50,6 +52,7 @@ impl Default for Config {
             secret_key: None,
             auth: AuthConfig::default(),
             preheat: PreheatConfig::default(),
+            tls: Default::default(),
         }
     }
 }
@@ -125,6 +128,7 @@ pub struct RegistryCredential {
 
 impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.tls.validate()?;
         let db = &self.database;
         if !(db.starts_with("sqlite:") || db.starts_with("postgres://") || db.starts_with("postgresql://")) {
             return Err(ConfigError::invalid(

@@ -120,6 +120,9 @@ pub async fn start_with(
     let grpc = tokio::net::TcpListener::bind(config.grpc_listen)
         .await
         .map_err(|e| error::Error::Internal(format!("bind {}: {e}", config.grpc_listen)))?;
+    let grpc_tls = damselfly_service::tls::Tls::start(&config.tls, &shutdown)
+        .await
+        .map_err(|e| error::Error::invalid("config", e.to_string()))?;
     let grpc_addr = grpc
         .local_addr()
         .map_err(|e| error::Error::Internal(e.to_string()))?;
@@ -172,7 +175,7 @@ pub async fn start_with(
         "grpc",
         tokio::spawn(async move {
             let stop = s.clone();
-            let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc);
+            let incoming = damselfly_service::tls::incoming(grpc, grpc_tls);
             if let Err(e) = tonic::transport::Server::builder()
                 .add_service(svc)
                 .serve_with_incoming_shutdown(incoming, async move { stop.wait().await })

@@ -78,6 +78,8 @@ pub struct PeerConfig {
     pub source: SourceConfig,
     pub manager: ManagerConfig,
     pub proxy: ProxyListenConfig,
+    /// Mutual TLS for scheduler streams and the piece port (`[tls]`, see `damselfly_service::tls`).
+    pub tls: damselfly_service::tls::TlsConfig,
     pub log_level: String,
 }
 
@@ -227,6 +229,7 @@ impl Default for PeerConfig {
             source: SourceConfig::default(),
             manager: ManagerConfig::default(),
             proxy: ProxyListenConfig::default(),
+            tls: Default::default(),
             log_level: "info".into(),
         }
     }
@@ -247,6 +250,7 @@ impl Default for SourceConfig {
 
 impl PeerConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.tls.validate()?;
         if self.data_dir.as_os_str().is_empty() || !self.data_dir.is_absolute() {
             return Err(ConfigError::invalid("data_dir", "must be an absolute path"));
         }

@@ -29,6 +29,7 @@ const ANNOUNCE_WAIT: Duration = Duration::from_secs(5);
 /// every listener is bound, so embedders can mount more services on it.
 pub async fn run(config: PeerConfig, shutdown: Shutdown) -> Result<(), Error> {
     config.validate()?;
+    damselfly_service::tls::install(damselfly_service::tls::Tls::start(&config.tls, &shutdown).await?);
     let mut registry = Registry::default();
     let metrics = Metrics::new(&mut registry);
     let store = Arc::new(Store::open(&config.data_dir)?);

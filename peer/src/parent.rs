@@ -126,6 +126,23 @@ pub fn connect(
     }
 }
 
+type Reader = Box<dyn tokio::io::AsyncRead + Unpin + Send>;
+type Writer = Box<dyn tokio::io::AsyncWrite + Unpin + Send>;
+
+/// A piece connection, over TLS when the process has it (the parent must hold a peer role).
+async fn piece_stream(tcp: TcpStream) -> std::io::Result<(Reader, Writer)> {
+    match damselfly_service::tls::installed() {
+        None => {
+            let (rd, wr) = tcp.into_split();
+            Ok((Box::new(rd), Box::new(wr)))
+        }
+        Some(tls) => {
+            let (rd, wr) = tokio::io::split(tls.connect_piece(tcp).await?);
+            Ok((Box::new(rd), Box::new(wr)))
+        }
+    }
+}
+
 async fn run(
     target: &Target,
     task: &Arc<Task>,
@@ -138,11 +155,12 @@ async fn run(
         .await
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
     stream.set_nodelay(true)?;
-    let (rd, mut wr) = stream.into_split();
+    let (rd, mut wr) = piece_stream(stream).await?;
     let mut rd = BufReader::with_capacity(256 * 1024, rd);
     write_frame(
         &mut wr,
         &Frame::Hello {
+            version: crate::wire::PROTOCOL_VERSION,
             task_id: task.id.clone(),
             peer_id: me.to_string(),
         },

@@ -29,14 +29,15 @@ use crate::limits::Limits;
 use crate::metrics::Metrics;
 use crate::rate::RateLimiter;
 use crate::task::{Task, Tasks};
-use crate::wire::{Frame, read_frame, write_frame};
+use crate::wire::{Frame, PROTOCOL_VERSION, read_frame, write_frame};
 use bytes::Bytes;
 use damselfly_service::shutdown::Shutdown;
+use damselfly_service::tls::{Role, ServerConn};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::BufWriter;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
@@ -174,7 +175,12 @@ impl PieceServer {
                         let this = self.clone();
                         let stop = shutdown.clone();
                         tokio::spawn(async move {
-                            if let Err(e) = this.handle(stream, stop).await {
+                            let tls = damselfly_service::tls::installed();
+                            let conn = match damselfly_service::tls::accept_role(tls.as_deref(), stream, Role::Peer).await {
+                                Ok(conn) => conn,
+                                Err(e) => return debug!(%addr, error = %e, "piece connection refused"),
+                            };
+                            if let Err(e) = this.handle(conn, stop).await {
                                 debug!(%addr, error = %e, "piece connection ended");
                             }
                         });
@@ -189,12 +195,22 @@ impl PieceServer {
         }
     }
 
-    async fn handle(self: Arc<Self>, stream: TcpStream, shutdown: Shutdown) -> std::io::Result<()> {
-        stream.set_nodelay(true)?;
-        let (mut rd, wr) = stream.into_split();
+    async fn handle(self: Arc<Self>, stream: ServerConn, shutdown: Shutdown) -> std::io::Result<()> {
+        let (mut rd, wr) = tokio::io::split(stream);
         let mut wr = BufWriter::with_capacity(64 * 1024, wr);
         let (task_id, child) = match read_frame(&mut rd).await? {
-            Some(Frame::Hello { task_id, peer_id }) => (task_id, peer_id),
+            Some(Frame::Hello {
+                version: PROTOCOL_VERSION,
+                task_id,
+                peer_id,
+            }) => (task_id, peer_id),
+            Some(Frame::Hello { version, .. }) => {
+                let m = format!(
+                    "piece protocol version {version} is not supported (this peer speaks {PROTOCOL_VERSION})"
+                );
+                write_frame(&mut wr, &Frame::Error(m)).await?;
+                return tokio::io::AsyncWriteExt::flush(&mut wr).await;
+            }
             _ => return Ok(()),
         };
         let task = match self.tasks.get_or_load(&task_id) {
@@ -235,7 +251,7 @@ impl PieceServer {
         &self,
         task: &Arc<Task>,
         child: &str,
-        wr: &mut BufWriter<tokio::net::tcp::OwnedWriteHalf>,
+        wr: &mut BufWriter<tokio::io::WriteHalf<ServerConn>>,
         requests: &mut mpsc::Receiver<u32>,
         shutdown: &Shutdown,
     ) -> std::io::Result<()> {

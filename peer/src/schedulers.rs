@@ -79,13 +79,17 @@ pub async fn start(
 
 /// A lazily connected channel to one scheduler.
 pub fn endpoint(addr: &str) -> Result<SchedulerEndpoint, Error> {
-    let channel = tonic::transport::Endpoint::from_shared(addr.to_string())
+    let channel = damselfly_service::tls::endpoint(addr)
         .map_err(|e| Error::BadRequest(format!("scheduler address {addr:?}: {e}")))?
         .connect_timeout(Duration::from_secs(3))
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(10))
-        .keep_alive_timeout(Duration::from_secs(10))
-        .connect_lazy();
+        .keep_alive_timeout(Duration::from_secs(10));
+    let channel = damselfly_service::tls::channel(
+        channel,
+        damselfly_service::tls::installed(),
+        damselfly_service::tls::Role::Scheduler,
+    );
     Ok(SchedulerEndpoint {
         addr: addr.to_string(),
         channel,

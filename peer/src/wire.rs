@@ -10,13 +10,21 @@
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+/// The piece protocol's version, the first two bytes of every `Hello`.
+pub const PROTOCOL_VERSION: u16 = 1;
+
 /// Largest frame accepted: a max-size piece plus its header.
 pub const MAX_FRAME: u32 = damselfly_proto::piece::MAX_PIECE_LENGTH + 64;
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Frame {
-    /// Child -> parent, first frame.
-    Hello { task_id: String, peer_id: String },
+    /// Child -> parent, first frame. `version` is the child's [`PROTOCOL_VERSION`]; a parent
+    /// answers another version with an `Error` and closes.
+    Hello {
+        version: u16,
+        task_id: String,
+        peer_id: String,
+    },
     /// Child -> parent: send me this piece.
     Request(u32),
     /// Parent -> child: what it advertises now (little-endian bitmap).
@@ -48,7 +56,15 @@ fn u32_at(b: &[u8], at: usize) -> std::io::Result<u32> {
 
 pub async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, f: &Frame) -> std::io::Result<()> {
     let (kind, head, body): (u8, Vec<u8>, &[u8]) = match f {
-        Frame::Hello { task_id, peer_id } => (HELLO, format!("{task_id}\n{peer_id}").into_bytes(), &[]),
+        Frame::Hello {
+            version,
+            task_id,
+            peer_id,
+        } => {
+            let mut h = version.to_be_bytes().to_vec();
+            h.extend_from_slice(format!("{task_id}\n{peer_id}").as_bytes());
+            (HELLO, h, &[])
+        }
         Frame::Request(i) => (REQUEST, i.to_be_bytes().to_vec(), &[]),
         Frame::Bitmap { pieces, bits } => {
             let mut h = pieces.to_be_bytes().to_vec();
@@ -86,9 +102,12 @@ pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> std::io::Result<Opti
     r.read_exact(&mut buf).await?;
     let frame = match kind {
         HELLO => {
-            let s = String::from_utf8(buf).map_err(|_| bad("hello is not utf-8"))?;
+            let version = buf.get(..2).ok_or_else(|| bad("malformed hello"))?;
+            let version = u16::from_be_bytes([version[0], version[1]]);
+            let s = String::from_utf8(buf.split_off(2)).map_err(|_| bad("hello is not utf-8"))?;
             let (task_id, peer_id) = s.split_once('\n').ok_or_else(|| bad("malformed hello"))?;
             Frame::Hello {
+                version,
                 task_id: task_id.into(),
                 peer_id: peer_id.into(),
             }
@@ -128,6 +147,7 @@ mod tests {
     async fn round_trip() {
         let frames = vec![
             Frame::Hello {
+                version: PROTOCOL_VERSION,
                 task_id: "t".into(),
                 peer_id: "p".into(),
             },
@@ -166,6 +186,47 @@ mod tests {
         ] {
             let mut r = input.as_slice();
             assert!(read_frame(&mut r).await.is_err(), "{input:?}");
+        }
+    }
+
+    /// Randomized decoding (a seeded fuzz run, in every `cargo test`): arbitrary frames never
+    /// panic or allocate beyond `MAX_FRAME`; whatever decodes re-encodes to the same frame; a
+    /// decoded bitmap goes through `check_bitmap`, which accepts only what fits its claim.
+    #[tokio::test]
+    async fn random_frames_decode_safely() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(12);
+        let kinds = [HELLO, REQUEST, BITMAP, HAVE, PIECE, ERROR, 0, 3, 255];
+        for _ in 0..20_000 {
+            let kind = kinds[rng.random_range(0..kinds.len())];
+            let body_len = rng.random_range(0..64usize);
+            let mut body: Vec<u8> = (0..body_len).map(|_| rng.random()).collect();
+            if kind == HELLO && rng.random_bool(0.5) {
+                body = [&PROTOCOL_VERSION.to_be_bytes()[..], b"t\np"].concat();
+            }
+            // The length field: usually right, sometimes a lie (short, long, huge).
+            let len: u32 = match rng.random_range(0..4) {
+                0 => rng.random(),
+                1 => body_len.saturating_sub(1) as u32,
+                _ => body_len as u32,
+            };
+            let mut input = vec![kind];
+            input.extend_from_slice(&len.to_be_bytes());
+            input.extend_from_slice(&body);
+            let mut r = input.as_slice();
+            let Ok(Some(frame)) = read_frame(&mut r).await else {
+                continue;
+            };
+            let mut out = Vec::new();
+            write_frame(&mut out, &frame).await.unwrap();
+            let mut again = out.as_slice();
+            assert_eq!(read_frame(&mut again).await.unwrap(), Some(frame.clone()));
+            if let Frame::Bitmap { pieces, bits } = frame
+                && let Ok(v) = damselfly_proto::layout::check_bitmap(None, pieces, &bits)
+            {
+                assert_eq!(v.len(), pieces as usize);
+                assert!(pieces <= damselfly_proto::layout::MAX_PIECES);
+            }
         }
     }
 }

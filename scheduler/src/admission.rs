@@ -11,6 +11,7 @@ use damselfly_proto::layout::{LayoutError, check_piece_length};
 use damselfly_proto::piece::Layout;
 use damselfly_proto::scheduler::{HostInfo, Register, SourceInfo, StoredTask};
 use damselfly_proto::task_id::id_of_spec;
+use damselfly_service::tls::{PeerIdentity, Role};
 
 /// Longest host, peer or task id.
 pub const MAX_ID: usize = 256;
@@ -278,5 +279,52 @@ mod tests {
             })
             .is_none()
         );
+    }
+}
+
+/// With TLS on (a verified client certificate), a host must hold the peer role, and the seed
+/// role to announce itself as a seed: a peer certificate claiming `seed` is refused, so it is
+/// never sent a seed task or an origin credential. Without TLS (no identity, or an unverified
+/// one) anything goes, as on a trusted network.
+pub fn certificate(identity: Option<&PeerIdentity>, claims_seed: bool) -> Result<(), Error> {
+    let Some(id) = identity.filter(|id| id.verified) else {
+        return Ok(());
+    };
+    if !id.has(Role::Peer) {
+        return Err(Error::Forbidden(
+            "the client certificate does not grant the peer role".into(),
+        ));
+    }
+    if claims_seed && !id.has(Role::Seed) {
+        return Err(Error::Forbidden(
+            "seed: true needs a certificate with the seed role".into(),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod certificate_tests {
+    use super::*;
+
+    #[test]
+    fn only_seed_certificates_announce_seeds() {
+        let id = |roles: Vec<Role>| PeerIdentity {
+            remote: None,
+            roles,
+            verified: true,
+        };
+        assert!(certificate(None, true).is_ok());
+        assert!(certificate(Some(&PeerIdentity::default()), true).is_ok());
+        assert!(certificate(Some(&id(vec![Role::Peer])), false).is_ok());
+        assert!(matches!(
+            certificate(Some(&id(vec![Role::Peer])), true),
+            Err(Error::Forbidden(_))
+        ));
+        assert!(certificate(Some(&id(vec![Role::Peer, Role::Seed])), true).is_ok());
+        assert!(matches!(
+            certificate(Some(&id(vec![Role::Scheduler])), false),
+            Err(Error::Forbidden(_))
+        ));
     }
 }

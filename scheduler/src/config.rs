@@ -34,6 +34,8 @@ pub struct SchedulerConfig {
     pub gc_interval: Duration,
     pub evaluator: EvaluatorConfig,
     pub manager: ManagerConfig,
+    /// Mutual TLS for the gRPC port (`[tls]`, see `damselfly_service::tls`).
+    pub tls: damselfly_service::tls::TlsConfig,
     pub log_level: String,
 }
 
@@ -144,6 +146,7 @@ impl Default for SchedulerConfig {
             gc_interval: DEFAULT_GC_INTERVAL,
             evaluator: EvaluatorConfig::default(),
             manager: ManagerConfig::default(),
+            tls: Default::default(),
             log_level: "info".into(),
         }
     }
@@ -164,6 +167,7 @@ impl Default for EvaluatorConfig {
 
 impl SchedulerConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.tls.validate()?;
         if self.host_timeout < Duration::from_secs(1) {
             return Err(ConfigError::invalid("host_timeout", "must be at least 1s"));
         }

@@ -4,6 +4,8 @@
 pub enum Error {
     #[error("bad request: {0}")]
     BadRequest(String),
+    #[error("permission denied: {0}")]
+    Forbidden(String),
     #[error("unknown host {0}: announce the host first")]
     UnknownHost(String),
     #[error("config: {0}")]
@@ -22,6 +24,7 @@ impl From<Error> for tonic::Status {
     fn from(e: Error) -> Self {
         match e {
             Error::BadRequest(m) => tonic::Status::invalid_argument(m),
+            Error::Forbidden(m) => tonic::Status::permission_denied(m),
             Error::UnknownHost(_) => tonic::Status::failed_precondition(e.to_string()),
             other => tonic::Status::internal(other.to_string()),
         }

@@ -17,6 +17,8 @@ use tracing::info;
 /// Runs a scheduler until `shutdown` fires.
 pub async fn run(config: SchedulerConfig, shutdown: Shutdown) -> Result<(), Error> {
     config.validate()?;
+    let tls = damselfly_service::tls::Tls::start(&config.tls, &shutdown).await?;
+    damselfly_service::tls::install(tls.clone());
     let mut registry = Registry::default();
     let metrics = Metrics::new(&mut registry);
     let planner = Arc::new(Planner::new(
@@ -77,7 +79,7 @@ pub async fn run(config: SchedulerConfig, shutdown: Shutdown) -> Result<(), Erro
             source,
         })?;
     info!(grpc = %config.listen, http = %config.http_listen, "scheduler serving");
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let incoming = damselfly_service::tls::incoming(listener, tls);
     let stop = shutdown.clone();
     tonic::transport::Server::builder()
         .tcp_nodelay(true)

@@ -277,6 +277,8 @@ pub struct SchedulerService {
     pub shared: Arc<Shared>,
 }
 
+use damselfly_service::tls::PeerIdentity;
+
 #[tonic::async_trait]
 impl Scheduler for SchedulerService {
     type AnnounceHostStream = ReplyStream<HostCommand>;
@@ -286,12 +288,14 @@ impl Scheduler for SchedulerService {
         &self,
         request: Request<Streaming<HostMessage>>,
     ) -> Result<Response<Self::AnnounceHostStream>, Status> {
+        let identity = request.extensions().get::<PeerIdentity>().cloned();
         let mut inbound = request.into_inner();
         let first = inbound.message().await?.and_then(|m| m.msg);
         let Some(host_message::Msg::Hello(info)) = first else {
             return Err(Error::BadRequest("the first host message must be hello".into()).into());
         };
         admission::hello(&info)?;
+        admission::certificate(identity.as_ref(), info.seed)?;
         let host_id = info.host_id.clone();
         let (tx, rx) = mpsc::unbounded_channel();
         let conn = {
@@ -321,6 +325,7 @@ impl Scheduler for SchedulerService {
         &self,
         request: Request<Streaming<TaskMessage>>,
     ) -> Result<Response<Self::AnnounceTaskStream>, Status> {
+        admission::certificate(request.extensions().get::<PeerIdentity>(), false)?;
         let mut inbound = request.into_inner();
         let first = inbound.message().await?.and_then(|m| m.msg);
         let Some(task_message::Msg::Register(reg)) = first else {

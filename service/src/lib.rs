@@ -5,8 +5,12 @@
 //! - [`telemetry`]: logging set-up and the Prometheus `/metrics` endpoint.
 //! - [`config`]: load a TOML file into a role's config struct, with errors that name the field.
 //! - [`secret`]: a wrapper that keeps credentials out of logs.
+//! - [`tls`]: mutual TLS for every server and client, roles read from certificates.
+//! - [`certs`]: a CA and per-role certificates for a lab or cluster (`damselfly certs init`).
 
+pub mod certs;
 pub mod config;
 pub mod secret;
 pub mod shutdown;
 pub mod telemetry;
+pub mod tls;

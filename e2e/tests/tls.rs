@@ -1,0 +1,354 @@
+//! Mutual TLS end to end: the real `damselfly` binaries in network namespaces with `[tls]`
+//! on and certificates from `damselfly certs init`. Octets 63-64; needs root.
+//!
+//! - a get works end to end with TLS on (scheduler, seed, peer), with an origin credential;
+//! - a client without a certificate, or with a valid peer certificate of another CA, can
+//!   neither announce to the scheduler nor read a piece from any peer;
+//! - a peer certificate that claims `seed: true` is refused by the scheduler, so a daemon
+//!   started with `--seed` on it never gets a seed task (nor the credential in it).
+
+use anyhow::{Context, Result, ensure};
+use damselfly_e2e::bins;
+use damselfly_e2e::data::{sha256_file, write_random_file};
+use damselfly_e2e::lab::Lab;
+use damselfly_e2e::mesh::{PEER_METRICS_PORT, PIECE_PORT, SCHEDULER_METRICS_PORT, SCHEDULER_PORT};
+use damselfly_e2e::origin::Origin;
+use damselfly_e2e::process::Proc;
+use damselfly_e2e::wait::{wait_for, wait_for_tcp};
+use damselfly_proto::scheduler::scheduler_client::SchedulerClient;
+use damselfly_proto::scheduler::{HostInfo, HostMessage, host_message};
+use damselfly_service::tls::{Role, Tls, TlsConfig, TlsMode};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_stream::wrappers::UnboundedReceiverStream;
+
+const MIB: u64 = 1024 * 1024;
+const ORIGIN_PORT: u16 = 8080;
+const TOKEN: &str = "Authorization: Bearer lab-token";
+
+fn require_root() {
+    assert!(
+        rustix::process::geteuid().is_root(),
+        "TLS tests need root (network namespaces); run them through scripts/test.sh"
+    );
+}
+
+fn tls_config(certs: &Path, name: &str) -> TlsConfig {
+    TlsConfig {
+        mode: TlsMode::On,
+        ca: Some(certs.join("ca.pem")),
+        cert: Some(certs.join(format!("{name}.pem"))),
+        key: Some(certs.join(format!("{name}-key.pem"))),
+    }
+}
+
+fn tls_toml(certs: &Path, name: &str) -> String {
+    let c = tls_config(certs, name);
+    format!(
+        "[tls]\nmode = \"on\"\nca = {:?}\ncert = {:?}\nkey = {:?}\n",
+        c.ca.unwrap(),
+        c.cert.unwrap(),
+        c.key.unwrap()
+    )
+}
+
+fn certs_init(bin: &Path, dir: &Path, nodes: &[&str]) -> Result<()> {
+    let out = Command::new(bin)
+        .args(["certs", "init"])
+        .arg(dir)
+        .args(nodes)
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "certs init: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+struct Peer {
+    proc: Proc,
+    socket: PathBuf,
+    data_dir: PathBuf,
+}
+
+fn start_peer(
+    lab: &Lab,
+    bin: &Path,
+    state: &Path,
+    certs: &Path,
+    host: &str,
+    cert: &str,
+    seed: bool,
+) -> Result<Peer> {
+    let ip = lab.ip(host);
+    let dir = state.join(host);
+    let data_dir = dir.join("data");
+    std::fs::create_dir_all(&data_dir)?;
+    let config = dir.join("peer.toml");
+    std::fs::write(&config, tls_toml(certs, cert))?;
+    let socket = dir.join("daemon.sock");
+    let mut cmd = Command::new(bin);
+    cmd.arg("peer");
+    if seed {
+        cmd.arg("--seed");
+    }
+    cmd.arg("--config")
+        .arg(&config)
+        .arg("--scheduler")
+        .arg(format!("https://{}:{SCHEDULER_PORT}", lab.ip("sched")))
+        .arg("--data-dir")
+        .arg(&data_dir)
+        .arg("--socket")
+        .arg(&socket)
+        .arg("--piece-listen")
+        .arg(format!("{ip}:{PIECE_PORT}"))
+        .arg("--advertise-ip")
+        .arg(ip.to_string())
+        .arg("--metrics-listen")
+        .arg(format!("{ip}:{PEER_METRICS_PORT}"));
+    let proc = lab.spawn(host, if seed { "seed" } else { "peer" }, &cmd)?;
+    let failed = || format!("{host} did not become ready:\n{}", proc.log_tail(20));
+    wait_for(&format!("{host}'s socket"), Duration::from_secs(30), || {
+        !proc.is_running() || socket.exists()
+    })
+    .with_context(failed)?;
+    ensure!(proc.is_running(), "{}", failed());
+    wait_for_tcp(ip, PIECE_PORT, Duration::from_secs(10)).with_context(failed)?;
+    Ok(Peer {
+        proc,
+        socket,
+        data_dir,
+    })
+}
+
+fn get(
+    lab: &Lab,
+    bin: &Path,
+    host: &str,
+    peer: &Peer,
+    url: &str,
+    out: &Path,
+) -> Result<damselfly_e2e::process::JobResult> {
+    let mut cmd = Command::new(bin);
+    cmd.arg("get")
+        .arg(url)
+        .arg("-o")
+        .arg(out)
+        .arg("--socket")
+        .arg(&peer.socket)
+        .args(["-H", TOKEN]);
+    lab.start(host, "get", &cmd)?.wait(Duration::from_secs(120))
+}
+
+/// Announces a host to the scheduler over `channel`; the scheduler's answer decides.
+async fn announce(channel: tonic::transport::Channel, seed: bool) -> Result<(), tonic::Status> {
+    let mut client = SchedulerClient::new(channel);
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tx.send(HostMessage {
+        msg: Some(host_message::Msg::Hello(HostInfo {
+            host_id: "intruder".into(),
+            ip: "10.0.0.1".into(),
+            piece_port: 1,
+            seed,
+            ..Default::default()
+        })),
+    })
+    .unwrap();
+    let _keep = tx.clone();
+    let mut replies = client
+        .announce_host(UnboundedReceiverStream::new(rx))
+        .await?
+        .into_inner();
+    // A refused stream ends with the scheduler's status; an admitted one stays open.
+    match tokio::time::timeout(Duration::from_secs(2), replies.message()).await {
+        Ok(Err(status)) => Err(status),
+        _ => Ok(()),
+    }
+}
+
+/// Says whether `Hello` + `Request(0)` on `addr` returns any piece bytes, over `tls` (or plain).
+async fn piece_readable(addr: std::net::SocketAddr, tls: Option<&Tls>, task_id: &str) -> bool {
+    let mut hello = 1u16.to_be_bytes().to_vec();
+    hello.extend_from_slice(format!("{task_id}\nintruder").as_bytes());
+    let mut frames = vec![1u8];
+    frames.extend_from_slice(&(hello.len() as u32).to_be_bytes());
+    frames.extend_from_slice(&hello);
+    frames.extend_from_slice(&[2, 0, 0, 0, 4, 0, 0, 0, 0]);
+    let Ok(tcp) = TcpStream::connect(addr).await else {
+        return false;
+    };
+    let mut buf = Vec::new();
+    let read = async {
+        match tls {
+            None => {
+                let mut s = tcp;
+                s.write_all(&frames).await.ok()?;
+                s.read_to_end(&mut buf).await.ok()
+            }
+            Some(tls) => {
+                let mut s = tls.connect_piece(tcp).await.ok()?;
+                s.write_all(&frames).await.ok()?;
+                s.flush().await.ok()?;
+                // Read until a Piece frame (kind 12) arrives or the connection ends.
+                let mut chunk = vec![0u8; 64 * 1024];
+                loop {
+                    let n = s.read(&mut chunk).await.ok()?;
+                    if n == 0 {
+                        return Some(0);
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    if buf.len() > 1024 {
+                        return Some(buf.len());
+                    }
+                }
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(5), read).await;
+    // More than a small bitmap or an error frame: piece bytes came back.
+    buf.len() > 1024
+}
+
+#[test]
+fn mutual_tls_keeps_strangers_and_false_seeds_out_and_get_works() -> Result<()> {
+    require_root();
+    let bin = bins::damselfly()?;
+    let lab = Lab::new("dfttls1", 63, &["origin", "sched", "seed", "p1", "fake"], None)?;
+    let dir = tempfile::tempdir()?;
+    let certs = dir.path().join("certs");
+    let other = dir.path().join("other-ca");
+    certs_init(
+        &bin,
+        &certs,
+        &["scheduler:sched", "seed:seed", "peer:p1", "peer:fake"],
+    )?;
+    certs_init(&bin, &other, &["peer:stranger"])?;
+
+    let file = dir.path().join("www/private/blob");
+    std::fs::create_dir_all(file.parent().unwrap())?;
+    write_random_file(&file, 3 * MIB + 17)?;
+    let sha = sha256_file(&file)?;
+    let origin = Origin::start(&lab, "origin", &dir.path().join("www"), ORIGIN_PORT)?;
+
+    let sched_ip = lab.ip("sched");
+    let sched_config = dir.path().join("scheduler.toml");
+    std::fs::write(&sched_config, tls_toml(&certs, "sched"))?;
+    let mut cmd = Command::new(&bin);
+    cmd.arg("scheduler")
+        .arg("--config")
+        .arg(&sched_config)
+        .arg("--listen")
+        .arg(format!("{sched_ip}:{SCHEDULER_PORT}"))
+        .arg("--metrics-listen")
+        .arg(format!("{sched_ip}:{SCHEDULER_METRICS_PORT}"));
+    let scheduler = lab.spawn("sched", "scheduler", &cmd)?;
+    wait_for_tcp(sched_ip, SCHEDULER_PORT, Duration::from_secs(30))
+        .with_context(|| format!("scheduler:\n{}", scheduler.log_tail(20)))?;
+
+    let state = dir.path().join("state");
+    let seed = start_peer(&lab, &bin, &state, &certs, "seed", "seed", true)?;
+    let p1 = start_peer(&lab, &bin, &state, &certs, "p1", "p1", false)?;
+    // A daemon whose certificate is a peer's, started as a seed.
+    let fake = start_peer(&lab, &bin, &state, &certs, "fake", "fake", true)?;
+
+    // 1. get works end to end with TLS on, with the origin's credential.
+    let url = origin.url("private/blob");
+    let out = dir.path().join("out");
+    get(&lab, &bin, "p1", &p1, &url, &out)?.ensure_success()?;
+    ensure!(sha256_file(&out)? == sha, "p1 got other bytes than the origin's");
+    // Again through the fake seed's daemon: it downloads as a peer (from the mesh).
+    for i in 0..3 {
+        let url = origin.url(&format!("private/blob?n={i}"));
+        let out = dir.path().join(format!("out{i}"));
+        get(&lab, &bin, "p1", &p1, &url, &out)?.ensure_success()?;
+    }
+
+    // 2. The fake seed was refused as a seed: the scheduler said so, and it holds no task.
+    ensure!(
+        fake.proc.log().contains("seed role"),
+        "the fake seed's host stream was not refused for its role:\n{}",
+        fake.proc.log_tail(30)
+    );
+    ensure!(
+        !fake.proc.log().contains("lab-token"),
+        "a credential reached the fake seed"
+    );
+    let fake_content = fake.data_dir.join("content");
+    let held = std::fs::read_dir(&fake_content).map(|d| d.count()).unwrap_or(0);
+    ensure!(
+        held == 0,
+        "the fake seed holds {held} tasks (was sent seed tasks)"
+    );
+    ensure!(seed.proc.is_running() && scheduler.is_running());
+
+    // 3. The scheduler: no certificate, another CA's certificate, a peer claiming seed.
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async {
+        let addr = format!("https://{sched_ip}:{SCHEDULER_PORT}");
+        let ep = || {
+            damselfly_service::tls::endpoint(&addr)
+                .unwrap()
+                .connect_timeout(Duration::from_secs(3))
+        };
+        let ours = Tls::load(&tls_config(&certs, "fake")).await?.unwrap();
+        let stranger = Tls::load(&tls_config(&other, "stranger")).await?.unwrap();
+        ensure!(
+            announce(
+                damselfly_service::tls::channel(ep(), None, Role::Scheduler),
+                false
+            )
+            .await
+            .is_err(),
+            "a client without TLS announced a host"
+        );
+        ensure!(
+            announce(
+                damselfly_service::tls::channel(ep(), Some(stranger.clone()), Role::Scheduler),
+                false
+            )
+            .await
+            .is_err(),
+            "another CA's peer certificate announced a host"
+        );
+        let r = announce(
+            damselfly_service::tls::channel(ep(), Some(ours.clone()), Role::Scheduler),
+            true,
+        )
+        .await;
+        ensure!(
+            matches!(&r, Err(s) if s.code() == tonic::Code::PermissionDenied),
+            "a peer certificate announced a seed: {r:?}"
+        );
+        // The same certificate as a plain peer gets in (the refusals above are not a broken setup).
+        announce(
+            damselfly_service::tls::channel(ep(), Some(ours.clone()), Role::Scheduler),
+            false,
+        )
+        .await
+        .map_err(|s| anyhow::anyhow!("a valid peer certificate was refused: {s}"))?;
+
+        // 4. Piece ports of the seed and of p1: nothing without a certificate of this CA.
+        let task_id = damselfly_proto::task_id::task_id(&url, None, "", "").unwrap();
+        for host in ["seed", "p1"] {
+            let addr = std::net::SocketAddr::from((lab.ip(host), PIECE_PORT));
+            ensure!(
+                !piece_readable(addr, None, &task_id).await,
+                "{host}: plain client read a piece"
+            );
+            ensure!(
+                !piece_readable(addr, Some(&stranger), &task_id).await,
+                "{host}: another CA read a piece"
+            );
+            ensure!(
+                piece_readable(addr, Some(&ours), &task_id).await,
+                "{host}: a member could not read a piece"
+            );
+        }
+        Ok::<_, anyhow::Error>(())
+    })?;
+    Ok(())
+}
