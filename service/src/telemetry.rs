@@ -56,9 +56,18 @@ pub async fn serve_metrics(
     registry: Arc<Registry>,
     shutdown: Shutdown,
 ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    serve_router(addr, metrics_router(registry), shutdown).await
+}
+
+/// Serves `app` (e.g. [`metrics_router`] merged with
+/// [`crate::health::Health::router`]) on `addr` until shutdown.
+pub async fn serve_router(
+    addr: SocketAddr,
+    app: axum::Router,
+    shutdown: Shutdown,
+) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
-    let app = metrics_router(registry);
     let handle = tokio::spawn(async move {
         let stop = shutdown.clone();
         let _ = axum::serve(listener, app)
