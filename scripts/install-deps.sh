@@ -4,7 +4,7 @@
 set -euo pipefail
 PKGS=(iproute2 curl jq bc python3 ca-certificates postgresql chromium chromium-driver
       containerd docker-registry skopeo umoci busybox-static apache2-utils docker.io openssl
-      aria2 opentracker mktorrent)
+      aria2 opentracker mktorrent prometheus)
 missing=()
 for p in "${PKGS[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then
