@@ -14,6 +14,8 @@ cargo build --features fault-injection,demo -p damselfly
 # A copy: `cargo test --workspace` rebuilds target/debug/damselfly without these features.
 cp "$CARGO_TARGET_DIR/debug/damselfly" "$CARGO_TARGET_DIR/damselfly-lab"
 export DAMSELFLY_BIN="$CARGO_TARGET_DIR/damselfly-lab"
+# deploy/: alert rules, systemd units, the static binary and image, the Compose stack, the Helm chart.
+./scripts/test-deploy.sh
 # containerd's snapshotter suite against `damselfly snapshotter` (21 tests, about 25 s).
 ./scripts/snapshotter-suite.sh
 export DAMSELFLY_SMOKE_METHODS=damselfly,direct,bittorrent
