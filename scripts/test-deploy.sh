@@ -31,7 +31,7 @@ TARGET=x86_64-unknown-linux-musl
 rustup target list --installed | grep -qx "$TARGET" || rustup target add "$TARGET"
 CC_x86_64_unknown_linux_musl=musl-gcc cargo build -q --profile image --target "$TARGET" -p damselfly
 musl="$CARGO_TARGET_DIR/$TARGET/image/damselfly"
-file "$musl" | grep -q "statically linked" || { echo "$musl is not static: $(file "$musl")"; exit 1; }
+file "$musl" | grep -Eq "statically linked|static-pie linked" || { echo "$musl is not static: $(file "$musl")"; exit 1; }
 
 echo "== image, docker run --help, Compose stack with a get through each peer"
 DAMSELFLY_MUSL_BIN="$musl" cargo test -q -p damselfly-e2e --test compose -- --ignored

@@ -24,7 +24,7 @@ trap 'rm -rf "$out"' EXIT
 for v in default all; do
   args=()
   [ "$v" = all ] && args=(-f deploy/helm/values-all.yaml)
-  "$HELM" template dfly "$chart" --namespace damselfly "${args[@]}" > "$out/$v.yaml"
+  "$HELM" template dfly "$chart" --kube-version 1.33.0 --namespace damselfly "${args[@]}" > "$out/$v.yaml"
   # One file per object; CRD kinds apart.
   python3 - "$out/$v.yaml" "$out/$v" <<'PY'
 import sys, os, re
@@ -44,7 +44,8 @@ PY
   "$KV" --strict -k 1.33.0 "$out/$v"/k8s/*.yaml
 done
 # The all-on values render every kind the chart has.
-for kind in Deployment StatefulSet DaemonSet Service PersistentVolumeClaim PodDisruptionBudget Secret RuntimeClass ServiceMonitor; do
+grep -q "^kind: PersistentVolumeClaim$" "$out/default.yaml" || { echo "the defaults render no manager PVC"; exit 1; }
+for kind in Deployment StatefulSet DaemonSet Service PodDisruptionBudget Secret RuntimeClass ServiceMonitor; do
   grep -q "^kind: $kind$" "$out/all.yaml" || { echo "values-all.yaml renders no $kind"; exit 1; }
 done
 echo "helm chart: lint, template and schema checks passed"
