@@ -16,4 +16,5 @@ ctx=$(mktemp -d)
 trap 'rm -rf "$ctx"' EXIT
 cp "$CARGO_TARGET_DIR/$TARGET/$PROFILE/damselfly" "$ctx/damselfly"
 cp deploy/Dockerfile "$ctx/Dockerfile"
+cp /etc/ssl/certs/ca-certificates.crt "$ctx/ca-certificates.crt"
 docker "$@" build -q -t "${IMAGE:-damselfly:dev}" "$ctx"

@@ -62,6 +62,26 @@ impl Drop for Stack {
     }
 }
 
+/// Unmounts whatever dockerd left under its roots (its `exec/netns/default`
+/// bind mount keeps the lab host's network namespace alive), after dockerd.
+struct Unmount(PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+        let prefix = self.0.display().to_string();
+        let mut paths: Vec<&str> = mounts
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(1))
+            .filter(|m| m.starts_with(&prefix))
+            .collect();
+        paths.sort_unstable_by(|a, b| b.cmp(a));
+        for m in paths {
+            let _ = Command::new("umount").arg("-l").arg(m).status();
+        }
+    }
+}
+
 #[test]
 #[ignore = "run by scripts/test-deploy.sh, which builds the static binary (DAMSELFLY_MUSL_BIN)"]
 fn the_compose_stack_serves_a_get_through_each_peer() -> Result<()> {
@@ -77,6 +97,7 @@ fn the_compose_stack_serves_a_get_through_each_peer() -> Result<()> {
     // dockerd in the lab host, as lab.md says works here.
     let dk = lab.dir().join("docker");
     std::fs::create_dir_all(&dk)?;
+    let _unmount = Unmount(dk.clone());
     let sock = dk.join("docker.sock");
     std::fs::write(
         dk.join("daemon.json"),
@@ -107,6 +128,11 @@ fn the_compose_stack_serves_a_get_through_each_peer() -> Result<()> {
     std::fs::copy(&musl, ctx.join("damselfly")).context("copy the static binary")?;
     let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
     std::fs::copy(deploy.join("Dockerfile"), ctx.join("Dockerfile"))?;
+    std::fs::copy(
+        "/etc/ssl/certs/ca-certificates.crt",
+        ctx.join("ca-certificates.crt"),
+    )
+    .context("copy the CA bundle (apt install ca-certificates)")?;
     run(docker().args(["build", "-q", "-t", "damselfly:dev"]).arg(&ctx))?;
     let help = run(docker().args(["run", "--rm", "--network", "none", "damselfly:dev", "--help"]))?;
     ensure!(
@@ -163,7 +189,8 @@ fn the_compose_stack_serves_a_get_through_each_peer() -> Result<()> {
     // A get through each peer, with the host's own binary on the peer's socket.
     let bin = bins::damselfly()?;
     for peer in ["peer-a", "peer-b"] {
-        let out = dir.path().join(format!("{peer}.out"));
+        // Under the run dir: the peer in its container writes the file itself.
+        let out = run_dir.join(format!("{peer}.out"));
         run(Command::new(&bin)
             .arg("get")
             .arg(origin.url("blob"))
