@@ -367,6 +367,7 @@ mod tests {
             match ev {
                 SourceEvent::Piece { index, data, .. } => pieces.push((index, data.to_vec())),
                 SourceEvent::Done => break,
+                SourceEvent::Answered(_) => {}
                 other => panic!("unexpected {other:?}"),
             }
         }
