@@ -7,6 +7,7 @@
 # on Ctrl-C). Extra arguments go to `damselfly demo` (`--help` lists them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/root.sh
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/cache/damselfly-target}
-cargo build --release -p damselfly
+cargo build --release -p damselfly --features demo
 exec "$CARGO_TARGET_DIR/release/damselfly" demo "$@"

@@ -4,7 +4,8 @@
 set -euo pipefail
 PKGS=(iproute2 curl jq bc python3 ca-certificates postgresql chromium chromium-driver
       containerd docker-registry skopeo umoci busybox-static apache2-utils docker.io openssl
-      aria2 opentracker mktorrent)
+      aria2 opentracker mktorrent prometheus
+      musl-tools docker-compose file systemd)
 missing=()
 for p in "${PKGS[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -29,3 +30,5 @@ command -v go >/dev/null || { echo "go not found: install Go 1.26+ first" >&2; e
 (cd "$(dirname "$0")/../snapshotter/testsuite" && go mod download)
 command -v cargo >/dev/null || { echo "cargo not found: install Rust (rustup) first" >&2; exit 1; }
 rustup component list --installed 2>/dev/null | grep -q rustfmt || rustup component add rustfmt clippy
+# The static binary of the container image (scripts/build-image.sh, scripts/test-deploy.sh).
+rustup target list --installed | grep -qx x86_64-unknown-linux-musl || rustup target add x86_64-unknown-linux-musl

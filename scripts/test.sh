@@ -3,13 +3,19 @@
 # (unit tests and the end-to-end tests in network namespaces, which need root).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/root.sh
 ./scripts/install-deps.sh
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/cache/damselfly-target}
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
+cargo clippy -p damselfly --all-targets --features demo,fault-injection -- -D warnings
 # The e2e tests drive the real binary, built with the test-only fault switches.
-cargo build --features fault-injection -p damselfly
-export DAMSELFLY_BIN="$CARGO_TARGET_DIR/debug/damselfly"
+cargo build --features fault-injection,demo -p damselfly
+# A copy: `cargo test --workspace` rebuilds target/debug/damselfly without these features.
+cp "$CARGO_TARGET_DIR/debug/damselfly" "$CARGO_TARGET_DIR/damselfly-lab"
+export DAMSELFLY_BIN="$CARGO_TARGET_DIR/damselfly-lab"
+# deploy/: alert rules, systemd units, the static binary and image, the Compose stack, the Helm chart.
+./scripts/test-deploy.sh
 # containerd's snapshotter suite against `damselfly snapshotter` (21 tests, about 25 s).
 ./scripts/snapshotter-suite.sh
 export DAMSELFLY_SMOKE_METHODS=damselfly,direct,bittorrent

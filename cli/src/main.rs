@@ -7,6 +7,7 @@
 use clap::{Parser, Subcommand};
 
 mod certs;
+#[cfg(feature = "demo")]
 mod demo;
 mod get;
 mod init;
@@ -41,6 +42,8 @@ enum Command {
     Proxy(proxy::Args),
     /// All-in-one demo (root): a registry, a scheduler, a seed and three
     /// containerd hosts in network namespaces pull one image through the mesh.
+    /// Built only with the cargo feature `demo` (scripts/demo.sh).
+    #[cfg(feature = "demo")]
     Demo(demo::Args),
     /// Run a manager: clusters, liveness, preheat, REST API and web console.
     Manager(manager::Args),
@@ -63,6 +66,7 @@ fn main() -> std::process::ExitCode {
             Command::Get(args) => get::run(args).await,
             Command::Init(args) => init::run(args).await,
             Command::Proxy(args) => proxy::run(args).await,
+            #[cfg(feature = "demo")]
             Command::Demo(args) => demo::run(args).await,
             Command::Manager(args) => manager::run(args).await,
             Command::Snapshotter(args) => snapshotter::run(args).await,

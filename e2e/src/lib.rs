@@ -23,6 +23,7 @@
 pub mod bench;
 pub mod bins;
 pub mod data;
+pub mod http;
 pub mod lab;
 pub mod managed;
 pub mod mesh;

@@ -58,6 +58,8 @@ pub struct Inner {
     pub owner: String,
     /// Turns true when the manager shuts down; long-lived gRPC streams end then.
     pub closing: tokio::sync::watch::Receiver<bool>,
+    /// `/healthz`, `/readyz`: ready once the database is open and both listeners are bound.
+    pub health: damselfly_service::health::Health,
 }
 
 pub type Ctx = Arc<Inner>;
@@ -151,7 +153,9 @@ pub async fn start_with(
         wake: tokio::sync::Notify::new(),
         owner,
         closing,
+        health: damselfly_service::health::Health::new("manager", &["database", "listeners"]),
     });
+    ctx.health.set("database", true);
 
     let mut tasks = Vec::new();
     let app = app(ctx.clone());
@@ -192,6 +196,7 @@ pub async fn start_with(
         tokio::spawn(preheat::run(ctx.clone(), shutdown.clone())),
     ));
     tracing::info!(%http_addr, %grpc_addr, backend = ?ctx.db.backend, "manager started");
+    ctx.health.set("listeners", true);
     Ok(Running {
         http_addr,
         grpc_addr,
@@ -212,7 +217,7 @@ pub fn app(ctx: Ctx) -> axum::Router {
     api::router(ctx.clone())
         .merge(console::router(ctx.clone()))
         .merge(metrics)
-        .route("/healthz", axum::routing::get(|| async { "ok" }))
+        .merge(ctx.health.router())
         .layer(axum::middleware::from_fn_with_state(ctx, api::observe))
 }
 

@@ -32,7 +32,12 @@ pub async fn run(config: PeerConfig, shutdown: Shutdown) -> Result<(), Error> {
     damselfly_service::tls::install(damselfly_service::tls::Tls::start(&config.tls, &shutdown).await?);
     let mut registry = Registry::default();
     let metrics = Metrics::new(&mut registry);
+    // Readiness (/readyz): see `HEALTH_CONDITIONS`.
+    let health = damselfly_service::health::Health::new("peer", HEALTH_CONDITIONS);
+    health.register(&mut registry);
+    let supervisor = damselfly_service::tasks::Supervisor::new();
     let store = Arc::new(Store::open(&config.data_dir)?);
+    health.set("store", true);
     let orphans = store.remove_orphans()?;
     if orphans > 0 {
         info!(orphans, "removed content files without metadata");
@@ -61,7 +66,11 @@ pub async fn run(config: PeerConfig, shutdown: Shutdown) -> Result<(), Error> {
     let uploads = Arc::new(RateLimiter::new(config.upload_rate.as_u64()));
     downloader.limits.register(&mut registry);
     let server = PieceServer::new(tasks.clone(), uploads, metrics.clone(), downloader.limits.clone());
-    let mut handles = vec![tokio::spawn(server.serve(piece_listener, shutdown.clone()))];
+    let mut handles = vec![supervisor.watch(
+        format!("piece server on {}", config.piece_listen),
+        tokio::spawn(server.serve(piece_listener, shutdown.clone())),
+        shutdown.clone(),
+    )];
 
     // Scheduler host streams.
     let ip = advertise_ip(&config);
@@ -86,6 +95,14 @@ pub async fn run(config: PeerConfig, shutdown: Shutdown) -> Result<(), Error> {
     // Fixed schedulers, or the manager's list (followed while the daemon runs).
     let (announced, followers) = crate::schedulers::start(&config, &downloader, &info, &shutdown).await?;
     handles.extend(followers);
+    for mut rx in announced.iter().cloned() {
+        let health = health.clone();
+        tokio::spawn(async move {
+            if rx.wait_for(|a| *a).await.is_ok() {
+                health.set("scheduler", true);
+            }
+        });
+    }
     for mut rx in announced {
         if tokio::time::timeout(ANNOUNCE_WAIT, rx.wait_for(|a| *a))
             .await
@@ -126,18 +143,21 @@ pub async fn run(config: PeerConfig, shutdown: Shutdown) -> Result<(), Error> {
     if config.proxy.enabled {
         let proxy =
             crate::blob::serve_proxy(&config.proxy, downloader.clone(), &mut registry, shutdown.clone());
-        handles.push(proxy.await?);
+        let proxy = proxy.await?;
+        handles.push(supervisor.watch(
+            format!("registry proxy on {}", config.proxy.listen),
+            proxy,
+            shutdown.clone(),
+        ));
     }
 
     // Metrics.
-    let (metrics_addr, h) = damselfly_service::telemetry::serve_metrics(
-        config.metrics_listen,
-        Arc::new(registry),
-        shutdown.clone(),
-    )
-    .await
-    .map_err(|e| Error::io(format!("bind metrics_listen {}", config.metrics_listen), e))?;
-    handles.push(h);
+    let app = damselfly_service::telemetry::metrics_router(Arc::new(registry)).merge(health.router());
+    let (metrics_addr, h) =
+        damselfly_service::telemetry::serve_router(config.metrics_listen, app, shutdown.clone())
+            .await
+            .map_err(|e| Error::io(format!("bind metrics_listen {}", config.metrics_listen), e))?;
+    handles.push(supervisor.watch(format!("metrics server on {metrics_addr}"), h, shutdown.clone()));
 
     // Local API, last: its socket appearing means the daemon is ready.
     if let Some(dir) = config.socket.parent() {
@@ -150,6 +170,7 @@ pub async fn run(config: PeerConfig, shutdown: Shutdown) -> Result<(), Error> {
     let api = LocalApi {
         downloader: downloader.clone(),
     };
+    health.set("listeners", true);
     let stop = shutdown.clone();
     let result = tonic::transport::Server::builder()
         .add_service(DaemonServer::new(api))
@@ -169,8 +190,15 @@ pub async fn run(config: PeerConfig, shutdown: Shutdown) -> Result<(), Error> {
     for h in handles {
         let _ = h.await;
     }
-    result.map_err(|e| Error::Failed(format!("local API: {e}")))
+    result.map_err(|e| Error::Failed(format!("local API: {e}")))?;
+    supervisor.result().map_err(|e| Error::Failed(e.to_string()))
 }
+
+/// What `/readyz` waits for on a peer: the store is open, every listener
+/// (piece server, proxy, metrics, local API) is bound, and one of its
+/// schedulers answered its host stream. A peer whose schedulers are all down
+/// stays not ready (it would serve `get`s from the origin only) until one answers.
+pub const HEALTH_CONDITIONS: &[&str] = &["store", "listeners", "scheduler"];
 
 /// The configured address, else the local address used to reach the first
 /// scheduler (or the manager), else loopback.

@@ -125,6 +125,8 @@ impl Downloader {
             task.lock().dirty = true; // records the access time for GC
             task.save(&self.tasks.store)?;
             if !req.seed {
+                let bytes = task.layout().map_or(0, |l| l.content_length);
+                self.metrics.bytes_from_cache.inc_by(bytes);
                 return Ok(task);
             }
         }
@@ -511,6 +513,7 @@ impl Engine {
                 self.timers.progress(Instant::now());
             }
             SourceEvent::Done => {}
+            SourceEvent::Answered(t) => self.d.metrics.source_request_seconds.observe(t.as_secs_f64()),
             SourceEvent::Failed(e) => return Err(e),
         }
         Ok(())
@@ -536,6 +539,7 @@ impl Engine {
                     Some(true) => {
                         self.task.write_piece(index, &data, false)?;
                         self.d.metrics.bytes_from_peers.inc_by(data.len() as u64);
+                        self.d.metrics.piece_seconds.observe(elapsed.as_secs_f64());
                         self.report.from_parent(index, data.len() as u64, parent, elapsed);
                         self.timers.progress(Instant::now());
                     }

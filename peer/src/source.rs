@@ -36,6 +36,8 @@ pub enum SourceEvent {
     },
     Done,
     Failed(Error),
+    /// One Range GET answered with a good status after this long (time to headers).
+    Answered(std::time::Duration),
 }
 
 pub fn client(cfg: &SourceConfig) -> Result<reqwest::Client, Error> {
@@ -228,11 +230,15 @@ async fn fetch_run(
     if !whole {
         req = req.header(RANGE, format!("bytes={start}-{}", end - 1));
     }
+    let asked = std::time::Instant::now();
     let resp = req
         .send()
         .await
         .map_err(|e| (first, Error::Origin(without_url(&e))))?;
     let status = resp.status().as_u16();
+    if status == 200 || status == 206 {
+        let _ = events.send(SourceEvent::Answered(asked.elapsed()));
+    }
     if status != 200 && status != 206 {
         return Err((
             first,
@@ -361,6 +367,7 @@ mod tests {
             match ev {
                 SourceEvent::Piece { index, data, .. } => pieces.push((index, data.to_vec())),
                 SourceEvent::Done => break,
+                SourceEvent::Answered(_) => {}
                 other => panic!("unexpected {other:?}"),
             }
         }

@@ -4,15 +4,33 @@
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 type Labels = Vec<(&'static str, String)>;
 
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Metrics {
     requests: Family<Labels, Counter>,
+    /// Time to the response's headers (a blob's body streams after), by route.
+    seconds: Family<Labels, Histogram, fn() -> Histogram>,
     access_checks: Family<Labels, Counter>,
     blob_bytes: Counter,
+}
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.001, 2.0, 17))
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self {
+            requests: Family::default(),
+            seconds: Family::new_with_constructor(latency_histogram),
+            access_checks: Family::default(),
+            blob_bytes: Counter::default(),
+        }
+    }
 }
 
 impl Metrics {
@@ -22,6 +40,11 @@ impl Metrics {
             "requests",
             "Requests answered, by route and status code",
             self.requests.clone(),
+        );
+        r.register(
+            "request_seconds",
+            "Time from a request to its response headers, by route",
+            self.seconds.clone(),
         );
         r.register(
             "access_checks",
@@ -42,6 +65,12 @@ impl Metrics {
                 ("status", status.to_string()),
             ])
             .inc();
+    }
+
+    pub fn answered(&self, route: &'static str, took: std::time::Duration) {
+        self.seconds
+            .get_or_create(&vec![("route", route.to_string())])
+            .observe(took.as_secs_f64());
     }
 
     pub fn access_check(&self, result: &'static str) {

@@ -421,6 +421,7 @@ pub fn router_with_metrics(proxy: Arc<Proxy>) -> axum::Router {
 
 async fn handle(State(proxy): State<Arc<Proxy>>, req: Request) -> Response {
     let route = route_label(req.uri().path());
+    let started = std::time::Instant::now();
     let resp = match proxy.handle(req).await {
         Ok(r) => r,
         Err(e) => {
@@ -435,6 +436,7 @@ async fn handle(State(proxy): State<Arc<Proxy>>, req: Request) -> Response {
         }
     };
     proxy.metrics.request(route, resp.status().as_u16());
+    proxy.metrics.answered(route, started.elapsed());
     resp
 }
 

@@ -18,6 +18,9 @@ pub enum Error {
     },
     #[error("gRPC server: {0}")]
     Transport(#[from] tonic::transport::Error),
+    /// A server task ended while the scheduler was not stopping.
+    #[error(transparent)]
+    TaskEnded(#[from] damselfly_service::tasks::TaskEnded),
 }
 
 impl From<Error> for tonic::Status {

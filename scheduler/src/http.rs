@@ -36,7 +36,6 @@ pub struct PeerView {
 pub fn router(shared: Arc<Shared>, registry: Arc<Registry>) -> axum::Router {
     damselfly_service::telemetry::metrics_router(registry).merge(
         axum::Router::new()
-            .route("/healthz", get(|| async { "ok" }))
             .route("/tasks/{id}", get(task))
             .route("/config", get(config))
             .with_state(shared),

@@ -32,6 +32,12 @@ impl Metrics {
             bytes_from_source: Counter::default(),
             bytes_from_peers: Counter::default(),
         };
+        // Every reason exported from the start (at 0), so a rate has a series to start from.
+        for reason in ["corrupt", "busy", "unreachable"] {
+            let _ = m
+                .piece_failures
+                .get_or_create(&vec![("reason".to_string(), reason.to_string())]);
+        }
         let r = registry.sub_registry_with_prefix("damselfly_scheduler");
         r.register("hosts", "Hosts announcing to this scheduler", m.hosts.clone());
         r.register("tasks", "Tasks known to this scheduler", m.tasks.clone());

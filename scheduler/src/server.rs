@@ -21,6 +21,10 @@ pub async fn run(config: SchedulerConfig, shutdown: Shutdown) -> Result<(), Erro
     damselfly_service::tls::install(tls.clone());
     let mut registry = Registry::default();
     let metrics = Metrics::new(&mut registry);
+    // Ready (/readyz) once both listeners are bound.
+    let health = damselfly_service::health::Health::new("scheduler", &["listeners"]);
+    health.register(&mut registry);
+    let supervisor = damselfly_service::tasks::Supervisor::new();
     let planner = Arc::new(Planner::new(
         Box::new(DefaultEvaluator {
             config: config.evaluator.clone(),
@@ -40,13 +44,17 @@ pub async fn run(config: SchedulerConfig, shutdown: Shutdown) -> Result<(), Erro
             context: format!("bind http_listen {}", config.http_listen),
             source,
         })?;
-    let app = crate::http::router(shared.clone(), Arc::new(registry));
+    let app = crate::http::router(shared.clone(), Arc::new(registry)).merge(health.router());
     let stop = shutdown.clone();
-    let http_task = tokio::spawn(async move {
-        let _ = axum::serve(http, app)
-            .with_graceful_shutdown(async move { stop.wait().await })
-            .await;
-    });
+    let http_task = supervisor.watch(
+        format!("HTTP server on {}", config.http_listen),
+        tokio::spawn(async move {
+            let _ = axum::serve(http, app)
+                .with_graceful_shutdown(async move { stop.wait().await })
+                .await;
+        }),
+        shutdown.clone(),
+    );
 
     let gc_shared = shared.clone();
     let gc_stop = shutdown.clone();
@@ -79,6 +87,7 @@ pub async fn run(config: SchedulerConfig, shutdown: Shutdown) -> Result<(), Erro
             source,
         })?;
     info!(grpc = %config.listen, http = %config.http_listen, "scheduler serving");
+    health.set("listeners", true);
     let incoming = damselfly_service::tls::incoming(listener, tls);
     let stop = shutdown.clone();
     tonic::transport::Server::builder()
@@ -91,5 +100,5 @@ pub async fn run(config: SchedulerConfig, shutdown: Shutdown) -> Result<(), Erro
     if let Some(t) = manager_task {
         let _ = t.await;
     }
-    Ok(())
+    Ok(supervisor.result()?)
 }

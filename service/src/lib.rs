@@ -7,10 +7,15 @@
 //! - [`secret`]: a wrapper that keeps credentials out of logs.
 //! - [`tls`]: mutual TLS for every server and client, roles read from certificates.
 //! - [`certs`]: a CA and per-role certificates for a lab or cluster (`damselfly certs init`).
+//! - [`health`]: `/healthz`, `/readyz` and the up/ready gauges; [`notify`]: systemd `READY=1`.
+//! - [`tasks`]: server tasks supervised, so a role whose server dies exits non-zero.
 
 pub mod certs;
 pub mod config;
+pub mod health;
+pub mod notify;
 pub mod secret;
 pub mod shutdown;
+pub mod tasks;
 pub mod telemetry;
 pub mod tls;

@@ -56,14 +56,16 @@ pub async fn run(config: SnapshotterConfig, shutdown: Shutdown) -> Result<()> {
     let mut registry = prometheus_client::registry::Registry::default();
     let metrics = RemoteMetrics::default();
     metrics.register(&mut registry);
+    // Ready (/readyz, systemd READY=1) once the store is open and the socket is bound.
+    let health = damselfly_service::health::Health::new("snapshotter", &["store", "listeners"]);
+    health.register(&mut registry);
+    health.set("store", true);
     let snapshotter = Remote::new(Arc::new(overlay), &config.remote, metrics);
-    let (metrics_addr, metrics_task) = damselfly_service::telemetry::serve_metrics(
-        config.metrics_listen,
-        Arc::new(registry),
-        shutdown.clone(),
-    )
-    .await
-    .map_err(|e| Error::io(format!("bind metrics_listen {}", config.metrics_listen), e))?;
+    let app = damselfly_service::telemetry::metrics_router(Arc::new(registry)).merge(health.router());
+    let (metrics_addr, metrics_task) =
+        damselfly_service::telemetry::serve_router(config.metrics_listen, app, shutdown.clone())
+            .await
+            .map_err(|e| Error::io(format!("bind metrics_listen {}", config.metrics_listen), e))?;
     let socket = config.socket.clone();
     let uds = tokio::task::spawn_blocking(move || {
         if let Some(dir) = socket.parent() {
@@ -84,6 +86,13 @@ pub async fn run(config: SnapshotterConfig, shutdown: Shutdown) -> Result<()> {
     .await??;
     let uds = tokio::net::UnixListener::from_std(uds).map_err(|e| Error::io("register the socket", e))?;
     tracing::info!(root = %config.root.display(), socket = %config.socket.display(), metrics = %metrics_addr, "snapshotter serving");
+    health.set("listeners", true);
+    let supervisor = damselfly_service::tasks::Supervisor::new();
+    let metrics_task = supervisor.watch(
+        format!("metrics server on {metrics_addr}"),
+        metrics_task,
+        shutdown.clone(),
+    );
     let stop = shutdown.clone();
     let served = tonic::transport::Server::builder()
         .add_service(SnapshotsService::new(Arc::new(snapshotter)).into_server())
@@ -95,5 +104,6 @@ pub async fn run(config: SnapshotterConfig, shutdown: Shutdown) -> Result<()> {
     let _ = tokio::task::spawn_blocking(move || std::fs::remove_file(socket)).await;
     shutdown.trigger();
     let _ = metrics_task.await;
-    served.map_err(|e| Error::Task(format!("snapshots service: {e}")))
+    served.map_err(|e| Error::Task(format!("snapshots service: {e}")))?;
+    supervisor.result().map_err(|e| Error::Task(e.to_string()))
 }
