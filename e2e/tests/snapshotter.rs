@@ -321,10 +321,121 @@ fn cri_pull_and_run(prefix: &str, octet: u8, containerd2: Option<&Path>) -> Resu
 
     // A container from the CRI-pulled image (a host-network pod: no CNI here) sees exactly
     // what umoci, an unpacker that is not ours, makes of the image's layers.
-    let seen = node.crictl.run_container(&lab, &node.ctd.dir, &image);
-    node.crictl.clean(&lab);
+    container_matches_image(&lab, &node, &image, &built)?;
+    drop(node);
+    drop(proxy);
+    Ok(())
+}
+
+/// A private image: the registry demands basic auth. Peer `p1`'s proxy has credentials for it
+/// in its config, `p2`'s has none. `p1`'s CRI pull takes every layer from the mesh (the
+/// registry sends each once, to the seed) and a container from it matches the image. Then `p2`,
+/// whose pull would find every layer in the mesh: without credentials the pull fails, and with
+/// credentials given to containerd only, every layer falls back to containerd's own pull (the
+/// snapshotter proved no access at the origin, so the mesh gave it nothing).
+/// Lab prefix `snap4`, subnet octet 73.
+#[test]
+fn a_node_without_credentials_gets_no_private_layer_from_the_snapshotter() -> Result<()> {
+    if !cri_ready("snapshotter-private") {
+        return Ok(());
+    }
+    let bin = bins::damselfly()?;
+    let lab = Lab::new("snap4", 73, &["origin", "sched", "seed", "p1", "p2"], None)?;
+    let registry = RegistryHost::start(&lab, "origin", 5000, Some(("puller", "s3cret")))?;
+    let reg = registry.name();
+    let image = format!("{reg}/demo/private:latest");
+    let built = TestImage::build(&lab.dir().join("image"), "private", 2, LAYER_BYTES)?;
+    let crafted = Path::new(env!("CARGO_MANIFEST_DIR")).join("../testdata/layers");
+    built.add_layer(&crafted.join("image-upper-1.tar"))?;
+    built.add_layer(&crafted.join("image-upper-2.tar"))?;
+    built.push(&image, Some("puller:s3cret"))?;
+    let blobs = built.blobs()?;
+    let layers = blobs.len() as u64 - 1;
+    let pause = format!("{reg}/demo/pause:latest");
+    let pause_image = TestImage::build(&lab.dir().join("pause"), "pause", 0, 0)?;
+    pause_image.set_cmd(&["/bin/busybox", "sleep", "2147483647"])?;
+    pause_image.push(&pause, Some("puller:s3cret"))?;
+
+    let config = |name: &str, creds: &str| -> Result<String> {
+        let path = lab.dir().join(name);
+        std::fs::write(
+            &path,
+            format!(
+                "[proxy]\ndefault_registry = \"{reg}\"\n[proxy.registries.\"{reg}\"]\n\
+                 endpoint = \"http://{reg}\"\n{creds}"
+            ),
+        )?;
+        Ok(path.display().to_string())
+    };
+    let plain = config("peer.toml", "")?;
+    let with_creds = config(
+        "peer-creds.toml",
+        "username = \"puller\"\npassword = \"s3cret\"\n",
+    )?;
+    let state = lab.dir().join("state");
+    let mut mesh = Mesh::start_with_args(
+        &lab,
+        &bin,
+        &state,
+        "sched",
+        "seed",
+        &[],
+        &["--config".into(), plain],
+    )?;
+    mesh.add_peer(&lab, &state, "p1", &["--config".into(), with_creds])?;
+    mesh.add_peer(&lab, &state, "p2", &[])?;
+    let p1 = CriNode::start(&lab, "p1", &bin, &reg, &pause, None)?;
+    let p2 = CriNode::start(&lab, "p2", &bin, &reg, &pause, None)?;
+
+    p1.crictl.run(&lab, &["pull", &image])?;
+    assert_eq!(
+        p1.counter(&lab, "remote_layers_total")?,
+        layers,
+        "p1 from the mesh"
+    );
+    assert_eq!(p1.counter(&lab, "fallbacks_total")?, 0);
+    // The registry sent each layer once, to the seed.
+    let seed_ip = lab.ip("seed").to_string();
+    for (digest, size) in &blobs[1..] {
+        let gets: Vec<_> = registry
+            .blob_gets(digest)
+            .into_iter()
+            .filter(|g| g.method == "GET" && g.status / 100 == 2)
+            .collect();
+        ensure!(
+            damselfly_e2e::oci::sent_once_to(&gets, &seed_ip, *size),
+            "{digest} not sent once to the seed: {gets:?}"
+        );
+    }
+    // The pod's sandbox image comes through the proxy, which has the credentials.
+    container_matches_image(&lab, &p1, &image, &built)?;
+
+    let refused = p2.crictl.run(&lab, &["pull", &image]);
+    ensure!(refused.is_err(), "p2 pulled a private image without credentials");
+    p2.crictl
+        .run(&lab, &["pull", "--creds", "puller:s3cret", &image])?;
+    assert_eq!(
+        p2.counter(&lab, "remote_layers_total")?,
+        0,
+        "p2 got a layer from the snapshotter"
+    );
+    ensure!(
+        p2.counter(&lab, "fallbacks_total")? >= layers,
+        "every layer of p2 fell back"
+    );
+    drop(p2);
+    drop(p1);
+    drop(mesh);
+    Ok(())
+}
+
+/// Runs a container of `image` on `node` and checks its root file system against umoci's
+/// unpack of `built` (contents, modes, owners, xattrs, deletions, opaque directories).
+fn container_matches_image(lab: &Lab, node: &CriNode, image: &str, built: &TestImage) -> Result<()> {
+    let seen = node.crictl.run_container(lab, &node.ctd.dir, image);
+    node.crictl.clean(lab);
     let seen = seen?;
-    let expected = rootfs::read(&built.unpack(&lab.dir().join("bundle"))?)?;
+    let expected = rootfs::read(&built.unpack(&lab.dir().join(format!("bundle-{}", node.host)))?)?;
     let diff: Vec<String> = expected
         .iter()
         .filter(|(k, v)| seen.get(*k) != Some(*v))
@@ -363,87 +474,6 @@ fn cri_pull_and_run(prefix: &str, octet: u8, containerd2: Option<&Path>) -> Resu
             (w, got) => anyhow::bail!("{path}: want {w:?}, container has {got:?}"),
         }
     }
-    drop(node);
-    drop(proxy);
-    Ok(())
-}
-
-/// A private image: the registry demands basic auth. Peer `p1`'s proxy has credentials for it
-/// in its config, `p2`'s has none. `p1`'s CRI pull takes every layer from the mesh. Then `p2`,
-/// whose pull would find every layer in the mesh: without credentials the pull fails, and with
-/// credentials given to containerd only, every layer falls back to containerd's own pull (the
-/// snapshotter proved no access at the origin, so the mesh gave it nothing).
-/// Lab prefix `snap4`, subnet octet 73.
-#[test]
-fn a_node_without_credentials_gets_no_private_layer_from_the_snapshotter() -> Result<()> {
-    if !cri_ready("snapshotter-private") {
-        return Ok(());
-    }
-    let bin = bins::damselfly()?;
-    let lab = Lab::new("snap4", 73, &["origin", "sched", "seed", "p1", "p2"], None)?;
-    let registry = RegistryHost::start(&lab, "origin", 5000, Some(("puller", "s3cret")))?;
-    let reg = registry.name();
-    let image = format!("{reg}/demo/private:latest");
-    let built = TestImage::build(&lab.dir().join("image"), "private", 2, LAYER_BYTES)?;
-    built.push(&image, Some("puller:s3cret"))?;
-    let layers = built.blobs()?.len() as u64 - 1;
-
-    let config = |name: &str, creds: &str| -> Result<String> {
-        let path = lab.dir().join(name);
-        std::fs::write(
-            &path,
-            format!(
-                "[proxy]\ndefault_registry = \"{reg}\"\n[proxy.registries.\"{reg}\"]\n\
-                 endpoint = \"http://{reg}\"\n{creds}"
-            ),
-        )?;
-        Ok(path.display().to_string())
-    };
-    let plain = config("peer.toml", "")?;
-    let with_creds = config(
-        "peer-creds.toml",
-        "username = \"puller\"\npassword = \"s3cret\"\n",
-    )?;
-    let state = lab.dir().join("state");
-    let mut mesh = Mesh::start_with_args(
-        &lab,
-        &bin,
-        &state,
-        "sched",
-        "seed",
-        &[],
-        &["--config".into(), plain],
-    )?;
-    mesh.add_peer(&lab, &state, "p1", &["--config".into(), with_creds])?;
-    mesh.add_peer(&lab, &state, "p2", &[])?;
-    let pause = format!("{reg}/demo/pause:latest"); // never used: no pod runs here
-    let p1 = CriNode::start(&lab, "p1", &bin, &reg, &pause, None)?;
-    let p2 = CriNode::start(&lab, "p2", &bin, &reg, &pause, None)?;
-
-    p1.crictl.run(&lab, &["pull", &image])?;
-    assert_eq!(
-        p1.counter(&lab, "remote_layers_total")?,
-        layers,
-        "p1 from the mesh"
-    );
-    assert_eq!(p1.counter(&lab, "fallbacks_total")?, 0);
-
-    let refused = p2.crictl.run(&lab, &["pull", &image]);
-    ensure!(refused.is_err(), "p2 pulled a private image without credentials");
-    p2.crictl
-        .run(&lab, &["pull", "--creds", "puller:s3cret", &image])?;
-    assert_eq!(
-        p2.counter(&lab, "remote_layers_total")?,
-        0,
-        "p2 got a layer from the snapshotter"
-    );
-    ensure!(
-        p2.counter(&lab, "fallbacks_total")? >= layers,
-        "every layer of p2 fell back"
-    );
-    drop(p2);
-    drop(p1);
-    drop(mesh);
     Ok(())
 }
 
