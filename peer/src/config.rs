@@ -199,6 +199,38 @@ pub struct SourceConfig {
     /// asks; empty: any host but loopback, link-local and the cluster's
     /// service addresses (see [`crate::origin_policy`]).
     pub allowed_hosts: Vec<String>,
+    /// `s3://` origins; empty fields fall back to the AWS_* environment.
+    pub s3: ObjectStoreConfig,
+    /// `oss://` origins; empty fields fall back to the OSS_* environment.
+    pub oss: ObjectStoreConfig,
+}
+
+/// One object store's region, endpoint and credentials (never logged).
+#[derive(Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ObjectStoreConfig {
+    pub region: String,
+    /// e.g. `http://10.0.0.5:5000` for a MinIO or moto; empty: the service's own.
+    pub endpoint: String,
+    pub access_key_id: String,
+    pub secret_access_key: String,
+}
+
+impl std::fmt::Debug for ObjectStoreConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ObjectStoreConfig")
+            .field("region", &self.region)
+            .field("endpoint", &self.endpoint)
+            .field(
+                "access_key_id",
+                &(!self.access_key_id.is_empty()).then_some("<set>"),
+            )
+            .field(
+                "secret_access_key",
+                &(!self.secret_access_key.is_empty()).then_some("<set>"),
+            )
+            .finish()
+    }
 }
 
 const DEFAULT_DATA_DIR: &str = "/var/lib/damselfly";
@@ -244,6 +276,8 @@ impl Default for SourceConfig {
             connect_timeout: Duration::from_secs(10),
             insecure_tls: false,
             allowed_hosts: Vec::new(),
+            s3: ObjectStoreConfig::default(),
+            oss: ObjectStoreConfig::default(),
         }
     }
 }

@@ -203,6 +203,7 @@ struct Engine {
     source_tx: mpsc::UnboundedSender<SourceEvent>,
     source_rx: mpsc::UnboundedReceiver<SourceEvent>,
     sourcing: bool,
+    origin: Option<Arc<dyn crate::origin::Origin>>,
     report: Report,
     timers: Timers,
 }
@@ -234,6 +235,7 @@ impl Engine {
             source_tx,
             source_rx,
             sourcing: false,
+            origin: None,
             report: Report::default(),
             timers,
         }
@@ -439,18 +441,12 @@ impl Engine {
         self.picker.clear();
         self.task.lock().source = true;
         match self.task.layout() {
-            Some(l) => self.fetch_missing(l),
+            Some(l) => self.fetch_missing(l)?,
             None => {
-                let (http, url, headers, cfg, tx) = (
-                    self.d.http.clone(),
-                    self.spec.url.clone(),
-                    self.spec.headers.clone(),
-                    self.d.config.source.clone(),
-                    self.source_tx.clone(),
-                );
+                let (origin, tx) = (self.origin()?, self.source_tx.clone());
                 tokio::spawn(async move {
-                    let ev = match source::content_length(&http, &url, &headers, &cfg).await {
-                        Ok(n) => SourceEvent::Length(n),
+                    let ev = match origin.stat().await {
+                        Ok(s) => SourceEvent::Length(s.length),
                         Err(e) => SourceEvent::Failed(e),
                     };
                     let _ = tx.send(ev);
@@ -460,22 +456,37 @@ impl Engine {
         Ok(())
     }
 
-    fn fetch_missing(&self, layout: Layout) {
+    /// The task's origin, opened once per download.
+    fn origin(&mut self) -> Result<Arc<dyn crate::origin::Origin>, Error> {
+        if let Some(o) = &self.origin {
+            return Ok(o.clone());
+        }
+        let o = crate::origin::open(
+            &self.spec.url,
+            &self.spec.headers,
+            &self.d.http,
+            &self.d.config.source,
+        )?;
+        self.origin = Some(o.clone());
+        Ok(o)
+    }
+
+    fn fetch_missing(&mut self, layout: Layout) -> Result<(), Error> {
+        let origin = self.origin()?;
         let missing: Vec<u32> = self.task.lock().missing().collect();
         let blocks = source::blocks(layout, &missing);
         let connections = blocks.len().min(self.d.config.source.connections as usize);
         let blocks = Arc::new(std::sync::Mutex::new(blocks));
         for _ in 0..connections {
             tokio::spawn(source::fetch(
-                self.d.http.clone(),
-                self.spec.url.clone(),
-                self.spec.headers.clone(),
+                origin.clone(),
                 layout,
                 blocks.clone(),
                 self.d.config.source.clone(),
                 self.source_tx.clone(),
             ));
         }
+        Ok(())
     }
 
     fn on_source_event(&mut self, ev: SourceEvent) -> Result<(), Error> {
@@ -493,7 +504,7 @@ impl Engine {
                     content_length: n,
                     piece_length,
                 }));
-                self.fetch_missing(layout);
+                self.fetch_missing(layout)?;
             }
             SourceEvent::Piece { index, data, digest } => {
                 if self.task.has(index) {

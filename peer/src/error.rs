@@ -31,6 +31,10 @@ pub enum Error {
     Failed(String),
     #[error("forbidden: {0}")]
     Forbidden(String),
+    /// A lasting refusal by an object store (no such key, access denied),
+    /// already one line naming what is wrong.
+    #[error("{message}")]
+    Refused { kind: FailKind, message: String },
     /// A download that failed elsewhere (the task's own run), with its kind.
     #[error("{0}")]
     Ended(Failure),
@@ -106,6 +110,7 @@ impl Error {
     pub fn failure(&self) -> Failure {
         let kind = match self {
             Error::Ended(f) => return f.clone(),
+            Error::Refused { kind, .. } => *kind,
             Error::BadRequest(_) => FailKind::InvalidArgument,
             Error::Forbidden(_) => FailKind::PermissionDenied,
             Error::OriginStatus { status: 404, .. } => FailKind::NotFound,

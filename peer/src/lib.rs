@@ -38,6 +38,7 @@ pub mod limits;
 pub mod local_api;
 pub mod manager;
 pub mod metrics;
+pub mod origin;
 pub mod origin_policy;
 pub mod parent;
 pub mod picker;

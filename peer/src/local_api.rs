@@ -35,9 +35,9 @@ pub struct LocalApi {
 pub fn spec_of(req: &DownloadRequest) -> Result<TaskSpec, Error> {
     let url =
         url::Url::parse(&req.url).map_err(|e| Error::BadRequest(format!("bad URL {:?}: {e}", req.url)))?;
-    if !matches!(url.scheme(), "http" | "https") {
+    if !crate::origin::supported_scheme(url.scheme()) {
         return Err(Error::BadRequest(format!(
-            "unsupported URL scheme {:?} (http and https are)",
+            "unsupported URL scheme {:?} (http, https, s3 and oss are)",
             url.scheme()
         )));
     }

@@ -1,6 +1,6 @@
-//! Back to source: fetch pieces from the origin over HTTP(S).
+//! Back to source: fetch pieces from the task's [`Origin`] (http(s), S3, OSS).
 //!
-//! One streaming GET covers a run of missing pieces (a Range request unless
+//! One streaming range read covers a run of missing pieces (a Range request unless
 //! it is the whole content); the body is cut at piece boundaries and each
 //! piece is hashed as it lands. A download cuts its missing pieces into
 //! blocks of about [`BLOCK`] bytes ([`blocks`]) and `source.connections`
@@ -14,12 +14,12 @@
 
 use crate::config::SourceConfig;
 use crate::error::Error;
+use crate::origin::Origin;
 use crate::task::sha256;
 use bytes::{Bytes, BytesMut};
 use damselfly_proto::piece::Layout;
 use futures::StreamExt;
-use reqwest::header::{CONTENT_LENGTH, CONTENT_RANGE, HeaderMap, HeaderName, HeaderValue, RANGE};
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -54,83 +54,19 @@ pub fn client(cfg: &SourceConfig) -> Result<reqwest::Client, Error> {
         .map_err(|e| Error::Origin(format!("cannot build HTTP client: {e}")))
 }
 
-fn header_map(headers: &HashMap<String, String>) -> Result<HeaderMap, Error> {
-    let mut map = HeaderMap::new();
-    for (k, v) in headers {
-        let name = HeaderName::from_bytes(k.as_bytes())
-            .map_err(|_| Error::BadRequest(format!("invalid header name {k:?}")))?;
-        let value = HeaderValue::from_str(v)
-            .map_err(|_| Error::BadRequest(format!("invalid value for header {k:?}")))?;
-        map.append(name, value);
-    }
-    Ok(map)
-}
-
-/// Learns the content length with a GET of the first byte (HEAD is not
-/// always allowed by object stores' presigned URLs).
-pub async fn content_length(
-    client: &reqwest::Client,
-    url: &str,
-    headers: &HashMap<String, String>,
-    cfg: &SourceConfig,
-) -> Result<u64, Error> {
-    let hm = header_map(headers)?;
-    retry(cfg, || async {
-        let resp = client
-            .get(url)
-            .headers(hm.clone())
-            .header(RANGE, "bytes=0-0")
-            .send()
-            .await
-            .map_err(|e| Error::Origin(without_url(&e)))?;
-        let status = resp.status().as_u16();
-        if status == 206 {
-            let total = resp
-                .headers()
-                .get(CONTENT_RANGE)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.rsplit('/').next())
-                .and_then(|t| t.parse::<u64>().ok());
-            return total
-                .ok_or_else(|| Error::Origin("origin sent 206 without a usable Content-Range".into()));
-        }
-        if status == 200 || status == 416 {
-            // 416: empty content; 200: the origin ignores Range.
-            if status == 416 {
-                return Ok(0);
-            }
-            return resp
-                .headers()
-                .get(CONTENT_LENGTH)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse::<u64>().ok())
-                .ok_or_else(|| {
-                    Error::Origin("origin did not send Content-Length; cannot cut it into pieces".into())
-                });
-        }
-        Err(Error::OriginStatus {
-            status,
-            url: redact_url(url),
-        })
-    })
-    .await
-}
-
 /// Runs of pieces (first, last) not yet fetched, shared by one download's connections.
 pub type Blocks = Arc<Mutex<VecDeque<(u32, u32)>>>;
 
 /// Streams blocks taken from `blocks` from the origin into `events`, one
 /// request per block, until none is left.
 pub async fn fetch(
-    client: reqwest::Client,
-    url: String,
-    headers: HashMap<String, String>,
+    origin: Arc<dyn Origin>,
     layout: Layout,
     blocks: Blocks,
     cfg: SourceConfig,
     events: mpsc::UnboundedSender<SourceEvent>,
 ) {
-    let result = fetch_all(&client, &url, &headers, layout, &blocks, &cfg, &events).await;
+    let result = fetch_all(origin.as_ref(), layout, &blocks, &cfg, &events).await;
     let _ = events.send(match result {
         Ok(()) => SourceEvent::Done,
         Err(e) => SourceEvent::Failed(e),
@@ -169,15 +105,12 @@ pub fn runs(pieces: &[u32]) -> Vec<(u32, u32)> {
 }
 
 async fn fetch_all(
-    client: &reqwest::Client,
-    url: &str,
-    headers: &HashMap<String, String>,
+    origin: &dyn Origin,
     layout: Layout,
     blocks: &Blocks,
     cfg: &SourceConfig,
     events: &mpsc::UnboundedSender<SourceEvent>,
 ) -> Result<(), Error> {
-    let hm = header_map(headers)?;
     loop {
         if events.is_closed() {
             return Ok(()); // the download is gone
@@ -188,7 +121,7 @@ async fn fetch_all(
         let mut next = first;
         let mut attempt = 0;
         while next <= last {
-            match fetch_run(client, url, &hm, layout, next, last, events).await {
+            match fetch_run(origin, layout, next, last, events).await {
                 Ok(n) => next = n,
                 Err((n, e)) => {
                     let progressed = n > next;
@@ -215,9 +148,7 @@ async fn fetch_all(
 /// Fetches pieces `first..=last` in one request. Returns the next piece to
 /// fetch, with the error that stopped it early.
 async fn fetch_run(
-    client: &reqwest::Client,
-    url: &str,
-    headers: &HeaderMap,
+    origin: &dyn Origin,
     layout: Layout,
     first: u32,
     last: u32,
@@ -225,33 +156,13 @@ async fn fetch_run(
 ) -> Result<u32, (u32, Error)> {
     let start = layout.offset(first);
     let end = layout.offset(last) + layout.len_of(last) as u64; // exclusive
-    let whole = start == 0 && end == layout.content_length;
-    let mut req = client.get(url).headers(headers.clone());
-    if !whole {
-        req = req.header(RANGE, format!("bytes={start}-{}", end - 1));
-    }
     let asked = std::time::Instant::now();
-    let resp = req
-        .send()
+    let mut body = origin
+        .read(start, end, layout.content_length)
         .await
-        .map_err(|e| (first, Error::Origin(without_url(&e))))?;
-    let status = resp.status().as_u16();
-    if status == 200 || status == 206 {
-        let _ = events.send(SourceEvent::Answered(asked.elapsed()));
-    }
-    if status != 200 && status != 206 {
-        return Err((
-            first,
-            Error::OriginStatus {
-                status,
-                url: redact_url(url),
-            },
-        ));
-    }
-    // An origin that ignores Range sends everything: skip to our start.
-    let mut skip = if status == 200 { start } else { 0 };
+        .map_err(|e| (first, e))?;
+    let _ = events.send(SourceEvent::Answered(asked.elapsed()));
     debug!(first, last, "fetching pieces from origin");
-    let mut body = resp.bytes_stream();
     let mut index = first;
     let mut buf = BytesMut::with_capacity(layout.piece_length as usize);
     while index <= last {
@@ -270,18 +181,13 @@ async fn fetch_run(
         }
         let want = layout.len_of(index) as usize;
         match body.next().await {
-            Some(Ok(mut chunk)) => {
-                if skip > 0 {
-                    let n = skip.min(chunk.len() as u64);
-                    skip -= n;
-                    let _ = chunk.split_to(n as usize);
-                }
+            Some(Ok(chunk)) => {
                 buf.extend_from_slice(&chunk);
                 if buf.capacity() < want {
                     buf.reserve(want - buf.len());
                 }
             }
-            Some(Err(e)) => return Err((index, Error::Origin(without_url(&e)))),
+            Some(Err(e)) => return Err((index, e)),
             None => {
                 return Err((
                     index,
@@ -293,7 +199,7 @@ async fn fetch_run(
     Ok(index)
 }
 
-async fn retry<T, F, Fut>(cfg: &SourceConfig, mut f: F) -> Result<T, Error>
+pub async fn retry<T, F, Fut>(cfg: &SourceConfig, mut f: F) -> Result<T, Error>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, Error>>,
@@ -309,15 +215,6 @@ where
             Err(e) => return Err(e),
         }
     }
-}
-
-/// reqwest errors print the URL, which may carry a presigned signature.
-fn without_url(e: &reqwest::Error) -> String {
-    let mut s = e.to_string();
-    if let Some(u) = e.url() {
-        s = s.replace(u.as_str(), &redact_url(u.as_str()));
-    }
-    s
 }
 
 /// The URL without its query string (signatures, tokens).
@@ -352,10 +249,15 @@ mod tests {
         });
         let cfg = SourceConfig::default();
         let (tx, mut rx) = mpsc::unbounded_channel();
+        let origin = crate::origin::open(
+            &format!("http://{addr}/blob"),
+            &std::collections::HashMap::new(),
+            &client(&cfg).unwrap(),
+            &cfg,
+        )
+        .unwrap();
         fetch(
-            client(&cfg).unwrap(),
-            format!("http://{addr}/blob"),
-            HashMap::new(),
+            origin,
             Layout::new(10, 4),
             Arc::new(Mutex::new(blocks(Layout::new(10, 4), &[0, 1, 2]))),
             cfg,
