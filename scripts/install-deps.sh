@@ -4,7 +4,7 @@
 set -euo pipefail
 PKGS=(iproute2 curl jq bc python3 ca-certificates postgresql chromium chromium-driver
       containerd docker-registry skopeo umoci busybox-static apache2-utils docker.io openssl
-      aria2 opentracker mktorrent prometheus
+      aria2 opentracker mktorrent prometheus python3-venv
       musl-tools docker-compose file systemd)
 missing=()
 for p in "${PKGS[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
@@ -17,6 +17,9 @@ fi
 if command -v go >/dev/null && ! command -v crictl >/dev/null && [ ! -x "$(go env GOPATH)/bin/crictl" ]; then
   go install sigs.k8s.io/cri-tools/cmd/crictl@v1.37.0
 fi
+# A real S3 server for the object-storage test (e2e/tests/store.rs): moto from PyPI in a venv.
+[ -x /opt/damselfly-moto/bin/moto_server ] || {
+  python3 -m venv /opt/damselfly-moto && /opt/damselfly-moto/bin/pip install -q 'moto[server]==5.2.5'; }
 # containerd 2.3 for the snapshotter's transfer-service test (e2e/tests/snapshotter.rs), from the
 # Go module proxy: about 2 minutes of both cores, once.
 CTD2=/opt/damselfly-containerd2/bin

@@ -119,7 +119,8 @@ pub fn error(url: &str, e: &opendal::Error) -> Error {
     .find(|c| text.contains(c));
     let (kind, what) = match (e.kind(), code) {
         (_, Some("NoSuchBucket")) => (FailKind::NotFound, "no such bucket"),
-        (ErrorKind::NotFound, _) => (FailKind::NotFound, "no such key"),
+        // A HEAD's 404 has no body to tell a missing key from a missing bucket.
+        (ErrorKind::NotFound, _) => (FailKind::NotFound, "no such key or bucket"),
         (_, Some("InvalidAccessKeyId")) => {
             (FailKind::PermissionDenied, "access denied: unknown access key id")
         }
