@@ -61,6 +61,41 @@ fn start_snapshotter(lab: &Lab, bin: &Path, dir: &Path) -> Result<Proc> {
     Ok(proc)
 }
 
+/// `damselfly init containerd --snapshotter` on `config` (containerd `major`), with
+/// `certs.d` mirror hosts for `registry` and, when given, the snapshotter's root exported.
+fn init_containerd(
+    bin: &Path,
+    config: &Path,
+    major: &str,
+    socket: &Path,
+    snapshotter_root: Option<&Path>,
+    certs_d: &Path,
+    registry: &str,
+) -> Result<()> {
+    let mut init = Command::new(bin);
+    init.args(["init", "containerd", "--snapshotter", "--containerd-major", major])
+        .arg("--containerd-config")
+        .arg(config)
+        .arg("--snapshotter-socket")
+        .arg(socket);
+    if let Some(root) = snapshotter_root {
+        init.arg("--snapshotter-root").arg(root);
+    }
+    let out = init
+        .arg("--config-path")
+        .arg(certs_d)
+        .arg("--registry")
+        .arg(registry)
+        .output()
+        .context("damselfly init containerd --snapshotter")?;
+    ensure!(
+        out.status.success(),
+        "init: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
 #[test]
 fn containerd_pulls_and_runs_on_the_snapshotter_across_restarts() -> Result<()> {
     if !lab_ready("snapshotter") {
@@ -75,32 +110,15 @@ fn containerd_pulls_and_runs_on_the_snapshotter_across_restarts() -> Result<()> 
     let snap_dir = lab.dir().join("snapshotter");
     let mut snapshotter = start_snapshotter(&lab, &bin, &snap_dir)?;
     let ctd = Containerd::start_configured(&lab, "n1", &lab.dir().join("containerd"), |config| {
-        let out = Command::new(&bin)
-            .args([
-                "init",
-                "containerd",
-                "--snapshotter",
-                "--containerd-major",
-                "1",
-                "--containerd-config",
-            ])
-            .arg(config)
-            .arg("--snapshotter-socket")
-            .arg(snap_dir.join("snapshotter.sock"))
-            .arg("--snapshotter-root")
-            .arg(snap_dir.join("root"))
-            .arg("--config-path")
-            .arg(config.with_file_name("certs.d"))
-            .arg("--registry")
-            .arg(format!("http://{}", registry.name()))
-            .output()
-            .context("damselfly init containerd --snapshotter")?;
-        ensure!(
-            out.status.success(),
-            "init: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Ok(())
+        init_containerd(
+            &bin,
+            config,
+            "1",
+            &snap_dir.join("snapshotter.sock"),
+            Some(&snap_dir.join("root")),
+            &config.with_file_name("certs.d"),
+            &format!("http://{}", registry.name()),
+        )
     })?;
     let plugins = lab.run_ok("n1", ctd.ctr().args(["plugins", "ls"]))?;
     ensure!(
@@ -553,30 +571,15 @@ impl CriNode {
                 )
             };
             std::fs::write(config, cri)?;
-            let out = Command::new(bin)
-                .args([
-                    "init",
-                    "containerd",
-                    "--snapshotter",
-                    "--containerd-major",
-                    if containerd2.is_some() { "2" } else { "1" },
-                    "--containerd-config",
-                ])
-                .arg(config)
-                .arg("--snapshotter-socket")
-                .arg(&socket)
-                .arg("--config-path")
-                .arg(ctd_dir.join("certs.d"))
-                .arg("--registry")
-                .arg(format!("http://{reg}"))
-                .output()
-                .context("damselfly init containerd --snapshotter")?;
-            ensure!(
-                out.status.success(),
-                "init: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            Ok(())
+            init_containerd(
+                bin,
+                config,
+                if containerd2.is_some() { "2" } else { "1" },
+                &socket,
+                None,
+                &ctd_dir.join("certs.d"),
+                &format!("http://{reg}"),
+            )
         })?;
         let version = lab.run_ok(host, ctd.ctr().arg("version"))?;
         let server = version.split("Server:").nth(1).unwrap_or_default();
