@@ -157,8 +157,10 @@ impl Mesh {
     }
 }
 
+/// Starts one peer daemon (a seed with `seed`) of the scheduler at `scheduler`, state under
+/// `dir`, with extra `args` and `env`, and waits until it answers.
 #[allow(clippy::too_many_arguments)]
-fn start_peer_with(
+pub fn start_peer_with(
     lab: &Lab,
     bin: &Path,
     scheduler: &str,

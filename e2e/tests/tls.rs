@@ -11,14 +11,13 @@ use anyhow::{Context, Result, ensure};
 use damselfly_e2e::bins;
 use damselfly_e2e::data::{sha256_file, write_random_file};
 use damselfly_e2e::lab::Lab;
-use damselfly_e2e::mesh::{PEER_METRICS_PORT, PIECE_PORT, SCHEDULER_METRICS_PORT, SCHEDULER_PORT};
+use damselfly_e2e::mesh::{PIECE_PORT, PeerDaemon, SCHEDULER_METRICS_PORT, SCHEDULER_PORT, start_peer_with};
 use damselfly_e2e::origin::Origin;
-use damselfly_e2e::process::Proc;
-use damselfly_e2e::wait::{wait_for, wait_for_tcp};
+use damselfly_e2e::wait::wait_for_tcp;
 use damselfly_proto::scheduler::scheduler_client::SchedulerClient;
 use damselfly_proto::scheduler::{HostInfo, HostMessage, host_message};
 use damselfly_service::tls::{Role, Tls, TlsConfig, TlsMode};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -69,12 +68,6 @@ fn certs_init(bin: &Path, dir: &Path, nodes: &[&str]) -> Result<()> {
     Ok(())
 }
 
-struct Peer {
-    proc: Proc,
-    socket: PathBuf,
-    data_dir: PathBuf,
-}
-
 fn start_peer(
     lab: &Lab,
     bin: &Path,
@@ -83,53 +76,21 @@ fn start_peer(
     host: &str,
     cert: &str,
     seed: bool,
-) -> Result<Peer> {
-    let ip = lab.ip(host);
+) -> Result<PeerDaemon> {
     let dir = state.join(host);
-    let data_dir = dir.join("data");
-    std::fs::create_dir_all(&data_dir)?;
+    std::fs::create_dir_all(&dir)?;
     let config = dir.join("peer.toml");
     std::fs::write(&config, tls_toml(certs, cert))?;
-    let socket = dir.join("daemon.sock");
-    let mut cmd = Command::new(bin);
-    cmd.arg("peer");
-    if seed {
-        cmd.arg("--seed");
-    }
-    cmd.arg("--config")
-        .arg(&config)
-        .arg("--scheduler")
-        .arg(format!("https://{}:{SCHEDULER_PORT}", lab.ip("sched")))
-        .arg("--data-dir")
-        .arg(&data_dir)
-        .arg("--socket")
-        .arg(&socket)
-        .arg("--piece-listen")
-        .arg(format!("{ip}:{PIECE_PORT}"))
-        .arg("--advertise-ip")
-        .arg(ip.to_string())
-        .arg("--metrics-listen")
-        .arg(format!("{ip}:{PEER_METRICS_PORT}"));
-    let proc = lab.spawn(host, if seed { "seed" } else { "peer" }, &cmd)?;
-    let failed = || format!("{host} did not become ready:\n{}", proc.log_tail(20));
-    wait_for(&format!("{host}'s socket"), Duration::from_secs(30), || {
-        !proc.is_running() || socket.exists()
-    })
-    .with_context(failed)?;
-    ensure!(proc.is_running(), "{}", failed());
-    wait_for_tcp(ip, PIECE_PORT, Duration::from_secs(10)).with_context(failed)?;
-    Ok(Peer {
-        proc,
-        socket,
-        data_dir,
-    })
+    let scheduler = format!("https://{}:{SCHEDULER_PORT}", lab.ip("sched"));
+    let args = ["--config".to_string(), config.display().to_string()];
+    start_peer_with(lab, bin, &scheduler, &dir, host, seed, &[], &args)
 }
 
 fn get(
     lab: &Lab,
     bin: &Path,
     host: &str,
-    peer: &Peer,
+    peer: &PeerDaemon,
     url: &str,
     out: &Path,
 ) -> Result<damselfly_e2e::process::JobResult> {
