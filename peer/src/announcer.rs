@@ -56,10 +56,9 @@ async fn session(
     tx.send(msg(host_message::Msg::Hello(info.clone())))
         .await
         .map_err(|e| e.to_string())?;
-    let stored: Vec<StoredTask> = downloader
-        .tasks
-        .store
-        .list()
+    let store = downloader.tasks.store.clone();
+    let stored: Vec<StoredTask> = crate::store::blocking(move || store.list())
+        .await
         .map_err(|e| e.to_string())?
         .into_iter()
         .filter(|r| r.done)
@@ -102,7 +101,7 @@ async fn session(
                         tokio::spawn(async move {
                             let policy = OriginPolicy::for_peer(&downloader.config);
                             let started = match policy.check(&spec.url).await {
-                                Ok(()) => downloader.start(Request { spec, seed: true }),
+                                Ok(()) => downloader.start(Request { spec, seed: true }).await,
                                 Err(e) => Err(e),
                             };
                             if let Err(e) = started {

@@ -63,6 +63,7 @@ impl MeshSource {
                 spec: spec_of(&req),
                 seed: false,
             })
+            .await
             .map_err(|e| ProxyError::Source(e.to_string()))?;
         let layout = tokio::time::timeout(LAYOUT_TIMEOUT, wait_layout(&task))
             .await
@@ -108,6 +109,8 @@ pub fn spec_of(req: &BlobRequest) -> TaskSpec {
             .map(|(k, v)| (k.clone(), v.expose().to_string()))
             .collect(),
         digest: req.digest.to_string(),
+        // From the origin's HEAD: the seed skips its own length probe.
+        content_length: req.content_length.unwrap_or(0),
         ..Default::default()
     }
 }
@@ -409,6 +412,7 @@ mod tests {
         assert_eq!(spec.task_id, id);
         assert_eq!(spec.digest, digest.to_string());
         assert_eq!(spec.headers["authorization"], "Bearer t");
+        assert_eq!(spec.content_length, data.len() as u64);
         // A length that disagrees with the origin's is the mesh's failure: fall back.
         let mut wrong = req(None);
         wrong.content_length = Some(5);

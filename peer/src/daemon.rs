@@ -114,11 +114,11 @@ pub async fn run(config: PeerConfig, shutdown: Shutdown) -> Result<(), Error> {
 
     // GC.
     let gc_tasks = tasks.clone();
-    let policy = GcPolicy {
+    let policy = Arc::new(GcPolicy {
         ttl: config.task_ttl,
         high: config.disk_high_watermark,
         low: config.disk_low_watermark,
-    };
+    });
     let (gc_every, data_dir, gc_stop) = (config.gc_interval, config.data_dir.clone(), shutdown.clone());
     handles.push(tokio::spawn(async move {
         let mut tick = tokio::time::interval(gc_every);
@@ -127,10 +127,17 @@ pub async fn run(config: PeerConfig, shutdown: Shutdown) -> Result<(), Error> {
         flush.tick().await;
         loop {
             tokio::select! {
-                _ = tick.tick() => { gc::collect(&gc_tasks, &policy, || gc::disk_used_percent(&data_dir)); }
+                _ = tick.tick() => {
+                    let (tasks, policy, dir) = (gc_tasks.clone(), policy.clone(), data_dir.clone());
+                    let _ = store::blocking(move || {
+                        gc::collect(&tasks, &policy, || gc::disk_used_percent(&dir));
+                        Ok(())
+                    })
+                    .await;
+                }
                 _ = flush.tick() => {
                     let tasks = gc_tasks.clone();
-                    if let Ok(Err(e)) = tokio::task::spawn_blocking(move || tasks.store.flush()).await {
+                    if let Err(e) = store::blocking(move || tasks.store.flush()).await {
                         tracing::warn!(error = %e, "cannot flush the task records");
                     }
                 }
@@ -180,13 +187,18 @@ pub async fn run(config: PeerConfig, shutdown: Shutdown) -> Result<(), Error> {
         .await;
     let _ = std::fs::remove_file(&config.socket);
     shutdown.trigger();
-    let mut clean = true;
-    for t in downloader.tasks.all() {
-        clean &= t.sync().is_ok() && t.save(&downloader.tasks.store).is_ok();
-    }
-    if clean && downloader.tasks.store.flush().is_ok() {
-        let _ = downloader.tasks.store.mark_clean();
-    }
+    let tasks = downloader.tasks.clone();
+    let _ = store::blocking(move || {
+        let mut clean = true;
+        for t in tasks.all() {
+            clean &= t.sync().is_ok() && t.save(&tasks.store).is_ok();
+        }
+        if clean && tasks.store.flush().is_ok() {
+            let _ = tasks.store.mark_clean();
+        }
+        Ok(())
+    })
+    .await;
     for h in handles {
         let _ = h.await;
     }

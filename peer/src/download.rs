@@ -19,7 +19,9 @@ use crate::parent::{self, ParentConn, ParentEvent, Target};
 use crate::picker::{Picker, Report, TICK, TOTAL_WINDOW, Timers};
 use crate::rate::RateLimiter;
 use crate::source::{self, SourceEvent};
+use crate::store::blocking;
 use crate::task::{Task, Tasks, sha256};
+use crate::whole_digest::WholeDigest;
 use damselfly_proto::piece::Layout;
 use damselfly_proto::ring;
 use damselfly_proto::scheduler::scheduler_client::SchedulerClient;
@@ -27,9 +29,7 @@ use damselfly_proto::scheduler::{
     FailReason, Failed, Finished, PieceDigest, PieceFailed, PiecesDone, Register, Reschedule, SourceInfo,
     TaskCommand, TaskMessage, TaskSpec, task_command, task_message,
 };
-use sha2::Digest;
 use std::collections::{HashMap, HashSet};
-use std::io::Read;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
@@ -40,6 +40,12 @@ use tracing::{Instrument, debug, info, info_span, warn};
 const SCHEDULER_TIMEOUT: Duration = Duration::from_secs(5);
 /// A parent that said it is busy is not connected to again for this long.
 const BUSY_RETRY: Duration = Duration::from_secs(1);
+/// Events (pieces, a few MiB each) waiting for the engine, from all parents
+/// together and from the origin. The engine writes one piece at a time; when
+/// the disk is slower than the network these fill, the connections stop
+/// reading and TCP pushes back, so memory stays at a few pieces.
+const PARENT_EVENTS: usize = 8;
+const SOURCE_EVENTS: usize = 4;
 
 /// One configured scheduler.
 #[derive(Clone)]
@@ -112,18 +118,24 @@ impl Downloader {
     }
 
     /// Starts the task, or joins it if it is running or done.
-    pub fn start(self: &Arc<Self>, req: Request) -> Result<Arc<Task>, Error> {
+    pub async fn start(self: &Arc<Self>, req: Request) -> Result<Arc<Task>, Error> {
         let id = req.spec.task_id.clone();
         let url = damselfly_proto::task_id::canonical_url(&req.spec.url).unwrap_or_default();
         let digest = (!req.spec.digest.is_empty()).then(|| req.spec.digest.clone());
-        let path = self.tasks.store.content_path(&id)?;
-        let (task, _) = self
-            .tasks
-            .get_or_insert(&id, || Ok(Task::new(id.clone(), url, digest, path)))?;
-        let done = task.progress().done;
+        let (tasks, task_id) = (self.tasks.clone(), id.clone());
+        let (task, done) = blocking(move || {
+            let path = tasks.store.content_path(&task_id)?;
+            let (task, _) =
+                tasks.get_or_insert(&task_id, || Ok(Task::new(task_id.clone(), url, digest, path)))?;
+            let done = task.progress().done;
+            if done {
+                task.lock().dirty = true; // records the access time for GC
+                task.save(&tasks.store)?;
+            }
+            Ok((task, done))
+        })
+        .await?;
         if done {
-            task.lock().dirty = true; // records the access time for GC
-            task.save(&self.tasks.store)?;
             if !req.seed {
                 let bytes = task.layout().map_or(0, |l| l.content_length);
                 self.metrics.bytes_from_cache.inc_by(bytes);
@@ -153,11 +165,19 @@ impl Downloader {
             Err(e) => {
                 warn!(error = %e, "download failed");
                 self.metrics.task_ended("failure");
-                if matches!(e, Error::DigestMismatch { .. }) {
-                    let _ = self.tasks.store.delete(&id);
-                } else {
-                    let _ = task.save(&self.tasks.store);
-                }
+                let (store, t, mismatch) = (
+                    self.tasks.store.clone(),
+                    task.clone(),
+                    matches!(e, Error::DigestMismatch { .. }),
+                );
+                let _ = blocking(move || {
+                    if mismatch {
+                        store.delete(&t.id)
+                    } else {
+                        t.save(&store)
+                    }
+                })
+                .await;
                 task.mark_failed(e.failure());
                 self.tasks.forget(&id);
             }
@@ -198,14 +218,19 @@ struct Engine {
     blocklist: HashSet<String>,
     /// Parents that were at their upload limit, and when they said so.
     busy: HashMap<String, Instant>,
-    events_tx: mpsc::UnboundedSender<ParentEvent>,
-    events_rx: mpsc::UnboundedReceiver<ParentEvent>,
-    source_tx: mpsc::UnboundedSender<SourceEvent>,
-    source_rx: mpsc::UnboundedReceiver<SourceEvent>,
+    events_tx: mpsc::Sender<ParentEvent>,
+    events_rx: mpsc::Receiver<ParentEvent>,
+    source_tx: mpsc::Sender<SourceEvent>,
+    source_rx: mpsc::Receiver<SourceEvent>,
     sourcing: bool,
     origin: Option<Arc<dyn crate::origin::Origin>>,
     report: Report,
     timers: Timers,
+    /// The whole-content digest so far, when the task names one (see [`WholeDigest`]).
+    whole: Option<Arc<Mutex<WholeDigest>>>,
+    /// A layout from the length the requester knew, until the origin's first
+    /// answer confirms it (only then is it set and reported).
+    unconfirmed: Option<Layout>,
 }
 
 fn msg(m: task_message::Msg) -> TaskMessage {
@@ -214,10 +239,11 @@ fn msg(m: task_message::Msg) -> TaskMessage {
 
 impl Engine {
     fn new(d: Arc<Downloader>, task: Arc<Task>, req: Request) -> Self {
-        let (events_tx, events_rx) = mpsc::unbounded_channel();
-        let (source_tx, source_rx) = mpsc::unbounded_channel();
+        let (events_tx, events_rx) = mpsc::channel(PARENT_EVENTS);
+        let (source_tx, source_rx) = mpsc::channel(SOURCE_EVENTS);
         let peer_id = format!("{}-{:08x}", d.host_id, rand::random::<u32>());
         let timers = Timers::new(Instant::now(), d.config.stall_timeout);
+        let whole = task.lock().digest.is_some().then(Arc::default);
         Self {
             d,
             task,
@@ -238,6 +264,8 @@ impl Engine {
             origin: None,
             report: Report::default(),
             timers,
+            whole,
+            unconfirmed: None,
         }
     }
 
@@ -255,7 +283,7 @@ impl Engine {
             self.fill();
             tokio::select! {
                 cmd = next_command(&mut self.sched_rx) => match cmd {
-                    Some(c) => self.on_command(c)?,
+                    Some(c) => self.on_command(c).await?,
                     None => {
                         self.sched_rx = None;
                         self.sched_tx = None;
@@ -263,9 +291,9 @@ impl Engine {
                         self.start_source("scheduler lost")?;
                     }
                 },
-                Some(ev) = self.events_rx.recv() => self.on_parent_event(ev)?,
-                Some(ev) = self.source_rx.recv() => self.on_source_event(ev)?,
-                _ = tick.tick() => self.on_tick()?,
+                Some(ev) = self.events_rx.recv() => self.on_parent_event(ev).await?,
+                Some(ev) = self.source_rx.recv() => self.on_source_event(ev).await?,
+                _ = tick.tick() => self.on_tick().await?,
             }
         }
     }
@@ -347,12 +375,40 @@ impl Engine {
         s.layout.is_some() && s.have.iter().all(|h| *h)
     }
 
-    fn on_command(&mut self, c: TaskCommand) -> Result<(), Error> {
+    /// Runs `f` on the task off the runtime's threads (see [`blocking`]).
+    async fn io<T, F>(&self, f: F) -> Result<T, Error>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Task) -> Result<T, Error> + Send + 'static,
+    {
+        let task = self.task.clone();
+        blocking(move || f(&task)).await
+    }
+
+    /// Stores a checked piece and hashes what it adds to the in-order prefix.
+    async fn write(&self, index: u32, data: bytes::Bytes, from_source: bool) -> Result<(), Error> {
+        let whole = self.whole.clone();
+        self.io(move |t| {
+            t.write_piece(index, &data, from_source)?;
+            match whole {
+                Some(w) => w.lock().expect("whole digest lock").landed(t, index, &data),
+                None => Ok(()),
+            }
+        })
+        .await
+    }
+
+    async fn save(&self) -> Result<(), Error> {
+        let store = self.d.tasks.store.clone();
+        self.io(move |t| t.save(&store)).await
+    }
+
+    async fn on_command(&mut self, c: TaskCommand) -> Result<(), Error> {
         match c.cmd {
             Some(task_command::Cmd::Info(i)) => {
                 let layout = Layout::try_new(i.content_length, i.piece_length)
                     .map_err(|e| Error::Failed(format!("the scheduler's layout: {e}")))?;
-                self.task.set_layout(layout)?;
+                self.io(move |t| t.set_layout(layout)).await?;
             }
             Some(task_command::Cmd::Digests(d)) => {
                 self.task.set_digests(
@@ -442,6 +498,13 @@ impl Engine {
         self.task.lock().source = true;
         match self.task.layout() {
             Some(l) => self.fetch_missing(l)?,
+            None if self.spec.content_length > 0 => {
+                // The requester knew the length: no probe. The first answer's
+                // stated length confirms it (see `on_source_event`).
+                let layout = self.layout_for(self.spec.content_length)?;
+                self.unconfirmed = Some(layout);
+                self.fetch(layout, &(0..layout.piece_count()).collect::<Vec<_>>())?;
+            }
             None => {
                 let (origin, tx) = (self.origin()?, self.source_tx.clone());
                 tokio::spawn(async move {
@@ -449,7 +512,7 @@ impl Engine {
                         Ok(s) => SourceEvent::Length(s.length),
                         Err(e) => SourceEvent::Failed(e),
                     };
-                    let _ = tx.send(ev);
+                    let _ = tx.send(ev).await;
                 });
             }
         }
@@ -471,10 +534,35 @@ impl Engine {
         Ok(o)
     }
 
+    /// The layout for content of `n` bytes: the spec's piece length, else the cluster's rule.
+    fn layout_for(&self, n: u64) -> Result<Layout, Error> {
+        let piece_length = if self.spec.piece_length > 0 {
+            self.spec.piece_length
+        } else {
+            self.d.limits.piece_length_for(n)
+        };
+        Layout::try_new(n, piece_length).map_err(|e| Error::Failed(format!("{}: {e}", self.spec.url)))
+    }
+
+    /// Fixes the layout from the origin's length and tells the scheduler.
+    async fn publish(&mut self, layout: Layout) -> Result<(), Error> {
+        self.io(move |t| t.set_layout(layout)).await?;
+        self.send(task_message::Msg::SourceInfo(SourceInfo {
+            content_length: layout.content_length,
+            piece_length: layout.piece_length,
+        }));
+        Ok(())
+    }
+
     fn fetch_missing(&mut self, layout: Layout) -> Result<(), Error> {
-        let origin = self.origin()?;
         let missing: Vec<u32> = self.task.lock().missing().collect();
-        let blocks = source::blocks(layout, &missing);
+        self.fetch(layout, &missing)
+    }
+
+    /// Streams `pieces` from the origin over `source.connections` connections.
+    fn fetch(&mut self, layout: Layout, pieces: &[u32]) -> Result<(), Error> {
+        let origin = self.origin()?;
+        let blocks = source::blocks(layout, pieces);
         let connections = blocks.len().min(self.d.config.source.connections as usize);
         let blocks = Arc::new(std::sync::Mutex::new(blocks));
         for _ in 0..connections {
@@ -489,21 +577,11 @@ impl Engine {
         Ok(())
     }
 
-    fn on_source_event(&mut self, ev: SourceEvent) -> Result<(), Error> {
+    async fn on_source_event(&mut self, ev: SourceEvent) -> Result<(), Error> {
         match ev {
             SourceEvent::Length(n) => {
-                let piece_length = if self.spec.piece_length > 0 {
-                    self.spec.piece_length
-                } else {
-                    self.d.limits.piece_length_for(n)
-                };
-                let layout = Layout::try_new(n, piece_length)
-                    .map_err(|e| Error::Failed(format!("{}: {e}", self.spec.url)))?;
-                self.task.set_layout(layout)?;
-                self.send(task_message::Msg::SourceInfo(SourceInfo {
-                    content_length: n,
-                    piece_length,
-                }));
+                let layout = self.layout_for(n)?;
+                self.publish(layout).await?;
                 self.fetch_missing(layout)?;
             }
             SourceEvent::Piece { index, data, digest } => {
@@ -518,19 +596,42 @@ impl Engine {
                     )));
                 }
                 self.task.set_digests([(index, digest)]);
-                self.task.write_piece(index, &data, true)?;
-                self.d.metrics.bytes_from_source.inc_by(data.len() as u64);
-                self.report.from_source(index, data.len() as u64, digest);
+                let n = data.len() as u64;
+                self.write(index, data, true).await?;
+                self.d.metrics.bytes_from_source.inc_by(n);
+                self.report.from_source(index, n, digest);
                 self.timers.progress(Instant::now());
             }
             SourceEvent::Done => {}
-            SourceEvent::Answered(t) => self.d.metrics.source_request_seconds.observe(t.as_secs_f64()),
+            SourceEvent::Answered(t) => {
+                self.d.metrics.source_request_seconds.observe(t.as_secs_f64());
+                // An answer that came this far stated the expected length (or none).
+                if let Some(layout) = self.unconfirmed.take() {
+                    self.publish(layout).await?;
+                }
+            }
+            SourceEvent::Failed(Error::LengthMismatch { expected, actual })
+                if self.unconfirmed.is_some_and(|l| l.content_length == expected) =>
+            {
+                // The requester's length was wrong; nothing was written or
+                // reported yet, so the origin's length wins.
+                warn!(
+                    expected,
+                    actual, "the origin's length differs from the requester's"
+                );
+                self.unconfirmed = None;
+                let layout = self.layout_for(actual)?;
+                self.publish(layout).await?;
+                self.fetch_missing(layout)?;
+            }
+            SourceEvent::Failed(Error::LengthMismatch { expected, .. })
+                if self.task.layout().is_some_and(|l| l.content_length != expected) => {} // a connection of the dropped layout
             SourceEvent::Failed(e) => return Err(e),
         }
         Ok(())
     }
 
-    fn on_parent_event(&mut self, ev: ParentEvent) -> Result<(), Error> {
+    async fn on_parent_event(&mut self, ev: ParentEvent) -> Result<(), Error> {
         match ev {
             ParentEvent::Bitmap { parent, have } => self.picker.bitmap(&parent, have),
             ParentEvent::Have { parent, pieces } => self.picker.have(&parent, pieces),
@@ -548,10 +649,11 @@ impl Engine {
                 let ok = verified.or_else(|| self.task.expected_digest(index).map(|d| sha256(&data) == d));
                 match ok {
                     Some(true) => {
-                        self.task.write_piece(index, &data, false)?;
-                        self.d.metrics.bytes_from_peers.inc_by(data.len() as u64);
+                        let n = data.len() as u64;
+                        self.write(index, data, false).await?;
+                        self.d.metrics.bytes_from_peers.inc_by(n);
                         self.d.metrics.piece_seconds.observe(elapsed.as_secs_f64());
-                        self.report.from_parent(index, data.len() as u64, parent, elapsed);
+                        self.report.from_parent(index, n, parent, elapsed);
                         self.timers.progress(Instant::now());
                     }
                     Some(false) => {
@@ -606,14 +708,14 @@ impl Engine {
         );
     }
 
-    fn on_tick(&mut self) -> Result<(), Error> {
+    async fn on_tick(&mut self) -> Result<(), Error> {
         let now = Instant::now();
         let due = self.timers.tick(now, self.sourcing, self.sched_tx.is_some());
         if due.report {
             self.flush_report();
         }
         if due.save {
-            self.task.save(&self.d.tasks.store)?;
+            self.save().await?;
         }
         if self.sourcing {
             return Ok(());
@@ -640,11 +742,11 @@ impl Engine {
         self.conns.clear();
         self.picker.clear();
         let expected = self.task.lock().digest.clone();
-        if let Some(expected) = expected {
-            let path = self.task.content_path().to_path_buf();
-            let actual = tokio::task::spawn_blocking(move || file_digest(&path))
-                .await
-                .map_err(|e| Error::Failed(format!("digest task: {e}")))??;
+        if let (Some(expected), Some(whole)) = (expected, self.whole.clone()) {
+            // Normally all hashed already; reads only what was not (see WholeDigest).
+            let actual = self
+                .io(move |t| whole.lock().expect("whole digest lock").finish(t))
+                .await?;
             if actual != expected {
                 let e = Error::DigestMismatch { expected, actual };
                 self.send(task_message::Msg::Failed(Failed {
@@ -655,7 +757,7 @@ impl Engine {
             }
         }
         self.task.mark_done();
-        self.task.save(&self.d.tasks.store)?;
+        self.save().await?;
         self.flush_report();
         self.send(task_message::Msg::Finished(Finished {
             digest: self.spec.digest.clone(),
@@ -685,17 +787,156 @@ async fn next_command(rx: &mut Option<tonic::Streaming<TaskCommand>>) -> Option<
     }
 }
 
-/// `sha256:<hex>` of a whole file.
-pub fn file_digest(path: &std::path::Path) -> Result<String, Error> {
-    let mut f = std::fs::File::open(path).map_err(|e| Error::io(format!("open {}", path.display()), e))?;
-    let mut h = sha2::Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf).map_err(|e| Error::io("read content", e))?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::PeerConfig;
+    use crate::store::Store;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// An origin on loopback that honours `Range` and records every range asked.
+    async fn origin(body: Vec<u8>) -> (String, Arc<Mutex<Vec<String>>>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/blob", listener.local_addr().unwrap());
+        let asked: Arc<Mutex<Vec<String>>> = Arc::default();
+        let log = asked.clone();
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let (body, log) = (body.clone(), log.clone());
+                tokio::spawn(async move {
+                    let mut req = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    while !req.ends_with(b"\r\n\r\n") {
+                        match conn.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => req.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let req = String::from_utf8_lossy(&req).to_ascii_lowercase();
+                    let range = req
+                        .lines()
+                        .find_map(|l| l.strip_prefix("range: bytes="))
+                        .map(|r| r.trim().to_string());
+                    log.lock().unwrap().push(range.clone().unwrap_or_default());
+                    let total = body.len();
+                    let head = match &range {
+                        Some(r) => {
+                            let (a, b) = r.split_once('-').unwrap();
+                            let (a, b): (usize, usize) = (a.parse().unwrap(), b.parse().unwrap());
+                            let b = b.min(total - 1);
+                            let h = format!(
+                                "HTTP/1.1 206 Partial Content\r\nContent-Range: bytes {a}-{b}/{total}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                                b + 1 - a
+                            );
+                            (h, &body[a..=b])
+                        }
+                        None => (
+                            format!(
+                                "HTTP/1.1 200 OK\r\nContent-Length: {total}\r\nConnection: close\r\n\r\n"
+                            ),
+                            &body[..],
+                        ),
+                    };
+                    let _ = conn.write_all(head.0.as_bytes()).await;
+                    let _ = conn.write_all(head.1).await;
+                });
+            }
+        });
+        (url, asked)
     }
-    Ok(format!("sha256:{}", hex::encode(h.finalize())))
+
+    fn downloader(dir: &std::path::Path) -> Arc<Downloader> {
+        let store = Arc::new(Store::open(dir).unwrap());
+        let config = PeerConfig {
+            data_dir: dir.to_path_buf(),
+            ..PeerConfig::default()
+        };
+        let http = source::client(&config.source).unwrap();
+        // No scheduler: the download goes to the origin at once.
+        Downloader::new(
+            Arc::new(Tasks::new(store)),
+            config,
+            "h".into(),
+            Metrics::default(),
+            http,
+            Vec::new(),
+        )
+    }
+
+    fn spec(url: &str, data: &[u8], content_length: u64) -> TaskSpec {
+        let digest = damselfly_proto::task_id::Sha256Digest(sha256(data));
+        TaskSpec {
+            task_id: digest.hex(),
+            url: url.into(),
+            digest: digest.to_string(),
+            piece_length: 64 * 1024,
+            content_length,
+            ..Default::default()
+        }
+    }
+
+    fn blob(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i * 31 % 251) as u8).collect()
+    }
+
+    async fn run(d: &Arc<Downloader>, spec: TaskSpec) -> Result<Arc<Task>, Error> {
+        let task = d.start(Request { spec, seed: true }).await?;
+        wait(&task).await?;
+        Ok(task)
+    }
+
+    #[tokio::test]
+    async fn a_known_length_skips_the_probe_and_the_digest_is_checked_as_pieces_land() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = blob(300 * 1024 + 5);
+        let (url, asked) = origin(data.clone()).await;
+        let d = downloader(dir.path());
+        let task = run(&d, spec(&url, &data, data.len() as u64)).await.unwrap();
+        assert_eq!(std::fs::read(task.content_path()).unwrap(), data);
+        let asked = asked.lock().unwrap().clone();
+        assert!(!asked.contains(&"0-0".to_string()), "no length probe: {asked:?}");
+        assert_eq!(asked.len(), 1, "one block, one request: {asked:?}");
+    }
+
+    #[tokio::test]
+    async fn an_unknown_length_is_probed() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = blob(100 * 1024);
+        let (url, asked) = origin(data.clone()).await;
+        let d = downloader(dir.path());
+        run(&d, spec(&url, &data, 0)).await.unwrap();
+        assert_eq!(asked.lock().unwrap()[0], "0-0");
+    }
+
+    #[tokio::test]
+    async fn the_origins_length_wins_over_a_wrong_one_in_the_spec() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = blob(200 * 1024 + 1);
+        let (url, asked) = origin(data.clone()).await;
+        let d = downloader(dir.path());
+        for (i, wrong) in [data.len() as u64 - 1000, data.len() as u64 + 70_000]
+            .into_iter()
+            .enumerate()
+        {
+            let mut s = spec(&url, &data, wrong);
+            s.task_id = format!("wrong{i}");
+            let task = run(&d, s).await.unwrap();
+            assert_eq!(task.layout().unwrap().content_length, data.len() as u64);
+            assert_eq!(std::fs::read(task.content_path()).unwrap(), data);
+        }
+        assert!(!asked.lock().unwrap().contains(&"0-0".to_string()));
+    }
+
+    #[tokio::test]
+    async fn a_wrong_whole_digest_fails_the_task() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = blob(150 * 1024);
+        let (url, _) = origin(data.clone()).await;
+        let d = downloader(dir.path());
+        let mut s = spec(&url, &data, data.len() as u64);
+        let other = damselfly_proto::task_id::Sha256Digest(sha256(b"other"));
+        (s.task_id, s.digest) = (other.hex(), other.to_string());
+        let e = run(&d, s).await.err().expect("the digest differs");
+        assert!(e.to_string().contains("digest mismatch"), "{e}");
+    }
 }

@@ -15,6 +15,9 @@ pub enum Error {
     OriginStatus { status: u16, url: String },
     #[error("content digest mismatch: expected {expected}, got {actual}")]
     DigestMismatch { expected: String, actual: String },
+    /// The origin states another length than the one the task was laid out for.
+    #[error("the origin has {actual} bytes, the task expects {expected}")]
+    LengthMismatch { expected: u64, actual: u64 },
     #[error("parent {parent}: {message}")]
     Parent { parent: String, message: String },
     #[error("{context}: {source}")]
@@ -117,7 +120,7 @@ impl Error {
             Error::OriginStatus {
                 status: 401 | 403, ..
             } => FailKind::PermissionDenied,
-            Error::DigestMismatch { .. } => FailKind::DataLoss,
+            Error::DigestMismatch { .. } | Error::LengthMismatch { .. } => FailKind::DataLoss,
             Error::Origin(_) | Error::OriginStatus { .. } => FailKind::Unavailable,
             _ => FailKind::Internal,
         };

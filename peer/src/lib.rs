@@ -9,7 +9,7 @@
 //! Layout:
 //! - [`config`]: the peer's config file.
 //! - [`store`]: content files and the redb metadata store; [`gc`] evicts from it.
-//! - [`task`]: one task's shared in-memory state (layout, bitmap, digests, progress).
+//! - [`task`]: one task's shared in-memory state (layout, bitmap, digests, progress); [`whole_digest`]: its content digest hashed as pieces land.
 //! - [`wire`]: frames of the peer-to-peer piece protocol.
 //! - [`piece_server`]: serves pieces to children (super-seeding when this peer is the source).
 //! - [`parent`]: one connection to a parent, as a child.
@@ -48,6 +48,7 @@ pub mod schedulers;
 pub mod source;
 pub mod store;
 pub mod task;
+pub mod whole_digest;
 pub mod wire;
 
 pub use config::PeerConfig;

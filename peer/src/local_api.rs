@@ -61,6 +61,7 @@ pub fn spec_of(req: &DownloadRequest) -> Result<TaskSpec, Error> {
         piece_length: 0,
         tag: req.tag.clone(),
         application: req.application.clone(),
+        content_length: 0, // the seed learns it from the origin
     })
 }
 
@@ -102,8 +103,11 @@ fn temp_name(output: &Path) -> Result<PathBuf, Error> {
 impl OutputFile {
     pub async fn create(output: &Path) -> Result<Self, Error> {
         let tmp = temp_name(output)?;
-        let file =
-            std::fs::File::create(&tmp).map_err(|e| Error::io(format!("create {}", tmp.display()), e))?;
+        let path = tmp.clone();
+        let file = crate::store::blocking(move || {
+            std::fs::File::create(&path).map_err(|e| Error::io(format!("create {}", path.display()), e))
+        })
+        .await?;
         Ok(Self {
             tmp,
             output: output.to_path_buf(),
@@ -259,7 +263,7 @@ impl Daemon for LocalApi {
             spec.piece_length = 0;
         }
         let output = req.output_path.clone();
-        let task = self.downloader.start(Request { spec, seed: false })?;
+        let task = self.downloader.start(Request { spec, seed: false }).await?;
         let (tx, rx) = mpsc::channel(8);
         tokio::spawn(async move {
             let result = follow(&task, &output, &tx).await;
@@ -272,7 +276,8 @@ impl Daemon for LocalApi {
         &self,
         _: GrpcRequest<ListTasksRequest>,
     ) -> Result<Response<ListTasksResponse>, Status> {
-        let records = self.downloader.tasks.store.list()?;
+        let store = self.downloader.tasks.store.clone();
+        let records = crate::store::blocking(move || store.list()).await?;
         let tasks = records
             .into_iter()
             .map(|r| {
@@ -300,7 +305,8 @@ impl Daemon for LocalApi {
         request: GrpcRequest<DeleteTaskRequest>,
     ) -> Result<Response<DeleteTaskResponse>, Status> {
         let id = request.into_inner().task_id;
-        if !self.downloader.tasks.evict(&id)? {
+        let (tasks, task_id) = (self.downloader.tasks.clone(), id.clone());
+        if !crate::store::blocking(move || tasks.evict(&task_id)).await? {
             return Err(Status::failed_precondition(format!("task {id} is in use")));
         }
         Ok(Response::new(DeleteTaskResponse {}))

@@ -170,6 +170,7 @@ impl PreheatWork for Preheat {
                 spec,
                 seed: self.seed,
             })
+            .await
             .map_err(|e| e.to_string())?;
         download::wait(&task).await.map_err(|e| e.to_string())?;
         Ok(task

@@ -77,6 +77,7 @@ impl std::error::Error for Refused {}
 
 /// A live connection; dropping it closes the connection.
 pub struct ParentConn {
+    /// Unbounded, yet never long: the picker keeps a few requests in flight per parent.
     requests: mpsc::UnboundedSender<u32>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -102,7 +103,7 @@ pub fn connect(
     target: Target,
     task: Arc<Task>,
     my_peer_id: String,
-    events: mpsc::UnboundedSender<ParentEvent>,
+    events: mpsc::Sender<ParentEvent>,
     limiter: Arc<RateLimiter>,
 ) -> ParentConn {
     let (tx, rx) = mpsc::unbounded_channel();
@@ -118,7 +119,7 @@ pub fn connect(
                 (e.to_string(), fault)
             }
         };
-        let _ = events.send(ParentEvent::Closed { parent, error, fault });
+        let _ = events.send(ParentEvent::Closed { parent, error, fault }).await;
     });
     ParentConn {
         requests: tx,
@@ -147,7 +148,7 @@ async fn run(
     target: &Target,
     task: &Arc<Task>,
     me: &str,
-    events: &mpsc::UnboundedSender<ParentEvent>,
+    events: &mpsc::Sender<ParentEvent>,
     mut requests: mpsc::UnboundedReceiver<u32>,
     limiter: &RateLimiter,
 ) -> std::io::Result<()> {
@@ -212,7 +213,7 @@ async fn run(
                 ));
             }
         };
-        if events.send(event).is_err() {
+        if events.send(event).await.is_err() {
             return Ok(());
         }
     }

@@ -28,6 +28,7 @@ use crate::fault;
 use crate::limits::Limits;
 use crate::metrics::Metrics;
 use crate::rate::RateLimiter;
+use crate::store::blocking;
 use crate::task::{Task, Tasks};
 use crate::wire::{Frame, PROTOCOL_VERSION, read_frame, write_frame};
 use bytes::Bytes;
@@ -213,7 +214,8 @@ impl PieceServer {
             }
             _ => return Ok(()),
         };
-        let task = match self.tasks.get_or_load(&task_id) {
+        let (tasks, id) = (self.tasks.clone(), task_id.clone());
+        let task = match blocking(move || tasks.get_or_load(&id)).await {
             Ok(Some(t)) => t,
             _ => {
                 let m = format!("task {task_id} {}", crate::parent::NOT_HERE);
@@ -288,7 +290,8 @@ impl PieceServer {
             tokio::select! {
                 req = requests.recv() => {
                     let Some(index) = req else { return Ok(()) };
-                    let data = match task.read_piece(index) {
+                    let t = task.clone();
+                    let data = match blocking(move || t.read_piece(index)).await {
                         Ok(d) => d,
                         Err(e) => {
                             write_frame(wr, &Frame::Error(e.to_string())).await?;

@@ -64,13 +64,15 @@ pub async fn fetch(
     layout: Layout,
     blocks: Blocks,
     cfg: SourceConfig,
-    events: mpsc::UnboundedSender<SourceEvent>,
+    events: mpsc::Sender<SourceEvent>,
 ) {
     let result = fetch_all(origin.as_ref(), layout, &blocks, &cfg, &events).await;
-    let _ = events.send(match result {
-        Ok(()) => SourceEvent::Done,
-        Err(e) => SourceEvent::Failed(e),
-    });
+    let _ = events
+        .send(match result {
+            Ok(()) => SourceEvent::Done,
+            Err(e) => SourceEvent::Failed(e),
+        })
+        .await;
 }
 
 /// The unit dealt to each connection to the origin.
@@ -109,7 +111,7 @@ async fn fetch_all(
     layout: Layout,
     blocks: &Blocks,
     cfg: &SourceConfig,
-    events: &mpsc::UnboundedSender<SourceEvent>,
+    events: &mpsc::Sender<SourceEvent>,
 ) -> Result<(), Error> {
     loop {
         if events.is_closed() {
@@ -152,7 +154,7 @@ async fn fetch_run(
     layout: Layout,
     first: u32,
     last: u32,
-    events: &mpsc::UnboundedSender<SourceEvent>,
+    events: &mpsc::Sender<SourceEvent>,
 ) -> Result<u32, (u32, Error)> {
     let start = layout.offset(first);
     let end = layout.offset(last) + layout.len_of(last) as u64; // exclusive
@@ -161,7 +163,7 @@ async fn fetch_run(
         .read(start, end, layout.content_length)
         .await
         .map_err(|e| (first, e))?;
-    let _ = events.send(SourceEvent::Answered(asked.elapsed()));
+    let _ = events.send(SourceEvent::Answered(asked.elapsed())).await;
     debug!(first, last, "fetching pieces from origin");
     let mut index = first;
     let mut buf = BytesMut::with_capacity(layout.piece_length as usize);
@@ -171,7 +173,11 @@ async fn fetch_run(
         while buf.len() >= layout.len_of(index) as usize {
             let data = buf.split_to(layout.len_of(index) as usize).freeze();
             let digest = sha256(&data);
-            if events.send(SourceEvent::Piece { index, data, digest }).is_err() {
+            if events
+                .send(SourceEvent::Piece { index, data, digest })
+                .await
+                .is_err()
+            {
                 return Ok(last + 1);
             }
             index += 1;
@@ -248,7 +254,7 @@ mod tests {
             }
         });
         let cfg = SourceConfig::default();
-        let (tx, mut rx) = mpsc::unbounded_channel();
+        let (tx, mut rx) = mpsc::channel(16);
         let origin = crate::origin::open(
             &format!("http://{addr}/blob"),
             &std::collections::HashMap::new(),

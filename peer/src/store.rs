@@ -17,6 +17,11 @@
 //! downloads to the disk. A crash loses at most the records written since
 //! the last [`Store::flush`] (every [`FLUSH_EVERY`] and at shutdown); their
 //! content files are then orphans, removed at start-up, and downloaded again.
+//!
+//! Every call here (and every piece read or write of a [`crate::task::Task`])
+//! blocks on the disk: async code runs it through [`blocking`], on tokio's
+//! blocking pool, so a write stalled by writeback never stalls the runtime
+//! threads that serve uploads and scheduler streams.
 
 use crate::error::Error;
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
@@ -44,6 +49,18 @@ pub struct TaskRecord {
     pub bitmap: Vec<u8>,
     pub done: bool,
     pub last_access_unix: i64,
+}
+
+/// Runs blocking file or database work on tokio's blocking pool, never on a
+/// runtime thread.
+pub async fn blocking<T, F>(f: F) -> Result<T, Error>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Result<T, Error> + Send + 'static,
+{
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::Failed(format!("blocking I/O task: {e}")))?
 }
 
 pub fn now_unix() -> i64 {

@@ -98,6 +98,14 @@ impl HttpOrigin {
                 url: redact_url(&self.url),
             });
         }
+        if let Some(actual) = stated_length(status, resp.headers())
+            && actual != total
+        {
+            return Err(Error::LengthMismatch {
+                expected: total,
+                actual,
+            });
+        }
         // An origin that ignores Range sends everything: skip to our start.
         let mut skip = if status == 200 { start } else { 0 };
         let body = resp.bytes_stream().filter_map(move |chunk| {
@@ -132,6 +140,17 @@ impl Origin for HttpOrigin {
     }
 }
 
+/// The content length an answer states: the total of a 206's `Content-Range`
+/// (`bytes a-b/total`; `*` states none), a 200's `Content-Length`.
+fn stated_length(status: u16, headers: &HeaderMap) -> Option<u64> {
+    let value = |name| headers.get(name).and_then(|v: &HeaderValue| v.to_str().ok());
+    match status {
+        206 => value(CONTENT_RANGE)?.rsplit('/').next()?.parse().ok(),
+        200 => value(CONTENT_LENGTH)?.parse().ok(),
+        _ => None,
+    }
+}
+
 fn header_map(headers: &HashMap<String, String>) -> Result<HeaderMap, Error> {
     let mut map = HeaderMap::new();
     for (k, v) in headers {
@@ -151,4 +170,19 @@ fn without_url(e: &reqwest::Error) -> String {
         s = s.replace(u.as_str(), &redact_url(u.as_str()));
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_state_their_length() {
+        let h = |k: HeaderName, v: &str| HeaderMap::from_iter([(k, HeaderValue::from_str(v).unwrap())]);
+        assert_eq!(stated_length(206, &h(CONTENT_RANGE, "bytes 0-9/100")), Some(100));
+        assert_eq!(stated_length(206, &h(CONTENT_RANGE, "bytes 0-9/*")), None);
+        assert_eq!(stated_length(200, &h(CONTENT_LENGTH, "42")), Some(42));
+        assert_eq!(stated_length(200, &HeaderMap::new()), None);
+        assert_eq!(stated_length(206, &h(CONTENT_LENGTH, "10")), None);
+    }
 }

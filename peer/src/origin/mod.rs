@@ -30,7 +30,8 @@ pub trait Origin: Send + Sync {
     fn stat(&self) -> BoxFuture<'_, Result<Stat, Error>>;
     /// Bytes `start..end` of content `total` bytes long, as a stream that
     /// yields exactly those bytes (an origin that ignores Range is skipped
-    /// to `start` here).
+    /// to `start` here). [`Error::LengthMismatch`] before any byte when the
+    /// origin states another length than `total`.
     fn read(&self, start: u64, end: u64, total: u64) -> BoxFuture<'_, Result<ByteStream, Error>>;
     /// The URL for messages (no query string).
     fn name(&self) -> String;

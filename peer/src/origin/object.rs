@@ -16,6 +16,8 @@ pub struct ObjectOrigin {
     op: Operator,
     url: String,
     key: String,
+    /// The object's length, from the first stat: every read checks it.
+    length: tokio::sync::OnceCell<u64>,
 }
 
 fn pick(cfg: &str, env: &[&str]) -> Option<String> {
@@ -153,6 +155,7 @@ impl ObjectOrigin {
             op: operator(&scheme, &bucket, client, cfg)?,
             url: url.to_string(),
             key,
+            length: tokio::sync::OnceCell::new(),
         })
     }
 }
@@ -161,6 +164,7 @@ impl Origin for ObjectOrigin {
     fn stat(&self) -> BoxFuture<'_, Result<Stat, Error>> {
         async move {
             let m = self.op.stat(&self.key).await.map_err(|e| error(&self.url, &e))?;
+            let _ = self.length.set(m.content_length());
             Ok(Stat {
                 length: m.content_length(),
                 etag: m.etag().map(str::to_string),
@@ -169,8 +173,18 @@ impl Origin for ObjectOrigin {
         .boxed()
     }
 
-    fn read(&self, start: u64, end: u64, _total: u64) -> BoxFuture<'_, Result<ByteStream, Error>> {
+    fn read(&self, start: u64, end: u64, total: u64) -> BoxFuture<'_, Result<ByteStream, Error>> {
         async move {
+            let actual = *self
+                .length
+                .get_or_try_init(|| async { self.stat().await.map(|s| s.length) })
+                .await?;
+            if actual != total {
+                return Err(Error::LengthMismatch {
+                    expected: total,
+                    actual,
+                });
+            }
             let url = self.url.clone();
             let reader = self.op.reader(&self.key).await.map_err(|e| error(&url, &e))?;
             let stream = reader
