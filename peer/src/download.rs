@@ -135,12 +135,10 @@ impl Downloader {
             Ok((task, done))
         })
         .await?;
-        if done {
-            if !req.seed {
-                let bytes = task.layout().map_or(0, |l| l.content_length);
-                self.metrics.bytes_from_cache.inc_by(bytes);
-                return Ok(task);
-            }
+        if done && !req.seed {
+            let bytes = task.layout().map_or(0, |l| l.content_length);
+            self.metrics.bytes_from_cache.inc_by(bytes);
+            return Ok(task);
         }
         if self.running.lock().expect("running lock").insert(id.clone()) {
             let this = self.clone();
