@@ -120,6 +120,7 @@ pub async fn run(config: PeerConfig, shutdown: Shutdown) -> Result<(), Error> {
         low: config.disk_low_watermark,
     };
     let (gc_every, data_dir, gc_stop) = (config.gc_interval, config.data_dir.clone(), shutdown.clone());
+    let gc_downloader = downloader.clone();
     handles.push(tokio::spawn(async move {
         let mut tick = tokio::time::interval(gc_every);
         let mut flush = tokio::time::interval(FLUSH_EVERY);
@@ -127,7 +128,11 @@ pub async fn run(config: PeerConfig, shutdown: Shutdown) -> Result<(), Error> {
         flush.tick().await;
         loop {
             tokio::select! {
-                _ = tick.tick() => { gc::collect(&gc_tasks, &policy, || gc::disk_used_percent(&data_dir)); }
+                _ = tick.tick() => {
+                    gc::collect(&gc_tasks, &policy, || gc::disk_used_percent(&data_dir));
+                    let d = gc_downloader.clone();
+                    let _ = tokio::task::spawn_blocking(move || crate::cache::sweep(&d)).await;
+                }
                 _ = flush.tick() => {
                     let tasks = gc_tasks.clone();
                     if let Ok(Err(e)) = tokio::task::spawn_blocking(move || tasks.store.flush()).await {
