@@ -3,7 +3,9 @@
 
 use crate::get::{connect, failed, follow};
 use anyhow::Context;
-use damselfly_proto::daemon::{CacheExportRequest, CacheIdRequest, CacheImportRequest, CacheInfo, CacheListRequest};
+use damselfly_proto::daemon::{
+    CacheExportRequest, CacheIdRequest, CacheImportRequest, CacheInfo, CacheListRequest,
+};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -12,7 +14,12 @@ pub struct Args {
     #[command(subcommand)]
     command: Command,
     /// The peer daemon's socket.
-    #[arg(long, env = "DAMSELFLY_SOCKET", default_value = "/run/damselfly/daemon.sock", global = true)]
+    #[arg(
+        long,
+        env = "DAMSELFLY_SOCKET",
+        default_value = "/run/damselfly/daemon.sock",
+        global = true
+    )]
     socket: PathBuf,
 }
 
@@ -109,7 +116,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             follow(stream, quiet).await?;
         }
         Command::Stat { id } => {
-            let e = client.cache_stat(CacheIdRequest { id }).await.map_err(failed)?.into_inner();
+            let e = client
+                .cache_stat(CacheIdRequest { id })
+                .await
+                .map_err(failed)?
+                .into_inner();
             show(&e);
         }
         Command::Delete { id } => {
@@ -120,7 +131,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             println!("deleted {id}");
         }
         Command::List => {
-            let list = client.cache_list(CacheListRequest {}).await.map_err(failed)?.into_inner();
+            let list = client
+                .cache_list(CacheListRequest {})
+                .await
+                .map_err(failed)?
+                .into_inner();
             for e in list.entries {
                 println!(
                     "{}\t{} bytes\t{}/{} replicas\texpires {}",

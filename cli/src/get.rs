@@ -1,8 +1,8 @@
 //! `damselfly get URL -o PATH`: download through the local peer daemon.
 
 use anyhow::{Context, bail};
-use damselfly_proto::daemon::{DownloadProgress, DownloadRequest};
 use damselfly_proto::daemon::daemon_client::DaemonClient;
+use damselfly_proto::daemon::{DownloadProgress, DownloadRequest};
 use hyper_util::rt::TokioIo;
 use std::collections::HashMap;
 use std::io::IsTerminal;

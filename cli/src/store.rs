@@ -13,7 +13,12 @@ pub struct Args {
     #[command(subcommand)]
     command: Command,
     /// The peer daemon's socket.
-    #[arg(long, env = "DAMSELFLY_SOCKET", default_value = "/run/damselfly/daemon.sock", global = true)]
+    #[arg(
+        long,
+        env = "DAMSELFLY_SOCKET",
+        default_value = "/run/damselfly/daemon.sock",
+        global = true
+    )]
     socket: PathBuf,
 }
 

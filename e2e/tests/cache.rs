@@ -133,6 +133,8 @@ fn cache_survives_its_importer_and_a_scheduler_restart_then_expires() -> Result<
     // The killed importer comes back with the expired task and drops it.
     mesh.start_peer(&lab, &state, "imp", &[])?;
     let imp_store = mesh.peer("imp").data_dir.join("content").join(&task_id);
-    wait_for("the importer to drop the expired task", WAIT, || !Path::new(&imp_store).exists())?;
+    wait_for("the importer to drop the expired task", WAIT, || {
+        !Path::new(&imp_store).exists()
+    })?;
     Ok(())
 }

@@ -215,7 +215,11 @@ fn store_put_then_get_on_four_hosts() -> Result<()> {
         .iter()
         .map(|h| {
             let out = dir.path().join(format!("out-{h}")).display().to_string();
-            lab.start(h, "store-get", &store_command(&mesh, h, &["get", url, "-o", &out])?)
+            lab.start(
+                h,
+                "store-get",
+                &store_command(&mesh, h, &["get", url, "-o", &out])?,
+            )
         })
         .collect::<Result<Vec<_>>>()?;
     let results = wait_all(&mut jobs, GET_TIMEOUT)?;
@@ -247,7 +251,10 @@ fn store_put_then_get_on_four_hosts() -> Result<()> {
 
     lab.run_ok("p2", &store_command(&mesh, "p2", &["delete", url])?)?;
     for (what, cmd) in [
-        ("get", store_command(&mesh, "p3", &["get", url, "-o", "/tmp/never"])?),
+        (
+            "get",
+            store_command(&mesh, "p3", &["get", url, "-o", "/tmp/never"])?,
+        ),
         ("stat", store_command(&mesh, "p1", &["stat", url])?),
         ("delete", store_command(&mesh, "p2", &["delete", url])?),
     ] {

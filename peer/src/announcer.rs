@@ -131,7 +131,9 @@ fn replicate(downloader: &Arc<Downloader>, spec: TaskSpec, cache: CacheTask, tx:
         match crate::cache::replicate(&downloader, spec, cache).await {
             Ok(stored) => {
                 let _ = tx
-                    .send(msg(host_message::Msg::Stored(StoredTasks { tasks: vec![stored] })))
+                    .send(msg(host_message::Msg::Stored(StoredTasks {
+                        tasks: vec![stored],
+                    })))
                     .await;
             }
             Err(e) => warn!(error = %e, "cache replica not fetched"),

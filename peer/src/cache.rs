@@ -92,7 +92,8 @@ fn write_meta(d: &Downloader, task_id: &str, m: &CacheMeta) -> Result<(), Error>
     std::fs::create_dir_all(&dir).map_err(|e| Error::io(format!("create {}", dir.display()), e))?;
     let path = meta_path(d, task_id);
     let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, serde_json::to_vec(m)?).map_err(|e| Error::io(format!("write {}", tmp.display()), e))?;
+    std::fs::write(&tmp, serde_json::to_vec(m)?)
+        .map_err(|e| Error::io(format!("write {}", tmp.display()), e))?;
     std::fs::rename(&tmp, &path).map_err(|e| Error::io(format!("rename {}", path.display()), e))
 }
 
@@ -102,7 +103,9 @@ fn read_meta(d: &Downloader, task_id: &str) -> Option<CacheMeta> {
 }
 
 /// Runs blocking file work off the runtime threads.
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, Error> + Send + 'static) -> Result<T, Error> {
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, Error> + Send + 'static,
+) -> Result<T, Error> {
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| Error::Failed(format!("blocking task: {e}")))?
@@ -157,13 +160,19 @@ pub struct Import {
 /// Imports a local file as a cache task held here; the scheduler places replicas.
 pub async fn import(d: &Arc<Downloader>, req: Import) -> Result<CacheEntry, Error> {
     if !req.path.is_absolute() {
-        return Err(Error::BadRequest(format!("path {} must be absolute", req.path.display())));
+        return Err(Error::BadRequest(format!(
+            "path {} must be absolute",
+            req.path.display()
+        )));
     }
     if let Some(id) = &req.id {
         cache_task_id(id).map_err(Error::BadRequest)?;
     }
     let store = d.tasks.store.clone();
-    let tmp = store.dir().join("content").join(format!(".import-{:016x}", rand::random::<u64>()));
+    let tmp = store
+        .dir()
+        .join("content")
+        .join(format!(".import-{:016x}", rand::random::<u64>()));
     let (src, dst) = (req.path.clone(), tmp.clone());
     let length = blocking(move || {
         std::fs::copy(&src, &dst).map_err(|e| Error::io(format!("copy {} into the store", src.display()), e))
@@ -174,7 +183,12 @@ pub async fn import(d: &Arc<Downloader>, req: Import) -> Result<CacheEntry, Erro
     result
 }
 
-async fn import_copied(d: &Arc<Downloader>, req: &Import, tmp: &Path, length: u64) -> Result<CacheEntry, Error> {
+async fn import_copied(
+    d: &Arc<Downloader>,
+    req: &Import,
+    tmp: &Path,
+    length: u64,
+) -> Result<CacheEntry, Error> {
     let layout = Layout::try_new(length, d.limits.piece_length_for(length))
         .map_err(|e| Error::BadRequest(format!("{}: {e}", req.path.display())))?;
     let path = tmp.to_path_buf();
@@ -185,7 +199,9 @@ async fn import_copied(d: &Arc<Downloader>, req: &Import, tmp: &Path, length: u6
         .unwrap_or_else(|| digest.trim_start_matches("sha256:").to_string());
     let task_id = cache_task_id(&id).map_err(Error::BadRequest)?;
     if !d.tasks.evict(&task_id)? {
-        return Err(Error::BadRequest(format!("cache id {id} is in use here; try again")));
+        return Err(Error::BadRequest(format!(
+            "cache id {id} is in use here; try again"
+        )));
     }
     let content = d.tasks.store.content_path(&task_id)?;
     std::fs::rename(tmp, &content).map_err(|e| Error::io(format!("rename into {}", content.display()), e))?;
@@ -235,14 +251,20 @@ async fn import_copied(d: &Arc<Downloader>, req: &Import, tmp: &Path, length: u6
 pub async fn stat(d: &Downloader, id: &str) -> Result<CacheEntry, Error> {
     let task_id = cache_task_id(id).map_err(Error::BadRequest)?;
     let req = CacheStatRequest { id: id.to_string() };
-    Ok(scheduler(d, &task_id)?.cache_stat(req).await.map_err(refused)?.into_inner())
+    Ok(scheduler(d, &task_id)?
+        .cache_stat(req)
+        .await
+        .map_err(refused)?
+        .into_inner())
 }
 
 /// Every scheduler's cache entries.
 pub async fn list(d: &Downloader) -> Result<Vec<CacheEntry>, Error> {
     let mut out = Vec::new();
     for s in d.schedulers() {
-        let r = SchedulerClient::new(s.channel).cache_list(CacheListRequest {}).await;
+        let r = SchedulerClient::new(s.channel)
+            .cache_list(CacheListRequest {})
+            .await;
         out.extend(r.map_err(refused)?.into_inner().entries);
     }
     out.sort_by(|a, b| a.id.cmp(&b.id));
@@ -343,7 +365,10 @@ pub async fn link_out(content: PathBuf, output: PathBuf) -> Result<(), Error> {
 /// it, keep it; returns what to announce.
 pub async fn replicate(d: &Arc<Downloader>, spec: TaskSpec, cache: CacheTask) -> Result<StoredTask, Error> {
     if !is_cache_url(&spec.url) || cache_task_id(&cache.id).ok().as_ref() != Some(&spec.task_id) {
-        return Err(Error::BadRequest(format!("replicate: {} is not a cache task", spec.url)));
+        return Err(Error::BadRequest(format!(
+            "replicate: {} is not a cache task",
+            spec.url
+        )));
     }
     let task_id = spec.task_id.clone();
     let task = d.start(Request { spec, seed: false })?;
@@ -411,7 +436,9 @@ pub fn stored_tasks(d: &Downloader, only: Option<&str>) -> Result<Vec<StoredTask
 /// Drops a task from the store and its cache metadata (the scheduler said so).
 pub fn delete_local(d: &Downloader, task_id: &str) -> Result<(), Error> {
     if !d.tasks.evict(task_id)? {
-        return Err(Error::Failed(format!("task {task_id} is in use; dropped at the next sweep")));
+        return Err(Error::Failed(format!(
+            "task {task_id} is in use; dropped at the next sweep"
+        )));
     }
     let _ = std::fs::remove_file(meta_path(d, task_id));
     info!(task_id, "cache task dropped");

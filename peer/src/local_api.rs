@@ -11,10 +11,10 @@ use crate::download::{Downloader, Request};
 use crate::error::Error;
 use damselfly_proto::daemon::daemon_server::Daemon;
 use damselfly_proto::daemon::{
-    DeleteTaskRequest, DeleteTaskResponse, DownloadProgress, DownloadRequest, ListTasksRequest,
-    CacheDeleteResponse, CacheExportRequest, CacheIdRequest, CacheImportRequest, CacheInfo,
-    CacheListRequest, CacheListResponse, ListTasksResponse, StoreDeleteRequest, StoreDeleteResponse, StoreObject, StorePutRequest,
-    StoreStatRequest, TaskEntry,
+    CacheDeleteResponse, CacheExportRequest, CacheIdRequest, CacheImportRequest, CacheInfo, CacheListRequest,
+    CacheListResponse, DeleteTaskRequest, DeleteTaskResponse, DownloadProgress, DownloadRequest,
+    ListTasksRequest, ListTasksResponse, StoreDeleteRequest, StoreDeleteResponse, StoreObject,
+    StorePutRequest, StoreStatRequest, TaskEntry,
 };
 use damselfly_proto::scheduler::TaskSpec;
 use damselfly_proto::task_id::{Sha256Digest, task_id};
@@ -308,13 +308,19 @@ impl Daemon for LocalApi {
         Ok(Response::new(DeleteTaskResponse {}))
     }
 
-    async fn store_put(&self, request: GrpcRequest<StorePutRequest>) -> Result<Response<StoreObject>, Status> {
+    async fn store_put(
+        &self,
+        request: GrpcRequest<StorePutRequest>,
+    ) -> Result<Response<StoreObject>, Status> {
         let req = request.into_inner();
         let object = crate::objects::put(&self.downloader, Path::new(&req.path), &req.url).await?;
         Ok(Response::new(object))
     }
 
-    async fn cache_import(&self, request: GrpcRequest<CacheImportRequest>) -> Result<Response<CacheInfo>, Status> {
+    async fn cache_import(
+        &self,
+        request: GrpcRequest<CacheImportRequest>,
+    ) -> Result<Response<CacheInfo>, Status> {
         let req = request.into_inner();
         let import = crate::cache::Import {
             path: PathBuf::from(&req.path),
@@ -338,7 +344,9 @@ impl Daemon for LocalApi {
     ) -> Result<Response<ProgressStream>, Status> {
         let req = request.into_inner();
         if !Path::new(&req.output_path).is_absolute() {
-            return Err(Error::BadRequest(format!("output path {:?} must be absolute", req.output_path)).into());
+            return Err(
+                Error::BadRequest(format!("output path {:?} must be absolute", req.output_path)).into(),
+            );
         }
         let d = self.downloader.clone();
         // Fails at once when nobody holds it.
@@ -375,14 +383,20 @@ impl Daemon for LocalApi {
         Ok(Response::new(CacheDeleteResponse {}))
     }
 
-    async fn cache_list(&self, _: GrpcRequest<CacheListRequest>) -> Result<Response<CacheListResponse>, Status> {
+    async fn cache_list(
+        &self,
+        _: GrpcRequest<CacheListRequest>,
+    ) -> Result<Response<CacheListResponse>, Status> {
         let entries = crate::cache::list(&self.downloader).await?;
         Ok(Response::new(CacheListResponse {
             entries: entries.into_iter().map(crate::cache::info).collect(),
         }))
     }
 
-    async fn store_stat(&self, request: GrpcRequest<StoreStatRequest>) -> Result<Response<StoreObject>, Status> {
+    async fn store_stat(
+        &self,
+        request: GrpcRequest<StoreStatRequest>,
+    ) -> Result<Response<StoreObject>, Status> {
         let url = request.into_inner().url;
         Ok(Response::new(crate::objects::stat(&self.downloader, &url).await?))
     }

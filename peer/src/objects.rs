@@ -89,19 +89,21 @@ pub async fn delete(d: &Downloader, url: &str) -> Result<(), Error> {
 /// Streams the file at `path` to `url`, then warms the mesh with it.
 pub async fn put(d: &Arc<Downloader>, path: &Path, url: &str) -> Result<StoreObject, Error> {
     if !path.is_absolute() {
-        return Err(Error::BadRequest(format!("path {} must be absolute", path.display())));
+        return Err(Error::BadRequest(format!(
+            "path {} must be absolute",
+            path.display()
+        )));
     }
     let o = open(d, url)?;
     let mut file = tokio::fs::File::open(path)
         .await
         .map_err(|e| Error::io(format!("open {}", path.display()), e))?;
-    let mut w = o
-        .op
-        .writer_with(&o.key)
-        .chunk(PART)
-        .concurrent(PARTS_IN_FLIGHT)
-        .await
-        .map_err(|e| error(&o.url, &e))?;
+    let mut w =
+        o.op.writer_with(&o.key)
+            .chunk(PART)
+            .concurrent(PARTS_IN_FLIGHT)
+            .await
+            .map_err(|e| error(&o.url, &e))?;
     let mut sent = 0u64;
     loop {
         let mut buf = bytes::BytesMut::with_capacity(READ_CHUNK);

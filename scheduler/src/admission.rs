@@ -6,11 +6,11 @@
 //! application), and every layout, bitmap and string is bounded before it
 //! sizes anything.
 
+use crate::core::CacheMeta;
+use crate::core::cache::MAX_REPLICAS;
 use crate::error::Error;
 use damselfly_proto::layout::{LayoutError, check_piece_length};
 use damselfly_proto::piece::Layout;
-use crate::core::CacheMeta;
-use crate::core::cache::MAX_REPLICAS;
 use damselfly_proto::scheduler::{CacheTask, HostInfo, Register, SourceInfo, StoredTask, TaskSpec};
 use damselfly_proto::task_id::{Sha256Digest, cache_task_id, cache_url, id_of_spec};
 use damselfly_service::tls::{PeerIdentity, Role};
@@ -146,7 +146,10 @@ pub fn cache_task(
     Sha256Digest::parse(&c.digest).map_err(bad)?;
     bounded("owner_host_id", &c.owner_host_id, MAX_ID)?;
     if c.replicas > MAX_REPLICAS {
-        return Err(bad(format!("replicas {} is more than {MAX_REPLICAS}", c.replicas)));
+        return Err(bad(format!(
+            "replicas {} is more than {MAX_REPLICAS}",
+            c.replicas
+        )));
     }
     let layout = Layout::try_new(content_length, piece_length).map_err(|e| bad(e.to_string()))?;
     if c.piece_digests.len() != 32 * layout.piece_count() as usize {
@@ -327,10 +330,52 @@ mod tests {
             stored_layout(&StoredTask {
                 task_id: "t".into(),
                 content_length: u64::MAX,
-                piece_length: P
+                piece_length: P,
+                cache: None,
             })
             .is_none()
         );
+    }
+
+    #[test]
+    fn cache_tasks_are_bounded_and_name_their_id() {
+        let id = "ccache";
+        let spec = TaskSpec {
+            task_id: cache_task_id(id).unwrap(),
+            url: cache_url(id),
+            ..Default::default()
+        };
+        let cache = CacheTask {
+            id: id.into(),
+            digest: format!("sha256:{}", "ab".repeat(32)),
+            replicas: 2,
+            piece_digests: vec![1; 32 * 2],
+            ..Default::default()
+        };
+        let (_, layout, digests, meta) = cache_task(Some(&spec), 2 * P as u64, P, Some(&cache)).unwrap();
+        assert_eq!((layout.piece_count(), digests.len(), meta.replicas), (2, 2, 2));
+        // One digest short; too many replicas; another id's spec; a bad digest.
+        let short = CacheTask {
+            piece_digests: vec![1; 32],
+            ..cache.clone()
+        };
+        assert!(cache_task(Some(&spec), 2 * P as u64, P, Some(&short)).is_err());
+        let many = CacheTask {
+            replicas: MAX_REPLICAS + 1,
+            ..cache.clone()
+        };
+        assert!(cache_task(Some(&spec), 2 * P as u64, P, Some(&many)).is_err());
+        let other = CacheTask {
+            id: "other".into(),
+            ..cache.clone()
+        };
+        assert!(cache_task(Some(&spec), 2 * P as u64, P, Some(&other)).is_err());
+        let bad = CacheTask {
+            digest: "md5:1".into(),
+            ..cache.clone()
+        };
+        assert!(cache_task(Some(&spec), 2 * P as u64, P, Some(&bad)).is_err());
+        assert!(cache_task(Some(&spec), u64::MAX, 1, Some(&cache)).is_err());
     }
 }
 

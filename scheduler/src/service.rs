@@ -9,15 +9,16 @@
 use crate::admission;
 use crate::core::cache::CacheEntry;
 use crate::core::{CacheImport, CacheMeta, Command, Core, Event, Registration, StoredCache};
-use damselfly_proto::scheduler as proto;
 use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::schedule::Planner;
 use crate::state::State;
+use damselfly_proto::scheduler as proto;
 use damselfly_proto::scheduler::scheduler_server::Scheduler;
 use damselfly_proto::scheduler::{
     BackToSource, CacheTask, DeleteTask, Digests, FailReason, HostCommand, HostMessage, Parents, PieceDigest,
-    Register, Replicate, SeedTask, StoredTask, TaskCommand, TaskInfo, TaskMessage, host_command, host_message, task_command, task_message,
+    Register, Replicate, SeedTask, StoredTask, TaskCommand, TaskInfo, TaskMessage, host_command,
+    host_message, task_command, task_message,
 };
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -471,8 +472,12 @@ impl Scheduler for SchedulerService {
     ) -> Result<Response<proto::CacheEntry>, Status> {
         admission::certificate(request.extensions().get::<PeerIdentity>(), false)?;
         let req = request.into_inner();
-        let (spec, layout, digests, mut meta) =
-            admission::cache_task(req.spec.as_ref(), req.content_length, req.piece_length, req.cache.as_ref())?;
+        let (spec, layout, digests, mut meta) = admission::cache_task(
+            req.spec.as_ref(),
+            req.content_length,
+            req.piece_length,
+            req.cache.as_ref(),
+        )?;
         // The owner is the host that imports; times are the scheduler's.
         meta.owner_host_id = req.host_id.clone();
         meta.created_unix = now_unix();

@@ -114,7 +114,12 @@ fn rank(task_id: &str, host_id: &str, seed: bool) -> (bool, [u8; 32]) {
 impl Core {
     /// A host imported a file: the entry, its task (complete, the importer
     /// its holder) and the first placements.
-    pub(super) fn cache_import(&mut self, now: Instant, imp: CacheImport, out: &mut Vec<Command>) -> Result<(), Error> {
+    pub(super) fn cache_import(
+        &mut self,
+        now: Instant,
+        imp: CacheImport,
+        out: &mut Vec<Command>,
+    ) -> Result<(), Error> {
         if !self.state.hosts.contains_key(&imp.host_id) {
             return Err(Error::UnknownHost(imp.host_id));
         }
@@ -132,7 +137,12 @@ impl Core {
                 )));
             }
         }
-        info!(id = imp.meta.id, task_id = imp.task_id, replicas = imp.meta.replicas, "cache task imported");
+        info!(
+            id = imp.meta.id,
+            task_id = imp.task_id,
+            replicas = imp.meta.replicas,
+            "cache task imported"
+        );
         let entry = CacheEntry {
             meta: imp.meta,
             task_id: imp.task_id.clone(),
@@ -164,7 +174,13 @@ impl Core {
     }
 
     /// A holder announced its cache tasks (a new host stream, a replica done).
-    pub(super) fn cache_stored(&mut self, now: Instant, host_id: &str, tasks: Vec<StoredCache>, out: &mut Vec<Command>) {
+    pub(super) fn cache_stored(
+        &mut self,
+        now: Instant,
+        host_id: &str,
+        tasks: Vec<StoredCache>,
+        out: &mut Vec<Command>,
+    ) {
         if !self.state.hosts.contains_key(host_id) {
             return;
         }
@@ -192,8 +208,12 @@ impl Core {
                     settle_until: now + RESTORE_GRACE,
                 }
             });
-            if entry.layout != st.layout || entry.digests != st.digests || entry.meta.digest != st.meta.digest {
-                warn!(task_id = st.task_id, host_id, "a holder announced other content for a cache task; ignored");
+            if entry.layout != st.layout || entry.digests != st.digests || entry.meta.digest != st.meta.digest
+            {
+                warn!(
+                    task_id = st.task_id,
+                    host_id, "a holder announced other content for a cache task; ignored"
+                );
                 continue;
             }
             entry.pending.remove(host_id);
@@ -210,7 +230,12 @@ impl Core {
     }
 
     /// Deletes a cache task everywhere.
-    pub(super) fn cache_delete(&mut self, id: &str, host_id: &str, out: &mut Vec<Command>) -> Result<(), Error> {
+    pub(super) fn cache_delete(
+        &mut self,
+        id: &str,
+        host_id: &str,
+        out: &mut Vec<Command>,
+    ) -> Result<(), Error> {
         let Some(entry) = self.caches.by_id(id) else {
             return Err(Error::NotFound(format!("cache id {id}: no such cache task")));
         };
@@ -250,18 +275,29 @@ impl Core {
                 self.drop_cache(&t, out);
                 continue;
             }
-            e.pending.retain(|_, at| now.saturating_duration_since(*at) < PLACE_TIMEOUT);
-            e.refused.retain(|_, at| now.saturating_duration_since(*at) < PLACE_TIMEOUT);
+            e.pending
+                .retain(|_, at| now.saturating_duration_since(*at) < PLACE_TIMEOUT);
+            e.refused
+                .retain(|_, at| now.saturating_duration_since(*at) < PLACE_TIMEOUT);
             self.place_replicas(now, &t, out);
         }
     }
 
     /// The peer on `host_id` failed to fetch a replica.
-    pub(super) fn cache_placement_failed(&mut self, now: Instant, task_id: &str, host_id: &str, out: &mut Vec<Command>) {
+    pub(super) fn cache_placement_failed(
+        &mut self,
+        now: Instant,
+        task_id: &str,
+        host_id: &str,
+        out: &mut Vec<Command>,
+    ) {
         if let Some(e) = self.caches.entries.get_mut(task_id)
             && e.pending.remove(host_id).is_some()
         {
-            warn!(id = e.meta.id, host_id, "cache replica fetch failed; placed elsewhere");
+            warn!(
+                id = e.meta.id,
+                host_id, "cache replica fetch failed; placed elsewhere"
+            );
             e.refused.insert(host_id.to_string(), now);
             self.place_replicas(now, task_id, out);
         }
@@ -272,7 +308,12 @@ impl Core {
         let Some(e) = self.caches.entries.remove(task_id) else {
             return;
         };
-        let mut hosts: BTreeSet<String> = e.replicas.into_iter().chain(e.others).chain(e.pending.into_keys()).collect();
+        let mut hosts: BTreeSet<String> = e
+            .replicas
+            .into_iter()
+            .chain(e.others)
+            .chain(e.pending.into_keys())
+            .collect();
         if let Some(t) = self.state.tasks.remove(task_id) {
             hosts.extend(t.peers.into_values().map(|p| p.host_id));
         }
@@ -320,7 +361,15 @@ impl Core {
         let peer_id = format!("{host_id}/stored");
         task.peers.insert(
             peer_id.clone(),
-            new_peer(peer_id.clone(), host_id, PeerState::Succeeded, false, layout.piece_count(), false, now),
+            new_peer(
+                peer_id.clone(),
+                host_id,
+                PeerState::Succeeded,
+                false,
+                layout.piece_count(),
+                false,
+                now,
+            ),
         );
         task.order.push(peer_id);
         self.replan(task_id, super::REPLAN_BATCH, out);

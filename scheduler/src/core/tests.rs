@@ -636,13 +636,19 @@ mod cache_tasks {
         assert_eq!(e.replicas.len(), 2);
         assert_eq!(w.core.state.tasks[&cache_tid()].digests_known(), 4);
         let later = RESTORE_GRACE.as_secs() + 5;
-        assert!(placed(&w.at(later, Event::CacheTick)).is_empty(), "two held, two wanted");
+        assert!(
+            placed(&w.at(later, Event::CacheTick)).is_empty(),
+            "two held, two wanted"
+        );
     }
 
     #[test]
     fn expiry_and_delete_reach_every_holder() {
         let mut w = world();
-        let out = w.at(1, Event::CacheImported(import("imp", 2, Some(Duration::from_secs(60)))));
+        let out = w.at(
+            1,
+            Event::CacheImported(import("imp", 2, Some(Duration::from_secs(60)))),
+        );
         let replicas = placed(&out);
         for h in &replicas {
             w.at(
