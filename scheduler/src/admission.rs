@@ -128,6 +128,15 @@ pub fn stored_layout(st: &StoredTask) -> Option<Layout> {
     Layout::try_new(st.content_length, st.piece_length).ok()
 }
 
+/// A cache task's parts, checked.
+#[derive(Debug)]
+pub struct CheckedCache {
+    pub spec: TaskSpec,
+    pub layout: Layout,
+    pub digests: Vec<[u8; 32]>,
+    pub meta: CacheMeta,
+}
+
 /// A cache task as an importer or a holder describes it: the spec names the
 /// id's task, the layout is bounded and there is one digest per piece.
 pub fn cache_task(
@@ -135,7 +144,7 @@ pub fn cache_task(
     content_length: u64,
     piece_length: u32,
     cache: Option<&CacheTask>,
-) -> Result<(TaskSpec, Layout, Vec<[u8; 32]>, CacheMeta), Error> {
+) -> Result<CheckedCache, Error> {
     let (Some(spec), Some(c)) = (spec, cache) else {
         return Err(bad("a cache task needs its spec and cache fields"));
     };
@@ -178,7 +187,12 @@ pub fn cache_task(
         url: spec.url.clone(),
         ..Default::default()
     };
-    Ok((spec, layout, digests, meta))
+    Ok(CheckedCache {
+        spec,
+        layout,
+        digests,
+        meta,
+    })
 }
 
 #[cfg(test)]
@@ -352,8 +366,11 @@ mod tests {
             piece_digests: vec![1; 32 * 2],
             ..Default::default()
         };
-        let (_, layout, digests, meta) = cache_task(Some(&spec), 2 * P as u64, P, Some(&cache)).unwrap();
-        assert_eq!((layout.piece_count(), digests.len(), meta.replicas), (2, 2, 2));
+        let c = cache_task(Some(&spec), 2 * P as u64, P, Some(&cache)).unwrap();
+        assert_eq!(
+            (c.layout.piece_count(), c.digests.len(), c.meta.replicas),
+            (2, 2, 2)
+        );
         // One digest short; too many replicas; another id's spec; a bad digest.
         let short = CacheTask {
             piece_digests: vec![1; 32],

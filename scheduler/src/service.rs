@@ -377,8 +377,12 @@ fn stored_cache(st: &StoredTask) -> Result<StoredCache, Error> {
         url: damselfly_proto::task_id::cache_url(&c.id),
         ..Default::default()
     };
-    let (spec, layout, digests, meta) =
-        admission::cache_task(Some(&spec), st.content_length, st.piece_length, Some(c))?;
+    let admission::CheckedCache {
+        spec,
+        layout,
+        digests,
+        meta,
+    } = admission::cache_task(Some(&spec), st.content_length, st.piece_length, Some(c))?;
     let remaining = (meta.expires_unix != 0)
         .then(|| std::time::Duration::from_secs(meta.expires_unix.saturating_sub(now_unix()).max(0) as u64));
     Ok(StoredCache {
@@ -472,7 +476,12 @@ impl Scheduler for SchedulerService {
     ) -> Result<Response<proto::CacheEntry>, Status> {
         admission::certificate(request.extensions().get::<PeerIdentity>(), false)?;
         let req = request.into_inner();
-        let (spec, layout, digests, mut meta) = admission::cache_task(
+        let admission::CheckedCache {
+            spec,
+            layout,
+            digests,
+            mut meta,
+        } = admission::cache_task(
             req.spec.as_ref(),
             req.content_length,
             req.piece_length,
