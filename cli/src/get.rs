@@ -1,8 +1,8 @@
 //! `damselfly get URL -o PATH`: download through the local peer daemon.
 
 use anyhow::{Context, bail};
-use damselfly_proto::daemon::DownloadRequest;
 use damselfly_proto::daemon::daemon_client::DaemonClient;
+use damselfly_proto::daemon::{DownloadProgress, DownloadRequest};
 use hyper_util::rt::TokioIo;
 use std::collections::HashMap;
 use std::io::IsTerminal;
@@ -74,9 +74,19 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         application: args.application,
         force_source: false,
     };
-    let mut client = connect(args.socket).await?;
-    let mut stream = client.download(request).await.map_err(failed)?.into_inner();
-    let bar = (!args.quiet && std::io::stderr().is_terminal()).then(|| {
+    download(args.socket, request, args.quiet).await
+}
+
+/// Runs one download on the daemon at `socket`, with a progress bar on a terminal.
+pub async fn download(socket: PathBuf, request: DownloadRequest, quiet: bool) -> anyhow::Result<()> {
+    let mut client = connect(socket).await?;
+    let stream = client.download(request).await.map_err(failed)?.into_inner();
+    follow(stream, quiet).await
+}
+
+/// Shows a download's progress (a bar on a terminal) until it ends.
+pub async fn follow(mut stream: tonic::Streaming<DownloadProgress>, quiet: bool) -> anyhow::Result<()> {
+    let bar = (!quiet && std::io::stderr().is_terminal()).then(|| {
         let b = indicatif::ProgressBar::new(0);
         b.set_style(
             indicatif::ProgressStyle::with_template(
@@ -112,7 +122,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 }
 
 /// The daemon's answer with its kind first: "not found: origin answered HTTP 404 for URL".
-fn failed(s: tonic::Status) -> anyhow::Error {
+pub fn failed(s: tonic::Status) -> anyhow::Error {
     let kind = match s.code() {
         tonic::Code::NotFound => "not found",
         tonic::Code::PermissionDenied => "permission denied",

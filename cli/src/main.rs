@@ -6,6 +6,7 @@
 
 use clap::{Parser, Subcommand};
 
+mod cache;
 mod certs;
 #[cfg(feature = "demo")]
 mod demo;
@@ -16,6 +17,7 @@ mod peer;
 mod proxy;
 mod scheduler;
 mod snapshotter;
+mod store;
 
 #[derive(Parser)]
 #[command(
@@ -49,6 +51,10 @@ enum Command {
     Manager(manager::Args),
     /// Run containerd's proxy snapshotter (overlayfs; layers unpacked from the mesh).
     Snapshotter(snapshotter::Args),
+    /// Files in the mesh with no origin: import, export, stat, delete, list.
+    Cache(cache::Args),
+    /// Object storage (s3://, oss://) through the local peer: put, get, stat, delete.
+    Store(store::Args),
     /// Certificates for mutual TLS: `certs init DIR ROLE:NAME...` writes a CA and per-node certs.
     Certs(certs::Args),
 }
@@ -71,6 +77,8 @@ fn main() -> std::process::ExitCode {
             Command::Manager(args) => manager::run(args).await,
             Command::Snapshotter(args) => snapshotter::run(args).await,
             Command::Certs(args) => certs::run(args).await,
+            Command::Store(args) => store::run(args).await,
+            Command::Cache(args) => cache::run(args).await,
         }
     });
     match result {

@@ -34,6 +34,7 @@ pub struct Mesh {
     bin: PathBuf,
     /// Extra arguments of every peer daemon (e.g. `--config FILE`).
     peer_args: Vec<String>,
+    scheduler_host: String,
     scheduler_ip: Ipv4Addr,
     pub scheduler: Proc,
     pub seed: PeerDaemon,
@@ -66,14 +67,7 @@ impl Mesh {
         peer_args: &[String],
     ) -> Result<Mesh> {
         let scheduler_ip = lab.ip(scheduler_host);
-        let mut cmd = Command::new(bin);
-        cmd.arg("scheduler")
-            .arg("--listen")
-            .arg(format!("{scheduler_ip}:{SCHEDULER_PORT}"))
-            .arg("--metrics-listen")
-            .arg(format!("{scheduler_ip}:{SCHEDULER_METRICS_PORT}"));
-        let scheduler = lab.spawn(scheduler_host, "scheduler", &cmd)?;
-        ready(&scheduler, scheduler_ip, SCHEDULER_PORT, None)?;
+        let scheduler = spawn_scheduler(lab, bin, scheduler_host)?;
 
         let scheduler_url = format!("http://{scheduler_ip}:{SCHEDULER_PORT}");
         let start_peer = |host: &str, seed: bool| -> Result<PeerDaemon> {
@@ -86,6 +80,7 @@ impl Mesh {
             .map(|h| start_peer(h, false))
             .collect::<Result<Vec<_>>>()?;
         Ok(Mesh {
+            scheduler_host: scheduler_host.to_string(),
             scheduler_ip,
             bin: bin.to_path_buf(),
             peer_args: peer_args.to_vec(),
@@ -123,6 +118,22 @@ impl Mesh {
         Ok(())
     }
 
+    /// Kills the scheduler (SIGKILL: it keeps nothing) and starts a new one in its host.
+    pub fn restart_scheduler(&mut self, lab: &Lab) -> Result<()> {
+        self.scheduler.kill()?;
+        self.scheduler = spawn_scheduler(lab, &self.bin, &self.scheduler_host)?;
+        Ok(())
+    }
+
+    /// Kills the peer in `host` (SIGKILL, no clean shutdown) and forgets it.
+    pub fn kill_peer(&mut self, host: &str) -> Result<()> {
+        if let Some(i) = self.peers.iter().position(|p| p.host == host) {
+            let mut p = self.peers.remove(i);
+            p.proc.kill()?;
+        }
+        Ok(())
+    }
+
     /// Stops the peer in `host` (SIGTERM, then SIGKILL) and forgets it.
     pub fn stop_peer(&mut self, host: &str) -> Result<()> {
         if let Some(i) = self.peers.iter().position(|p| p.host == host) {
@@ -155,6 +166,20 @@ impl Mesh {
     pub fn start_get(&self, lab: &Lab, host: &str, url: &str, out: &Path) -> Result<Job> {
         lab.start(host, "get", &self.get_command(host, url, out))
     }
+}
+
+/// Starts a scheduler in `host` on the mesh's ports and waits until it answers.
+fn spawn_scheduler(lab: &Lab, bin: &Path, host: &str) -> Result<Proc> {
+    let ip = lab.ip(host);
+    let mut cmd = Command::new(bin);
+    cmd.arg("scheduler")
+        .arg("--listen")
+        .arg(format!("{ip}:{SCHEDULER_PORT}"))
+        .arg("--metrics-listen")
+        .arg(format!("{ip}:{SCHEDULER_METRICS_PORT}"));
+    let scheduler = lab.spawn(host, "scheduler", &cmd)?;
+    ready(&scheduler, ip, SCHEDULER_PORT, None)?;
+    Ok(scheduler)
 }
 
 /// Starts one peer daemon (a seed with `seed`) of the scheduler at `scheduler`, state under

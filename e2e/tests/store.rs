@@ -7,8 +7,9 @@ use damselfly_e2e::bins;
 use damselfly_e2e::data::{sha256_file, write_random_file};
 use damselfly_e2e::lab::Lab;
 use damselfly_e2e::mesh::Mesh;
-use damselfly_e2e::process::wait_all;
+use damselfly_e2e::process::{Proc, wait_all};
 use damselfly_e2e::wait::wait_for_tcp;
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
@@ -33,7 +34,7 @@ fn s3_object_through_the_mesh() -> Result<()> {
     assert!(rustix::process::geteuid().is_root(), "store tests need root");
     let lab = Lab::new(
         "dfss3",
-        90,
+        100,
         &["moto", "sched", "seed", "p1", "p2", "p3", "p4"],
         None,
     )?;
@@ -43,22 +44,8 @@ fn s3_object_through_the_mesh() -> Result<()> {
     write_random_file(&blob, size)?;
     let sha = sha256_file(&blob)?;
 
-    let moto_ip = lab.ip("moto");
-    let mut moto = Command::new(format!("{VENV}/bin/moto_server"));
-    moto.args(["-H", &moto_ip.to_string(), "-p", &MOTO_PORT.to_string()])
-        .env("INITIAL_NO_AUTH_ACTION_COUNT", "3");
-    let moto_proc = lab.spawn("moto", "moto", &moto)?;
-    wait_for_tcp(moto_ip, MOTO_PORT, Duration::from_secs(30)).context("moto did not start")?;
-    let endpoint = format!("http://{moto_ip}:{MOTO_PORT}");
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/moto_setup.py");
-    let keys = lab.run_ok(
-        "moto",
-        Command::new(format!("{VENV}/bin/python"))
-            .args([script, &endpoint, "bkt", "dir/blob"])
-            .arg(&blob),
-    )?;
-    let (id, secret) = keys.trim().split_once(' ').context("moto_setup output")?;
-
+    let (moto_proc, endpoint, id, secret) = start_moto(&lab, &blob, "dir/blob")?;
+    let (id, secret) = (id.as_str(), secret.as_str());
     let config = dir.path().join("peer.toml");
     peer_config(&config, &endpoint, id, secret)?;
     let args = vec!["--config".to_string(), config.display().to_string()];
@@ -142,10 +129,150 @@ fn s3_object_through_the_mesh() -> Result<()> {
     Ok(())
 }
 
-/// GETs of the object in moto's request log.
+/// Starts moto (auth on) in the lab host `moto` with bucket `bkt` holding `key` from `file`:
+/// (process, endpoint, access key id, secret).
+fn start_moto(lab: &Lab, file: &Path, key: &str) -> Result<(Proc, String, String, String)> {
+    let moto_ip = lab.ip("moto");
+    let mut moto = Command::new(format!("{VENV}/bin/moto_server"));
+    moto.args(["-H", &moto_ip.to_string(), "-p", &MOTO_PORT.to_string()])
+        .env("INITIAL_NO_AUTH_ACTION_COUNT", "3");
+    let moto_proc = lab.spawn("moto", "moto", &moto)?;
+    wait_for_tcp(moto_ip, MOTO_PORT, Duration::from_secs(30)).context("moto did not start")?;
+    let endpoint = format!("http://{moto_ip}:{MOTO_PORT}");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/moto_setup.py");
+    let keys = lab.run_ok(
+        "moto",
+        Command::new(format!("{VENV}/bin/python"))
+            .args([script, &endpoint, "bkt", key])
+            .arg(file),
+    )?;
+    let (id, secret) = keys.trim().split_once(' ').context("moto_setup output")?;
+    Ok((moto_proc, endpoint, id.to_string(), secret.to_string()))
+}
+
+/// GETs of `bkt/dir/blob` in moto's request log.
 fn object_gets(log: &str) -> usize {
+    gets_of(log, "/bkt/dir/blob")
+}
+
+/// GETs of the object at `path` in moto's request log.
+fn gets_of(log: &str, path: &str) -> usize {
     // werkzeug colours some lines (ANSI escapes between the quote and the method).
-    log.lines()
-        .filter(|l| l.contains("GET /bkt/dir/blob HTTP"))
-        .count()
+    let needle = format!("GET {path} HTTP");
+    log.lines().filter(|l| l.contains(&needle)).count()
+}
+
+/// `damselfly store ARGS` through `host`'s daemon.
+fn store_command(mesh: &Mesh, host: &str, args: &[&str]) -> Result<Command> {
+    let mut cmd = Command::new(bins::damselfly()?);
+    cmd.arg("store")
+        .args(args)
+        .arg("--socket")
+        .arg(&mesh.peer(host).socket);
+    Ok(cmd)
+}
+
+/// `damselfly store put` on one host, `store get` on four at once: every
+/// copy right, the object read from storage about once (by the seed, when
+/// the put warmed the mesh); then `stat`, and `delete` after which a get
+/// fails with a one-line not-found error.
+#[test]
+fn store_put_then_get_on_four_hosts() -> Result<()> {
+    assert!(rustix::process::geteuid().is_root(), "store tests need root");
+    let lab = Lab::new(
+        "dfsput",
+        101,
+        &["moto", "sched", "seed", "w", "p1", "p2", "p3", "p4"],
+        None,
+    )?;
+    let dir = tempfile::tempdir()?;
+    let small = dir.path().join("small");
+    write_random_file(&small, 1000)?;
+    let (moto_proc, endpoint, id, secret) = start_moto(&lab, &small, "small")?;
+    let config = dir.path().join("peer.toml");
+    peer_config(&config, &endpoint, &id, &secret)?;
+    let args = vec!["--config".to_string(), config.display().to_string()];
+    let hosts = ["p1", "p2", "p3", "p4"];
+    let mesh = Mesh::start_with_args(
+        &lab,
+        &bins::damselfly()?,
+        &dir.path().join("state"),
+        "sched",
+        "seed",
+        &["w", "p1", "p2", "p3", "p4"],
+        &args,
+    )?;
+
+    let blob = dir.path().join("blob");
+    let size = 20 * MIB + 777;
+    write_random_file(&blob, size)?;
+    let sha = sha256_file(&blob)?;
+    let url = "s3://bkt/put/blob";
+    let blob_arg = blob.display().to_string();
+    lab.run_ok("w", &store_command(&mesh, "w", &["put", &blob_arg, url])?)?;
+
+    let mut jobs = hosts
+        .iter()
+        .map(|h| {
+            let out = dir.path().join(format!("out-{h}")).display().to_string();
+            lab.start(
+                h,
+                "store-get",
+                &store_command(&mesh, h, &["get", url, "-o", &out])?,
+            )
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let results = wait_all(&mut jobs, GET_TIMEOUT)?;
+    for (h, r) in hosts.iter().zip(&results) {
+        if !r.status.success() {
+            bail!(
+                "store get on {h} failed: {}",
+                std::fs::read_to_string(&r.log).unwrap_or_default()
+            );
+        }
+        assert_eq!(
+            sha256_file(&dir.path().join(format!("out-{h}")))?,
+            sha,
+            "copy on {h}"
+        );
+    }
+    // The put wrote it; the seed read it once (one GET per 8 MiB block, 3
+    // here) when the put warmed the mesh; the four readers read the mesh.
+    let gets = gets_of(&moto_proc.log(), "/bkt/put/blob");
+    assert!(
+        (3..=5).contains(&gets),
+        "moto served {gets} GETs of the object; log ends:\n{}",
+        moto_proc.log_tail(12)
+    );
+
+    let stat = lab.run_ok("p1", &store_command(&mesh, "p1", &["stat", url])?)?;
+    assert!(stat.contains(&format!("length: {size}")), "{stat}");
+    assert!(stat.contains("etag: "), "{stat}");
+
+    lab.run_ok("p2", &store_command(&mesh, "p2", &["delete", url])?)?;
+    for (what, cmd) in [
+        (
+            "get",
+            store_command(&mesh, "p3", &["get", url, "-o", "/tmp/never"])?,
+        ),
+        ("stat", store_command(&mesh, "p1", &["stat", url])?),
+        ("delete", store_command(&mesh, "p2", &["delete", url])?),
+    ] {
+        let out = lab.run("p3", &cmd)?;
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{what} of a deleted object succeeded");
+        assert!(
+            err.contains("s3://bkt/put/blob: no such key or bucket") && err.trim().lines().count() == 1,
+            "{what}: {err}"
+        );
+    }
+    // A put into a bucket that does not exist names it.
+    let out = lab.run(
+        "w",
+        &store_command(&mesh, "w", &["put", &blob_arg, "s3://nobucket/k"])?,
+    )?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("s3://nobucket/k: no such bucket"), "{err}");
+    Ok(())
 }

@@ -189,6 +189,7 @@ fn a_rogue_registrant_is_refused_and_the_real_download_gets_the_origins_bytes() 
                     task_id: id.clone(),
                     content_length: u64::MAX,
                     piece_length: 1,
+                    cache: None,
                 }],
             })),
         })?;

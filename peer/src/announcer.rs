@@ -6,7 +6,7 @@ use crate::download::{Downloader, Request, SchedulerEndpoint};
 use crate::origin_policy::OriginPolicy;
 use damselfly_proto::scheduler::scheduler_client::SchedulerClient;
 use damselfly_proto::scheduler::{
-    HostInfo, HostLoad, HostMessage, StoredTask, StoredTasks, host_command, host_message,
+    CacheTask, HostInfo, HostLoad, HostMessage, StoredTasks, TaskSpec, host_command, host_message,
 };
 use damselfly_service::shutdown::Shutdown;
 use std::sync::Arc;
@@ -56,18 +56,11 @@ async fn session(
     tx.send(msg(host_message::Msg::Hello(info.clone())))
         .await
         .map_err(|e| e.to_string())?;
-    let store = downloader.tasks.store.clone();
-    let stored: Vec<StoredTask> = crate::store::blocking(move || store.list())
+    // Finished tasks, cache tasks with what the scheduler needs to keep them.
+    let d = downloader.clone();
+    let stored = crate::store::blocking(move || crate::cache::stored_tasks(&d, None))
         .await
-        .map_err(|e| e.to_string())?
-        .into_iter()
-        .filter(|r| r.done)
-        .map(|r| StoredTask {
-            task_id: r.task_id,
-            content_length: r.content_length,
-            piece_length: r.piece_length,
-        })
-        .collect();
+        .map_err(|e| e.to_string())?;
     if !stored.is_empty() {
         tx.send(msg(host_message::Msg::Stored(StoredTasks { tasks: stored })))
             .await
@@ -92,10 +85,8 @@ async fn session(
                 tx.send(msg(host_message::Msg::Keepalive(load))).await.map_err(|e| e.to_string())?;
             }
             cmd = commands.message() => match cmd {
-                Ok(Some(c)) => {
-                    if let Some(host_command::Cmd::SeedTask(seed)) = c.cmd
-                        && let Some(spec) = seed.spec
-                    {
+                Ok(Some(c)) => match c.cmd {
+                    Some(host_command::Cmd::SeedTask(seed)) => if let Some(spec) = seed.spec {
                         info!(task_id = spec.task_id, "seed trigger");
                         let downloader = downloader.clone();
                         tokio::spawn(async move {
@@ -108,11 +99,43 @@ async fn session(
                                 warn!(error = %e, "seed trigger refused or failed");
                             }
                         });
+                    },
+                    Some(host_command::Cmd::Replicate(r)) => {
+                        if let (Some(spec), Some(cache)) = (r.spec, r.cache) {
+                            replicate(downloader, spec, cache, tx.clone());
+                        }
                     }
-                }
+                    Some(host_command::Cmd::DeleteTask(del)) => {
+                        let d = downloader.clone();
+                        tokio::task::spawn_blocking(move || {
+                            if let Err(e) = crate::cache::delete_local(&d, &del.task_id) {
+                                warn!(task_id = del.task_id, error = %e, "cannot drop the task");
+                            }
+                        });
+                    }
+                    None => {}
+                },
                 Ok(None) => return Err("scheduler closed the stream".into()),
                 Err(s) => return Err(s.message().to_string()),
             }
         }
     }
+}
+
+/// Fetches a replica the scheduler placed here, then announces it on the host stream.
+fn replicate(downloader: &Arc<Downloader>, spec: TaskSpec, cache: CacheTask, tx: mpsc::Sender<HostMessage>) {
+    info!(task_id = spec.task_id, id = cache.id, "cache replica placed here");
+    let downloader = downloader.clone();
+    tokio::spawn(async move {
+        match crate::cache::replicate(&downloader, spec, cache).await {
+            Ok(stored) => {
+                let _ = tx
+                    .send(msg(host_message::Msg::Stored(StoredTasks {
+                        tasks: vec![stored],
+                    })))
+                    .await;
+            }
+            Err(e) => warn!(error = %e, "cache replica not fetched"),
+        }
+    });
 }

@@ -120,6 +120,7 @@ pub async fn run(config: PeerConfig, shutdown: Shutdown) -> Result<(), Error> {
         low: config.disk_low_watermark,
     });
     let (gc_every, data_dir, gc_stop) = (config.gc_interval, config.data_dir.clone(), shutdown.clone());
+    let gc_downloader = downloader.clone();
     handles.push(tokio::spawn(async move {
         let mut tick = tokio::time::interval(gc_every);
         let mut flush = tokio::time::interval(FLUSH_EVERY);
@@ -129,8 +130,10 @@ pub async fn run(config: PeerConfig, shutdown: Shutdown) -> Result<(), Error> {
             tokio::select! {
                 _ = tick.tick() => {
                     let (tasks, policy, dir) = (gc_tasks.clone(), policy.clone(), data_dir.clone());
+                    let d = gc_downloader.clone();
                     let _ = store::blocking(move || {
                         gc::collect(&tasks, &policy, || gc::disk_used_percent(&dir));
+                        crate::cache::sweep(&d);
                         Ok(())
                     })
                     .await;

@@ -38,6 +38,8 @@ pub fn collect(tasks: &Tasks, policy: &GcPolicy, used_percent: impl Fn() -> Opti
     records.sort_by_key(|r| r.last_access_unix);
     let ttl = policy.ttl.as_secs() as i64;
     let mut kept = Vec::new();
+    // Cache tasks live until the scheduler deletes them or they expire (`crate::cache`).
+    records.retain(|r| !crate::cache::is_cache_url(&r.url));
     for r in records {
         // `evict` refuses a task in use.
         if now - r.last_access_unix > ttl && matches!(tasks.evict(&r.task_id), Ok(true)) {

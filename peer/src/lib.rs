@@ -22,12 +22,15 @@
 //! - [`manager`]: the scheduler list (and cluster settings) from a manager, and the preheat session.
 //! - [`limits`]: the cluster's peer settings in force (upload and download concurrency, piece length bounds).
 //! - [`local_api`]: the unix-socket gRPC API used by `damselfly get`.
+//! - [`objects`]: `damselfly store` (put, stat, delete on object storage; the task of an object version).
+//! - [`cache`]: `damselfly cache` (origin-less tasks: import, export, holders' metadata).
 //! - [`blob`]: the registry proxy's blob source (the mesh) and its server.
 //! - [`daemon`]: starts all of the above.
 //! - [`rate`], [`metrics`], [`fault`]: rate limits, Prometheus metrics, test-only fault switches.
 
 pub mod announcer;
 pub mod blob;
+pub mod cache;
 pub mod config;
 pub mod daemon;
 pub mod download;
@@ -38,6 +41,7 @@ pub mod limits;
 pub mod local_api;
 pub mod manager;
 pub mod metrics;
+pub mod objects;
 pub mod origin;
 pub mod origin_policy;
 pub mod parent;

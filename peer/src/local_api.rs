@@ -11,8 +11,10 @@ use crate::download::{Downloader, Request};
 use crate::error::Error;
 use damselfly_proto::daemon::daemon_server::Daemon;
 use damselfly_proto::daemon::{
-    DeleteTaskRequest, DeleteTaskResponse, DownloadProgress, DownloadRequest, ListTasksRequest,
-    ListTasksResponse, TaskEntry,
+    CacheDeleteResponse, CacheExportRequest, CacheIdRequest, CacheImportRequest, CacheInfo, CacheListRequest,
+    CacheListResponse, DeleteTaskRequest, DeleteTaskResponse, DownloadProgress, DownloadRequest,
+    ListTasksRequest, ListTasksResponse, StoreDeleteRequest, StoreDeleteResponse, StoreObject,
+    StorePutRequest, StoreStatRequest, TaskEntry,
 };
 use damselfly_proto::scheduler::TaskSpec;
 use damselfly_proto::task_id::{Sha256Digest, task_id};
@@ -310,6 +312,108 @@ impl Daemon for LocalApi {
             return Err(Status::failed_precondition(format!("task {id} is in use")));
         }
         Ok(Response::new(DeleteTaskResponse {}))
+    }
+
+    async fn store_put(
+        &self,
+        request: GrpcRequest<StorePutRequest>,
+    ) -> Result<Response<StoreObject>, Status> {
+        let req = request.into_inner();
+        let object = crate::objects::put(&self.downloader, Path::new(&req.path), &req.url).await?;
+        Ok(Response::new(object))
+    }
+
+    async fn cache_import(
+        &self,
+        request: GrpcRequest<CacheImportRequest>,
+    ) -> Result<Response<CacheInfo>, Status> {
+        let req = request.into_inner();
+        let import = crate::cache::Import {
+            path: PathBuf::from(&req.path),
+            id: (!req.id.is_empty()).then_some(req.id),
+            replicas: if req.replicas == 0 {
+                crate::cache::DEFAULT_REPLICAS
+            } else {
+                req.replicas
+            },
+            ttl: (req.ttl_seconds > 0).then(|| Duration::from_secs(req.ttl_seconds)),
+        };
+        let entry = crate::cache::import(&self.downloader, import).await?;
+        Ok(Response::new(crate::cache::info(entry)))
+    }
+
+    type CacheExportStream = ProgressStream;
+
+    async fn cache_export(
+        &self,
+        request: GrpcRequest<CacheExportRequest>,
+    ) -> Result<Response<ProgressStream>, Status> {
+        let req = request.into_inner();
+        if !Path::new(&req.output_path).is_absolute() {
+            return Err(
+                Error::BadRequest(format!("output path {:?} must be absolute", req.output_path)).into(),
+            );
+        }
+        let d = self.downloader.clone();
+        // Fails at once when nobody holds it.
+        let entry = crate::cache::held(&d, &req.id).await?;
+        let task = crate::cache::start(&d, &entry).await?;
+        let (tx, rx) = mpsc::channel(8);
+        tokio::spawn(async move {
+            let result = async {
+                follow(&task, "", &tx).await?;
+                crate::cache::verify(&d, &entry.task_id, &entry.digest).await?;
+                crate::cache::keep(&d, &entry)?;
+                let content = task.content_path().to_path_buf();
+                crate::cache::link_out(content, PathBuf::from(&req.output_path)).await?;
+                Ok::<_, Status>(())
+            }
+            .await;
+            let _ = tx.send(result.map(|()| snapshot(&task, true))).await;
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn cache_stat(&self, request: GrpcRequest<CacheIdRequest>) -> Result<Response<CacheInfo>, Status> {
+        let id = request.into_inner().id;
+        let e = crate::cache::stat(&self.downloader, &id).await?;
+        Ok(Response::new(crate::cache::info(e)))
+    }
+
+    async fn cache_delete(
+        &self,
+        request: GrpcRequest<CacheIdRequest>,
+    ) -> Result<Response<CacheDeleteResponse>, Status> {
+        let id = request.into_inner().id;
+        crate::cache::delete(&self.downloader, &id).await?;
+        Ok(Response::new(CacheDeleteResponse {}))
+    }
+
+    async fn cache_list(
+        &self,
+        _: GrpcRequest<CacheListRequest>,
+    ) -> Result<Response<CacheListResponse>, Status> {
+        let entries = crate::cache::list(&self.downloader).await?;
+        Ok(Response::new(CacheListResponse {
+            entries: entries.into_iter().map(crate::cache::info).collect(),
+        }))
+    }
+
+    async fn store_stat(
+        &self,
+        request: GrpcRequest<StoreStatRequest>,
+    ) -> Result<Response<StoreObject>, Status> {
+        let url = request.into_inner().url;
+        Ok(Response::new(crate::objects::stat(&self.downloader, &url).await?))
+    }
+
+    async fn store_delete(
+        &self,
+        request: GrpcRequest<StoreDeleteRequest>,
+    ) -> Result<Response<StoreDeleteResponse>, Status> {
+        let url = request.into_inner().url;
+        crate::objects::delete(&self.downloader, &url).await?;
+        Ok(Response::new(StoreDeleteResponse {}))
     }
 }
 

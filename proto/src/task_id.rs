@@ -95,6 +95,36 @@ pub fn task_id(
     Ok(hex::encode(h.finalize()))
 }
 
+/// Longest cache id (`damselfly cache import --id`).
+pub const MAX_CACHE_ID: usize = 128;
+
+/// A cache id is 1-128 of `a-z0-9._-` (a file's sha256 hex by default).
+pub fn check_cache_id(id: &str) -> Result<(), String> {
+    let ok = !id.is_empty()
+        && id.len() <= MAX_CACHE_ID
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "cache id {id:?} must be 1 to {MAX_CACHE_ID} lowercase letters, digits, '.', '_' or '-'"
+        ))
+    }
+}
+
+/// The URL that names a cache task (there is no origin behind it).
+pub fn cache_url(id: &str) -> String {
+    format!("cache://{id}")
+}
+
+/// The task id of a cache id.
+pub fn cache_task_id(id: &str) -> Result<String, String> {
+    check_cache_id(id)?;
+    task_id(&cache_url(id), None, "", "")
+}
+
 /// The id `spec` must carry: derived from its digest, or else from its URL,
 /// tag and application. A spec whose id differs names another task.
 pub fn id_of_spec(spec: &crate::scheduler::TaskSpec) -> Result<String, String> {
@@ -109,6 +139,17 @@ pub fn id_of_spec(spec: &crate::scheduler::TaskSpec) -> Result<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cache_ids_are_checked() {
+        let hex = "ab".repeat(32);
+        assert!(cache_task_id(&hex).is_ok());
+        assert!(cache_task_id("build-cache_v1.2").is_ok());
+        for bad in ["", "Upper", "a/b", "a b", &"x".repeat(129)] {
+            assert!(cache_task_id(bad).is_err(), "{bad:?}");
+        }
+        assert_ne!(cache_task_id("a").unwrap(), cache_task_id("b").unwrap());
+    }
 
     #[test]
     fn a_spec_names_its_own_id() {

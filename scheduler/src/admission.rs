@@ -6,11 +6,13 @@
 //! application), and every layout, bitmap and string is bounded before it
 //! sizes anything.
 
+use crate::core::CacheMeta;
+use crate::core::cache::MAX_REPLICAS;
 use crate::error::Error;
 use damselfly_proto::layout::{LayoutError, check_piece_length};
 use damselfly_proto::piece::Layout;
-use damselfly_proto::scheduler::{HostInfo, Register, SourceInfo, StoredTask};
-use damselfly_proto::task_id::id_of_spec;
+use damselfly_proto::scheduler::{CacheTask, HostInfo, Register, SourceInfo, StoredTask, TaskSpec};
+use damselfly_proto::task_id::{Sha256Digest, cache_task_id, cache_url, id_of_spec};
 use damselfly_service::tls::{PeerIdentity, Role};
 
 /// Longest host, peer or task id.
@@ -124,6 +126,73 @@ pub fn source_layout(known: Option<Layout>, info: &SourceInfo) -> Result<Layout,
 /// The layout of a task a host says it stores, if within the bounds.
 pub fn stored_layout(st: &StoredTask) -> Option<Layout> {
     Layout::try_new(st.content_length, st.piece_length).ok()
+}
+
+/// A cache task's parts, checked.
+#[derive(Debug)]
+pub struct CheckedCache {
+    pub spec: TaskSpec,
+    pub layout: Layout,
+    pub digests: Vec<[u8; 32]>,
+    pub meta: CacheMeta,
+}
+
+/// A cache task as an importer or a holder describes it: the spec names the
+/// id's task, the layout is bounded and there is one digest per piece.
+pub fn cache_task(
+    spec: Option<&TaskSpec>,
+    content_length: u64,
+    piece_length: u32,
+    cache: Option<&CacheTask>,
+) -> Result<CheckedCache, Error> {
+    let (Some(spec), Some(c)) = (spec, cache) else {
+        return Err(bad("a cache task needs its spec and cache fields"));
+    };
+    let task_id = cache_task_id(&c.id).map_err(bad)?;
+    if spec.task_id != task_id || spec.url != cache_url(&c.id) || !spec.digest.is_empty() {
+        return Err(bad(format!("the spec does not name cache id {}", c.id)));
+    }
+    Sha256Digest::parse(&c.digest).map_err(bad)?;
+    bounded("owner_host_id", &c.owner_host_id, MAX_ID)?;
+    if c.replicas > MAX_REPLICAS {
+        return Err(bad(format!(
+            "replicas {} is more than {MAX_REPLICAS}",
+            c.replicas
+        )));
+    }
+    let layout = Layout::try_new(content_length, piece_length).map_err(|e| bad(e.to_string()))?;
+    if c.piece_digests.len() != 32 * layout.piece_count() as usize {
+        return Err(bad(format!(
+            "cache id {}: {} bytes of piece digests for {} pieces",
+            c.id,
+            c.piece_digests.len(),
+            layout.piece_count()
+        )));
+    }
+    let digests = c
+        .piece_digests
+        .chunks_exact(32)
+        .map(|d| <[u8; 32]>::try_from(d).expect("32 bytes"))
+        .collect();
+    let meta = CacheMeta {
+        id: c.id.clone(),
+        digest: c.digest.clone(),
+        replicas: c.replicas,
+        created_unix: c.created_unix,
+        expires_unix: c.expires_unix,
+        owner_host_id: c.owner_host_id.clone(),
+    };
+    let spec = TaskSpec {
+        task_id,
+        url: spec.url.clone(),
+        ..Default::default()
+    };
+    Ok(CheckedCache {
+        spec,
+        layout,
+        digests,
+        meta,
+    })
 }
 
 #[cfg(test)]
@@ -275,10 +344,55 @@ mod tests {
             stored_layout(&StoredTask {
                 task_id: "t".into(),
                 content_length: u64::MAX,
-                piece_length: P
+                piece_length: P,
+                cache: None,
             })
             .is_none()
         );
+    }
+
+    #[test]
+    fn cache_tasks_are_bounded_and_name_their_id() {
+        let id = "ccache";
+        let spec = TaskSpec {
+            task_id: cache_task_id(id).unwrap(),
+            url: cache_url(id),
+            ..Default::default()
+        };
+        let cache = CacheTask {
+            id: id.into(),
+            digest: format!("sha256:{}", "ab".repeat(32)),
+            replicas: 2,
+            piece_digests: vec![1; 32 * 2],
+            ..Default::default()
+        };
+        let c = cache_task(Some(&spec), 2 * P as u64, P, Some(&cache)).unwrap();
+        assert_eq!(
+            (c.layout.piece_count(), c.digests.len(), c.meta.replicas),
+            (2, 2, 2)
+        );
+        // One digest short; too many replicas; another id's spec; a bad digest.
+        let short = CacheTask {
+            piece_digests: vec![1; 32],
+            ..cache.clone()
+        };
+        assert!(cache_task(Some(&spec), 2 * P as u64, P, Some(&short)).is_err());
+        let many = CacheTask {
+            replicas: MAX_REPLICAS + 1,
+            ..cache.clone()
+        };
+        assert!(cache_task(Some(&spec), 2 * P as u64, P, Some(&many)).is_err());
+        let other = CacheTask {
+            id: "other".into(),
+            ..cache.clone()
+        };
+        assert!(cache_task(Some(&spec), 2 * P as u64, P, Some(&other)).is_err());
+        let bad = CacheTask {
+            digest: "md5:1".into(),
+            ..cache.clone()
+        };
+        assert!(cache_task(Some(&spec), 2 * P as u64, P, Some(&bad)).is_err());
+        assert!(cache_task(Some(&spec), u64::MAX, 1, Some(&cache)).is_err());
     }
 }
 

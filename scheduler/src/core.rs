@@ -24,6 +24,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tracing::{debug, info, warn};
 
+pub mod cache;
+pub use cache::{CacheImport, CacheMeta, StoredCache};
+
 /// Most peers re-planned because of one event (bounds the work per message).
 const REPLAN_BATCH: usize = 256;
 /// Most peers that get a newcomer offered as an extra parent when it registers.
@@ -104,6 +107,20 @@ pub enum Event {
     },
     /// Time for GC: hosts silent past the timeout, tasks idle past the TTL.
     Tick,
+    /// A host imported a file as a cache task.
+    CacheImported(CacheImport),
+    /// A host holds these cache tasks (a new host stream, a replica fetched).
+    CacheStored {
+        host_id: String,
+        tasks: Vec<StoredCache>,
+    },
+    /// Delete a cache task everywhere, asked by `host_id`.
+    CacheDeleted {
+        id: String,
+        host_id: String,
+    },
+    /// Cache expiry and replica placement (more often than [`Event::Tick`]).
+    CacheTick,
 }
 
 /// What the transport must deliver.
@@ -134,6 +151,14 @@ pub enum Command {
         peer_id: String,
         reason: String,
     },
+    /// Tell a host to fetch a cache task through the mesh and keep it.
+    Replicate {
+        host_id: String,
+        spec: TaskSpec,
+        meta: CacheMeta,
+    },
+    /// Tell a host to drop a task from its store.
+    DeleteTask { host_id: String, task_id: String },
 }
 
 /// How long hosts and idle tasks are kept.
@@ -145,6 +170,8 @@ pub struct Retention {
 
 pub struct Core {
     pub state: State,
+    /// Cache tasks ([`cache`]).
+    pub caches: cache::Caches,
     pub planner: Arc<Planner>,
     pub metrics: Metrics,
     retention: Retention,
@@ -157,6 +184,7 @@ impl Core {
     pub fn new(planner: Arc<Planner>, metrics: Metrics, retention: Retention, seed: u64) -> Self {
         Self {
             state: State::default(),
+            caches: cache::Caches::default(),
             planner,
             metrics,
             retention,
@@ -198,7 +226,11 @@ impl Core {
                 }
             }
             Event::HostStored { host_id, tasks } => self.host_stored(now, &host_id, tasks, &mut out),
-            Event::HostLeft { host_id, conn } => self.host_gone(&host_id, conn, &mut out),
+            Event::HostLeft { host_id, conn } => {
+                if self.host_gone(&host_id, conn, &mut out) {
+                    self.cache_host_left(now, &host_id, &mut out);
+                }
+            }
             Event::Registered(reg) => self.register(now, reg, &mut out)?,
             Event::SourceInfo {
                 task_id,
@@ -249,14 +281,20 @@ impl Core {
                         .get_mut(&peer_id);
                     let peer = peer.expect("touched");
                     peer.state = PeerState::Failed;
+                    let host_id = peer.host_id.clone();
                     warn!(task_id, peer_id, reason, "peer failed");
                     let mut children: Vec<String> = peer.children.iter().cloned().collect();
                     children.sort();
-                    self.replan_orphans(vec![(task_id, children)], &mut out);
+                    self.replan_orphans(vec![(task_id.clone(), children)], &mut out);
+                    self.cache_placement_failed(now, &task_id, &host_id, &mut out);
                 }
             }
             Event::StreamClosed { task_id, peer_id } => self.stream_closed(&task_id, &peer_id, &mut out),
             Event::Tick => self.gc(now, &mut out),
+            Event::CacheImported(imp) => self.cache_import(now, imp, &mut out)?,
+            Event::CacheStored { host_id, tasks } => self.cache_stored(now, &host_id, tasks, &mut out),
+            Event::CacheDeleted { id, host_id } => self.cache_delete(&id, &host_id, &mut out)?,
+            Event::CacheTick => self.cache_tick(now, &mut out),
         }
         self.update_gauges();
         Ok(out)
@@ -343,15 +381,17 @@ impl Core {
     }
 
     /// A host stream ended or timed out: forget it and re-plan its peers' children.
-    fn host_gone(&mut self, host_id: &str, conn: Option<u64>, out: &mut Vec<Command>) {
+    /// Returns whether the host was removed.
+    fn host_gone(&mut self, host_id: &str, conn: Option<u64>, out: &mut Vec<Command>) -> bool {
         if let Some(c) = conn
             && self.state.hosts.get(host_id).map(|h| h.conn) != Some(c)
         {
-            return; // replaced by a newer connection of the same host
+            return false; // replaced by a newer connection of the same host
         }
         let orphans = self.state.remove_host(host_id);
         self.replan_orphans(orphans, out);
         info!(host_id, "host removed");
+        true
     }
 
     fn host_stored(
@@ -445,7 +485,10 @@ impl Core {
         task.order.push(reg.peer_id.clone());
 
         let needs_source = !task.has_source() && !has_complete_peer(task) && !from_source;
-        if needs_source && task.seed_host.is_none() {
+        if needs_source && self.caches.entries.contains_key(&task_id) {
+            // A cache task has no origin: nobody holds it now.
+            self.back_to_source(&task_id, &reg.peer_id, "no host holds this cache task", out);
+        } else if needs_source && task.seed_host.is_none() {
             let seeds: Vec<&str> = s
                 .hosts
                 .values()
@@ -702,6 +745,7 @@ impl Core {
         for h in stale {
             warn!(host_id = h, "host stopped announcing");
             self.host_gone(&h, None, out);
+            self.cache_host_left(now, &h, out);
         }
         self.state
             .tasks

@@ -6,6 +6,10 @@ pub enum Error {
     BadRequest(String),
     #[error("permission denied: {0}")]
     Forbidden(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
     #[error("unknown host {0}: announce the host first")]
     UnknownHost(String),
     #[error("config: {0}")]
@@ -28,6 +32,8 @@ impl From<Error> for tonic::Status {
         match e {
             Error::BadRequest(m) => tonic::Status::invalid_argument(m),
             Error::Forbidden(m) => tonic::Status::permission_denied(m),
+            Error::NotFound(m) => tonic::Status::not_found(m),
+            Error::Conflict(m) => tonic::Status::already_exists(m),
             Error::UnknownHost(_) => tonic::Status::failed_precondition(e.to_string()),
             other => tonic::Status::internal(other.to_string()),
         }

@@ -14,6 +14,9 @@ use prometheus_client::registry::Registry;
 use std::sync::Arc;
 use tracing::info;
 
+/// How often cache tasks are checked for expiry and missing replicas.
+const CACHE_TICK: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Runs a scheduler until `shutdown` fires.
 pub async fn run(config: SchedulerConfig, shutdown: Shutdown) -> Result<(), Error> {
     config.validate()?;
@@ -61,9 +64,11 @@ pub async fn run(config: SchedulerConfig, shutdown: Shutdown) -> Result<(), Erro
     let every = config.gc_interval;
     let gc_task = tokio::spawn(async move {
         let mut tick = tokio::time::interval(every);
+        let mut cache_tick = tokio::time::interval(CACHE_TICK);
         loop {
             tokio::select! {
                 _ = tick.tick() => gc_shared.gc(),
+                _ = cache_tick.tick() => gc_shared.cache_tick(),
                 _ = gc_stop.wait() => break,
             }
         }

@@ -7,15 +7,18 @@
 //! commands leave in the order the core produced them.
 
 use crate::admission;
-use crate::core::{Command, Core, Event, Registration};
+use crate::core::cache::CacheEntry;
+use crate::core::{CacheImport, CacheMeta, Command, Core, Event, Registration, StoredCache};
 use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::schedule::Planner;
 use crate::state::State;
+use damselfly_proto::scheduler as proto;
 use damselfly_proto::scheduler::scheduler_server::Scheduler;
 use damselfly_proto::scheduler::{
-    BackToSource, Digests, FailReason, HostCommand, HostMessage, Parents, PieceDigest, Register, SeedTask,
-    TaskCommand, TaskInfo, TaskMessage, host_command, host_message, task_command, task_message,
+    BackToSource, CacheTask, DeleteTask, Digests, FailReason, HostCommand, HostMessage, Parents, PieceDigest,
+    Register, Replicate, SeedTask, StoredTask, TaskCommand, TaskInfo, TaskMessage, host_command,
+    host_message, task_command, task_message,
 };
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -70,6 +73,10 @@ impl Shared {
         self.inner.lock().expect("scheduler state lock poisoned")
     }
 
+    fn with_core<R>(&self, f: impl FnOnce(&Core) -> R) -> R {
+        f(&self.lock().core)
+    }
+
     /// Reads the scheduling state (for `/tasks/{id}`).
     pub fn with_state<R>(&self, f: impl FnOnce(&State) -> R) -> R {
         f(&self.lock().core.state)
@@ -98,16 +105,69 @@ impl Shared {
                 host_id: host_id.to_string(),
                 active_uploads: Some(load.active_uploads),
             },
-            host_message::Msg::Stored(stored) => Event::HostStored {
-                host_id: host_id.to_string(),
-                tasks: stored
-                    .tasks
+            host_message::Msg::Stored(stored) => {
+                let (caches, plain): (Vec<_>, Vec<_>) =
+                    stored.tasks.into_iter().partition(|st| st.cache.is_some());
+                let caches = caches
                     .into_iter()
-                    .filter_map(|st| Some((st.task_id.clone(), admission::stored_layout(&st)?)))
-                    .collect(),
-            },
+                    .filter_map(|st| match stored_cache(&st) {
+                        Ok(c) => Some(c),
+                        Err(e) => {
+                            warn!(host_id, task_id = st.task_id, error = %e, "stored cache task refused");
+                            None
+                        }
+                    })
+                    .collect::<Vec<_>>();
+                if !caches.is_empty() {
+                    let _ = self.handle(Event::CacheStored {
+                        host_id: host_id.to_string(),
+                        tasks: caches,
+                    });
+                }
+                Event::HostStored {
+                    host_id: host_id.to_string(),
+                    tasks: plain
+                        .into_iter()
+                        .filter_map(|st| Some((st.task_id.clone(), admission::stored_layout(&st)?)))
+                        .collect(),
+                }
+            }
         };
         let _ = self.handle(event);
+    }
+
+    /// Cache expiry and replica placement.
+    pub fn cache_tick(&self) {
+        let _ = self.handle(Event::CacheTick);
+    }
+
+    /// A cache entry as `damselfly cache stat` shows it.
+    fn cache_entry(&self, find: impl Fn(&Core) -> Option<&CacheEntry>) -> Option<proto::CacheEntry> {
+        let inner = self.lock();
+        let core = &inner.core;
+        let e = find(core)?;
+        let name = |h: &String| {
+            core.state
+                .hosts
+                .get(h)
+                .map(|h| h.info.hostname.clone())
+                .filter(|n| !n.is_empty())
+                .unwrap_or_else(|| h.clone())
+        };
+        Some(proto::CacheEntry {
+            id: e.meta.id.clone(),
+            task_id: e.task_id.clone(),
+            digest: e.meta.digest.clone(),
+            content_length: e.layout.content_length,
+            piece_length: e.layout.piece_length,
+            replicas_wanted: e.meta.replicas,
+            replica_hosts: e.replicas.iter().map(name).collect(),
+            other_holders: e.others.iter().map(name).collect(),
+            created_unix: e.meta.created_unix,
+            expires_unix: e.meta.expires_unix,
+            owner_host_id: e.meta.owner_host_id.clone(),
+            piece_digests: e.digests.concat(),
+        })
     }
 
     /// Registers a peer on a task: decodes, then the core decides who feeds it.
@@ -220,6 +280,24 @@ impl Links {
                     }
                     continue;
                 }
+                Command::Replicate { host_id, spec, meta } => {
+                    let cache = cache_task(&meta, &spec, false);
+                    let cmd = host_command::Cmd::Replicate(Replicate {
+                        spec: Some(spec),
+                        cache: Some(cache),
+                    });
+                    if let Some((_, tx)) = self.hosts.get(&host_id) {
+                        let _ = tx.send(Ok(HostCommand { cmd: Some(cmd) }));
+                    }
+                    continue;
+                }
+                Command::DeleteTask { host_id, task_id } => {
+                    let cmd = host_command::Cmd::DeleteTask(DeleteTask { task_id });
+                    if let Some((_, tx)) = self.hosts.get(&host_id) {
+                        let _ = tx.send(Ok(HostCommand { cmd: Some(cmd) }));
+                    }
+                    continue;
+                }
                 Command::Info {
                     task_id,
                     peer_id,
@@ -269,6 +347,53 @@ impl Links {
             }
         }
     }
+}
+
+fn now_unix() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// The wire form of a cache entry's metadata (digests travel in the task's `Digests`).
+fn cache_task(meta: &CacheMeta, _spec: &damselfly_proto::scheduler::TaskSpec, replica: bool) -> CacheTask {
+    CacheTask {
+        id: meta.id.clone(),
+        digest: meta.digest.clone(),
+        replicas: meta.replicas,
+        created_unix: meta.created_unix,
+        expires_unix: meta.expires_unix,
+        owner_host_id: meta.owner_host_id.clone(),
+        piece_digests: Vec::new(),
+        replica,
+    }
+}
+
+/// A holder's stored cache task, decoded; its expiry becomes time left.
+fn stored_cache(st: &StoredTask) -> Result<StoredCache, Error> {
+    let c = st.cache.as_ref().expect("partitioned on cache");
+    let spec = damselfly_proto::scheduler::TaskSpec {
+        task_id: st.task_id.clone(),
+        url: damselfly_proto::task_id::cache_url(&c.id),
+        ..Default::default()
+    };
+    let admission::CheckedCache {
+        spec,
+        layout,
+        digests,
+        meta,
+    } = admission::cache_task(Some(&spec), st.content_length, st.piece_length, Some(c))?;
+    let remaining = (meta.expires_unix != 0)
+        .then(|| std::time::Duration::from_secs(meta.expires_unix.saturating_sub(now_unix()).max(0) as u64));
+    Ok(StoredCache {
+        task_id: spec.task_id.clone(),
+        spec,
+        layout,
+        digests,
+        meta,
+        remaining,
+        replica: c.replica,
+    })
 }
 
 /// The tonic service.
@@ -343,5 +468,83 @@ impl Scheduler for SchedulerService {
             shared.task_stream_closed(&task_id, &peer_id);
         });
         Ok(Response::new(Box::pin(UnboundedReceiverStream::new(rx))))
+    }
+
+    async fn cache_import(
+        &self,
+        request: Request<proto::CacheImportRequest>,
+    ) -> Result<Response<proto::CacheEntry>, Status> {
+        admission::certificate(request.extensions().get::<PeerIdentity>(), false)?;
+        let req = request.into_inner();
+        let admission::CheckedCache {
+            spec,
+            layout,
+            digests,
+            mut meta,
+        } = admission::cache_task(
+            req.spec.as_ref(),
+            req.content_length,
+            req.piece_length,
+            req.cache.as_ref(),
+        )?;
+        // The owner is the host that imports; times are the scheduler's.
+        meta.owner_host_id = req.host_id.clone();
+        meta.created_unix = now_unix();
+        let ttl = (req.ttl_seconds > 0).then(|| std::time::Duration::from_secs(req.ttl_seconds));
+        meta.expires_unix = ttl.map_or(0, |t| meta.created_unix.saturating_add(t.as_secs() as i64));
+        let import = CacheImport {
+            host_id: req.host_id,
+            task_id: spec.task_id.clone(),
+            spec,
+            layout,
+            digests,
+            meta,
+            ttl,
+        };
+        let task_id = import.task_id.clone();
+        self.shared.handle(Event::CacheImported(import))?;
+        let entry = self.shared.cache_entry(|c| c.caches.entries.get(&task_id));
+        entry
+            .map(Response::new)
+            .ok_or_else(|| Status::internal("cache entry vanished after import"))
+    }
+
+    async fn cache_stat(
+        &self,
+        request: Request<proto::CacheStatRequest>,
+    ) -> Result<Response<proto::CacheEntry>, Status> {
+        let id = request.into_inner().id;
+        self.shared
+            .cache_entry(|c| c.caches.by_id(&id))
+            .map(Response::new)
+            .ok_or_else(|| Error::NotFound(format!("cache id {id}: no such cache task")).into())
+    }
+
+    async fn cache_delete(
+        &self,
+        request: Request<proto::CacheDeleteRequest>,
+    ) -> Result<Response<proto::CacheDeleteResponse>, Status> {
+        admission::certificate(request.extensions().get::<PeerIdentity>(), false)?;
+        let req = request.into_inner();
+        self.shared.handle(Event::CacheDeleted {
+            id: req.id,
+            host_id: req.host_id,
+        })?;
+        Ok(Response::new(proto::CacheDeleteResponse {}))
+    }
+
+    async fn cache_list(
+        &self,
+        _: Request<proto::CacheListRequest>,
+    ) -> Result<Response<proto::CacheListResponse>, Status> {
+        let ids: Vec<String> = self
+            .shared
+            .with_core(|c| c.caches.entries.keys().cloned().collect());
+        let mut entries: Vec<proto::CacheEntry> = ids
+            .iter()
+            .filter_map(|t| self.shared.cache_entry(|c| c.caches.entries.get(t)))
+            .collect();
+        entries.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(Response::new(proto::CacheListResponse { entries }))
     }
 }

@@ -490,6 +490,7 @@ impl Sim {
             }
             Command::Parents { parents, .. } => self.set_parents(d, parents),
             Command::BackToSource { .. } => self.start_source(d),
+            Command::Replicate { .. } | Command::DeleteTask { .. } => {}
         }
     }
 
@@ -731,7 +732,9 @@ impl Sim {
 /// The (task, peer) a command goes to (empty for a host command).
 fn recipient(c: &Command) -> (&str, &str) {
     match c {
-        Command::SeedTask { host_id, .. } => ("", host_id),
+        Command::SeedTask { host_id, .. }
+        | Command::Replicate { host_id, .. }
+        | Command::DeleteTask { host_id, .. } => ("", host_id),
         Command::Info { task_id, peer_id, .. }
         | Command::Digests { task_id, peer_id, .. }
         | Command::Parents { task_id, peer_id, .. }

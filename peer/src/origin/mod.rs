@@ -58,6 +58,11 @@ pub fn open(
             cfg.clone(),
         )?)),
         Some("s3" | "oss") => Ok(Arc::new(object::ObjectOrigin::open(url, client, cfg)?)),
+        // A cache task has no origin: its bytes exist only in the mesh.
+        Some("cache") => Err(Error::Refused {
+            kind: crate::error::FailKind::NotFound,
+            message: format!("{url}: no peer holds this cache task"),
+        }),
         _ => Err(Error::BadRequest(format!(
             "unsupported URL scheme in {:?} (http, https, s3 and oss are)",
             crate::source::redact_url(url)

@@ -481,3 +481,254 @@ fn unknown_host_is_refused_and_idle_tasks_are_forgotten() {
     w.at(2 * 3600, Event::Tick);
     assert!(!w.core.state.tasks.contains_key(T));
 }
+
+mod cache_tasks {
+    use super::*;
+    use crate::core::cache::RESTORE_GRACE;
+
+    const ID: &str = "build-cache";
+
+    fn cache_tid() -> String {
+        damselfly_proto::task_id::cache_task_id(ID).unwrap()
+    }
+
+    fn meta(owner: &str, replicas: u32) -> CacheMeta {
+        CacheMeta {
+            id: ID.into(),
+            digest: format!("sha256:{}", "ab".repeat(32)),
+            replicas,
+            created_unix: 1,
+            expires_unix: 0,
+            owner_host_id: owner.into(),
+        }
+    }
+
+    fn spec() -> TaskSpec {
+        TaskSpec {
+            task_id: cache_tid(),
+            url: damselfly_proto::task_id::cache_url(ID),
+            ..Default::default()
+        }
+    }
+
+    fn import(owner: &str, replicas: u32, ttl: Option<Duration>) -> CacheImport {
+        CacheImport {
+            host_id: owner.into(),
+            task_id: cache_tid(),
+            spec: spec(),
+            layout: Layout::new(4096, 1024),
+            digests: vec![[7; 32]; 4],
+            meta: meta(owner, replicas),
+            ttl,
+        }
+    }
+
+    fn stored(owner: &str, replica: bool) -> StoredCache {
+        StoredCache {
+            task_id: cache_tid(),
+            spec: spec(),
+            layout: Layout::new(4096, 1024),
+            digests: vec![[7; 32]; 4],
+            meta: meta(owner, 2),
+            remaining: None,
+            replica,
+        }
+    }
+
+    fn placed(out: &[Command]) -> Vec<String> {
+        let mut v: Vec<String> = out
+            .iter()
+            .filter_map(|c| match c {
+                Command::Replicate { host_id, .. } => Some(host_id.clone()),
+                _ => None,
+            })
+            .collect();
+        v.sort();
+        v
+    }
+
+    fn deleted(out: &[Command]) -> Vec<String> {
+        let mut v: Vec<String> = out
+            .iter()
+            .filter_map(|c| match c {
+                Command::DeleteTask { host_id, .. } => Some(host_id.clone()),
+                _ => None,
+            })
+            .collect();
+        v.sort();
+        v
+    }
+
+    fn world() -> World {
+        let mut w = World::new(4);
+        w.host("seed-host", true);
+        for h in ["imp", "h1", "h2", "h3"] {
+            w.host(h, false);
+        }
+        w
+    }
+
+    #[test]
+    fn import_places_replicas_seeds_first_never_on_the_importer() {
+        let mut w = world();
+        let out = w.at(1, Event::CacheImported(import("imp", 2, None)));
+        let hosts = placed(&out);
+        assert_eq!(hosts.len(), 2);
+        assert!(hosts.contains(&"seed-host".to_string()), "{hosts:?}");
+        assert!(!hosts.contains(&"imp".to_string()));
+        // The task is complete: a replica registering gets digests and the importer as parent.
+        let task = &w.core.state.tasks[&cache_tid()];
+        assert_eq!(task.digests_known(), 4);
+        assert!(task.peers.contains_key("imp/stored"));
+        // Nothing more is placed while those are pending.
+        assert!(placed(&w.at(2, Event::CacheTick)).is_empty());
+    }
+
+    #[test]
+    fn a_replica_that_leaves_is_placed_again() {
+        let mut w = world();
+        let out = w.at(1, Event::CacheImported(import("imp", 2, None)));
+        for h in placed(&out) {
+            w.at(
+                2,
+                Event::CacheStored {
+                    host_id: h,
+                    tasks: vec![stored("imp", true)],
+                },
+            );
+        }
+        let e = &w.core.caches.entries[&cache_tid()];
+        assert_eq!(e.replicas.len(), 2);
+        assert!(e.pending.is_empty());
+        let gone = e.replicas.iter().next().unwrap().clone();
+        let out = w.at(
+            3,
+            Event::HostLeft {
+                host_id: gone.clone(),
+                conn: None,
+            },
+        );
+        let again = placed(&out);
+        assert_eq!(again.len(), 1);
+        assert_ne!(again[0], gone);
+        assert_ne!(again[0], "imp");
+    }
+
+    #[test]
+    fn a_restarted_scheduler_rebuilds_the_entry_from_its_holders() {
+        let mut w = world();
+        let out = w.at(
+            1,
+            Event::CacheStored {
+                host_id: "h1".into(),
+                tasks: vec![stored("imp", true)],
+            },
+        );
+        assert!(placed(&out).is_empty(), "waits for the other holders");
+        w.at(
+            2,
+            Event::CacheStored {
+                host_id: "h2".into(),
+                tasks: vec![stored("imp", true)],
+            },
+        );
+        let e = &w.core.caches.entries[&cache_tid()];
+        assert_eq!(e.replicas.len(), 2);
+        assert_eq!(w.core.state.tasks[&cache_tid()].digests_known(), 4);
+        let later = RESTORE_GRACE.as_secs() + 5;
+        assert!(
+            placed(&w.at(later, Event::CacheTick)).is_empty(),
+            "two held, two wanted"
+        );
+    }
+
+    #[test]
+    fn expiry_and_delete_reach_every_holder() {
+        let mut w = world();
+        let out = w.at(
+            1,
+            Event::CacheImported(import("imp", 2, Some(Duration::from_secs(60)))),
+        );
+        let replicas = placed(&out);
+        for h in &replicas {
+            w.at(
+                2,
+                Event::CacheStored {
+                    host_id: h.clone(),
+                    tasks: vec![stored("imp", true)],
+                },
+            );
+        }
+        assert!(deleted(&w.at(30, Event::CacheTick)).is_empty());
+        let out = w.at(61, Event::CacheTick);
+        let mut want: Vec<String> = replicas.clone();
+        want.push("imp".into());
+        want.sort();
+        assert_eq!(deleted(&out), want);
+        assert!(w.core.caches.entries.is_empty());
+        assert!(!w.core.state.tasks.contains_key(&cache_tid()));
+
+        // Delete: only the owner may; it reaches every holder.
+        w.at(62, Event::CacheImported(import("imp", 1, None)));
+        let err = w.core.handle(
+            w.t0 + Duration::from_secs(63),
+            Event::CacheDeleted {
+                id: ID.into(),
+                host_id: "h1".into(),
+            },
+        );
+        assert!(matches!(err, Err(Error::Forbidden(_))));
+        let out = w.at(
+            64,
+            Event::CacheDeleted {
+                id: ID.into(),
+                host_id: "imp".into(),
+            },
+        );
+        assert!(deleted(&out).contains(&"imp".to_string()));
+        let missing = w.core.handle(
+            w.t0 + Duration::from_secs(65),
+            Event::CacheDeleted {
+                id: ID.into(),
+                host_id: "imp".into(),
+            },
+        );
+        assert!(matches!(missing, Err(Error::NotFound(_))));
+    }
+
+    #[test]
+    fn another_host_cannot_replace_an_id() {
+        let mut w = world();
+        w.at(1, Event::CacheImported(import("imp", 1, None)));
+        let mut other = import("h1", 1, None);
+        other.meta.digest = format!("sha256:{}", "cd".repeat(32));
+        let r = w.core.handle(w.t0, Event::CacheImported(other));
+        assert!(matches!(r, Err(Error::Conflict(_))));
+        let r = w.core.handle(w.t0, Event::CacheImported(import("h1", 1, None)));
+        assert!(matches!(r, Err(Error::Forbidden(_))));
+    }
+
+    #[test]
+    fn a_registration_with_no_holder_goes_to_source_at_once_and_no_seed_is_triggered() {
+        let mut w = world();
+        w.at(1, Event::CacheImported(import("imp", 0, None)));
+        w.at(
+            2,
+            Event::HostLeft {
+                host_id: "imp".into(),
+                conn: None,
+            },
+        );
+        let reg = Registration {
+            host_id: "h3".into(),
+            peer_id: "p".into(),
+            spec: spec(),
+            from_source: false,
+            layout: None,
+            pieces_held: 0,
+        };
+        let out = w.at(3, Event::Registered(reg));
+        assert!(!out.iter().any(|c| matches!(c, Command::SeedTask { .. })));
+        assert!(out.iter().any(|c| matches!(c, Command::BackToSource { .. })));
+    }
+}

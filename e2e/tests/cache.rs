@@ -1,0 +1,184 @@
+//! `damselfly cache` end to end in network namespaces: an import with two
+//! replicas, the importer killed, an export on a new host, a scheduler
+//! restart that loses nothing, and TTL expiry that empties every store.
+//! Needs root.
+
+use anyhow::{Context, Result, bail};
+use damselfly_e2e::bins;
+use damselfly_e2e::data::{sha256_file, write_random_file};
+use damselfly_e2e::lab::Lab;
+use damselfly_e2e::mesh::Mesh;
+use damselfly_e2e::wait::wait_for;
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+const MIB: u64 = 1024 * 1024;
+/// Long enough for the steps before expiry (they take well under a minute).
+const TTL: &str = "100s";
+const WAIT: Duration = Duration::from_secs(90);
+
+fn cache(lab: &Lab, mesh: &Mesh, host: &str, args: &[&str]) -> Result<Output> {
+    let mut cmd = Command::new(bins::damselfly()?);
+    cmd.arg("cache")
+        .args(args)
+        .arg("--socket")
+        .arg(&mesh.peer(host).socket);
+    lab.run(host, &cmd)
+}
+
+fn cache_ok(lab: &Lab, mesh: &Mesh, host: &str, args: &[&str]) -> Result<String> {
+    let out = cache(lab, mesh, host, args)?;
+    if !out.status.success() {
+        bail!(
+            "cache {args:?} on {host} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Waits until `stat` on `host` shows `line`.
+fn wait_stat(lab: &Lab, mesh: &Mesh, host: &str, id: &str, line: &str) -> Result<String> {
+    let mut last = String::new();
+    wait_for(&format!("stat to show {line:?}"), WAIT, || {
+        last = cache_ok(lab, mesh, host, &["stat", id]).unwrap_or_else(|e| e.to_string());
+        last.contains(line)
+    })
+    .with_context(|| format!("last stat:\n{last}"))?;
+    Ok(last)
+}
+
+#[test]
+fn cache_survives_its_importer_and_a_scheduler_restart_then_expires() -> Result<()> {
+    assert!(rustix::process::geteuid().is_root(), "cache tests need root");
+    let lab = Lab::new(
+        "dfcache",
+        102,
+        &["sched", "seed", "imp", "p1", "p2", "p3", "new"],
+        None,
+    )?;
+    let dir = tempfile::tempdir()?;
+    let state = dir.path().join("state");
+    let file = dir.path().join("file");
+    write_random_file(&file, 12 * MIB + 4321)?;
+    let sha = sha256_file(&file)?;
+    let mut mesh = Mesh::start(
+        &lab,
+        &bins::damselfly()?,
+        &state,
+        "sched",
+        "seed",
+        &["imp", "p1", "p2", "p3"],
+    )?;
+
+    let path = file.display().to_string();
+    let id = cache_ok(
+        &lab,
+        &mesh,
+        "imp",
+        &["import", &path, "--replicas", "2", "--ttl", TTL],
+    )?;
+    let id = id.trim().to_string();
+    assert_eq!(id, sha, "the id of a plain import is the file's sha256");
+    let stat = wait_stat(&lab, &mesh, "p1", &id, "replicas: 2 held of 2 wanted")?;
+    assert!(stat.contains(&format!("length: {}", 12 * MIB + 4321)), "{stat}");
+    let task_id = damselfly_proto::task_id::cache_task_id(&id).map_err(anyhow::Error::msg)?;
+
+    // The importer dies; a host that never saw the file exports it.
+    mesh.kill_peer("imp")?;
+    mesh.add_peer(&lab, &state, "new", &[])?;
+    let out = dir.path().join("out");
+    let out_arg = out.display().to_string();
+    cache_ok(&lab, &mesh, "new", &["export", &id, "-o", &out_arg, "--quiet"])?;
+    assert_eq!(sha256_file(&out)?, sha, "exported bytes");
+
+    // An id nobody imported fails at once, naming it.
+    let missing = cache(&lab, &mesh, "p1", &["export", "nope", "-o", &out_arg])?;
+    let err = String::from_utf8_lossy(&missing.stderr);
+    assert!(!missing.status.success());
+    assert!(err.contains("cache id nope: no such cache task"), "{err}");
+
+    // A scheduler restart: the holders announce it again.
+    mesh.restart_scheduler(&lab)?;
+    wait_stat(&lab, &mesh, "p2", &id, "replicas: 2 held of 2 wanted")?;
+
+    // Expiry: gone from the scheduler and from every store.
+    let mut last = String::new();
+    wait_for("the cache entry to expire", Duration::from_secs(200), || {
+        let r = cache(&lab, &mesh, "p3", &["stat", &id]);
+        last = r
+            .as_ref()
+            .map(|o| String::from_utf8_lossy(&o.stderr).into_owned())
+            .unwrap_or_default();
+        last.contains("no such cache task")
+    })
+    .with_context(|| format!("last stat: {last}"))?;
+    let stores: Vec<(String, std::path::PathBuf)> = std::iter::once(&mesh.seed)
+        .chain(&mesh.peers)
+        .map(|p| (p.host.clone(), p.data_dir.join("content").join(&task_id)))
+        .collect();
+    let mut held = Vec::new();
+    wait_for("every store to drop the task", WAIT, || {
+        held = stores
+            .iter()
+            .filter(|(_, p)| p.exists())
+            .map(|(h, _)| h.clone())
+            .collect();
+        held.is_empty()
+    })
+    .with_context(|| format!("still held by {held:?}"))?;
+    assert_eq!(sha256_file(&out)?, sha, "an export outlives the task");
+
+    // The killed importer comes back with the expired task and drops it.
+    mesh.start_peer(&lab, &state, "imp", &[])?;
+    let imp_store = mesh.peer("imp").data_dir.join("content").join(&task_id);
+    wait_for("the importer to drop the expired task", WAIT, || {
+        !Path::new(&imp_store).exists()
+    })?;
+    Ok(())
+}
+
+/// A 1 GiB file through `cache import` and `cache export` streams: neither
+/// peer's peak RSS (VmHWM) reaches 100 MiB.
+///
+/// Ignored: it fails today. The importer peaks at about 49 MiB, but the
+/// peers that download it through the mesh (the exporter and the seed's
+/// replica) at 105-133 MiB: the download engine's in-flight pieces (about
+/// 32 requests of 2 MiB pieces at this size), not the cache code. Run with
+/// `--ignored` once the download path bounds its buffers.
+#[test]
+#[ignore = "mesh downloads of 1 GiB peak at 105-133 MiB RSS (download engine buffers)"]
+fn a_gibibyte_streams_through_the_cache() -> Result<()> {
+    assert!(rustix::process::geteuid().is_root(), "cache tests need root");
+    let lab = Lab::new("dfcbig", 103, &["sched", "seed", "imp", "exp"], None)?;
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("big");
+    write_random_file(&file, 1024 * MIB)?;
+    let sha = sha256_file(&file)?;
+    let mesh = Mesh::start(
+        &lab,
+        &bins::damselfly()?,
+        &dir.path().join("state"),
+        "sched",
+        "seed",
+        &["imp", "exp"],
+    )?;
+    let path = file.display().to_string();
+    let id = cache_ok(&lab, &mesh, "imp", &["import", &path, "--replicas", "1"])?;
+    let id = id.trim().to_string();
+    std::fs::remove_file(&file)?; // room on the disk; the stores hold it now
+    let out = dir.path().join("out");
+    let out_arg = out.display().to_string();
+    cache_ok(&lab, &mesh, "exp", &["export", &id, "-o", &out_arg, "--quiet"])?;
+    assert_eq!(sha256_file(&out)?, sha, "exported bytes");
+    let mut peaks = Vec::new();
+    for p in [mesh.peer("imp"), mesh.peer("exp"), &mesh.seed] {
+        peaks.push((p.host.clone(), p.proc.peak_rss_bytes().context("VmHWM")? / MIB));
+    }
+    assert!(
+        peaks.iter().all(|(_, mib)| *mib < 100),
+        "peak RSS in MiB: {peaks:?}"
+    );
+    Ok(())
+}
