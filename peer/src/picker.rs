@@ -138,7 +138,28 @@ impl Picker {
             .map(|p| window.saturating_sub(p.inflight))
             .sum::<usize>()
             .min(total.saturating_sub(self.inflight.len()));
-        for i in 0..pieces {
+        // First the pieces only a source holds (a super-seeding source offered
+        // them to this child: every other peer waits for it to spread them),
+        // then the lowest missing. Lowest-first alone left the last pieces of
+        // a source to the end of every owner's queue, and the swarm's tail
+        // waited for them.
+        let only_at_source = |i: usize, parents: &HashMap<String, Holder>| {
+            let mut at_source = false;
+            for p in parents.values() {
+                if p.have.get(i).copied().unwrap_or(false) {
+                    if !p.seed {
+                        return false;
+                    }
+                    at_source = true;
+                }
+            }
+            at_source
+        };
+        let order: Vec<usize> = (0..pieces)
+            .filter(|&i| only_at_source(i, &self.parents))
+            .chain((0..pieces).filter(|&i| !only_at_source(i, &self.parents)))
+            .collect();
+        for i in order {
             if free == 0 {
                 break;
             }
@@ -379,7 +400,7 @@ mod tests {
         let sent = fill(&mut p, t0, &[false; 4], 32);
         assert_eq!(
             sent,
-            vec![("peer".into(), 0), ("seed".into(), 1), ("seed".into(), 2)]
+            vec![("seed".into(), 1), ("seed".into(), 2), ("peer".into(), 0)]
         );
         // Complete now: no longer scarce, the least busy parent serves.
         let mut p2 = Picker::default();
@@ -390,6 +411,23 @@ mod tests {
         assert_eq!(
             fill(&mut p2, t0, &[false; 2], 32),
             vec![("peer".into(), 0), ("seed".into(), 1)]
+        );
+    }
+
+    #[test]
+    fn pieces_only_a_source_holds_come_first() {
+        let t0 = Instant::now();
+        let mut p = Picker::default();
+        p.add_parent("seed", true);
+        p.add_parent("peer", false);
+        p.bitmap("seed", vec![true; 8]);
+        let mut peer = vec![true; 8];
+        peer[7] = false;
+        p.bitmap("peer", peer);
+        // Two requests in all: the piece only the source has, then the lowest.
+        assert_eq!(
+            fill(&mut p, t0, &[false; 8], 2),
+            vec![("seed".into(), 7), ("peer".into(), 0)]
         );
     }
 

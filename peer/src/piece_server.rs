@@ -66,6 +66,8 @@ pub struct SuperSeed {
     offered: HashMap<u32, Offer>,
     /// child -> (requests received and not yet served, last request or piece sent).
     activity: HashMap<String, (u32, Instant)>,
+    /// child -> pieces offered to it first that it has not fetched yet.
+    pending: HashMap<String, u32>,
 }
 
 impl SuperSeed {
@@ -100,12 +102,19 @@ impl SuperSeed {
         if self.children.is_empty() {
             return true;
         }
-        let n = self.children.len();
-        let offer = self.offered.entry(index).or_insert_with(|| Offer {
-            owner: self.children[index as usize % n].clone(),
-            at: now,
-            served: None,
-        });
+        if !self.offered.contains_key(&index) {
+            let owner = self.next_owner(index);
+            *self.pending.entry(owner.clone()).or_default() += 1;
+            self.offered.insert(
+                index,
+                Offer {
+                    owner,
+                    at: now,
+                    served: None,
+                },
+            );
+        }
+        let offer = self.offered.get(&index).expect("inserted above");
         if offer.owner == child || offer.owner.is_empty() {
             return true;
         }
@@ -114,8 +123,28 @@ impl SuperSeed {
                 now.duration_since(offer.at) >= SUPER_SEED_GRACE
                     && Self::idle(&self.activity, &offer.owner, now)
             }
-            Some(at) => complete && now.duration_since(at) >= ENDGAME_REVEAL,
+            // Not while a first copy waits: the source's uplink goes to
+            // pieces nobody else has before a second copy of any.
+            Some(at) => {
+                complete && now.duration_since(at) >= ENDGAME_REVEAL && self.pending.values().all(|p| *p == 0)
+            }
         }
+    }
+
+    /// Who is offered a new piece first: the child with the fewest offered
+    /// pieces it has not fetched yet, round-robin among equals. A child whose
+    /// link to the source is slower (its downlink shared with more parents)
+    /// drains its offers slower and so is offered less; with a fixed
+    /// round-robin its share of the last pieces reached the swarm seconds
+    /// after the source had them.
+    fn next_owner(&self, index: u32) -> String {
+        let n = self.children.len();
+        let start = index as usize % n;
+        (0..n)
+            .map(|k| &self.children[(start + k) % n])
+            .min_by_key(|c| self.pending.get(*c).copied().unwrap_or(0))
+            .expect("at least one child")
+            .clone()
     }
 
     /// `child` was sent piece `index` at `now`.
@@ -126,8 +155,12 @@ impl SuperSeed {
         }
         if let Some(o) = self.offered.get_mut(&index)
             && o.owner == child
+            && o.served.is_none()
         {
-            o.served.get_or_insert(now);
+            o.served = Some(now);
+            if let Some(p) = self.pending.get_mut(child) {
+                *p = p.saturating_sub(1);
+            }
         }
     }
 
@@ -135,6 +168,7 @@ impl SuperSeed {
     pub fn leave(&mut self, child: &str) {
         self.children.retain(|c| c != child);
         self.activity.remove(child);
+        self.pending.remove(child);
         for o in self.offered.values_mut() {
             if o.owner == child {
                 o.owner.clear();
@@ -443,5 +477,37 @@ mod tests {
             "while the source still fetches, a piece once served is never re-offered"
         );
         assert!(ss.visible("b", 0, served + ENDGAME_REVEAL, true));
+    }
+
+    #[test]
+    fn a_child_that_drains_its_offers_slowly_is_offered_less() {
+        let t0 = Instant::now();
+        let mut ss = SuperSeed::default();
+        ss.join("a", t0);
+        ss.join("b", t0);
+        assert!(ss.visible("a", 0, t0, false));
+        assert!(ss.visible("b", 1, t0, false));
+        ss.served("a", 0, t0);
+        assert!(ss.visible("a", 2, t0, false), "a fetched its piece, b did not");
+        ss.served("a", 2, t0);
+        assert!(
+            ss.visible("a", 3, t0, false) && !ss.visible("b", 3, t0, false),
+            "round-robin would give piece 3 to b, which still owes piece 1"
+        );
+    }
+
+    #[test]
+    fn a_complete_source_sends_no_second_copy_while_a_first_one_waits() {
+        let t0 = Instant::now();
+        let mut ss = SuperSeed::default();
+        ss.join("a", t0);
+        ss.join("b", t0);
+        assert!(ss.visible("a", 0, t0, true));
+        assert!(ss.visible("b", 1, t0, true));
+        ss.served("a", 0, t0);
+        let later = t0 + ENDGAME_REVEAL * 2;
+        assert!(!ss.visible("b", 0, later, true), "piece 1 still waits for b");
+        ss.served("b", 1, later);
+        assert!(ss.visible("b", 0, later, true));
     }
 }

@@ -7,7 +7,7 @@
 //! task_ttl = "1h"                  # a task with no peer for this long is forgotten
 //! gc_interval = "30s"
 //! [evaluator]
-//! candidate_parent_limit = 4       # parents handed to one peer
+//! candidate_parent_limit = 8       # parents handed to one peer
 //! filter_parent_limit = 40         # candidates looked at per decision
 //! [manager]                        # optional: register with a manager
 //! addr = "http://10.0.0.1:65003"   # its gRPC address; empty = no manager
@@ -155,7 +155,7 @@ impl Default for SchedulerConfig {
 impl Default for EvaluatorConfig {
     fn default() -> Self {
         Self {
-            candidate_parent_limit: 16,
+            candidate_parent_limit: 8,
             filter_parent_limit: 40,
             bad_node_sigma: 3.0,
             bad_node_mean_factor: 20.0,

@@ -263,7 +263,11 @@ impl Core {
                     if let Some(n) = pieces {
                         peer.pieces = n;
                     }
+                    // It needs no parents any more: their upload slots go
+                    // to peers still downloading.
+                    task.set_parents(&peer_id, Vec::new());
                     info!(task_id, peer_id, "peer finished");
+                    self.replan(&task_id, REPLAN_BATCH, &mut out);
                 }
             }
             Event::Failed {
@@ -352,24 +356,34 @@ impl Core {
         else {
             return 0;
         };
-        let parents = parent_addrs(&self.state, task_id, &chosen);
-        self.send(task_id, peer_id, out, || Command::Parents {
-            task_id: task_id.to_string(),
-            peer_id: peer_id.to_string(),
-            parents,
-        });
+        self.send_parents(task_id, peer_id, &chosen, out);
+        self.reciprocate(task_id, peer_id, out);
         chosen.len()
     }
 
     fn replan(&mut self, task_id: &str, max: usize, out: &mut Vec<Command>) {
         for (peer_id, chosen) in self.planner.replan(&mut self.state, task_id, max, &mut self.rng) {
-            let parents = parent_addrs(&self.state, task_id, &chosen);
-            self.send(task_id, &peer_id, out, || Command::Parents {
-                task_id: task_id.to_string(),
-                peer_id: peer_id.clone(),
-                parents,
-            });
+            self.send_parents(task_id, &peer_id, &chosen, out);
+            self.reciprocate(task_id, &peer_id, out);
         }
+    }
+
+    /// Running parents of `peer_id` take it as a parent too (see
+    /// [`Planner::reciprocate`]); each is sent its grown set.
+    fn reciprocate(&mut self, task_id: &str, peer_id: &str, out: &mut Vec<Command>) {
+        for other in self.planner.reciprocate(&mut self.state, task_id, peer_id) {
+            let set = self.state.tasks[task_id].peers[&other].parents.clone();
+            self.send_parents(task_id, &other, &set, out);
+        }
+    }
+
+    fn send_parents(&self, task_id: &str, peer_id: &str, chosen: &[String], out: &mut Vec<Command>) {
+        let parents = parent_addrs(&self.state, task_id, chosen);
+        self.send(task_id, peer_id, out, || Command::Parents {
+            task_id: task_id.to_string(),
+            peer_id: peer_id.to_string(),
+            parents,
+        });
     }
 
     fn replan_orphans(&mut self, orphans: Vec<(String, Vec<String>)>, out: &mut Vec<Command>) {

@@ -76,49 +76,18 @@ impl Planner {
         if peer.source || peer.state != PeerState::Running {
             return None;
         }
-        let child_host = state.hosts.get(&peer.host_id)?;
-        let total = task.layout.map(|l| l.piece_count()).unwrap_or(0);
-        let child = View {
-            peer,
-            host: child_host,
-            total_pieces: total,
-        };
+        state.hosts.get(&peer.host_id)?;
         let mut scored: Vec<(f64, String)> = self
             .candidates(task, peer_id, rng)
             .into_iter()
             .filter_map(|cand_id| {
-                let cand = task.peers.get(cand_id)?;
-                let host = state.hosts.get(&cand.host_id)?;
-                if cand.host_id == peer.host_id
-                    || peer.blocklist.contains(cand_id)
-                    || task.bad_hosts.contains(&cand.host_id)
-                    || (!cand.source
-                        && cand.state != PeerState::Running
-                        && cand.state != PeerState::Succeeded)
-                {
-                    return None;
-                }
-                // A cycle is fine only between two running peers trading pieces.
-                if cand.state != PeerState::Running && task.is_descendant(peer_id, cand_id) {
-                    return None;
-                }
-                let parent = View {
-                    peer: cand,
-                    host,
-                    total_pieces: total,
-                };
-                if !self.evaluator.usable(&child, &parent) {
-                    return None;
-                }
+                let score = self.fit(state, task, peer_id, cand_id)?;
                 let sticky = if peer.parents.iter().any(|p| p == cand_id) {
                     STICKY_BONUS
                 } else {
                     0.0
                 };
-                Some((
-                    self.evaluator.score(&child, &parent) + sticky,
-                    cand_id.to_string(),
-                ))
+                Some((score + sticky, cand_id.to_string()))
             })
             .collect();
         scored.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
@@ -127,6 +96,87 @@ impl Planner {
         let task = state.tasks.get_mut(task_id).expect("checked above");
         task.set_parents(peer_id, chosen.clone());
         Some(chosen)
+    }
+
+    /// The score of `cand_id` as a parent of `child_id`, or `None` when it
+    /// cannot be one: the same host, blocklisted, a bad host, not running or
+    /// done, a finished descendant, or the evaluator says no (slots, bad node).
+    fn fit(&self, state: &State, task: &Task, child_id: &str, cand_id: &str) -> Option<f64> {
+        let peer = task.peers.get(child_id)?;
+        let cand = task.peers.get(cand_id)?;
+        let child_host = state.hosts.get(&peer.host_id)?;
+        let host = state.hosts.get(&cand.host_id)?;
+        if cand_id == child_id
+            || cand.host_id == peer.host_id
+            || peer.blocklist.contains(cand_id)
+            || task.bad_hosts.contains(&cand.host_id)
+            || (!cand.source && cand.state != PeerState::Running && cand.state != PeerState::Succeeded)
+        {
+            return None;
+        }
+        // A cycle is fine only between two running peers trading pieces.
+        if cand.state != PeerState::Running && task.is_descendant(child_id, cand_id) {
+            return None;
+        }
+        let total = task.layout.map(|l| l.piece_count()).unwrap_or(0);
+        let child = View {
+            peer,
+            host: child_host,
+            total_pieces: total,
+        };
+        let parent = View {
+            peer: cand,
+            host,
+            total_pieces: total,
+        };
+        self.evaluator
+            .usable(&child, &parent)
+            .then(|| self.evaluator.score(&child, &parent))
+    }
+
+    /// Makes the running peers just chosen as `peer_id`'s parents its
+    /// children too, where they have room for another parent and it has a
+    /// free upload slot: two downloading peers trade both ways. Without
+    /// this the last peers to register were nobody's parent, and a source
+    /// that offered them a piece first (super-seeding) had to send it again
+    /// to everyone else (ARCHITECTURE.md, "Super-seeding needs a graph
+    /// without leaves"). Returns the peers whose parent sets grew.
+    pub fn reciprocate(&self, state: &mut State, task_id: &str, peer_id: &str) -> Vec<String> {
+        let limit = self.config().candidate_parent_limit;
+        let Some(task) = state.tasks.get(task_id) else {
+            return Vec::new();
+        };
+        let Some(peer) = task.peers.get(peer_id) else {
+            return Vec::new();
+        };
+        if peer.source || peer.state != PeerState::Running {
+            return Vec::new();
+        }
+        let mut grown = Vec::new();
+        for p in peer.parents.clone() {
+            let task = state.tasks.get(task_id).expect("checked above");
+            let Some(other) = task.peers.get(&p) else {
+                continue;
+            };
+            if other.source
+                || other.state != PeerState::Running
+                || !other.open
+                || other.parents.len() >= 2 * limit
+                || other.parents.iter().any(|x| x == peer_id)
+                || self.fit(state, task, &p, peer_id).is_none()
+            {
+                continue;
+            }
+            let mut parents = other.parents.clone();
+            parents.push(peer_id.to_string());
+            state
+                .tasks
+                .get_mut(task_id)
+                .expect("checked above")
+                .set_parents(&p, parents);
+            grown.push(p);
+        }
+        grown
     }
 
     /// Sources first, then the rest in registration order, capped at
@@ -332,6 +382,39 @@ mod tests {
         for peer in s.tasks["t"].peers.values() {
             assert!(peer.children.len() <= 2, "{} has {:?}", peer.id, peer.children);
         }
+    }
+
+    #[test]
+    fn the_last_peer_to_register_is_a_parent_too() {
+        let mut s = State::default();
+        for h in ["h0", "h1", "h2", "h3", "h4"] {
+            add_host(&mut s, h, 8, "");
+        }
+        add_peer(&mut s, "seed", "h0", true);
+        let p = planner(2);
+        for (i, h) in ["h1", "h2", "h3", "h4"].iter().enumerate() {
+            let id = format!("p{i}");
+            add_peer(&mut s, &id, h, false);
+            p.schedule(&mut s, "t", &id, &mut rng());
+            let grown = p.reciprocate(&mut s, "t", &id);
+            for g in &grown {
+                assert!(parents(&s, g).contains(&id), "{g} took {id} as a parent");
+            }
+        }
+        for i in 0..4 {
+            let peer = &s.tasks["t"].peers[&format!("p{i}")];
+            assert!(
+                !peer.children.is_empty(),
+                "p{i} is nobody's parent: {:?}",
+                peer.parents
+            );
+            assert!(
+                peer.parents.len() <= 4,
+                "at most twice the limit: {:?}",
+                peer.parents
+            );
+        }
+        assert!(parents(&s, "seed").is_empty(), "a source takes no parents");
     }
 
     #[test]

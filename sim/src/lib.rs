@@ -62,7 +62,7 @@ impl Config {
             kill_share: 0.0,
             kill_at: 0.5,
             stall_timeout: 5.0,
-            candidate_parent_limit: 16,
+            candidate_parent_limit: 8,
             filter_parent_limit: 40,
             upload_slots: 16,
             seed: 1,
@@ -93,6 +93,11 @@ pub struct Report {
     pub origin_ratio: f64,
     /// Bytes the seed host uploaded to peers / S.
     pub seed_sent_ratio: f64,
+    /// Of those, second copies sent while the seed was still fetching from
+    /// the origin (its uplink the swarm's bottleneck) / S: super-seeding's
+    /// promise is zero. Copies after it holds the whole task use an uplink
+    /// that would idle otherwise.
+    pub seed_repeats_while_fetching_ratio: f64,
     pub killed: usize,
     pub unfinished: usize,
     pub back_to_source: u64,
@@ -105,11 +110,11 @@ pub struct Report {
 }
 
 impl Report {
-    pub const TABLE_HEADER: &'static str = "| peers | layers | S | makespan / (S/U) | median / (S/U) | origin / S | seed sent / S | killed | unfinished | back to source | requests timed out | scheduler msgs in/s | out/s | wall s |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |";
+    pub const TABLE_HEADER: &'static str = "| peers | layers | S | makespan / (S/U) | median / (S/U) | origin / S | seed sent / S | seed repeats while fetching / S | killed | unfinished | back to source | requests timed out | scheduler msgs in/s | out/s | wall s |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |";
 
     pub fn table_row(&self) -> String {
         format!(
-            "| {} | {} | {} MiB | {:.3} | {:.3} | {:.3} | {:.3} | {} | {} | {} | {} | {:.0} | {:.0} | {:.1} |",
+            "| {} | {} | {} MiB | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {} | {} | {} | {} | {:.0} | {:.0} | {:.1} |",
             self.peers,
             self.layers,
             self.total_bytes >> 20,
@@ -117,6 +122,7 @@ impl Report {
             self.median_ratio,
             self.origin_ratio,
             self.seed_sent_ratio,
+            self.seed_repeats_while_fetching_ratio,
             self.killed,
             self.unfinished,
             self.back_to_source,

@@ -37,7 +37,7 @@ struct Args {
     #[arg(long, default_value_t = 0.25)]
     slow_factor: f64,
     /// The scheduler's candidate_parent_limit.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 8)]
     parents: usize,
     #[arg(long, default_value_t = 1)]
     seed: u64,

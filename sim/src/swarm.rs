@@ -145,6 +145,12 @@ struct Sim {
     timed_out: u64,
     events: u64,
     remaining: usize,
+    /// Per second of virtual time: (bytes the seed sent, bytes peers sent).
+    trace: Vec<(u64, u64)>,
+    /// (task, piece) the seed has sent once, and bytes of second copies it
+    /// sent before holding the whole task.
+    seed_copies: HashSet<(usize, u32)>,
+    seed_repeats_while_fetching: u64,
 }
 
 /// Runs one simulation to the end (every surviving peer has every task, or
@@ -281,6 +287,9 @@ impl Sim {
             timed_out: 0,
             events: 0,
             remaining,
+            trace: Vec::new(),
+            seed_copies: HashSet::new(),
+            seed_repeats_while_fetching: 0,
             hosts,
             cfg,
         };
@@ -421,6 +430,19 @@ impl Sim {
             }
             Ev::SourceBlock { dl, worker } => self.source_next_piece(dl, worker),
             Ev::Kill => self.kill(),
+        }
+    }
+
+    /// Counts bytes sent per second of virtual time (for DAMSELFLY_SIM_TRACE).
+    fn trace_sent(&mut self, seed: bool, bytes: u64) {
+        let sec = self.now as usize;
+        if self.trace.len() <= sec {
+            self.trace.resize(sec + 1, (0, 0));
+        }
+        if seed {
+            self.trace[sec].0 += bytes;
+        } else {
+            self.trace[sec].1 += bytes;
         }
     }
 
@@ -699,6 +721,17 @@ impl Sim {
                 );
             }
         }
+        if std::env::var_os("DAMSELFLY_SIM_TRACE").is_some() {
+            let u = self.cfg.rate_bits / 8.0;
+            for (sec, (seed, peers)) in self.trace.iter().enumerate() {
+                let finished = done.iter().filter(|t| **t < sec as f64 + 1.0).count();
+                eprintln!(
+                    "t={sec:3} seed {:.2} U, peers {:5.2} U, finished {finished}",
+                    *seed as f64 / u,
+                    *peers as f64 / u
+                );
+            }
+        }
         done.sort_by(f64::total_cmp);
         let makespan = if unfinished > 0 {
             f64::INFINITY
@@ -717,6 +750,7 @@ impl Sim {
             median_ratio: median / su,
             origin_ratio: self.origin_bytes as f64 / s,
             seed_sent_ratio: self.seed_sent as f64 / s,
+            seed_repeats_while_fetching_ratio: self.seed_repeats_while_fetching as f64 / s,
             killed: self.hosts.iter().filter(|h| h.killed).count(),
             unfinished,
             back_to_source: self.back_to_source,

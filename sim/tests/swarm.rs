@@ -33,25 +33,54 @@ fn sixteen_peers_finish_near_s_over_u_and_the_origin_sends_once() {
 
 /// Super-seeding on slow links: serving one child its next pieces takes
 /// longer than the grace; revealing them then had the seed send each byte
-/// 9 times at N = 50.
+/// 9 times at N = 50. Once the seed holds the whole task it may send second
+/// copies (its uplink would idle otherwise), never while it still fetches.
 #[test]
 fn fifty_peers_on_slow_links_the_origin_and_seed_send_each_byte_once() {
     let r = run(&slow_links(50));
     println!("{r:?}");
     assert_eq!(r.unfinished, 0);
     assert!(r.origin_ratio <= 1.01, "origin / S = {:.3}", r.origin_ratio);
+    assert_eq!(
+        r.seed_repeats_while_fetching_ratio, 0.0,
+        "the seed sent a second copy while fetching: {r:?}"
+    );
     assert!(
-        r.seed_sent_ratio <= 1.05,
-        "seed sent / S = {:.3}",
-        r.seed_sent_ratio
+        r.seed_sent_ratio >= 1.0,
+        "the seed sent each piece at least once: {r:?}"
     );
     assert_eq!((r.back_to_source, r.piece_requests_timed_out), (0, 0));
 }
 
-/// The target at N = 50; today late registrants starve (every
-/// parent's upload slots are taken by earlier peers) and finish at ~16 x.
+/// Every peer a parent of others: with directed, greedily filled parent
+/// sets the last peers to register were nobody's parent, a source offered
+/// them a sixteenth of the pieces first, and the seed had to send those to
+/// everyone again (N = 32: 15 x S/U, N = 16 with 8 parents: 6.5 x and the
+/// seed sent 6.6 x S). The bound is loose on purpose: a regression guard,
+/// not the target (ARCHITECTURE.md, the simulator).
 #[test]
-#[ignore = "fails today: peers registered late get few parents (ARCHITECTURE.md, the simulator)"]
+fn thirty_two_peers_on_slow_links_do_not_collapse() {
+    for parents in [4, 8, 16] {
+        let r = run(&Config {
+            candidate_parent_limit: parents,
+            ..slow_links(32)
+        });
+        println!("{parents} parents: {r:?}");
+        assert_eq!(r.unfinished, 0);
+        assert!(
+            r.makespan_ratio <= 3.0,
+            "{parents} parents: makespan / (S/U) = {:.3}",
+            r.makespan_ratio
+        );
+        assert!(r.origin_ratio <= 1.01, "origin / S = {:.3}", r.origin_ratio);
+        assert_eq!(r.seed_repeats_while_fetching_ratio, 0.0, "{r:?}");
+    }
+}
+
+/// The target at N = 50; today 1.5 x (ramp-up and the last pieces:
+/// ARCHITECTURE.md, the simulator).
+#[test]
+#[ignore = "fails today: 1.5 x S/U at N = 50 on slow links (ARCHITECTURE.md, the simulator)"]
 fn fifty_peers_on_slow_links_finish_within_a_quarter_of_s_over_u() {
     let r = run(&slow_links(50));
     assert!(

@@ -32,7 +32,7 @@ pub struct ClusterSettings {
 impl Default for ClusterSettings {
     fn default() -> Self {
         Self {
-            candidate_parent_limit: 4,
+            candidate_parent_limit: 8,
             filter_parent_limit: 40,
             peer_upload_concurrency: 50,
             // The download engine's own default: a manager changes nothing until told to.

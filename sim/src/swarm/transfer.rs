@@ -127,7 +127,13 @@ impl Sim {
                 let bytes = self.dls[parent].layout.expect("served").len_of(index) as u64;
                 if f.from == SEED {
                     self.seed_sent += bytes;
+                    let p = &self.dls[parent];
+                    let first = self.seed_copies.insert((p.task, index));
+                    if !first && p.held < p.have.len() {
+                        self.seed_repeats_while_fetching += bytes;
+                    }
                 }
+                self.trace_sent(f.from == SEED, bytes);
                 let now = self.instant();
                 let child_id = self.dls[child].peer_id.clone();
                 self.dls[parent].super_seed.served(&child_id, index, now);
