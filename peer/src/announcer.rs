@@ -94,7 +94,11 @@ async fn session(
             }
             cmd = commands.message() => match cmd {
                 Ok(Some(c)) => {
-                    if let Some(host_command::Cmd::SeedTask(seed)) = c.cmd
+                    if let Some(host_command::Cmd::TicketKey(k)) = &c.cmd {
+                        if !downloader.ticket_keys.trust(&k.public_key) {
+                            warn!(scheduler = endpoint.addr, "the scheduler's ticket key is malformed");
+                        }
+                    } else if let Some(host_command::Cmd::SeedTask(seed)) = c.cmd
                         && let Some(spec) = seed.spec
                     {
                         info!(task_id = spec.task_id, "seed trigger");
