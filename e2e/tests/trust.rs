@@ -570,7 +570,7 @@ fn a_busy_parent_is_not_blocklisted_and_serves_once_a_slot_is_free() -> Result<(
 
     // p1 gets b, which only the seed holds: turned away as busy while the holder stays.
     let busy = |p: &Peer| p.metric(r#"damselfly_peer_pieces_failed_total{reason="busy"}"#);
-    let get = p1.start_get(&lab, &bin, &origin.url("b"), &dir.path().join("b"), &[])?;
+    let mut get = p1.start_get(&lab, &bin, &origin.url("b"), &dir.path().join("b"), &[])?;
     damselfly_e2e::wait::wait_for("p1 to be turned away as busy", Duration::from_secs(60), || {
         busy(&p1).is_some_and(|n| n >= 1.0)
     })?;
