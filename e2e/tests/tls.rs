@@ -227,6 +227,17 @@ fn mutual_tls_keeps_strangers_and_false_seeds_out_and_get_works() -> Result<()> 
     let out = dir.path().join("out");
     get(&lab, &bin, "p1", &p1, &url, &out)?.ensure_success()?;
     ensure!(sha256_file(&out)? == sha, "p1 got other bytes than the origin's");
+    // ... from the seed over the piece protocol, through the ticket the scheduler issued it.
+    let page = damselfly_e2e::managed::curl_text(&format!(
+        "http://{}:{}/metrics",
+        lab.ip("p1"),
+        damselfly_e2e::mesh::PEER_METRICS_PORT
+    ))?;
+    let from_peers = damselfly_e2e::managed::metric(&page, "damselfly_peer_peer_bytes_total");
+    ensure!(
+        from_peers.is_some_and(|b| b >= (3 * MIB + 17) as f64),
+        "p1 did not get the file from the seed: {from_peers:?}"
+    );
     // Again through the fake seed's daemon: it downloads as a peer (from the mesh).
     for i in 0..3 {
         let url = origin.url(&format!("private/blob?n={i}"));
