@@ -563,7 +563,11 @@ fn a_busy_parent_is_not_blocklisted_and_serves_once_a_slot_is_free() -> Result<(
         s.write_all(&frame(HELLO, &hello)).await?;
         let mut head = [0u8; 5];
         s.read_exact(&mut head).await?;
-        ensure!(head[0] == BITMAP, "the seed did not take the holder: frame {}", head[0]);
+        ensure!(
+            head[0] == BITMAP,
+            "the seed did not take the holder: frame {}",
+            head[0]
+        );
         anyhow::Ok(s)
     })?;
     ensure!(seed.metric("damselfly_peer_active_uploads") == Some(1.0));
@@ -608,15 +612,15 @@ fn a_busy_parent_is_not_blocklisted_and_serves_once_a_slot_is_free() -> Result<(
     Ok(())
 }
 
+/// The lab of [`private_pull`], the credential's forms and the layers' task ids.
+type PrivatePull = (damselfly_e2e::mirror::MirrorLab, [String; 2], Vec<String>);
+
 /// A private image pulled with credentials (basic auth) through one node's registry proxy,
 /// in a lab of `prefix`/`octet`; returns the lab once the seed fetched every layer, the
 /// credential's forms (the password, and its Basic encoding as the proxy and seed send it) and
 /// the layers' task ids. `None`: a program the mirror tests need (containerd, docker-registry,
 /// umoci, skopeo, busybox-static, htpasswd) is missing (a failure under `DAMSELFLY_REQUIRE_LAB=1`).
-fn private_pull(
-    prefix: &str,
-    octet: u8,
-) -> Result<Option<(damselfly_e2e::mirror::MirrorLab, [String; 2], Vec<String>)>> {
+fn private_pull(prefix: &str, octet: u8) -> Result<Option<PrivatePull>> {
     use damselfly_e2e::mirror::{MirrorLab, MirrorOptions};
     use damselfly_e2e::oci::{missing_programs, which};
     require_root();
@@ -681,7 +685,10 @@ fn the_scheduler_logs_and_shows_no_trace_of_a_private_pulls_credential() -> Resu
         )?;
         ensure!(view.contains(id.as_str()), "no task {id}: {view}");
         for n in &needles {
-            ensure!(!view.contains(n.as_str()), "/tasks/{id} holds the credential: {view}");
+            ensure!(
+                !view.contains(n.as_str()),
+                "/tasks/{id} holds the credential: {view}"
+            );
         }
     }
     for n in &needles {

@@ -126,7 +126,12 @@ impl Shared {
     }
 
     /// Registers a peer on a task: decodes, then the core decides who feeds it.
-    fn register(&self, mut reg: Register, tx: TaskTx, subject: Option<String>) -> Result<(String, String), Error> {
+    fn register(
+        &self,
+        mut reg: Register,
+        tx: TaskTx,
+        subject: Option<String>,
+    ) -> Result<(String, String), Error> {
         let admitted = admission::registration(&reg)?;
         let spec = reg.spec.take().expect("checked by admission");
         let registration = Registration {
@@ -304,8 +309,8 @@ pub struct SchedulerService {
     pub shared: Arc<Shared>,
 }
 
-use damselfly_service::tls::PeerIdentity;
 use damselfly_service::ticket::TicketSigner;
+use damselfly_service::tls::PeerIdentity;
 
 #[tonic::async_trait]
 impl Scheduler for SchedulerService {

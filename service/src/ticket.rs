@@ -77,8 +77,8 @@ pub struct TicketSigner {
 
 impl TicketSigner {
     pub fn generate() -> Result<TicketSigner, TicketError> {
-        let pkcs8 =
-            Ed25519KeyPair::generate_pkcs8(&SystemRandom::new()).map_err(|e| TicketError::Key(e.to_string()))?;
+        let pkcs8 = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new())
+            .map_err(|e| TicketError::Key(e.to_string()))?;
         let key = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).map_err(|e| TicketError::Key(e.to_string()))?;
         Ok(TicketSigner { key })
     }
@@ -119,7 +119,13 @@ impl TicketKeys {
     }
 
     /// Whether `ticket` lets `child` read `task_id` at `now`.
-    pub fn check(&self, ticket: &[u8], task_id: &str, child: &str, now: SystemTime) -> Result<(), TicketError> {
+    pub fn check(
+        &self,
+        ticket: &[u8],
+        task_id: &str,
+        child: &str,
+        now: SystemTime,
+    ) -> Result<(), TicketError> {
         if ticket.is_empty() {
             return Err(TicketError::Missing);
         }
@@ -137,7 +143,11 @@ impl TicketKeys {
         let msg = message(task_id, child, expires);
         let keys = self.keys.read().unwrap_or_else(|e| e.into_inner());
         keys.iter()
-            .any(|k| UnparsedPublicKey::new(&ED25519, k).verify(&msg, &ticket[8..]).is_ok())
+            .any(|k| {
+                UnparsedPublicKey::new(&ED25519, k)
+                    .verify(&msg, &ticket[8..])
+                    .is_ok()
+            })
             .then_some(())
             .ok_or(TicketError::Refused)
     }
@@ -154,26 +164,42 @@ mod tests {
         let now = SystemTime::now();
         let t = signer.issue("task", "child", now);
         assert_eq!(t.len(), TICKET_LEN);
-        assert_eq!(keys.check(&t, "task", "child", now), Err(TicketError::Refused), "no key yet");
+        assert_eq!(
+            keys.check(&t, "task", "child", now),
+            Err(TicketError::Refused),
+            "no key yet"
+        );
         assert!(keys.trust(&signer.public_key()) && !keys.trust(b"short"));
         assert_eq!(keys.check(&t, "task", "child", now), Ok(()));
         assert_eq!(keys.check(&t, "other", "child", now), Err(TicketError::Refused));
         assert_eq!(keys.check(&t, "task", "someone", now), Err(TicketError::Refused));
         assert_eq!(keys.check(&[], "task", "child", now), Err(TicketError::Missing));
-        assert_eq!(keys.check(&t[1..], "task", "child", now), Err(TicketError::Malformed));
+        assert_eq!(
+            keys.check(&t[1..], "task", "child", now),
+            Err(TicketError::Malformed)
+        );
         let later = now + TICKET_TTL + CLOCK_SKEW + Duration::from_secs(2);
         assert_eq!(keys.check(&t, "task", "child", later), Err(TicketError::Expired));
         // A longer life than a scheduler gives, or a flipped bit: refused.
         let mut forged = t.clone();
         forged[..8].copy_from_slice(&u64::MAX.to_be_bytes());
-        assert_eq!(keys.check(&forged, "task", "child", now), Err(TicketError::Refused));
+        assert_eq!(
+            keys.check(&forged, "task", "child", now),
+            Err(TicketError::Refused)
+        );
         let mut flipped = t.clone();
         flipped[20] ^= 1;
-        assert_eq!(keys.check(&flipped, "task", "child", now), Err(TicketError::Refused));
+        assert_eq!(
+            keys.check(&flipped, "task", "child", now),
+            Err(TicketError::Refused)
+        );
         // Another scheduler's key is trusted beside the first.
         let other = TicketSigner::generate().unwrap();
         keys.trust(&other.public_key());
-        assert_eq!(keys.check(&other.issue("task", "child", now), "task", "child", now), Ok(()));
+        assert_eq!(
+            keys.check(&other.issue("task", "child", now), "task", "child", now),
+            Ok(())
+        );
         assert_eq!(keys.check(&t, "task", "child", now), Ok(()));
     }
 
