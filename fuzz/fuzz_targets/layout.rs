@@ -3,7 +3,8 @@
 //! for it has one flag per piece.
 #![no_main]
 
-use damselfly_proto::layout::{Layout, MAX_CONTENT_LENGTH, MAX_PIECES, check_bitmap, check_piece_length};
+use damselfly_proto::layout::{MAX_CONTENT_LENGTH, MAX_PIECES, check_bitmap, check_piece_length};
+use damselfly_proto::piece::Layout;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
