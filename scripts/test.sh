@@ -18,6 +18,8 @@ export DAMSELFLY_BIN="$CARGO_TARGET_DIR/damselfly-lab"
 ./scripts/test-deploy.sh
 # containerd's snapshotter suite against `damselfly snapshotter` (21 tests, about 25 s).
 ./scripts/snapshotter-suite.sh
+# The fuzz targets (fuzz/), a few seconds each: decoders of what hosts send each other.
+./scripts/fuzz.sh 5
 export DAMSELFLY_SMOKE_METHODS=damselfly,direct,bittorrent
 # Tests that need lab programs fail instead of skipping when one is missing.
 export DAMSELFLY_REQUIRE_LAB=1

@@ -9,6 +9,7 @@
 //! - [`wait`]: polling helpers (no fixed sleeps) and the Ctrl-C flag;
 //! - [`mesh`]: a Damselfly scheduler, seed and peers started in lab hosts;
 //! - [`managed`]: a manager, and schedulers and peers that follow it (`--manager`);
+//! - [`memscan`]: whether a live process's memory holds a secret;
 //! - [`mirror`]: images pulled by containerds through each host's peer proxy;
 //! - [`oci`]: a registry in a host, a test image, a containerd per host;
 //! - [`bench`]: the swarm benchmark behind `damselfly-bench`;
@@ -26,6 +27,7 @@ pub mod data;
 pub mod http;
 pub mod lab;
 pub mod managed;
+pub mod memscan;
 pub mod mesh;
 pub mod mirror;
 pub mod oci;

@@ -3,7 +3,8 @@
 //!
 //! - a get works end to end with TLS on (scheduler, seed, peer), with an origin credential;
 //! - a client without a certificate, or with a valid peer certificate of another CA, can
-//!   neither announce to the scheduler nor read a piece from any peer;
+//!   neither announce to the scheduler nor read a piece from any peer; a member with a valid
+//!   peer certificate that never registered for a task holds no piece ticket and reads nothing;
 //! - a peer certificate that claims `seed: true` is refused by the scheduler, so a daemon
 //!   started with `--seed` on it never gets a seed task (nor the credential in it).
 
@@ -133,6 +134,12 @@ async fn announce(channel: tonic::transport::Channel, seed: bool) -> Result<(), 
 
 /// Says whether `Hello` + `Request(0)` on `addr` returns any piece bytes, over `tls` (or plain).
 async fn piece_readable(addr: std::net::SocketAddr, tls: Option<&Tls>, task_id: &str) -> bool {
+    // More than a small bitmap or an error frame: piece bytes came back.
+    piece_reply(addr, tls, task_id).await.len() > 1024
+}
+
+/// What `addr` answers to `Hello` + `Request(0)` (up to a little over 1 KiB, for 5 s at most).
+async fn piece_reply(addr: std::net::SocketAddr, tls: Option<&Tls>, task_id: &str) -> Vec<u8> {
     let mut hello = 1u16.to_be_bytes().to_vec();
     hello.extend_from_slice(format!("{task_id}\nintruder").as_bytes());
     let mut frames = vec![1u8];
@@ -140,7 +147,7 @@ async fn piece_readable(addr: std::net::SocketAddr, tls: Option<&Tls>, task_id: 
     frames.extend_from_slice(&hello);
     frames.extend_from_slice(&[2, 0, 0, 0, 4, 0, 0, 0, 0]);
     let Ok(tcp) = TcpStream::connect(addr).await else {
-        return false;
+        return Vec::new();
     };
     let mut buf = Vec::new();
     let read = async {
@@ -170,8 +177,7 @@ async fn piece_readable(addr: std::net::SocketAddr, tls: Option<&Tls>, task_id: 
         }
     };
     let _ = tokio::time::timeout(Duration::from_secs(5), read).await;
-    // More than a small bitmap or an error frame: piece bytes came back.
-    buf.len() > 1024
+    buf
 }
 
 #[test]
@@ -221,6 +227,17 @@ fn mutual_tls_keeps_strangers_and_false_seeds_out_and_get_works() -> Result<()> 
     let out = dir.path().join("out");
     get(&lab, &bin, "p1", &p1, &url, &out)?.ensure_success()?;
     ensure!(sha256_file(&out)? == sha, "p1 got other bytes than the origin's");
+    // ... from the seed over the piece protocol, through the ticket the scheduler issued it.
+    let page = damselfly_e2e::managed::curl_text(&format!(
+        "http://{}:{}/metrics",
+        lab.ip("p1"),
+        damselfly_e2e::mesh::PEER_METRICS_PORT
+    ))?;
+    let from_peers = damselfly_e2e::managed::metric(&page, "damselfly_peer_peer_bytes_total");
+    ensure!(
+        from_peers.is_some_and(|b| b >= (3 * MIB + 17) as f64),
+        "p1 did not get the file from the seed: {from_peers:?}"
+    );
     // Again through the fake seed's daemon: it downloads as a peer (from the mesh).
     for i in 0..3 {
         let url = origin.url(&format!("private/blob?n={i}"));
@@ -304,9 +321,13 @@ fn mutual_tls_keeps_strangers_and_false_seeds_out_and_get_works() -> Result<()> 
                 !piece_readable(addr, Some(&stranger), &task_id).await,
                 "{host}: another CA read a piece"
             );
+            // A member of the CA that never registered for the task holds no piece ticket
+            // for it (p1's gets above read through tickets: the mesh works with them).
+            let reply = piece_reply(addr, Some(&ours), &task_id).await;
             ensure!(
-                piece_readable(addr, Some(&ours), &task_id).await,
-                "{host}: a member could not read a piece"
+                String::from_utf8_lossy(&reply).contains("ticket refused"),
+                "{host}: a member without a ticket was not refused for it: {:?}",
+                String::from_utf8_lossy(&reply)
             );
         }
         Ok::<_, anyhow::Error>(())

@@ -1,7 +1,7 @@
 //! Hosts that lie, end to end: a rogue registrant on the lab network, with a
 //! small client of its own for the scheduler's streams and the piece
 //! protocol, against the real `damselfly` binary in network namespaces.
-//! Octets 60-69; needs root.
+//! Octets 60-62 and 64-69; needs root.
 
 use anyhow::{Context, Result, ensure};
 use damselfly_e2e::bins;
@@ -498,5 +498,231 @@ fn origin_errors_reach_get_with_their_kind_and_url() -> Result<()> {
     )?;
     ok.ensure_success()?;
     assert_eq!(sha256_file(&dir.path().join("out"))?, sha);
+    Ok(())
+}
+
+/// A parent at its upload limit (the cluster's `peer_upload_concurrency`, here 1) turns a
+/// child away as busy: the child is neither sent to the origin nor told to avoid it, and
+/// once its slot is free the parent serves that child the whole task.
+#[test]
+fn a_busy_parent_is_not_blocklisted_and_serves_once_a_slot_is_free() -> Result<()> {
+    use damselfly_e2e::managed::{Manager, Peer, Scheduler};
+    require_root();
+    const CHANGE: Duration = Duration::from_secs(20);
+    let lab = Lab::new(
+        "dftrust5",
+        64,
+        &["mgr", "sched", "seed", "p1", "p2", "origin"],
+        None,
+    )?;
+    let bin = bins::damselfly()?;
+    let dir = tempfile::tempdir()?;
+    let www = dir.path().join("www");
+    std::fs::create_dir_all(&www)?;
+    write_random_file(&www.join("a"), MIB)?;
+    let size_b = 4 * MIB + 5;
+    write_random_file(&www.join("b"), size_b)?;
+    let sha_b = sha256_file(&www.join("b"))?;
+    let origin = Origin::start(&lab, "origin", &www, ORIGIN_PORT)?;
+    let manager = Manager::start(&lab, &bin, "mgr", "")?;
+    let m = manager.grpc_url();
+    let sched = Scheduler::start(&lab, &bin, "sched", &m)?;
+    manager.wait_state("scheduler", "sched", "active", CHANGE)?;
+    let seed = Peer::start(&lab, &bin, "seed", &m, true, "")?;
+    let p1 = Peer::start(&lab, &bin, "p1", &m, false, "")?;
+    let p2 = Peer::start(&lab, &bin, "p2", &m, false, "")?;
+    manager.wait_state("seed_peer", "seed", "active", CHANGE)?;
+    let cluster = sched.config_view()?["manager"]["cluster_id"]
+        .as_u64()
+        .context("cluster id")?;
+    manager.api(
+        "PATCH",
+        &format!("/api/v1/clusters/{cluster}"),
+        Some(&serde_json::json!({"settings": {"candidate_parent_limit": 4,
+            "filter_parent_limit": 40, "peer_upload_concurrency": 1,
+            "peer_download_concurrency": 32, "min_piece_length": 256 * 1024,
+            "max_piece_length": 16 * MIB}})),
+    )?;
+    for p in [&seed, &p1, &p2] {
+        damselfly_e2e::wait::wait_for(&format!("{}'s upload limit", p.host), CHANGE, || {
+            p.metric("damselfly_peer_upload_concurrency") == Some(1.0) && p.schedulers() == Some(1)
+        })?;
+    }
+    // p2 gets a through the seed, then leaves the seed's one slot free.
+    p2.start_get(&lab, &bin, &origin.url("a"), &dir.path().join("a"), &[])?
+        .wait(Duration::from_secs(120))?
+        .ensure_success()?;
+    damselfly_e2e::wait::wait_for("the seed's slot to be free", CHANGE, || {
+        seed.metric("damselfly_peer_active_uploads") == Some(0.0)
+    })?;
+    // A child of its own takes that slot: Hello for a, then no request.
+    let id_a = damselfly_proto::task_id::task_id(&origin.url("a"), None, "", "").unwrap();
+    let rt = tokio::runtime::Runtime::new()?;
+    let holder = rt.block_on(async {
+        let mut s = tokio::net::TcpStream::connect((lab.ip("seed"), PIECE_PORT)).await?;
+        let hello = [&1u16.to_be_bytes()[..], format!("{id_a}\nholder").as_bytes()].concat();
+        s.write_all(&frame(HELLO, &hello)).await?;
+        let mut head = [0u8; 5];
+        s.read_exact(&mut head).await?;
+        ensure!(
+            head[0] == BITMAP,
+            "the seed did not take the holder: frame {}",
+            head[0]
+        );
+        anyhow::Ok(s)
+    })?;
+    ensure!(seed.metric("damselfly_peer_active_uploads") == Some(1.0));
+
+    // p1 gets b, which only the seed holds: turned away as busy while the holder stays.
+    let busy = |p: &Peer| p.metric(r#"damselfly_peer_pieces_failed_total{reason="busy"}"#);
+    let mut get = p1.start_get(&lab, &bin, &origin.url("b"), &dir.path().join("b"), &[])?;
+    damselfly_e2e::wait::wait_for("p1 to be turned away as busy", Duration::from_secs(60), || {
+        busy(&p1).is_some_and(|n| n >= 1.0)
+    })?;
+    let id_b = damselfly_proto::task_id::task_id(&origin.url("b"), None, "", "").unwrap();
+    let view = sched.task_view(&id_b).context("task b on the scheduler")?;
+    for p in view["peers"].as_array().context("peers")? {
+        ensure!(
+            p["blocklist"].as_array().is_some_and(Vec::is_empty),
+            "a busy parent was blocklisted: {view}"
+        );
+    }
+    // The slot frees: the seed serves p1 the whole task.
+    rt.block_on(async move { drop(holder) });
+    get.wait(Duration::from_secs(120))?.ensure_success()?;
+    ensure!(sha256_file(&dir.path().join("b"))? == sha_b, "p1 got other bytes");
+    let p1_at_origin = origin
+        .requests()
+        .into_iter()
+        .filter(|r| r.path.ends_with("/b") && r.from.starts_with(&format!("{}:", lab.ip("p1"))))
+        .count();
+    ensure!(p1_at_origin == 0, "p1 went to the origin for b");
+    ensure!(
+        p1.metric("damselfly_peer_peer_bytes_total")
+            .is_some_and(|n| n >= size_b as f64),
+        "p1 got b from its parent"
+    );
+    let view = sched.task_view(&id_b).context("task b on the scheduler")?;
+    for p in view["peers"].as_array().context("peers")? {
+        ensure!(
+            p["blocklist"].as_array().is_some_and(Vec::is_empty),
+            "a busy parent was blocklisted: {view}"
+        );
+    }
+    eprintln!("p1 was turned away {:?} time(s) before the slot freed", busy(&p1));
+    Ok(())
+}
+
+/// The lab of [`private_pull`], the credential's forms and the layers' task ids.
+type PrivatePull = (damselfly_e2e::mirror::MirrorLab, [String; 2], Vec<String>);
+
+/// A private image pulled with credentials (basic auth) through one node's registry proxy,
+/// in a lab of `prefix`/`octet`; returns the lab once the seed fetched every layer, the
+/// credential's forms (the password, and its Basic encoding as the proxy and seed send it) and
+/// the layers' task ids. `None`: a program the mirror tests need (containerd, docker-registry,
+/// umoci, skopeo, busybox-static, htpasswd) is missing (a failure under `DAMSELFLY_REQUIRE_LAB=1`).
+fn private_pull(prefix: &str, octet: u8) -> Result<Option<PrivatePull>> {
+    use damselfly_e2e::mirror::{MirrorLab, MirrorOptions};
+    use damselfly_e2e::oci::{missing_programs, which};
+    require_root();
+    let mut missing = missing_programs();
+    if which("htpasswd").is_none() {
+        missing.push("htpasswd");
+    }
+    if !missing.is_empty() {
+        let msg = format!("credential trace: SKIPPED, missing {}", missing.join(", "));
+        assert!(
+            std::env::var("DAMSELFLY_REQUIRE_LAB").as_deref() != Ok("1"),
+            "{msg}"
+        );
+        eprintln!("{msg}");
+        return Ok(None);
+    }
+    let (user, password) = ("trace-user", "trace-pass-5f3a9c");
+    let basic = base64::Engine::encode(
+        &base64::engine::general_purpose::STANDARD,
+        format!("{user}:{password}"),
+    );
+    let opts = MirrorOptions {
+        prefix: prefix.into(),
+        subnet: octet,
+        peers: 1,
+        layers: 1,
+        layer_bytes: 2 * MIB,
+        rate: None,
+        bin: bins::damselfly()?,
+        credentials: Some(format!("{user}:{password}")),
+    };
+    let m = MirrorLab::start(&opts, |line| eprintln!("credential trace: {line}"))?;
+    m.pull_all()?;
+    let seed_ip = m.lab.ip("seed").to_string();
+    let mut ids = Vec::new();
+    for (digest, _, gets) in m.blob_gets() {
+        ensure!(
+            gets.iter().any(|g| g.client == seed_ip),
+            "the seed never fetched {digest}: {gets:?}"
+        );
+        ids.push(digest.trim_start_matches("sha256:").to_string());
+    }
+    Ok(Some((m, [password.to_string(), basic], ids)))
+}
+
+/// After a private pull through one node's proxy, once the seed has the layers, the
+/// scheduler's log and `/tasks/{id}` hold no trace of the credential.
+#[test]
+fn the_scheduler_logs_and_shows_no_trace_of_a_private_pulls_credential() -> Result<()> {
+    let Some((m, needles, ids)) = private_pull("dftrust6", 65)? else {
+        return Ok(());
+    };
+    let log = m.mesh.scheduler.log();
+    let sched = m.lab.ip("sched");
+    for id in &ids {
+        let view = m.lab.run_ok(
+            "sched",
+            std::process::Command::new("curl").args([
+                "-sf",
+                &format!("http://{sched}:{SCHEDULER_METRICS_PORT}/tasks/{id}"),
+            ]),
+        )?;
+        ensure!(view.contains(id.as_str()), "no task {id}: {view}");
+        for n in &needles {
+            ensure!(
+                !view.contains(n.as_str()),
+                "/tasks/{id} holds the credential: {view}"
+            );
+        }
+    }
+    for n in &needles {
+        ensure!(!log.contains(n.as_str()), "the scheduler logged the credential");
+    }
+    ensure!(m.mesh.scheduler.is_running());
+    Ok(())
+}
+
+/// The same pull, and the scheduler's whole writable memory (`/proc/PID/mem`) read for the
+/// credential. Fails today: the password itself is not found, but its Basic encoding is (15-17
+/// copies in one run): the scheduler keeps no header in its state, yet the bytes stay in freed
+/// heap and in gRPC buffers that are reused rather than freed. Clearing them needs a zeroing
+/// allocator (unsafe code, forbidden in this workspace) or zeroizing buffers down in h2.
+#[test]
+#[ignore = "fails today: the Basic credential stays in freed and reused buffers of the scheduler"]
+fn the_scheduler_memory_holds_no_trace_of_a_private_pulls_credential() -> Result<()> {
+    let Some((m, needles, _)) = private_pull("dftrust7", 66)? else {
+        return Ok(());
+    };
+    let pid = m.mesh.scheduler.pid();
+    let mut found = Vec::new();
+    for n in &needles {
+        let scan = damselfly_e2e::memscan::scan(pid, n.as_bytes())?;
+        eprintln!(
+            "scheduler memory: {} bytes read, {} copies of a credential form",
+            scan.bytes, scan.hits
+        );
+        found.push(scan.hits);
+    }
+    ensure!(
+        found.iter().all(|h| *h == 0),
+        "the scheduler's memory holds the credential: {found:?} copies (password, Basic)"
+    );
     Ok(())
 }

@@ -65,7 +65,13 @@ pub async fn run(config: PeerConfig, shutdown: Shutdown) -> Result<(), Error> {
         .port();
     let uploads = Arc::new(RateLimiter::new(config.upload_rate.as_u64()));
     downloader.limits.register(&mut registry);
-    let server = PieceServer::new(tasks.clone(), uploads, metrics.clone(), downloader.limits.clone());
+    let server = PieceServer::new(
+        tasks.clone(),
+        uploads,
+        metrics.clone(),
+        downloader.limits.clone(),
+        downloader.ticket_keys.clone(),
+    );
     let mut handles = vec![supervisor.watch(
         format!("piece server on {}", config.piece_listen),
         tokio::spawn(server.serve(piece_listener, shutdown.clone())),

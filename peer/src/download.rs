@@ -16,7 +16,7 @@ use crate::config::PeerConfig;
 use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::parent::{self, ParentConn, ParentEvent, Target};
-use crate::picker::{Picker, Report, TICK, TOTAL_WINDOW, Timers};
+use crate::picker::{BusyParents, Picker, Report, TICK, TOTAL_WINDOW, Timers};
 use crate::rate::RateLimiter;
 use crate::source::{self, SourceEvent};
 use crate::store::blocking;
@@ -38,8 +38,6 @@ use tonic::transport::Channel;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 const SCHEDULER_TIMEOUT: Duration = Duration::from_secs(5);
-/// A parent that said it is busy is not connected to again for this long.
-const BUSY_RETRY: Duration = Duration::from_secs(1);
 /// Events (pieces, a few MiB each) waiting for the engine, from all parents
 /// together and from the origin. The engine writes one piece at a time; when
 /// the disk is slower than the network these fill, the connections stop
@@ -65,6 +63,8 @@ pub struct Downloader {
     pub download_limiter: Arc<RateLimiter>,
     /// The cluster's peer settings in force (from the manager, if any).
     pub limits: Arc<crate::limits::Limits>,
+    /// The schedulers' piece-ticket keys (from their host streams), for the piece server.
+    pub ticket_keys: Arc<damselfly_service::ticket::TicketKeys>,
     running: Mutex<HashSet<String>>,
 }
 
@@ -94,6 +94,7 @@ impl Downloader {
             schedulers: std::sync::RwLock::new(schedulers),
             download_limiter,
             limits: Arc::default(),
+            ticket_keys: Arc::default(),
             running: Mutex::new(HashSet::new()),
         })
     }
@@ -215,7 +216,9 @@ struct Engine {
     picker: Picker,
     blocklist: HashSet<String>,
     /// Parents that were at their upload limit, and when they said so.
-    busy: HashMap<String, Instant>,
+    busy: BusyParents,
+    /// The piece ticket of the latest parent list (empty without TLS).
+    ticket: Vec<u8>,
     events_tx: mpsc::Sender<ParentEvent>,
     events_rx: mpsc::Receiver<ParentEvent>,
     source_tx: mpsc::Sender<SourceEvent>,
@@ -253,7 +256,8 @@ impl Engine {
             conns: HashMap::new(),
             picker: Picker::default(),
             blocklist: HashSet::new(),
-            busy: HashMap::new(),
+            busy: BusyParents::default(),
+            ticket: Vec::new(),
             events_tx,
             events_rx,
             source_tx,
@@ -415,7 +419,10 @@ impl Engine {
                         .filter_map(|p| Some((p.index, <[u8; 32]>::try_from(p.sha256.as_slice()).ok()?))),
                 );
             }
-            Some(task_command::Cmd::Parents(p)) => self.set_parents(p.parents),
+            Some(task_command::Cmd::Parents(p)) => {
+                self.ticket = p.ticket;
+                self.set_parents(p.parents);
+            }
             Some(task_command::Cmd::BackToSource(b)) => self.start_source(&b.reason)?,
             None => {}
         }
@@ -439,10 +446,7 @@ impl Engine {
         for p in list {
             if self.picker.has_parent(&p.peer_id)
                 || self.blocklist.contains(&p.peer_id)
-                || self
-                    .busy
-                    .get(&p.peer_id)
-                    .is_some_and(|at| at.elapsed() < BUSY_RETRY)
+                || self.busy.skip(&p.peer_id, Instant::now())
                 || p.peer_id == self.peer_id
             {
                 continue;
@@ -456,6 +460,7 @@ impl Engine {
                 target,
                 self.task.clone(),
                 self.peer_id.clone(),
+                self.ticket.clone(),
                 self.events_tx.clone(),
                 self.d.download_limiter.clone(),
             );
@@ -665,9 +670,10 @@ impl Engine {
                 if self.picker.has_parent(&parent) {
                     debug!(parent, error, "parent connection closed");
                     if fault == FailReason::Busy {
-                        // Not a fault: asked again once the scheduler offers it after BUSY_RETRY.
+                        // Not a fault: connected again when offered after BUSY_RETRY
+                        // (the engine asks for parents then if it has none).
                         self.drop_parent(&parent);
-                        self.busy.insert(parent.clone(), Instant::now());
+                        self.busy.refused(&parent, Instant::now());
                         self.d.metrics.piece_failed("busy");
                         self.send(task_message::Msg::PieceFailed(PieceFailed {
                             index: 0,
@@ -722,9 +728,10 @@ impl Engine {
             warn!(parent = p, index = i, "piece request timed out");
             self.fail_parent(&p, i, FailReason::Unreachable);
         }
+        let busy_expired = self.busy.expired(now);
         if due.back_to_source {
             self.start_source("no progress from parents")?;
-        } else if due.reschedule {
+        } else if due.reschedule || (busy_expired && self.picker.is_empty()) {
             self.send(task_message::Msg::Reschedule(Reschedule {}));
         }
         Ok(())

@@ -61,6 +61,8 @@ pub fn fault_of(message: &str) -> FailReason {
 
 /// How the piece server starts its answer to a child it cannot take now.
 pub const BUSY: &str = "busy:";
+/// How the piece server starts its answer to a child without a valid piece ticket.
+pub const NO_TICKET: &str = "ticket refused: ";
 /// How the piece server ends its answer for a task it does not hold.
 pub const NOT_HERE: &str = "not here";
 
@@ -103,13 +105,14 @@ pub fn connect(
     target: Target,
     task: Arc<Task>,
     my_peer_id: String,
+    ticket: Vec<u8>,
     events: mpsc::Sender<ParentEvent>,
     limiter: Arc<RateLimiter>,
 ) -> ParentConn {
     let (tx, rx) = mpsc::unbounded_channel();
     let parent = target.peer_id.clone();
     let handle = tokio::spawn(async move {
-        let (error, fault) = match run(&target, &task, &my_peer_id, &events, rx, &limiter).await {
+        let (error, fault) = match run(&target, &task, &my_peer_id, ticket, &events, rx, &limiter).await {
             Ok(()) => ("closed by parent".to_string(), FailReason::Unreachable),
             Err(e) => {
                 let fault = e
@@ -148,6 +151,7 @@ async fn run(
     target: &Target,
     task: &Arc<Task>,
     me: &str,
+    ticket: Vec<u8>,
     events: &mpsc::Sender<ParentEvent>,
     mut requests: mpsc::UnboundedReceiver<u32>,
     limiter: &RateLimiter,
@@ -164,6 +168,7 @@ async fn run(
             version: crate::wire::PROTOCOL_VERSION,
             task_id: task.id.clone(),
             peer_id: me.to_string(),
+            ticket,
         },
     )
     .await?;

@@ -343,6 +343,41 @@ impl Timers {
     }
 }
 
+/// How long a parent that said it is busy (at its upload limit) is left alone.
+pub const BUSY_RETRY: Duration = Duration::from_secs(1);
+
+/// Parents that turned this download away as busy. A busy parent is no
+/// fault: it is skipped for [`BUSY_RETRY`], then may be connected again; a
+/// download left without parents asks the scheduler again once a refusal
+/// has expired, so a parent's freed slot is used without waiting for the
+/// stall timer.
+#[derive(Debug, Default)]
+pub struct BusyParents {
+    at: HashMap<String, Instant>,
+}
+
+impl BusyParents {
+    /// `parent` answered busy at `now`.
+    pub fn refused(&mut self, parent: &str, now: Instant) {
+        self.at.insert(parent.to_string(), now);
+    }
+
+    /// Whether `parent` is still to be left alone.
+    pub fn skip(&self, parent: &str, now: Instant) -> bool {
+        self.at
+            .get(parent)
+            .is_some_and(|t| now.saturating_duration_since(*t) < BUSY_RETRY)
+    }
+
+    /// Forgets the refusals that expired; true if there were any (time to ask again).
+    pub fn expired(&mut self, now: Instant) -> bool {
+        let before = self.at.len();
+        self.at
+            .retain(|_, t| now.saturating_duration_since(*t) < BUSY_RETRY);
+        self.at.len() < before
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -538,5 +573,17 @@ mod tests {
         assert!(due.report && !due.back_to_source && !due.reschedule);
         assert!(!t.tick(t0 + ms(60_040), true, true).report);
         assert!(t.tick(t0 + ms(60_050), true, true).report);
+    }
+
+    #[test]
+    fn a_busy_parent_is_skipped_for_a_while_then_asked_again() {
+        let t0 = Instant::now();
+        let mut busy = BusyParents::default();
+        busy.refused("p", t0);
+        assert!(busy.skip("p", t0 + ms(500)) && !busy.skip("q", t0));
+        assert!(!busy.expired(t0 + ms(500)), "not yet");
+        assert!(busy.expired(t0 + BUSY_RETRY), "expired: ask again");
+        assert!(!busy.skip("p", t0 + BUSY_RETRY));
+        assert!(!busy.expired(t0 + BUSY_RETRY * 2), "once");
     }
 }

@@ -33,6 +33,7 @@ use crate::task::{Task, Tasks};
 use crate::wire::{Frame, PROTOCOL_VERSION, read_frame, write_frame};
 use bytes::Bytes;
 use damselfly_service::shutdown::Shutdown;
+use damselfly_service::ticket::TicketKeys;
 use damselfly_service::tls::{Role, ServerConn};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -183,6 +184,8 @@ pub struct PieceServer {
     pub metrics: Metrics,
     /// How many children may be served at once (the cluster's setting).
     pub limits: Arc<Limits>,
+    /// With TLS on, a child's `Hello` must carry a ticket signed by one of these keys.
+    pub tickets: Arc<TicketKeys>,
     super_seeds: Mutex<HashMap<String, SuperSeed>>,
 }
 
@@ -192,12 +195,14 @@ impl PieceServer {
         limiter: Arc<RateLimiter>,
         metrics: Metrics,
         limits: Arc<Limits>,
+        tickets: Arc<TicketKeys>,
     ) -> Arc<Self> {
         Arc::new(Self {
             tasks,
             limiter,
             metrics,
             limits,
+            tickets,
             super_seeds: Mutex::new(HashMap::new()),
         })
     }
@@ -231,14 +236,20 @@ impl PieceServer {
     }
 
     async fn handle(self: Arc<Self>, stream: ServerConn, shutdown: Shutdown) -> std::io::Result<()> {
+        // With TLS the child's certificate is verified; its ticket must name it.
+        let subject = stream
+            .identity()
+            .verified
+            .then(|| stream.identity().subject.clone().unwrap_or_default());
         let (mut rd, wr) = tokio::io::split(stream);
         let mut wr = BufWriter::with_capacity(64 * 1024, wr);
-        let (task_id, child) = match read_frame(&mut rd).await? {
+        let (task_id, child, ticket) = match read_frame(&mut rd).await? {
             Some(Frame::Hello {
                 version: PROTOCOL_VERSION,
                 task_id,
                 peer_id,
-            }) => (task_id, peer_id),
+                ticket,
+            }) => (task_id, peer_id, ticket),
             Some(Frame::Hello { version, .. }) => {
                 let m = format!(
                     "piece protocol version {version} is not supported (this peer speaks {PROTOCOL_VERSION})"
@@ -248,6 +259,16 @@ impl PieceServer {
             }
             _ => return Ok(()),
         };
+        // Before anything about the task: a member without a ticket learns nothing.
+        if let Some(subject) = subject
+            && let Err(e) = self
+                .tickets
+                .check(&ticket, &task_id, &subject, std::time::SystemTime::now())
+        {
+            debug!(task_id, child, error = %e, "piece connection refused");
+            write_frame(&mut wr, &Frame::Error(format!("{}{e}", crate::parent::NO_TICKET))).await?;
+            return tokio::io::AsyncWriteExt::flush(&mut wr).await;
+        }
         let (tasks, id) = (self.tasks.clone(), task_id.clone());
         let task = match blocking(move || tasks.get_or_load(&id)).await {
             Ok(Some(t)) => t,

@@ -13,17 +13,23 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 /// The piece protocol's version, the first two bytes of every `Hello`.
 pub const PROTOCOL_VERSION: u16 = 1;
 
+/// Largest ticket a `Hello` may carry (a ticket is `damselfly_service::ticket::TICKET_LEN`).
+const MAX_TICKET: usize = 256;
+
 /// Largest frame accepted: a max-size piece plus its header.
 pub const MAX_FRAME: u32 = damselfly_proto::piece::MAX_PIECE_LENGTH + 64;
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Frame {
     /// Child -> parent, first frame. `version` is the child's [`PROTOCOL_VERSION`]; a parent
-    /// answers another version with an `Error` and closes.
+    /// answers another version with an `Error` and closes. `ticket`: the scheduler's piece
+    /// ticket for this child and task (see `damselfly_service::ticket`), empty without TLS.
+    /// Payload: version (u16), `task_id` `\n` `peer_id`, and with a ticket `\n` and its hex.
     Hello {
         version: u16,
         task_id: String,
         peer_id: String,
+        ticket: Vec<u8>,
     },
     /// Child -> parent: send me this piece.
     Request(u32),
@@ -60,9 +66,14 @@ pub async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, f: &Frame) -> std::io
             version,
             task_id,
             peer_id,
+            ticket,
         } => {
             let mut h = version.to_be_bytes().to_vec();
             h.extend_from_slice(format!("{task_id}\n{peer_id}").as_bytes());
+            if !ticket.is_empty() {
+                h.push(b'\n');
+                h.extend_from_slice(hex::encode(ticket).as_bytes());
+            }
             (HELLO, h, &[])
         }
         Frame::Request(i) => (REQUEST, i.to_be_bytes().to_vec(), &[]),
@@ -105,11 +116,22 @@ pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> std::io::Result<Opti
             let version = buf.get(..2).ok_or_else(|| bad("malformed hello"))?;
             let version = u16::from_be_bytes([version[0], version[1]]);
             let s = String::from_utf8(buf.split_off(2)).map_err(|_| bad("hello is not utf-8"))?;
-            let (task_id, peer_id) = s.split_once('\n').ok_or_else(|| bad("malformed hello"))?;
+            let mut parts = s.splitn(3, '\n');
+            let (Some(task_id), Some(peer_id)) = (parts.next(), parts.next()) else {
+                return Err(bad("malformed hello"));
+            };
+            let ticket = match parts.next() {
+                None => Vec::new(),
+                Some(h) if !h.is_empty() && h.len() <= 2 * MAX_TICKET => {
+                    hex::decode(h).map_err(|_| bad("malformed hello ticket"))?
+                }
+                Some(_) => return Err(bad("malformed hello ticket")),
+            };
             Frame::Hello {
                 version,
                 task_id: task_id.into(),
                 peer_id: peer_id.into(),
+                ticket,
             }
         }
         REQUEST => Frame::Request(u32_at(&buf, 0)?),
@@ -150,6 +172,13 @@ mod tests {
                 version: PROTOCOL_VERSION,
                 task_id: "t".into(),
                 peer_id: "p".into(),
+                ticket: Vec::new(),
+            },
+            Frame::Hello {
+                version: PROTOCOL_VERSION,
+                task_id: "t".into(),
+                peer_id: "p".into(),
+                ticket: vec![0, 1, 0xff],
             },
             Frame::Request(7),
             Frame::Bitmap {

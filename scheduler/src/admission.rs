@@ -427,6 +427,7 @@ mod certificate_tests {
             remote: None,
             roles,
             verified: true,
+            subject: None,
         };
         assert!(certificate(None, true).is_ok());
         assert!(certificate(Some(&PeerIdentity::default()), true).is_ok());

@@ -20,6 +20,8 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Ticket(#[from] damselfly_service::ticket::TicketError),
     #[error("gRPC server: {0}")]
     Transport(#[from] tonic::transport::Error),
     /// A server task ended while the scheduler was not stopping.

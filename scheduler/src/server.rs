@@ -39,7 +39,12 @@ pub async fn run(config: SchedulerConfig, shutdown: Shutdown) -> Result<(), Erro
         task_ttl: config.task_ttl,
     };
     let core = Core::new(planner, metrics, retention, rand::random());
-    let shared = Arc::new(Shared::new(core, Default::default()));
+    // With TLS on, piece connections need a ticket from here (see damselfly_service::ticket).
+    let tickets = match &tls {
+        Some(_) => Some(damselfly_service::ticket::TicketSigner::generate()?),
+        None => None,
+    };
+    let shared = Arc::new(Shared::with_tickets(core, Default::default(), tickets));
 
     let http = tokio::net::TcpListener::bind(config.http_listen)
         .await

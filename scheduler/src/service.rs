@@ -17,7 +17,7 @@ use damselfly_proto::scheduler as proto;
 use damselfly_proto::scheduler::scheduler_server::Scheduler;
 use damselfly_proto::scheduler::{
     BackToSource, CacheTask, DeleteTask, Digests, FailReason, HostCommand, HostMessage, Parents, PieceDigest,
-    Register, Replicate, SeedTask, StoredTask, TaskCommand, TaskInfo, TaskMessage, host_command,
+    Register, Replicate, SeedTask, StoredTask, TaskCommand, TaskInfo, TaskMessage, TicketKey, host_command,
     host_message, task_command, task_message,
 };
 use std::collections::HashMap;
@@ -33,12 +33,14 @@ use tracing::warn;
 type HostTx = mpsc::UnboundedSender<Result<HostCommand, Status>>;
 type TaskTx = mpsc::UnboundedSender<Result<TaskCommand, Status>>;
 
-/// The open streams, by host and by (task, peer).
+/// The open streams, by host and by (task, peer) with the peer's certificate subject.
 #[derive(Default)]
 struct Links {
     hosts: HashMap<String, (u64, HostTx)>,
-    peers: HashMap<(String, String), TaskTx>,
+    peers: HashMap<(String, String), (TaskTx, Option<String>)>,
     next_conn: u64,
+    /// With TLS on: signs the piece ticket of every parent list.
+    tickets: Option<Arc<TicketSigner>>,
 }
 
 struct Inner {
@@ -58,12 +60,25 @@ type ReplyStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 impl Shared {
     pub fn new(core: Core, manager: Arc<Mutex<crate::manager::ManagerStatus>>) -> Self {
+        Self::with_tickets(core, manager, None)
+    }
+
+    /// Like [`Shared::new`]; with `tickets`, every parent list carries a piece ticket for its
+    /// peer's certificate and every host stream starts with the key that checks them.
+    pub fn with_tickets(
+        core: Core,
+        manager: Arc<Mutex<crate::manager::ManagerStatus>>,
+        tickets: Option<TicketSigner>,
+    ) -> Self {
         Self {
             planner: core.planner.clone(),
             metrics: core.metrics.clone(),
             inner: Mutex::new(Inner {
                 core,
-                links: Links::default(),
+                links: Links {
+                    tickets: tickets.map(Arc::new),
+                    ..Links::default()
+                },
             }),
             manager,
         }
@@ -171,7 +186,12 @@ impl Shared {
     }
 
     /// Registers a peer on a task: decodes, then the core decides who feeds it.
-    fn register(&self, mut reg: Register, tx: TaskTx) -> Result<(String, String), Error> {
+    fn register(
+        &self,
+        mut reg: Register,
+        tx: TaskTx,
+        subject: Option<String>,
+    ) -> Result<(String, String), Error> {
         let admitted = admission::registration(&reg)?;
         let spec = reg.spec.take().expect("checked by admission");
         let registration = Registration {
@@ -186,7 +206,7 @@ impl Shared {
         let started = Instant::now();
         let mut inner = self.lock();
         let commands = inner.core.handle(started, Event::Registered(registration))?;
-        inner.links.peers.insert(key.clone(), tx);
+        inner.links.peers.insert(key.clone(), (tx, subject));
         inner.links.deliver(commands);
         self.metrics
             .schedule_seconds
@@ -331,7 +351,19 @@ impl Links {
                     task_id,
                     peer_id,
                     parents,
-                } => (task_id, peer_id, task_command::Cmd::Parents(Parents { parents })),
+                } => {
+                    let ticket = match (&self.tickets, self.peers.get(&(task_id.clone(), peer_id.clone()))) {
+                        (Some(signer), Some((_, Some(subject)))) => {
+                            signer.issue(&task_id, subject, std::time::SystemTime::now())
+                        }
+                        _ => Vec::new(),
+                    };
+                    (
+                        task_id,
+                        peer_id,
+                        task_command::Cmd::Parents(Parents { parents, ticket }),
+                    )
+                }
                 Command::BackToSource {
                     task_id,
                     peer_id,
@@ -342,7 +374,7 @@ impl Links {
                     task_command::Cmd::BackToSource(BackToSource { reason }),
                 ),
             };
-            if let Some(tx) = self.peers.get(&(task_id, peer_id)) {
+            if let Some((tx, _)) = self.peers.get(&(task_id, peer_id)) {
                 let _ = tx.send(Ok(TaskCommand { cmd: Some(c) }));
             }
         }
@@ -402,6 +434,7 @@ pub struct SchedulerService {
     pub shared: Arc<Shared>,
 }
 
+use damselfly_service::ticket::TicketSigner;
 use damselfly_service::tls::PeerIdentity;
 
 #[tonic::async_trait]
@@ -423,6 +456,12 @@ impl Scheduler for SchedulerService {
         admission::certificate(identity.as_ref(), info.seed)?;
         let host_id = info.host_id.clone();
         let (tx, rx) = mpsc::unbounded_channel();
+        let key = self.shared.lock().links.tickets.as_ref().map(|t| t.public_key());
+        if let Some(public_key) = key {
+            let _ = tx.send(Ok(HostCommand {
+                cmd: Some(host_command::Cmd::TicketKey(TicketKey { public_key })),
+            }));
+        }
         let conn = {
             let mut inner = self.shared.lock();
             inner.links.next_conn += 1;
@@ -450,14 +489,16 @@ impl Scheduler for SchedulerService {
         &self,
         request: Request<Streaming<TaskMessage>>,
     ) -> Result<Response<Self::AnnounceTaskStream>, Status> {
-        admission::certificate(request.extensions().get::<PeerIdentity>(), false)?;
+        let identity = request.extensions().get::<PeerIdentity>();
+        admission::certificate(identity, false)?;
+        let subject = identity.filter(|i| i.verified).and_then(|i| i.subject.clone());
         let mut inbound = request.into_inner();
         let first = inbound.message().await?.and_then(|m| m.msg);
         let Some(task_message::Msg::Register(reg)) = first else {
             return Err(Error::BadRequest("the first task message must be register".into()).into());
         };
         let (tx, rx) = mpsc::unbounded_channel();
-        let (task_id, peer_id) = self.shared.register(reg, tx)?;
+        let (task_id, peer_id) = self.shared.register(reg, tx, subject)?;
         let shared = self.shared.clone();
         tokio::spawn(async move {
             while let Ok(Some(m)) = inbound.message().await {

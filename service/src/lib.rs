@@ -6,6 +6,7 @@
 //! - [`config`]: load a TOML file into a role's config struct, with errors that name the field.
 //! - [`secret`]: a wrapper that keeps credentials out of logs.
 //! - [`tls`]: mutual TLS for every server and client, roles read from certificates.
+//! - [`ticket`]: piece tickets, a scheduler's signed permission for one child to read one task.
 //! - [`certs`]: a CA and per-role certificates for a lab or cluster (`damselfly certs init`).
 //! - [`health`]: `/healthz`, `/readyz` and the up/ready gauges; [`notify`]: systemd `READY=1`.
 //! - [`tasks`]: server tasks supervised, so a role whose server dies exits non-zero.
@@ -18,4 +19,5 @@ pub mod secret;
 pub mod shutdown;
 pub mod tasks;
 pub mod telemetry;
+pub mod ticket;
 pub mod tls;

@@ -135,6 +135,12 @@ pub fn roles_of(cert: &CertificateDer<'_>) -> Vec<Role> {
         .collect()
 }
 
+/// The [`crate::ticket::subject_id`] of a (chain-verified) end-entity certificate.
+pub fn subject_of(cert: &CertificateDer<'_>) -> Option<String> {
+    let ee = webpki::EndEntityCert::try_from(cert).ok()?;
+    Some(crate::ticket::subject_id(ee.subject()))
+}
+
 /// What the TLS layer proved about the other end of a server connection; tonic puts it in
 /// each request's extensions (`request.extensions().get::<PeerIdentity>()`).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -144,6 +150,9 @@ pub struct PeerIdentity {
     pub roles: Vec<Role>,
     /// Whether the connection is TLS with a verified client certificate.
     pub verified: bool,
+    /// The client certificate's [`crate::ticket::subject_id`] (what piece tickets bind); `None`
+    /// on a plain connection.
+    pub subject: Option<String>,
 }
 
 impl PeerIdentity {
@@ -372,19 +381,16 @@ impl Tls {
         let tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp))
             .await
             .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out"))??;
-        let roles = tls
-            .get_ref()
-            .1
-            .peer_certificates()
-            .and_then(|c| c.first())
-            .map(roles_of)
-            .unwrap_or_default();
+        let leaf = tls.get_ref().1.peer_certificates().and_then(|c| c.first());
+        let roles = leaf.map(roles_of).unwrap_or_default();
+        let subject = leaf.and_then(subject_of);
         Ok((
             tls,
             PeerIdentity {
                 remote,
                 roles,
                 verified: true,
+                subject,
             },
         ))
     }

@@ -731,4 +731,36 @@ mod cache_tasks {
         assert!(!out.iter().any(|c| matches!(c, Command::SeedTask { .. })));
         assert!(out.iter().any(|c| matches!(c, Command::BackToSource { .. })));
     }
+
+#[test]
+fn a_busy_parent_is_offered_again_and_not_blocklisted() {
+    let mut w = World::new(4);
+    w.host("seed-host", true);
+    w.host("h1", false);
+    w.seeded("seed", "seed-host");
+    w.register("a", "h1", false);
+    assert_eq!(w.parents("a"), vec!["seed".to_string()]);
+    let failed = |reason| {
+        let (task_id, peer_id) = ev(T, "a");
+        Event::PieceFailed {
+            task_id,
+            peer_id,
+            parent_peer_id: "seed".into(),
+            index: 0,
+            reason,
+        }
+    };
+    // At its upload limit: still the peer's parent, offered again, no origin.
+    let out = w.at(2, failed(FailReason::Busy));
+    assert_eq!(last_parents(&out, "a"), Some(vec!["seed".to_string()]), "{out:?}");
+    assert!(
+        !out.iter().any(|c| matches!(c, Command::BackToSource { .. })),
+        "{out:?}"
+    );
+    let a = &w.core.state.tasks[T].peers["a"];
+    assert!(a.blocklist.is_empty() && !a.source);
+    // Unreachable is a fault: blocklisted, and with no other holder, the origin.
+    let out = w.at(3, failed(FailReason::Unreachable));
+    assert!(w.core.state.tasks[T].peers["a"].blocklist.contains("seed"));
+    assert!(out.iter().any(|c| matches!(c, Command::BackToSource { .. })));
 }
