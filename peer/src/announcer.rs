@@ -113,11 +113,10 @@ async fn session(
                             }
                         });
                     }
-                    Some(host_command::Cmd::TicketKey(k)) => {
-                        if !downloader.ticket_keys.trust(&k.public_key) {
-                            warn!(scheduler = endpoint.addr, "the scheduler's ticket key is malformed");
-                        }
+                    Some(host_command::Cmd::TicketKey(k)) if !downloader.ticket_keys.trust(&k.public_key) => {
+                        warn!(scheduler = endpoint.addr, "the scheduler's ticket key is malformed");
                     }
+                    Some(host_command::Cmd::TicketKey(_)) => {}
                     None => {}
                 },
                 Ok(None) => return Err("scheduler closed the stream".into()),

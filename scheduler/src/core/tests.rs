@@ -731,6 +731,7 @@ mod cache_tasks {
         assert!(!out.iter().any(|c| matches!(c, Command::SeedTask { .. })));
         assert!(out.iter().any(|c| matches!(c, Command::BackToSource { .. })));
     }
+}
 
 #[test]
 fn a_busy_parent_is_offered_again_and_not_blocklisted() {
