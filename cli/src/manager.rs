@@ -35,7 +35,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }
     config.validate()?;
     damselfly_service::telemetry::init_logging(&config.log_level, false);
-    damselfly_service::telemetry::warn_trusted_network("manager");
+    damselfly_service::telemetry::warn_trusted_network("manager", &config.tls);
     let (stop, drain) = Shutdown::new();
     let running = damselfly_manager::start(config, stop.clone())
         .await

@@ -67,7 +67,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }
     config.validate()?;
     damselfly_service::telemetry::init_logging(&config.log_level, false);
-    damselfly_service::telemetry::warn_trusted_network("peer");
+    damselfly_service::telemetry::warn_trusted_network("peer", &config.tls);
     shutdown::run_until_signal(|stop| damselfly_peer::daemon::run(config, stop))
         .await
         .context("peer")?;

@@ -35,7 +35,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }
     config.validate()?;
     damselfly_service::telemetry::init_logging(&config.log_level, false);
-    damselfly_service::telemetry::warn_trusted_network("scheduler");
+    damselfly_service::telemetry::warn_trusted_network("scheduler", &config.tls);
     shutdown::run_until_signal(|stop| damselfly_scheduler::run(config, stop))
         .await
         .context("scheduler")?;

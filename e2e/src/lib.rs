@@ -8,6 +8,7 @@
 //!   clients ([`process::Job`]) that are stopped by pid, never by name;
 //! - [`wait`]: polling helpers (no fixed sleeps) and the Ctrl-C flag;
 //! - [`mesh`]: a Damselfly scheduler, seed and peers started in lab hosts;
+//! - [`tls`]: a CA and per-node certificates for mutual TLS, and each node's `[tls]` table;
 //! - [`managed`]: a manager, and schedulers and peers that follow it (`--manager`);
 //! - [`memscan`]: whether a live process's memory holds a secret;
 //! - [`mirror`]: images pulled by containerds through each host's peer proxy;
@@ -35,6 +36,7 @@ pub mod origin;
 pub mod process;
 pub mod rootfs;
 pub mod schedload;
+pub mod tls;
 pub mod wait;
 
 pub use lab::Lab;

@@ -1,7 +1,8 @@
 //! A Damselfly mesh in a lab: a scheduler, a seed peer and peer daemons,
 //! each in its own host, started through the `damselfly` CLI.
 //!
-//! Ports are fixed because every host has its own network namespace.
+//! Ports are fixed because every host has its own network namespace. With
+//! [`Mesh::start_tls`] every daemon runs with mutual TLS on.
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -12,6 +13,7 @@ use anyhow::{Context, Result};
 
 use crate::lab::Lab;
 use crate::process::{Job, Proc};
+use crate::tls::Certs;
 use crate::wait::{wait_for, wait_for_tcp};
 
 pub const SCHEDULER_PORT: u16 = 8002;
@@ -36,6 +38,10 @@ pub struct Mesh {
     peer_args: Vec<String>,
     scheduler_host: String,
     scheduler_ip: Ipv4Addr,
+    /// Extra arguments of the scheduler (its TLS config).
+    scheduler_args: Vec<String>,
+    /// Set when TLS is on: every daemon's certificate is named after its host.
+    tls: Option<Certs>,
     pub scheduler: Proc,
     pub seed: PeerDaemon,
     pub peers: Vec<PeerDaemon>,
@@ -66,13 +72,64 @@ impl Mesh {
         peer_hosts: &[&str],
         peer_args: &[String],
     ) -> Result<Mesh> {
-        let scheduler_ip = lab.ip(scheduler_host);
-        let scheduler = spawn_scheduler(lab, bin, scheduler_host)?;
+        Self::launch(
+            lab,
+            bin,
+            state_dir,
+            scheduler_host,
+            seed_host,
+            peer_hosts,
+            peer_args,
+            None,
+        )
+    }
 
-        let scheduler_url = format!("http://{scheduler_ip}:{SCHEDULER_PORT}");
+    /// Like [`Self::start`] with mutual TLS on for every daemon: each one's config holds a
+    /// `[tls]` table naming the certificate in `certs` called after its host (made by
+    /// [`Certs::init`] with e.g. `scheduler:sched seed:seed peer:p1`).
+    pub fn start_tls(
+        lab: &Lab,
+        bin: &Path,
+        state_dir: &Path,
+        certs: &Certs,
+        scheduler_host: &str,
+        seed_host: &str,
+        peer_hosts: &[&str],
+    ) -> Result<Mesh> {
+        let tls = Some(certs);
+        Self::launch(
+            lab,
+            bin,
+            state_dir,
+            scheduler_host,
+            seed_host,
+            peer_hosts,
+            &[],
+            tls,
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn launch(
+        lab: &Lab,
+        bin: &Path,
+        state_dir: &Path,
+        scheduler_host: &str,
+        seed_host: &str,
+        peer_hosts: &[&str],
+        peer_args: &[String],
+        tls: Option<&Certs>,
+    ) -> Result<Mesh> {
+        let scheduler_ip = lab.ip(scheduler_host);
+        let scheduler_args = tls_args(tls, &state_dir.join(scheduler_host), scheduler_host)?;
+        let scheduler = spawn_scheduler(lab, bin, scheduler_host, &scheduler_args)?;
+
+        let scheduler_url = scheduler_url(scheduler_ip, tls.is_some());
         let start_peer = |host: &str, seed: bool| -> Result<PeerDaemon> {
             let dir = state_dir.join(host);
-            start_peer_with(lab, bin, &scheduler_url, &dir, host, seed, &[], peer_args)
+            let mut args = peer_args.to_vec();
+            args.extend(tls_args(tls, &dir, host)?);
+            start_peer_with(lab, bin, &scheduler_url, &dir, host, seed, &[], &args)
         };
         let seed = start_peer(seed_host, true)?;
         let peers = peer_hosts
@@ -84,6 +141,8 @@ impl Mesh {
             scheduler_ip,
             bin: bin.to_path_buf(),
             peer_args: peer_args.to_vec(),
+            scheduler_args,
+            tls: tls.cloned(),
             scheduler,
             seed,
             peers,
@@ -100,9 +159,11 @@ impl Mesh {
         env: &[(&str, &str)],
     ) -> Result<()> {
         self.peers.retain(|p| p.host != host);
-        let url = format!("http://{}:{SCHEDULER_PORT}", self.scheduler_ip);
+        let url = scheduler_url(self.scheduler_ip, self.tls.is_some());
         let dir = state_dir.join(host);
-        let peer = start_peer_with(lab, &self.bin, &url, &dir, host, false, env, &self.peer_args)?;
+        let mut args = self.peer_args.clone();
+        args.extend(tls_args(self.tls.as_ref(), &dir, host)?);
+        let peer = start_peer_with(lab, &self.bin, &url, &dir, host, false, env, &args)?;
         self.peers.push(peer);
         Ok(())
     }
@@ -111,7 +172,7 @@ impl Mesh {
     /// config of its own).
     pub fn add_peer(&mut self, lab: &Lab, state_dir: &Path, host: &str, args: &[String]) -> Result<()> {
         self.peers.retain(|p| p.host != host);
-        let url = format!("http://{}:{SCHEDULER_PORT}", self.scheduler_ip);
+        let url = scheduler_url(self.scheduler_ip, self.tls.is_some());
         let dir = state_dir.join(host);
         let peer = start_peer_with(lab, &self.bin, &url, &dir, host, false, &[], args)?;
         self.peers.push(peer);
@@ -121,7 +182,7 @@ impl Mesh {
     /// Kills the scheduler (SIGKILL: it keeps nothing) and starts a new one in its host.
     pub fn restart_scheduler(&mut self, lab: &Lab) -> Result<()> {
         self.scheduler.kill()?;
-        self.scheduler = spawn_scheduler(lab, &self.bin, &self.scheduler_host)?;
+        self.scheduler = spawn_scheduler(lab, &self.bin, &self.scheduler_host, &self.scheduler_args)?;
         Ok(())
     }
 
@@ -168,15 +229,33 @@ impl Mesh {
     }
 }
 
-/// Starts a scheduler in `host` on the mesh's ports and waits until it answers.
-fn spawn_scheduler(lab: &Lab, bin: &Path, host: &str) -> Result<Proc> {
+/// The scheduler's gRPC URL (`https` when TLS is on).
+fn scheduler_url(ip: Ipv4Addr, tls: bool) -> String {
+    let scheme = if tls { "https" } else { "http" };
+    format!("{scheme}://{ip}:{SCHEDULER_PORT}")
+}
+
+/// `--config FILE` for `host`'s daemon with its `[tls]` table, written into `dir`; nothing
+/// without TLS.
+fn tls_args(tls: Option<&Certs>, dir: &Path, host: &str) -> Result<Vec<String>> {
+    let Some(certs) = tls else {
+        return Ok(Vec::new());
+    };
+    std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    certs.write_config(host, &dir.join("tls.toml"))
+}
+
+/// Starts a scheduler in `host` on the mesh's ports with extra `args` and waits until it
+/// answers.
+fn spawn_scheduler(lab: &Lab, bin: &Path, host: &str, args: &[String]) -> Result<Proc> {
     let ip = lab.ip(host);
     let mut cmd = Command::new(bin);
     cmd.arg("scheduler")
         .arg("--listen")
         .arg(format!("{ip}:{SCHEDULER_PORT}"))
         .arg("--metrics-listen")
-        .arg(format!("{ip}:{SCHEDULER_METRICS_PORT}"));
+        .arg(format!("{ip}:{SCHEDULER_METRICS_PORT}"))
+        .args(args);
     let scheduler = lab.spawn(host, "scheduler", &cmd)?;
     ready(&scheduler, ip, SCHEDULER_PORT, None)?;
     Ok(scheduler)

@@ -46,6 +46,12 @@ fn bench_smoke_writes_a_well_formed_report() {
         assert!(method.median_s.unwrap() <= makespan);
         // Every copy left the origin at most once per host, plus protocol overhead.
         assert!(method.origin_over_size.unwrap() <= 2.2, "{}", method.method);
+        assert!(!method.tls && method.disturbances.is_empty(), "{}", method.method);
+        if method.method == "damselfly" {
+            // Scheduler, seed and both peer daemons, each counted.
+            assert_eq!(method.cpu_s.len(), 4 + 1, "{:?}", method.cpu_s);
+            assert!(method.daemon_cpu_s.is_some_and(|s| s > 0.0));
+        }
     }
     assert!(status.success(), "damselfly-bench exited with {status}");
 

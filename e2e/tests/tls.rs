@@ -14,6 +14,7 @@ use damselfly_e2e::data::{sha256_file, write_random_file};
 use damselfly_e2e::lab::Lab;
 use damselfly_e2e::mesh::{PIECE_PORT, PeerDaemon, SCHEDULER_METRICS_PORT, SCHEDULER_PORT, start_peer_with};
 use damselfly_e2e::origin::Origin;
+use damselfly_e2e::tls::Certs;
 use damselfly_e2e::wait::wait_for_tcp;
 use damselfly_proto::scheduler::scheduler_client::SchedulerClient;
 use damselfly_proto::scheduler::{HostInfo, HostMessage, host_message};
@@ -36,54 +37,28 @@ fn require_root() {
     );
 }
 
-fn tls_config(certs: &Path, name: &str) -> TlsConfig {
+fn tls_config(certs: &Certs, name: &str) -> TlsConfig {
     TlsConfig {
         mode: TlsMode::On,
-        ca: Some(certs.join("ca.pem")),
-        cert: Some(certs.join(format!("{name}.pem"))),
-        key: Some(certs.join(format!("{name}-key.pem"))),
+        ca: Some(certs.ca()),
+        cert: Some(certs.cert(name)),
+        key: Some(certs.key(name)),
     }
-}
-
-fn tls_toml(certs: &Path, name: &str) -> String {
-    let c = tls_config(certs, name);
-    format!(
-        "[tls]\nmode = \"on\"\nca = {:?}\ncert = {:?}\nkey = {:?}\n",
-        c.ca.unwrap(),
-        c.cert.unwrap(),
-        c.key.unwrap()
-    )
-}
-
-fn certs_init(bin: &Path, dir: &Path, nodes: &[&str]) -> Result<()> {
-    let out = Command::new(bin)
-        .args(["certs", "init"])
-        .arg(dir)
-        .args(nodes)
-        .output()?;
-    ensure!(
-        out.status.success(),
-        "certs init: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(())
 }
 
 fn start_peer(
     lab: &Lab,
     bin: &Path,
     state: &Path,
-    certs: &Path,
+    certs: &Certs,
     host: &str,
     cert: &str,
     seed: bool,
 ) -> Result<PeerDaemon> {
     let dir = state.join(host);
     std::fs::create_dir_all(&dir)?;
-    let config = dir.join("peer.toml");
-    std::fs::write(&config, tls_toml(certs, cert))?;
+    let args = certs.write_config(cert, &dir.join("peer.toml"))?;
     let scheduler = format!("https://{}:{SCHEDULER_PORT}", lab.ip("sched"));
-    let args = ["--config".to_string(), config.display().to_string()];
     start_peer_with(lab, bin, &scheduler, &dir, host, seed, &[], &args)
 }
 
@@ -186,14 +161,12 @@ fn mutual_tls_keeps_strangers_and_false_seeds_out_and_get_works() -> Result<()> 
     let bin = bins::damselfly()?;
     let lab = Lab::new("dfttls1", 63, &["origin", "sched", "seed", "p1", "fake"], None)?;
     let dir = tempfile::tempdir()?;
-    let certs = dir.path().join("certs");
-    let other = dir.path().join("other-ca");
-    certs_init(
+    let certs = Certs::init(
         &bin,
-        &certs,
+        &dir.path().join("certs"),
         &["scheduler:sched", "seed:seed", "peer:p1", "peer:fake"],
     )?;
-    certs_init(&bin, &other, &["peer:stranger"])?;
+    let other = Certs::init(&bin, &dir.path().join("other-ca"), &["peer:stranger"])?;
 
     let file = dir.path().join("www/private/blob");
     std::fs::create_dir_all(file.parent().unwrap())?;
@@ -202,12 +175,10 @@ fn mutual_tls_keeps_strangers_and_false_seeds_out_and_get_works() -> Result<()> 
     let origin = Origin::start(&lab, "origin", &dir.path().join("www"), ORIGIN_PORT)?;
 
     let sched_ip = lab.ip("sched");
-    let sched_config = dir.path().join("scheduler.toml");
-    std::fs::write(&sched_config, tls_toml(&certs, "sched"))?;
+    let sched_config = certs.write_config("sched", &dir.path().join("scheduler.toml"))?;
     let mut cmd = Command::new(&bin);
     cmd.arg("scheduler")
-        .arg("--config")
-        .arg(&sched_config)
+        .args(&sched_config)
         .arg("--listen")
         .arg(format!("{sched_ip}:{SCHEDULER_PORT}"))
         .arg("--metrics-listen")

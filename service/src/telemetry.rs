@@ -133,13 +133,15 @@ pub async fn serve_router(
     Ok((bound, handle))
 }
 
-/// Said once at start-up by every networked role: there is no TLS between
-/// components yet, so whoever reaches their ports is believed.
-pub fn warn_trusted_network(role: &str) {
-    tracing::warn!(
-        role,
-        "no TLS between components: the network must be trusted (any host that reaches this {role} is believed)"
-    );
+/// Said once at start-up by every networked role whose `[tls]` is off:
+/// whoever reaches its ports is believed.
+pub fn warn_trusted_network(role: &str, tls: &crate::tls::TlsConfig) {
+    if !tls.enabled() {
+        tracing::warn!(
+            role,
+            "no TLS between components: the network must be trusted (any host that reaches this {role} is believed)"
+        );
+    }
 }
 
 #[cfg(test)]

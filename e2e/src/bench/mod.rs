@@ -3,9 +3,12 @@
 //!
 //! Layout: [`units`] parses sizes and rates, [`swarm`] builds the lab and
 //! measures one method, [`methods`] holds the methods, [`single`] the
-//! one-peer measurement, [`scale`] the scheduler under load, [`report`] and [`chart`] the output.
+//! one-peer measurement, [`scale`] the scheduler under load, [`report`] and [`chart`] the output,
+//! [`cpu`] the daemons' CPU time, [`disturb`] what else may run around each method.
 
 pub mod chart;
+pub mod cpu;
+pub mod disturb;
 pub mod methods;
 pub mod report;
 pub mod scale;
@@ -18,8 +21,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::Result;
 
+use disturb::{DisturbConfig, Disturbances};
 use methods::MethodName;
-use report::{Report, Setup};
+use report::{MethodReport, Report, Setup};
 use units::{Rate, Size};
 
 pub struct Config {
@@ -29,6 +33,10 @@ pub struct Config {
     pub methods: Vec<MethodName>,
     pub out: PathBuf,
     pub damselfly_bin: Option<PathBuf>,
+    /// Mutual TLS on for every daemon of the damselfly method.
+    pub tls: bool,
+    /// What runs around each measured method.
+    pub disturb: DisturbConfig,
     /// Run the one-peer measurement (needs the damselfly method).
     pub single: bool,
     pub single_size: Size,
@@ -79,8 +87,16 @@ pub fn run(config: &Config) -> Result<Report> {
     };
     for name in &config.methods {
         crate::wait::check_interrupted()?;
-        let mut method = name.build(config.damselfly_bin.clone());
-        report.methods.push(swarm::measure(&swarm, method.as_mut()));
+        let mut method = name.build(config.damselfly_bin.clone(), config.tls);
+        let measured = match Disturbances::start(&swarm, &config.disturb) {
+            Ok(disturbances) => {
+                let mut measured = swarm::measure(&swarm, method.as_mut());
+                measured.disturbances = disturbances.stop();
+                measured
+            }
+            Err(e) => MethodReport::failed(method.name(), &method.notes(), format!("disturb: {e:#}")),
+        };
+        report.methods.push(measured);
         report.write(&config.out)?;
     }
     drop(swarm);

@@ -9,6 +9,7 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
+use super::disturb::DisturbanceReport;
 use super::scale::ScaleReport;
 
 const MIB: f64 = 1024.0 * 1024.0;
@@ -69,6 +70,19 @@ pub struct MethodReport {
     /// Largest peak RSS (VmHWM) of the per-host agents: peer daemons for
     /// damselfly, aria2c for bittorrent, curl for direct.
     pub peak_rss_bytes: Option<u64>,
+    /// CPU seconds the method's daemons used together (damselfly: scheduler, seed and peer
+    /// daemons) from the start of the downloads until the last host was done.
+    #[serde(default)]
+    pub daemon_cpu_s: Option<f64>,
+    /// The same per daemon, and the whole machine's busy seconds (`machine`).
+    #[serde(default)]
+    pub cpu_s: BTreeMap<String, f64>,
+    /// Whether the method's daemons talked mutual TLS (`--tls`, damselfly only).
+    #[serde(default)]
+    pub tls: bool,
+    /// What else ran on the machine around this method (`--disturb`).
+    #[serde(default)]
+    pub disturbances: Vec<DisturbanceReport>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -148,6 +162,10 @@ impl MethodReport {
             seed_tx_bytes: None,
             timeline: None,
             peak_rss_bytes: None,
+            daemon_cpu_s: None,
+            cpu_s: BTreeMap::new(),
+            tls: false,
+            disturbances: Vec::new(),
         }
     }
 }
@@ -187,9 +205,9 @@ impl Report {
         );
         md.push_str(
             "| method | last host done | median host done | makespan / (S/U) | origin bytes / S \
-             | peer uploads / S | peak RSS per host | sha256 |\n",
+             | peer uploads / S | peak RSS per host | CPU s: daemons / machine | sha256 |\n",
         );
-        md.push_str("| --- | --- | --- | --- | --- | --- | --- | --- |\n");
+        md.push_str("| --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
         for m in &self.methods {
             let sha = if m.hosts.is_empty() {
                 "-".to_string()
@@ -200,9 +218,18 @@ impl Report {
                     m.hosts.len()
                 )
             };
+            let cpu = match (m.daemon_cpu_s, m.cpu_s.get(super::cpu::MACHINE)) {
+                (None, None) => "-".to_string(),
+                (daemons, machine) => format!(
+                    "{} / {}",
+                    opt(daemons, |v| format!("{v:.2}")),
+                    opt(machine.copied(), |v| format!("{v:.2}"))
+                ),
+            };
+            let tls = if m.tls { " (TLS)" } else { "" };
             let _ = writeln!(
                 md,
-                "| {} | {} | {} | {} | {} | {} | {} | {sha} |",
+                "| {}{tls} | {} | {} | {} | {} | {} | {} | {cpu} | {sha} |",
                 m.method,
                 opt(m.makespan_s, seconds),
                 opt(m.median_s, seconds),
@@ -218,6 +245,10 @@ impl Report {
         for m in &self.methods {
             if !m.notes.is_empty() {
                 let _ = writeln!(md, "\n`{}`: {}", m.method, m.notes);
+            }
+            if !m.disturbances.is_empty() {
+                let all: Vec<String> = m.disturbances.iter().map(|d| d.summary()).collect();
+                let _ = writeln!(md, "\n`{}` ran disturbed by: {}", m.method, all.join("; "));
             }
             if let Some(seed) = m.seed_tx_bytes.filter(|b| *b > s.size_bytes / 100) {
                 let _ = writeln!(

@@ -2,7 +2,6 @@
 //! against `curl` from the origin, and the peer daemon's peak RSS while it
 //! serves several downloads at once.
 
-use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -10,13 +9,14 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 
+use super::cpu::CpuMeter;
 use super::report::SingleReport;
 use super::units::Size;
 use crate::data::{ensure_space, sha256_file, write_random_file};
 use crate::lab::Lab;
 use crate::mesh::Mesh;
 use crate::origin::Origin;
-use crate::process::{Proc, cpu_seconds, machine_busy_seconds, wait_all};
+use crate::process::{Proc, wait_all};
 
 const ORIGIN: &str = "origin";
 const SCHEDULER: &str = "sched";
@@ -76,7 +76,7 @@ pub fn measure(config: &SingleConfig) -> Result<SingleReport> {
     let curl_out = out.join("curl");
     let mut curl = Command::new("curl");
     curl.args(["-sSf", "-o"]).arg(&curl_out).arg(origin.url("blob"));
-    let cpu = CpuMeter::start(&[("origin", origin.proc())]);
+    let cpu = CpuMeter::start(named(&[("origin", origin.proc())]));
     let curl_result = timed(&lab, &curl);
     report.curl_cpu_s = cpu.stop();
     match curl_result.and_then(|s| verify(&curl_out, &expected).map(|()| s)) {
@@ -117,11 +117,11 @@ fn measure_damselfly(
     ] {
         let path = out.join(name);
         let cpu = (name == "cold").then(|| {
-            CpuMeter::start(&[
+            CpuMeter::start(named(&[
                 ("origin", origin.proc()),
                 ("seed", &mesh.seed.proc),
                 ("peer", &mesh.peer(PEER).proc),
-            ])
+            ]))
         });
         let secs = timed(lab, &mesh.get_command(PEER, &url, &path)).with_context(|| format!("{name} get"))?;
         if let Some(cpu) = cpu {
@@ -155,34 +155,8 @@ fn measure_damselfly(
     Ok(())
 }
 
-/// CPU seconds used by some processes and by the whole machine over a span.
-struct CpuMeter {
-    procs: Vec<(&'static str, u32, Option<f64>)>,
-    machine: Option<f64>,
-}
-
-impl CpuMeter {
-    fn start(procs: &[(&'static str, &Proc)]) -> Self {
-        Self {
-            procs: procs
-                .iter()
-                .map(|(n, p)| (*n, p.pid(), p.cpu_seconds()))
-                .collect(),
-            machine: machine_busy_seconds(),
-        }
-    }
-
-    fn stop(self) -> BTreeMap<String, f64> {
-        let mut out: BTreeMap<String, f64> = self
-            .procs
-            .into_iter()
-            .filter_map(|(name, pid, before)| Some((name.to_string(), cpu_seconds(pid)? - before?)))
-            .collect();
-        if let (Some(before), Some(now)) = (self.machine, machine_busy_seconds()) {
-            out.insert("machine".into(), now - before);
-        }
-        out
-    }
+fn named(procs: &[(&str, &Proc)]) -> Vec<(String, u32)> {
+    procs.iter().map(|(n, p)| (n.to_string(), p.pid())).collect()
 }
 
 /// Runs `cmd` in the peer host and returns how long it took.

@@ -5,12 +5,14 @@
 //! what it needs (daemons, trackers) in `prepare`, then the runner starts
 //! all N downloads at once and records when each host has the blob.
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
+use super::cpu::{CpuMeter, MACHINE};
 use super::report::{HostReport, MethodReport, Timeline, TimelineSample};
 use super::units::{Rate, Size};
 use crate::data::{ensure_space, sha256_file, write_random_file};
@@ -115,20 +117,31 @@ pub trait Method {
     fn prepare(&mut self, swarm: &Swarm, workdir: &Path) -> Result<()>;
     /// Starts the download on `host` into `out_dir`.
     fn start(&mut self, swarm: &Swarm, host: &str, out_dir: &Path) -> Result<Download>;
+    /// Whether the method's own connections use TLS, for the report.
+    fn tls(&self) -> bool {
+        false
+    }
+    /// The long-running processes `prepare` started (name, pid), whose CPU time the report
+    /// counts from the start of the downloads until the last host is done.
+    fn daemons(&self) -> Vec<(String, u32)> {
+        Vec::new()
+    }
     /// Stops whatever `prepare` started.
     fn stop(&mut self);
 }
 
 /// Measures `method`: all downloads at once, per-host completion, origin
-/// bytes, peak RSS, and the sha256 of every copy. Failures end up in the
-/// report, never as an error.
+/// bytes, peak RSS, the daemons' CPU time, and the sha256 of every copy.
+/// Failures end up in the report, never as an error.
 pub fn measure(swarm: &Swarm, method: &mut dyn Method) -> MethodReport {
     let name = method.name();
-    eprintln!("bench: {name}: {} hosts", swarm.peers.len());
-    let report = match Measurement::run(swarm, method) {
+    let tls = if method.tls() { " (TLS on)" } else { "" };
+    eprintln!("bench: {name}{tls}: {} hosts", swarm.peers.len());
+    let mut report = match Measurement::run(swarm, method) {
         Ok(measurement) => measurement.into_report(swarm, name, method.notes()),
         Err(e) => MethodReport::failed(name, &method.notes(), format!("{e:#}")),
     };
+    report.tls = method.tls();
     method.stop();
     let workdir = swarm.lab.dir().join(name);
     if std::env::var(crate::lab::KEEP_ENV).is_err() {
@@ -156,6 +169,7 @@ struct Measurement {
     origin_tx: u64,
     seed_tx: u64,
     timeline: Timeline,
+    cpu_s: BTreeMap<String, f64>,
 }
 
 impl Measurement {
@@ -171,6 +185,7 @@ impl Measurement {
             .collect::<Result<Vec<_>>>()?;
         method.prepare(swarm, &workdir).context("prepare")?;
 
+        let cpu = CpuMeter::start(method.daemons());
         let start = Instant::now();
         let mut hosts = Vec::new();
         for host in &swarm.peers {
@@ -213,6 +228,7 @@ impl Measurement {
             std::thread::sleep(Duration::from_millis(5));
         }
         timeline.sample(swarm, start)?;
+        let cpu_s = cpu.stop();
         // Daemons still run: their VmHWM now is their exact peak.
         hosts.iter_mut().for_each(HostState::sample_rss);
         let origin_tx = swarm.lab.tx_bytes(ORIGIN)? - tx_before;
@@ -228,6 +244,7 @@ impl Measurement {
             origin_tx,
             seed_tx,
             timeline,
+            cpu_s,
         })
     }
 
@@ -242,6 +259,8 @@ impl Measurement {
         let mut done: Vec<f64> = hosts.iter().filter_map(|h| h.done_s).collect();
         done.sort_by(f64::total_cmp);
         let makespan = ok.then(|| done.last().copied()).flatten();
+        let daemons = self.cpu_s.iter().filter(|(name, _)| *name != MACHINE);
+        let daemon_cpu_s = (daemons.clone().count() > 0).then(|| daemons.map(|(_, s)| s).sum());
         MethodReport {
             method: name.to_string(),
             ok,
@@ -255,6 +274,10 @@ impl Measurement {
             seed_tx_bytes: Some(self.seed_tx),
             timeline: Some(self.timeline),
             peak_rss_bytes: hosts.iter().filter_map(|h| h.peak_rss_bytes).max(),
+            daemon_cpu_s,
+            cpu_s: self.cpu_s,
+            tls: false,
+            disturbances: Vec::new(),
             hosts,
         }
     }

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::Parser;
+use damselfly_e2e::bench::disturb::{DisturbConfig, Kind};
 use damselfly_e2e::bench::methods::MethodName;
 use damselfly_e2e::bench::units::{Rate, Size};
 use damselfly_e2e::bench::{self, Config};
@@ -34,6 +35,27 @@ struct Args {
     /// The damselfly binary (default: $DAMSELFLY_BIN, else next to this one, else target/debug).
     #[arg(long)]
     damselfly_bin: Option<PathBuf>,
+    /// Mutual TLS on for every daemon of the damselfly method (scheduler, seed, peers).
+    #[arg(long)]
+    tls: bool,
+    /// Run something else around each measured method, comma-separated or repeated: `cpu`
+    /// (a spinner per core), `disk` (a buffered writer), `dirty` (page cache left dirty just
+    /// before the start), `bittorrent` (the bittorrent method first, not counted).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    disturb: Vec<Kind>,
+    /// Spinner processes of `--disturb cpu` (0: one per core).
+    #[arg(long, default_value_t = 0)]
+    disturb_cpu_procs: usize,
+    /// Nice value of the spinners and the disk writer (0: normal priority, even if the bench is niced).
+    #[arg(long, default_value_t = 0, allow_hyphen_values = true)]
+    disturb_nice: i32,
+    /// Size of the file `--disturb disk` keeps rewriting from its start (make it larger than
+    /// the kernel's background dirty threshold, or the rewrites never reach the disk).
+    #[arg(long, default_value = "4GiB")]
+    disturb_disk_file_size: Size,
+    /// Bytes `--disturb dirty` writes to the page cache before the start.
+    #[arg(long, default_value = "2GiB")]
+    disturb_dirty_size: Size,
     /// Skip the one-peer measurement on unshaped links.
     #[arg(long)]
     no_single: bool,
@@ -81,6 +103,14 @@ fn run() -> Result<bool> {
         methods: args.methods,
         out: args.out,
         damselfly_bin: args.damselfly_bin,
+        tls: args.tls,
+        disturb: DisturbConfig {
+            kinds: args.disturb,
+            cpu_procs: args.disturb_cpu_procs,
+            nice: args.disturb_nice,
+            disk_file_size: args.disturb_disk_file_size,
+            dirty_size: args.disturb_dirty_size,
+        },
         single,
         single_size: args.single_size,
         single_concurrent_size: args.single_concurrent_size,

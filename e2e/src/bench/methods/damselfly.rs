@@ -1,5 +1,6 @@
 //! `damselfly`: a scheduler, one seed peer and a peer daemon on every host;
-//! each host runs `damselfly get` through its own daemon.
+//! each host runs `damselfly get` through its own daemon. With `tls`, every
+//! daemon runs with mutual TLS on, each with its own certificate of one CA.
 
 use std::path::{Path, PathBuf};
 
@@ -7,16 +8,18 @@ use anyhow::{Context, Result};
 
 use crate::bench::swarm::{BLOB, Download, Method, SCHEDULER, SEED, Swarm};
 use crate::mesh::Mesh;
+use crate::tls::Certs;
 
 pub struct Damselfly {
     bin: Option<PathBuf>,
+    tls: bool,
     mesh: Option<Mesh>,
 }
 
 impl Damselfly {
-    /// `bin`: the `damselfly` binary, or `None` to locate it.
-    pub fn new(bin: Option<PathBuf>) -> Self {
-        Damselfly { bin, mesh: None }
+    /// `bin`: the `damselfly` binary, or `None` to locate it; `tls`: mutual TLS on.
+    pub fn new(bin: Option<PathBuf>, tls: bool) -> Self {
+        Damselfly { bin, tls, mesh: None }
     }
 }
 
@@ -26,9 +29,19 @@ impl Method for Damselfly {
     }
 
     fn notes(&self) -> String {
-        "scheduler, one seed peer, a peer daemon per host (default settings); daemons keep serving \
-         until every host is done"
-            .to_string()
+        let tls = if self.tls {
+            "; mutual TLS on, every daemon with its own certificate of one CA"
+        } else {
+            ""
+        };
+        format!(
+            "scheduler, one seed peer, a peer daemon per host (default settings{tls}); daemons \
+             keep serving until every host is done"
+        )
+    }
+
+    fn tls(&self) -> bool {
+        self.tls
     }
 
     fn prepare(&mut self, swarm: &Swarm, workdir: &Path) -> Result<()> {
@@ -37,9 +50,17 @@ impl Method for Damselfly {
             None => crate::bins::damselfly()?,
         };
         let peers: Vec<&str> = swarm.peers.iter().map(String::as_str).collect();
-        let mesh = Mesh::start(&swarm.lab, &bin, &workdir.join("state"), SCHEDULER, SEED, &peers)
-            .context("start the damselfly mesh")?;
-        self.mesh = Some(mesh);
+        let state = workdir.join("state");
+        let mesh = if self.tls {
+            let mut nodes = vec![format!("scheduler:{SCHEDULER}"), format!("seed:{SEED}")];
+            nodes.extend(peers.iter().map(|p| format!("peer:{p}")));
+            let nodes: Vec<&str> = nodes.iter().map(String::as_str).collect();
+            let certs = Certs::init(&bin, &workdir.join("certs"), &nodes)?;
+            Mesh::start_tls(&swarm.lab, &bin, &state, &certs, SCHEDULER, SEED, &peers)
+        } else {
+            Mesh::start(&swarm.lab, &bin, &state, SCHEDULER, SEED, &peers)
+        };
+        self.mesh = Some(mesh.context("start the damselfly mesh")?);
         Ok(())
     }
 
@@ -54,6 +75,18 @@ impl Method for Damselfly {
             done_marker: None,
             agent_pid,
         })
+    }
+
+    fn daemons(&self) -> Vec<(String, u32)> {
+        let Some(mesh) = &self.mesh else {
+            return Vec::new();
+        };
+        let mut daemons = vec![
+            (SCHEDULER.to_string(), mesh.scheduler.pid()),
+            (SEED.to_string(), mesh.seed.proc.pid()),
+        ];
+        daemons.extend(mesh.peers.iter().map(|p| (p.host.clone(), p.proc.pid())));
+        daemons
     }
 
     fn stop(&mut self) {

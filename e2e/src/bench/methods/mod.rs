@@ -28,10 +28,11 @@ pub enum MethodName {
 impl MethodName {
     pub const ALL: [MethodName; 3] = [MethodName::Damselfly, MethodName::Direct, MethodName::BitTorrent];
 
-    /// The method itself; `damselfly_bin` is only looked at by `damselfly`.
-    pub fn build(self, damselfly_bin: Option<PathBuf>) -> Box<dyn Method> {
+    /// The method itself; `damselfly_bin` and `tls` (mutual TLS on) are only looked at by
+    /// `damselfly`.
+    pub fn build(self, damselfly_bin: Option<PathBuf>, tls: bool) -> Box<dyn Method> {
         match self {
-            MethodName::Damselfly => Box::new(Damselfly::new(damselfly_bin)),
+            MethodName::Damselfly => Box::new(Damselfly::new(damselfly_bin, tls)),
             MethodName::Direct => Box::new(Direct),
             MethodName::BitTorrent => Box::new(BitTorrent::default()),
         }

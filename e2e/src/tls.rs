@@ -1,0 +1,66 @@
+//! Certificates for mutual TLS in a lab: a CA and per-node certificates written by
+//! `damselfly certs init`, and the `[tls]` table that points a node's config at its own.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, ensure};
+
+/// A directory holding `ca.pem` and `NAME.pem` / `NAME-key.pem` per node.
+#[derive(Debug, Clone)]
+pub struct Certs {
+    dir: PathBuf,
+}
+
+impl Certs {
+    /// Runs `bin certs init DIR NODE...`; nodes are `ROLE:NAME`, e.g. `scheduler:sched`.
+    pub fn init(bin: &Path, dir: &Path, nodes: &[&str]) -> Result<Certs> {
+        let out = Command::new(bin)
+            .args(["certs", "init"])
+            .arg(dir)
+            .args(nodes)
+            .output()
+            .with_context(|| format!("run {} certs init", bin.display()))?;
+        ensure!(
+            out.status.success(),
+            "certs init: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(Certs {
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn ca(&self) -> PathBuf {
+        self.dir.join("ca.pem")
+    }
+
+    pub fn cert(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("{name}.pem"))
+    }
+
+    pub fn key(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("{name}-key.pem"))
+    }
+
+    /// The `[tls]` table (mode on) of node `name`'s config.
+    pub fn toml(&self, name: &str) -> String {
+        format!(
+            "[tls]\nmode = \"on\"\nca = {:?}\ncert = {:?}\nkey = {:?}\n",
+            self.ca(),
+            self.cert(name),
+            self.key(name)
+        )
+    }
+
+    /// Writes node `name`'s config (just its `[tls]` table) to `path`; returns
+    /// `--config PATH` for the daemon's command line.
+    pub fn write_config(&self, name: &str, path: &Path) -> Result<Vec<String>> {
+        std::fs::write(path, self.toml(name)).with_context(|| format!("write {}", path.display()))?;
+        Ok(vec!["--config".to_string(), path.display().to_string()])
+    }
+}
