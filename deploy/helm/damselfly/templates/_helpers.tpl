@@ -16,10 +16,11 @@ app.kubernetes.io/component: {{ .component }}
 {{- $name := include "damselfly.name" . -}}
 {{- range $i := until (int .Values.scheduler.replicas) }}
 - --scheduler
-- http://{{ $name }}-scheduler-{{ $i }}.{{ $name }}-scheduler.{{ $.Release.Namespace }}.svc:8002
+- {{ include "damselfly.scheme" $ }}://{{ $name }}-scheduler-{{ $i }}.{{ $name }}-scheduler.{{ $.Release.Namespace }}.svc:8002
 {{- end }}
 {{- end -}}
-{{- define "damselfly.managerURL" -}}http://{{ include "damselfly.name" . }}-manager.{{ .Release.Namespace }}.svc:65003{{- end -}}
+{{- define "damselfly.scheme" -}}{{ if .Values.tls.enabled }}https{{ else }}http{{ end }}{{- end -}}
+{{- define "damselfly.managerURL" -}}{{ include "damselfly.scheme" . }}://{{ include "damselfly.name" . }}-manager.{{ .Release.Namespace }}.svc:65003{{- end -}}
 {{- define "damselfly.probes" -}}
 readinessProbe:
   httpGet: {path: /readyz, port: {{ .port }}}
@@ -34,18 +35,31 @@ startupProbe:
   periodSeconds: 2
   failureThreshold: 60
 {{- end -}}
+{{/* TLS of one role: (dict "root" . "role" "peer"). Volumes, mounts and the --config args. */}}
 {{- define "damselfly.tlsVolume" -}}
-{{- if .Values.tls.enabled }}
+{{- if .root.Values.tls.enabled }}
 - name: tls
   secret:
-    secretName: {{ required "tls.secretName is required with tls.enabled" .Values.tls.secretName }}
+    secretName: {{ required (printf "tls.secrets.%s is required with tls.enabled" .role) (index .root.Values.tls.secrets .role) }}
+- name: tls-config
+  configMap:
+    name: {{ include "damselfly.name" .root }}-tls
 {{- end }}
 {{- end -}}
 {{- define "damselfly.tlsMount" -}}
-{{- if .Values.tls.enabled }}
+{{- if .root.Values.tls.enabled }}
 - name: tls
   mountPath: /etc/damselfly/tls
   readOnly: true
+- name: tls-config
+  mountPath: /etc/damselfly/config
+  readOnly: true
+{{- end }}
+{{- end -}}
+{{- define "damselfly.tlsArgs" -}}
+{{- if .root.Values.tls.enabled }}
+- --config
+- /etc/damselfly/config/tls.toml
 {{- end }}
 {{- end -}}
 {{- define "damselfly.podSecurity" -}}
