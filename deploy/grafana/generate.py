@@ -83,6 +83,15 @@ traffic = [
         ("sum(damselfly_peer_active_downloads)", "downloads"),
         ("sum(damselfly_peer_active_uploads)", "uploads"),
     ], 0, 32),
+    ("Snapshotter: layers from the mesh and fallbacks to containerd's pull", [
+        ("sum(increase(damselfly_snapshotter_remote_layers_total[5m]))", "from the mesh"),
+        ("sum(increase(damselfly_snapshotter_fallbacks_total[5m]))", "fallbacks"),
+        ("sum(increase(damselfly_snapshotter_layer_failures_total[5m]))", "refused"),
+    ], 12, 32),
+    ("Snapshotter: prepare latency by outcome", [
+        (q(0.5, "damselfly_snapshotter_prepare_seconds", "outcome"), "p50 {{outcome}}"),
+        (q(0.99, "damselfly_snapshotter_prepare_seconds", "outcome"), "p99 {{outcome}}"),
+    ], 0, 40, "s"),
 ]
 
 control = [

@@ -1,5 +1,6 @@
 //! Observability for real: a lab swarm (manager, scheduler, seed, two peers,
-//! an origin) runs a few downloads and registry-proxy requests while
+//! a snapshotter beside one of them, an origin) runs a few downloads,
+//! registry-proxy requests and snapshot prepares while
 //! Debian's `prometheus` scrapes every role; then every query of every panel
 //! of `deploy/grafana/*.json` must return a series, every dashboard panel
 //! must carry the fields Grafana needs, and `promtool check metrics` must be
@@ -21,6 +22,7 @@ use std::time::Duration;
 
 const ORIGIN_PORT: u16 = 8080;
 const PROM_PORT: u16 = 9090;
+const SNAPSHOTTER_METRICS_PORT: u16 = 8005;
 const TIMEOUT: Duration = Duration::from_secs(120);
 
 fn deploy_dir() -> PathBuf {
@@ -113,6 +115,58 @@ fn promtool_check(url_ip: Ipv4Addr, port: u16) -> Result<()> {
     Ok(())
 }
 
+/// Two Prepares on the snapshotter's socket, as containerd would send them: a plain one, and one
+/// whose labels name a layer of an image nobody serves (`127.0.0.1:1` refuses), so it falls
+/// back to a plain Prepare and counts the fallback.
+fn prepare_two_snapshots(socket: &Path) -> Result<()> {
+    use damselfly_snapshotter::proto::snapshots::PrepareSnapshotRequest;
+    use damselfly_snapshotter::proto::snapshots::snapshots_client::SnapshotsClient;
+    use damselfly_snapshotter::remote::{IMAGE_LAYERS_LABEL, IMAGE_REF_LABEL, LAYER_DIGEST_LABEL, REF_LABEL};
+    let socket = socket.to_path_buf();
+    let digest = format!("sha256:{}", "ab".repeat(32));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let channel = tonic::transport::Endpoint::from_static("http://localhost")
+            .connect_with_connector(tower::service_fn(move |_| {
+                let socket = socket.clone();
+                async move {
+                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                        tokio::net::UnixStream::connect(socket).await?,
+                    ))
+                }
+            }))
+            .await
+            .context("connect to the snapshotter's socket")?;
+        let mut client = SnapshotsClient::new(channel);
+        let labelled = [
+            (REF_LABEL, format!("sha256:{}", "cd".repeat(32))),
+            (LAYER_DIGEST_LABEL, digest.clone()),
+            (IMAGE_REF_LABEL, "127.0.0.1:1/none/img:v1".to_string()),
+            (IMAGE_LAYERS_LABEL, digest.clone()),
+        ];
+        for (key, labels) in [("plain", vec![]), ("labelled", labelled.to_vec())] {
+            let mut req = tonic::Request::new(PrepareSnapshotRequest {
+                key: key.into(),
+                parent: String::new(),
+                labels: labels.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+                snapshotter: String::new(),
+            });
+            req.metadata_mut()
+                .insert("containerd-namespace", "k8s.io".parse().expect("ascii"));
+            let mounts = client
+                .prepare(req)
+                .await
+                .with_context(|| format!("prepare {key}"))?
+                .into_inner()
+                .mounts;
+            ensure!(!mounts.is_empty(), "prepare {key}: no mounts");
+        }
+        Ok(())
+    })
+}
+
 #[test]
 fn every_dashboard_query_returns_data_from_a_lab_swarm() -> Result<()> {
     assert!(
@@ -138,6 +192,25 @@ fn every_dashboard_query_returns_data_from_a_lab_swarm() -> Result<()> {
     for p in [&seed, &p1, &p2] {
         p.wait_schedulers(1, TIMEOUT)?;
     }
+    // A snapshotter beside p1, asking p1's registry proxy for layers.
+    let socket = dir.path().join("snapshotter.sock");
+    let mut snap = Command::new(&bin);
+    snap.arg("snapshotter")
+        .arg("--root")
+        .arg(dir.path().join("snapshots"))
+        .arg("--socket")
+        .arg(&socket)
+        .arg("--metrics-listen")
+        .arg(format!("{}:{SNAPSHOTTER_METRICS_PORT}", p1.ip));
+    let snapshotter = lab.spawn("p1", "snapshotter", &snap)?;
+    wait_for("the snapshotter's socket", TIMEOUT, || {
+        !snapshotter.is_running() || socket.exists()
+    })?;
+    ensure!(
+        snapshotter.is_running(),
+        "snapshotter exited:\n{}",
+        snapshotter.log_tail(20)
+    );
 
     // Prometheus in its own lab host, scraping every role each second.
     let prom = lab.ip("prom");
@@ -156,11 +229,13 @@ fn every_dashboard_query_returns_data_from_a_lab_swarm() -> Result<()> {
              scrape_configs:\n\
              - job_name: damselfly-manager\n  static_configs: [{{targets: [{}]}}]\n\
              - job_name: damselfly-scheduler\n  static_configs: [{{targets: [{}]}}]\n\
-             - job_name: damselfly-peer\n  static_configs: [{{targets: [{}]}}]\n",
+             - job_name: damselfly-peer\n  static_configs: [{{targets: [{}]}}]\n\
+             - job_name: damselfly-snapshotter\n  static_configs: [{{targets: [{}]}}]\n",
             deploy_dir().join("prometheus/alerts.yaml").display(),
             targets(&["mgr"], MANAGER_HTTP_PORT),
             targets(&["sched"], SCHEDULER_METRICS_PORT),
             targets(&["seed", "p1", "p2"], PEER_METRICS_PORT),
+            targets(&["p1"], SNAPSHOTTER_METRICS_PORT),
         ),
     )?;
     let mut cmd = Command::new("prometheus");
@@ -195,6 +270,7 @@ fn every_dashboard_query_returns_data_from_a_lab_swarm() -> Result<()> {
             .arg(format!("http://127.0.0.1:65001{path}"));
         lab.run("p1", &c)?;
     }
+    prepare_two_snapshots(&socket)?;
 
     // Every panel's query returns a series (they come once a rate window has two samples).
     let mut empty = Vec::new();
@@ -210,8 +286,13 @@ fn every_dashboard_query_returns_data_from_a_lab_swarm() -> Result<()> {
         bail!("dashboard queries with no result:\n{}", empty.join("\n"));
     }
     // Every target scraped, none down.
-    ensure!(series(prom, "up == 1")? == 5, "not every role is scraped up");
+    ensure!(series(prom, "up == 1")? == 6, "not every role is scraped up");
     ensure!(series(prom, "up == 0")? == 0, "a scrape target is down");
+    // Every role, the manager included, says it is up and ready.
+    ensure!(
+        series(prom, "damselfly_ready == 1")? == 6,
+        "not every role reports damselfly_ready 1"
+    );
 
     // promtool on every role's /metrics.
     promtool_check(manager.ip, MANAGER_HTTP_PORT)?;
@@ -219,5 +300,11 @@ fn every_dashboard_query_returns_data_from_a_lab_swarm() -> Result<()> {
     for p in [&seed, &p1, &p2] {
         promtool_check(p.ip, PEER_METRICS_PORT)?;
     }
+    promtool_check(p1.ip, SNAPSHOTTER_METRICS_PORT)?;
+    // The labelled Prepare fell back (nobody serves that image) and was counted.
+    ensure!(
+        series(prom, "damselfly_snapshotter_fallbacks_total >= 1")? == 1,
+        "the snapshotter's fallback was not counted"
+    );
     Ok(())
 }

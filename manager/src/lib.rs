@@ -144,16 +144,17 @@ pub async fn start_with(
         s.wait().await;
         let _ = closing_tx.send(true);
     });
+    let health = damselfly_service::health::Health::new("manager", &["database", "listeners"]);
     let ctx: Ctx = Arc::new(Inner {
         db,
         config: config.clone(),
         hasher,
-        metrics: metrics::Metrics::new(),
+        metrics: metrics::Metrics::new(&health),
         hub: hub::SessionHub::default(),
         wake: tokio::sync::Notify::new(),
         owner,
         closing,
-        health: damselfly_service::health::Health::new("manager", &["database", "listeners"]),
+        health,
     });
     ctx.health.set("database", true);
 

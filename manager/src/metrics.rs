@@ -1,6 +1,7 @@
 //! The manager's Prometheus metrics, defined once here with one naming
 //! scheme (`damselfly_manager_*`) and recorded by one-line helpers.
 
+use damselfly_service::health::Health;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -19,8 +20,11 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    pub fn new() -> Metrics {
-        let mut registry = Registry::with_prefix("damselfly_manager");
+    /// The manager's metrics, beside the role's `damselfly_up` and `damselfly_ready` gauges.
+    pub fn new(health: &Health) -> Metrics {
+        let mut root = Registry::default();
+        health.register(&mut root);
+        let registry = root.sub_registry_with_prefix("damselfly_manager");
         let instances = Family::<Labels, Gauge>::default();
         registry.register(
             "instances",
@@ -40,7 +44,7 @@ impl Metrics {
         let grpc = Family::<Labels, Counter>::default();
         registry.register("grpc_requests", "gRPC calls by method", grpc.clone());
         Metrics {
-            registry: Arc::new(registry),
+            registry: Arc::new(root),
             instances,
             jobs,
             http,
@@ -90,11 +94,5 @@ impl Metrics {
         self.grpc
             .get_or_create(&vec![("method".into(), method.into())])
             .inc();
-    }
-}
-
-impl Default for Metrics {
-    fn default() -> Self {
-        Self::new()
     }
 }

@@ -21,6 +21,8 @@ use damselfly_registry_proxy::reference::ImageRef;
 use futures::future::{BoxFuture, FutureExt, Shared};
 use http_body_util::BodyExt;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use serde::Deserialize;
 use sha2::Digest as _;
@@ -76,12 +78,27 @@ impl RemoteConfig {
     }
 }
 
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct RemoteMetrics {
     pub layers: Counter,
     pub bytes: Counter,
     pub fallbacks: Counter,
     pub failures: Counter,
+    /// Prepare latency by `outcome`: `mesh` (a remote layer committed: AlreadyExists), `plain`
+    /// (mounts returned: no labels, or a fallback), `error`.
+    pub prepare: Family<Vec<(&'static str, &'static str)>, Histogram, fn() -> Histogram>,
+}
+
+impl Default for RemoteMetrics {
+    fn default() -> Self {
+        Self {
+            layers: Counter::default(),
+            bytes: Counter::default(),
+            fallbacks: Counter::default(),
+            failures: Counter::default(),
+            prepare: Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.001, 2.0, 18))),
+        }
+    }
 }
 
 impl RemoteMetrics {
@@ -107,6 +124,22 @@ impl RemoteMetrics {
             "Layers refused (digest mismatch, bad tar)",
             self.failures.clone(),
         );
+        r.register(
+            "prepare_seconds",
+            "Prepare latency by outcome (mesh: the layer came from the mesh; plain; error)",
+            self.prepare.clone(),
+        );
+    }
+
+    fn observe_prepare<T>(&self, result: &Result<T>, started: std::time::Instant) {
+        let outcome = match result {
+            Err(Error::AlreadyExists(_)) => "mesh",
+            Ok(_) => "plain",
+            Err(_) => "error",
+        };
+        self.prepare
+            .get_or_create(&vec![("outcome", outcome)])
+            .observe(started.elapsed().as_secs_f64());
     }
 }
 
@@ -457,10 +490,13 @@ async fn fetch_layer(
 
 impl Snapshotter for Remote {
     async fn prepare(&self, ns: String, key: String, parent: String, labels: Labels) -> Result<Vec<Mount>> {
-        match LayerRequest::from_labels(&labels).filter(|_| self.enabled) {
+        let started = std::time::Instant::now();
+        let result = match LayerRequest::from_labels(&labels).filter(|_| self.enabled) {
             Some(req) => self.prepare_remote(ns, key, parent, labels, req).await,
             None => self.overlay.prepare(ns, key, parent, labels).await,
-        }
+        };
+        self.metrics.observe_prepare(&result, started);
+        result
     }
 
     async fn view(&self, ns: String, key: String, parent: String, labels: Labels) -> Result<Vec<Mount>> {
