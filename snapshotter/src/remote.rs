@@ -86,8 +86,10 @@ pub struct RemoteMetrics {
     pub failures: Counter,
     /// Prepare latency by `outcome`: `mesh` (a remote layer committed: AlreadyExists), `plain`
     /// (mounts returned: no labels, or a fallback), `error`.
-    pub prepare: Family<Vec<(&'static str, &'static str)>, Histogram, fn() -> Histogram>,
+    pub prepare: PrepareLatency,
 }
+
+type PrepareLatency = Family<Vec<(&'static str, &'static str)>, Histogram, fn() -> Histogram>;
 
 impl Default for RemoteMetrics {
     fn default() -> Self {
