@@ -5,7 +5,7 @@
 
 use anyhow::{Context, Result, bail};
 use damselfly_e2e::bins;
-use damselfly_e2e::data::{sha256_file, write_random_file};
+use damselfly_e2e::data::{ensure_space, sha256_file, write_random_file};
 use damselfly_e2e::lab::Lab;
 use damselfly_e2e::mesh::Mesh;
 use damselfly_e2e::wait::wait_for;
@@ -148,6 +148,8 @@ fn a_gibibyte_streams_through_the_cache() -> Result<()> {
     assert!(rustix::process::geteuid().is_root(), "cache tests need root");
     let lab = Lab::new("dfsbcache", 140, &["sched", "seed", "imp", "exp"], None)?;
     let dir = tempfile::tempdir()?;
+    // The file, three stores and the export.
+    ensure_space(dir.path(), 5 * 1024 * MIB, "a 1 GiB file through the cache")?;
     let file = dir.path().join("big");
     write_random_file(&file, 1024 * MIB)?;
     let sha = sha256_file(&file)?;

@@ -4,7 +4,7 @@
 
 use anyhow::{Context, Result, bail};
 use damselfly_e2e::bins;
-use damselfly_e2e::data::{sha256_file, write_random_file};
+use damselfly_e2e::data::{ensure_space, sha256_file, write_random_file};
 use damselfly_e2e::lab::Lab;
 use damselfly_e2e::mesh::Mesh;
 use damselfly_e2e::process::{Proc, wait_all};
@@ -286,6 +286,8 @@ fn a_gibibyte_streams_through_the_store() -> Result<()> {
     assert!(rustix::process::geteuid().is_root(), "store tests need root");
     let lab = Lab::new("dfsbstore", 141, &["moto", "sched", "seed", "w", "r"], None)?;
     let dir = tempfile::tempdir()?;
+    // The file, the object in moto's temp files, three stores and the copy.
+    ensure_space(dir.path(), 7 * 1024 * MIB, "a 1 GiB object through the store")?;
     let small = dir.path().join("small");
     write_random_file(&small, 1000)?;
     let (_moto, endpoint, id, secret) = start_moto(&lab, &small, "small")?;
