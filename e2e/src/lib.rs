@@ -16,6 +16,7 @@
 //! - [`bench`]: the swarm benchmark behind `damselfly-bench`;
 //! - [`schedload`]: a load generator for the scheduler alone (simulated peers);
 //! - [`origin`]: the `damselfly-origin` test server and its request log;
+//! - [`s3`]: a moto S3 server that logs the bytes it serves;
 //! - [`bins`]: where the binaries under test are found;
 //! - [`data`]: random test files and their SHA-256.
 //!
@@ -35,6 +36,7 @@ pub mod oci;
 pub mod origin;
 pub mod process;
 pub mod rootfs;
+pub mod s3;
 pub mod schedload;
 pub mod tls;
 pub mod wait;

@@ -204,6 +204,11 @@ impl Mesh {
         Ok(())
     }
 
+    /// The damselfly binary the daemons run.
+    pub fn bin(&self) -> &Path {
+        &self.bin
+    }
+
     pub fn peer(&self, host: &str) -> &PeerDaemon {
         self.peers
             .iter()

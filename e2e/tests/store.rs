@@ -4,7 +4,7 @@
 
 use anyhow::{Context, Result, bail};
 use damselfly_e2e::bins;
-use damselfly_e2e::data::{sha256_file, write_random_file};
+use damselfly_e2e::data::{ensure_space, sha256_file, write_random_file};
 use damselfly_e2e::lab::Lab;
 use damselfly_e2e::mesh::Mesh;
 use damselfly_e2e::process::{Proc, wait_all};
@@ -274,5 +274,54 @@ fn store_put_then_get_on_four_hosts() -> Result<()> {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(err.contains("s3://nobucket/k: no such bucket"), "{err}");
+    Ok(())
+}
+
+/// A 1 GiB object through `store put` on one host and `store get` on
+/// another streams: the putting peer (which then takes it through the mesh),
+/// the getting peer and the seed (parallel range reads from storage) all peak
+/// (VmHWM) under 100 MiB.
+#[test]
+fn a_gibibyte_streams_through_the_store() -> Result<()> {
+    assert!(rustix::process::geteuid().is_root(), "store tests need root");
+    let lab = Lab::new("dfsbstore", 141, &["moto", "sched", "seed", "w", "r"], None)?;
+    let dir = tempfile::tempdir()?;
+    // The file, the object in moto's temp files, three stores and the copy.
+    ensure_space(dir.path(), 7 * 1024 * MIB, "a 1 GiB object through the store")?;
+    let small = dir.path().join("small");
+    write_random_file(&small, 1000)?;
+    let (_moto, endpoint, id, secret) = start_moto(&lab, &small, "small")?;
+    let config = dir.path().join("peer.toml");
+    peer_config(&config, &endpoint, &id, &secret)?;
+    let args = vec!["--config".to_string(), config.display().to_string()];
+    let mesh = Mesh::start_with_args(
+        &lab,
+        &bins::damselfly()?,
+        &dir.path().join("state"),
+        "sched",
+        "seed",
+        &["w", "r"],
+        &args,
+    )?;
+    let big = dir.path().join("big");
+    write_random_file(&big, 1024 * MIB)?;
+    let sha = sha256_file(&big)?;
+    let url = "s3://bkt/big";
+    let big_arg = big.display().to_string();
+    lab.run_ok("w", &store_command(&mesh, "w", &["put", &big_arg, url])?)?;
+    std::fs::remove_file(&big)?; // room on the disk
+    let out = dir.path().join("out");
+    let out_arg = out.display().to_string();
+    lab.run_ok("r", &store_command(&mesh, "r", &["get", url, "-o", &out_arg])?)?;
+    assert_eq!(sha256_file(&out)?, sha, "the copy on r");
+    let mut peaks = Vec::new();
+    for p in [mesh.peer("w"), mesh.peer("r"), &mesh.seed] {
+        peaks.push((p.host.clone(), p.proc.peak_rss_bytes().context("VmHWM")? / MIB));
+    }
+    eprintln!("peak RSS in MiB: {peaks:?}");
+    assert!(
+        peaks.iter().all(|(_, mib)| *mib < 100),
+        "peak RSS in MiB: {peaks:?}"
+    );
     Ok(())
 }

@@ -14,6 +14,8 @@
 //! upload_slots = 16                        # children served at once per task
 //! upload_rate = "0"                        # bytes/s, 0 = unlimited ("100MiB" also works)
 //! download_rate = "0"
+//! download_window = "32MiB"                # piece requests one download keeps in flight, in bytes
+//! download_memory = "16MiB"                # pieces held in memory between socket and disk, all downloads
 //! task_ttl = "24h"
 //! gc_interval = "1m"
 //! disk_high_watermark = 90                 # percent of the data_dir filesystem
@@ -63,6 +65,14 @@ pub struct PeerConfig {
     pub upload_slots: u32,
     pub upload_rate: ByteSize,
     pub download_rate: ByteSize,
+    /// Bytes of pieces one download keeps requested and not yet stored (at
+    /// least one piece; the cluster's `peer_download_concurrency`, or 32,
+    /// still bounds the count). Enough to keep every parent's pipeline full
+    /// across a round trip; the requested bytes wait at the parents.
+    pub download_window: ByteSize,
+    /// Bytes of pieces this peer holds in memory between a socket (parent or
+    /// origin) and the disk, over all downloads (see [`crate::memory`]).
+    pub download_memory: ByteSize,
     #[serde(with = "humantime_serde")]
     pub task_ttl: Duration,
     #[serde(with = "humantime_serde")]
@@ -236,6 +246,12 @@ impl std::fmt::Debug for ObjectStoreConfig {
 const DEFAULT_DATA_DIR: &str = "/var/lib/damselfly";
 const DEFAULT_SOCKET: &str = "/run/damselfly/daemon.sock";
 const DEFAULT_UPLOAD_SLOTS: u32 = 16;
+const MIN_DOWNLOAD_BYTES: u64 = 1024 * 1024;
+const MAX_DOWNLOAD_BYTES: u64 = 4 * 1024 * 1024 * 1024 - 1;
+/// 16 pieces of 2 MiB (a 1 GiB file's), 32 requests of 1 MiB or less.
+pub const DEFAULT_DOWNLOAD_WINDOW: ByteSize = ByteSize::mib(32);
+/// 8 pieces of 2 MiB; with a disk that keeps up, a few are held at a time.
+pub const DEFAULT_DOWNLOAD_MEMORY: ByteSize = ByteSize::mib(16);
 
 impl Default for PeerConfig {
     fn default() -> Self {
@@ -252,6 +268,8 @@ impl Default for PeerConfig {
             upload_slots: DEFAULT_UPLOAD_SLOTS,
             upload_rate: ByteSize(0),
             download_rate: ByteSize(0),
+            download_window: DEFAULT_DOWNLOAD_WINDOW,
+            download_memory: DEFAULT_DOWNLOAD_MEMORY,
             task_ttl: Duration::from_secs(24 * 3600),
             gc_interval: Duration::from_secs(60),
             disk_high_watermark: 90,
@@ -315,6 +333,17 @@ impl PeerConfig {
         }
         if self.upload_slots == 0 {
             return Err(ConfigError::invalid("upload_slots", "must be at least 1"));
+        }
+        for (field, v) in [
+            ("download_window", self.download_window),
+            ("download_memory", self.download_memory),
+        ] {
+            if v.as_u64() < MIN_DOWNLOAD_BYTES || v.as_u64() > MAX_DOWNLOAD_BYTES {
+                return Err(ConfigError::invalid(
+                    field,
+                    format!("{v} is outside 1 MiB..=4 GiB"),
+                ));
+            }
         }
         if self.disk_high_watermark > 100 || self.disk_low_watermark >= self.disk_high_watermark {
             return Err(ConfigError::invalid(
@@ -429,6 +458,13 @@ mod tests {
         assert!(c.validate().unwrap_err().to_string().contains("manager.addr"));
         c.manager.addr = "10.0.0.1:65003".into();
         c.validate().unwrap();
+        let w: PeerConfig = parse("download_window = \"64KiB\"\n", "p").unwrap();
+        assert!(w.validate().unwrap_err().to_string().contains("download_window"));
+        let m: PeerConfig = parse("download_memory = \"8MiB\"\n", "p").unwrap();
+        assert_eq!(m.download_memory.as_u64(), 8 << 20);
+        m.validate().unwrap();
+        let m: PeerConfig = parse("download_memory = \"5GiB\"\n", "p").unwrap();
+        assert!(m.validate().unwrap_err().to_string().contains("download_memory"));
         assert!(
             parse::<PeerConfig>("upload_slots = -1", "p.toml")
                 .unwrap_err()

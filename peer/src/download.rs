@@ -14,6 +14,7 @@
 
 use crate::config::PeerConfig;
 use crate::error::Error;
+use crate::memory::PieceMemory;
 use crate::metrics::Metrics;
 use crate::parent::{self, ParentConn, ParentEvent, Target};
 use crate::picker::{BusyParents, Picker, Report, TICK, TOTAL_WINDOW, Timers};
@@ -41,7 +42,9 @@ const SCHEDULER_TIMEOUT: Duration = Duration::from_secs(5);
 /// Events (pieces, a few MiB each) waiting for the engine, from all parents
 /// together and from the origin. The engine writes one piece at a time; when
 /// the disk is slower than the network these fill, the connections stop
-/// reading and TCP pushes back, so memory stays at a few pieces.
+/// reading and TCP pushes back. What bounds the bytes is the peer's
+/// [`PieceMemory`] (`download_memory`): a piece is read off its socket only
+/// once it has room there.
 const PARENT_EVENTS: usize = 8;
 const SOURCE_EVENTS: usize = 4;
 
@@ -61,6 +64,8 @@ pub struct Downloader {
     /// Fixed, or the manager's latest answer (see [`Downloader::set_schedulers`]).
     schedulers: std::sync::RwLock<Vec<SchedulerEndpoint>>,
     pub download_limiter: Arc<RateLimiter>,
+    /// Bytes of pieces held between sockets and the disk, over all downloads (`download_memory`).
+    pub memory: Arc<PieceMemory>,
     /// The cluster's peer settings in force (from the manager, if any).
     pub limits: Arc<crate::limits::Limits>,
     /// The schedulers' piece-ticket keys (from their host streams), for the piece server.
@@ -84,6 +89,7 @@ impl Downloader {
         schedulers: Vec<SchedulerEndpoint>,
     ) -> Arc<Self> {
         let download_limiter = Arc::new(RateLimiter::new(config.download_rate.as_u64()));
+        let memory = Arc::new(PieceMemory::new(config.download_memory.as_u64()));
         metrics.schedulers.set(schedulers.len() as i64);
         Arc::new(Self {
             tasks,
@@ -93,6 +99,7 @@ impl Downloader {
             http,
             schedulers: std::sync::RwLock::new(schedulers),
             download_limiter,
+            memory,
             limits: Arc::default(),
             ticket_keys: Arc::default(),
             running: Mutex::new(HashSet::new()),
@@ -463,6 +470,7 @@ impl Engine {
                 self.ticket.clone(),
                 self.events_tx.clone(),
                 self.d.download_limiter.clone(),
+                self.d.memory.clone(),
             );
             self.picker.add_parent(&p.peer_id, p.seed);
             self.conns.insert(p.peer_id, conn);
@@ -575,6 +583,7 @@ impl Engine {
                 blocks.clone(),
                 self.d.config.source.clone(),
                 self.source_tx.clone(),
+                self.d.memory.clone(),
             ));
         }
         Ok(())
@@ -587,7 +596,12 @@ impl Engine {
                 self.publish(layout).await?;
                 self.fetch_missing(layout)?;
             }
-            SourceEvent::Piece { index, data, digest } => {
+            SourceEvent::Piece {
+                index,
+                data,
+                digest,
+                reserved: _reserved, // given back once the piece is stored
+            } => {
                 if self.task.has(index) {
                     return Ok(());
                 }
@@ -644,6 +658,7 @@ impl Engine {
                 data,
                 verified,
                 elapsed,
+                reserved: _reserved, // given back once the piece is stored
             } => {
                 self.picker.arrived(&parent, index, Instant::now());
                 if self.task.has(index) || !self.picker.has_parent(&parent) {
@@ -701,7 +716,11 @@ impl Engine {
         if s.layout.is_none() {
             return;
         }
-        let total = self.d.limits.download_concurrency(TOTAL_WINDOW);
+        let total = window(
+            self.d.limits.download_concurrency(TOTAL_WINDOW),
+            self.d.config.download_window.as_u64(),
+            s.layout.map_or(1, |l| l.piece_length),
+        );
         let conns = &self.conns;
         self.picker.fill(
             Instant::now(),
@@ -783,6 +802,14 @@ impl Engine {
             .await;
         }
     }
+}
+
+/// Piece requests one download keeps in flight: `requests` (the cluster's
+/// or the default count), but no more than `bytes` (`download_window`) of
+/// pieces of `piece_length`, and at least one.
+fn window(requests: usize, bytes: u64, piece_length: u32) -> usize {
+    let by_bytes = (bytes / u64::from(piece_length.max(1))).max(1);
+    requests.min(usize::try_from(by_bytes).unwrap_or(usize::MAX))
 }
 
 async fn next_command(rx: &mut Option<tonic::Streaming<TaskCommand>>) -> Option<TaskCommand> {
@@ -888,6 +915,17 @@ mod tests {
         let task = d.start(Request { spec, seed: true }).await?;
         wait(&task).await?;
         Ok(task)
+    }
+
+    #[test]
+    fn the_window_is_bounded_by_bytes_and_count() {
+        let mib = 1024 * 1024;
+        // A 1 GiB file's 2 MiB pieces: 16 of the default 32 MiB.
+        assert_eq!(window(TOTAL_WINDOW, 32 * mib, 2 * mib as u32), 16);
+        // Small pieces: the count bounds it.
+        assert_eq!(window(TOTAL_WINDOW, 32 * mib, 256 * 1024), TOTAL_WINDOW);
+        // A piece larger than the window: one at a time, never none.
+        assert_eq!(window(TOTAL_WINDOW, mib, 16 * mib as u32), 1);
     }
 
     #[tokio::test]

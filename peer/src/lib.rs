@@ -14,7 +14,7 @@
 //! - [`piece_server`]: serves pieces to children (super-seeding when this peer is the source).
 //! - [`parent`]: one connection to a parent, as a child.
 //! - [`source`]: back-to-source over HTTP(S) with Range and retries.
-//! - [`download`]: the engine that drives one task to completion; [`picker`]: its piece choice and timers (plain code).
+//! - [`download`]: the engine that drives one task to completion; [`picker`]: its piece choice and timers (plain code); [`memory`]: the bytes of pieces held between socket and disk.
 //! - [`origin_policy`]: which origins a seed task may name (no loopback, link-local, cluster services).
 //! - [`download`]: the engine that drives one task to completion.
 //! - [`announcer`]: the host stream to the scheduler (keepalive, seed triggers).
@@ -40,6 +40,7 @@ pub mod gc;
 pub mod limits;
 pub mod local_api;
 pub mod manager;
+pub mod memory;
 pub mod metrics;
 pub mod objects;
 pub mod origin;

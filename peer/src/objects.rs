@@ -6,7 +6,7 @@
 //! and downloads the task tagged `etag:<ETag>`, so a replaced object is a
 //! new task and a deleted one fails at the stat, never served from stale
 //! copies in the mesh. A put streams the file to the store (multipart in
-//! 8 MiB chunks, two in flight), then warms the mesh: the local peer
+//! 5 MiB parts, two in flight), then warms the mesh: the local peer
 //! downloads that task as any reader would, so a seed reads the object once
 //! and the first readers find it in the mesh.
 
@@ -23,9 +23,12 @@ use tokio::io::AsyncReadExt;
 use tracing::info;
 
 /// Bytes read from the file and handed to the writer at once.
-const READ_CHUNK: usize = 4 * 1024 * 1024;
-/// Multipart part size and how many parts are in flight.
-const PART: usize = 8 * 1024 * 1024;
+const READ_CHUNK: usize = 1024 * 1024;
+/// Multipart part size (S3's smallest) and how many parts are in flight.
+/// OpenDAL holds up to four parts at once: the one being gathered, the one
+/// waiting for a free slot and those in flight; with 8 MiB parts the
+/// putting peer of a 1 GiB object peaked at 98 MiB RSS (debug build).
+const PART: usize = 5 * 1024 * 1024;
 const PARTS_IN_FLIGHT: usize = 2;
 
 /// The mesh tag of an object version.

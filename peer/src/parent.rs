@@ -5,9 +5,10 @@
 //! the trusted digest when that is known (the digest comes from the
 //! scheduler, never from the parent).
 
+use crate::memory::{PieceMemory, Reserved};
 use crate::rate::RateLimiter;
 use crate::task::{Task, sha256};
-use crate::wire::{Frame, read_frame, write_frame};
+use crate::wire::{Frame, read_body, read_header, write_frame};
 use bytes::Bytes;
 use damselfly_proto::layout::check_bitmap;
 use damselfly_proto::scheduler::FailReason;
@@ -38,6 +39,8 @@ pub enum ParentEvent {
         /// `Some(true/false)`: checked against the trusted digest.
         verified: Option<bool>,
         elapsed: Duration,
+        /// The piece's bytes in the peer's [`PieceMemory`], until it is stored.
+        reserved: Reserved,
     },
     Closed {
         parent: String,
@@ -108,11 +111,17 @@ pub fn connect(
     ticket: Vec<u8>,
     events: mpsc::Sender<ParentEvent>,
     limiter: Arc<RateLimiter>,
+    memory: Arc<PieceMemory>,
 ) -> ParentConn {
     let (tx, rx) = mpsc::unbounded_channel();
     let parent = target.peer_id.clone();
     let handle = tokio::spawn(async move {
-        let (error, fault) = match run(&target, &task, &my_peer_id, ticket, &events, rx, &limiter).await {
+        let links = Links {
+            events: &events,
+            limiter: &limiter,
+            memory: &memory,
+        };
+        let (error, fault) = match run(&target, &task, &my_peer_id, ticket, links, rx).await {
             Ok(()) => ("closed by parent".to_string(), FailReason::Unreachable),
             Err(e) => {
                 let fault = e
@@ -147,15 +156,26 @@ async fn piece_stream(tcp: TcpStream) -> std::io::Result<(Reader, Writer)> {
     }
 }
 
+/// What a connection shares with its download and peer.
+struct Links<'a> {
+    events: &'a mpsc::Sender<ParentEvent>,
+    limiter: &'a RateLimiter,
+    memory: &'a PieceMemory,
+}
+
 async fn run(
     target: &Target,
     task: &Arc<Task>,
     me: &str,
     ticket: Vec<u8>,
-    events: &mpsc::Sender<ParentEvent>,
+    links: Links<'_>,
     mut requests: mpsc::UnboundedReceiver<u32>,
-    limiter: &RateLimiter,
 ) -> std::io::Result<()> {
+    let Links {
+        events,
+        limiter,
+        memory,
+    } = links;
     let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&target.addr))
         .await
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
@@ -185,9 +205,15 @@ async fn run(
     let _writer = AbortOnDrop(writer);
     let parent = target.peer_id.clone();
     loop {
-        let Some(frame) = read_frame(&mut rd).await? else {
+        let Some(header) = read_header(&mut rd).await? else {
             return Ok(());
         };
+        // A piece's bytes are read only once the peer's memory has room for them.
+        let reserved = match header.is_piece() {
+            true => Some(memory.reserve(header.len).await),
+            false => None,
+        };
+        let frame = read_body(&mut rd, header).await?;
         let event = match frame {
             Frame::Bitmap { pieces, bits } => ParentEvent::Bitmap {
                 parent: parent.clone(),
@@ -199,6 +225,7 @@ async fn run(
                 pieces,
             },
             Frame::Piece { index, data } => {
+                let reserved = reserved.expect("reserved for every piece frame");
                 limiter.acquire(data.len()).await;
                 let started = sent.lock().expect("sent lock").pop_front();
                 let verified = task.expected_digest(index).map(|d| sha256(&data) == d);
@@ -208,6 +235,7 @@ async fn run(
                     data,
                     verified,
                     elapsed: started.map(|s| s.elapsed()).unwrap_or_default(),
+                    reserved,
                 }
             }
             Frame::Error(m) => return Err(std::io::Error::other(Refused(fault_of(&m), m))),

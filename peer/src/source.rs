@@ -14,6 +14,7 @@
 
 use crate::config::SourceConfig;
 use crate::error::Error;
+use crate::memory::{PieceMemory, Reserved};
 use crate::origin::Origin;
 use crate::task::sha256;
 use bytes::{Bytes, BytesMut};
@@ -33,6 +34,8 @@ pub enum SourceEvent {
         index: u32,
         data: Bytes,
         digest: [u8; 32],
+        /// The piece's bytes in the peer's [`PieceMemory`], until it is stored.
+        reserved: Reserved,
     },
     Done,
     Failed(Error),
@@ -65,8 +68,9 @@ pub async fn fetch(
     blocks: Blocks,
     cfg: SourceConfig,
     events: mpsc::Sender<SourceEvent>,
+    memory: Arc<PieceMemory>,
 ) {
-    let result = fetch_all(origin.as_ref(), layout, &blocks, &cfg, &events).await;
+    let result = fetch_all(origin.as_ref(), layout, &blocks, &cfg, &events, &memory).await;
     let _ = events
         .send(match result {
             Ok(()) => SourceEvent::Done,
@@ -112,6 +116,7 @@ async fn fetch_all(
     blocks: &Blocks,
     cfg: &SourceConfig,
     events: &mpsc::Sender<SourceEvent>,
+    memory: &PieceMemory,
 ) -> Result<(), Error> {
     loop {
         if events.is_closed() {
@@ -123,7 +128,7 @@ async fn fetch_all(
         let mut next = first;
         let mut attempt = 0;
         while next <= last {
-            match fetch_run(origin, layout, next, last, events).await {
+            match fetch_run(origin, layout, next, last, events, memory).await {
                 Ok(n) => next = n,
                 Err((n, e)) => {
                     let progressed = n > next;
@@ -155,6 +160,7 @@ async fn fetch_run(
     first: u32,
     last: u32,
     events: &mpsc::Sender<SourceEvent>,
+    memory: &PieceMemory,
 ) -> Result<u32, (u32, Error)> {
     let start = layout.offset(first);
     let end = layout.offset(last) + layout.len_of(last) as u64; // exclusive
@@ -167,6 +173,8 @@ async fn fetch_run(
     debug!(first, last, "fetching pieces from origin");
     let mut index = first;
     let mut buf = BytesMut::with_capacity(layout.piece_length as usize);
+    // Each piece is gathered only once the peer's memory has room for it.
+    let mut reserved = memory.reserve(layout.len_of(index)).await;
     while index <= last {
         // Each piece's own length: the last one may be short and arrive in
         // the same chunk as the one before it.
@@ -174,7 +182,12 @@ async fn fetch_run(
             let data = buf.split_to(layout.len_of(index) as usize).freeze();
             let digest = sha256(&data);
             if events
-                .send(SourceEvent::Piece { index, data, digest })
+                .send(SourceEvent::Piece {
+                    index,
+                    data,
+                    digest,
+                    reserved,
+                })
                 .await
                 .is_err()
             {
@@ -184,6 +197,8 @@ async fn fetch_run(
             if index > last {
                 return Ok(index);
             }
+            // Given back only once the engine stored the piece just sent.
+            reserved = memory.reserve(layout.len_of(index)).await;
         }
         let want = layout.len_of(index) as usize;
         match body.next().await {
@@ -268,6 +283,7 @@ mod tests {
             Arc::new(Mutex::new(blocks(Layout::new(10, 4), &[0, 1, 2]))),
             cfg,
             tx,
+            Arc::new(PieceMemory::new(1 << 20)),
         )
         .await;
         let mut pieces = Vec::new();

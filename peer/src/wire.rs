@@ -100,6 +100,29 @@ pub async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, f: &Frame) -> std::io
 
 /// Reads one frame; `Ok(None)` at a clean end of stream.
 pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> std::io::Result<Option<Frame>> {
+    match read_header(r).await? {
+        Some(h) => read_body(r, h).await.map(Some),
+        None => Ok(None),
+    }
+}
+
+/// A frame's kind and payload length, read before its payload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    kind: u8,
+    pub len: u32,
+}
+
+impl Header {
+    /// A `Piece` frame: its payload is the piece (and 4 bytes of index).
+    pub fn is_piece(&self) -> bool {
+        self.kind == PIECE
+    }
+}
+
+/// Reads a frame's header (`Ok(None)` at a clean end of stream); the
+/// length is checked against [`MAX_FRAME`] before anything is allocated.
+pub async fn read_header<R: AsyncRead + Unpin>(r: &mut R) -> std::io::Result<Option<Header>> {
     let kind = match r.read_u8().await {
         Ok(k) => k,
         Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
@@ -109,6 +132,12 @@ pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> std::io::Result<Opti
     if len > MAX_FRAME {
         return Err(bad(format!("frame of {len} bytes is too large")));
     }
+    Ok(Some(Header { kind, len }))
+}
+
+/// Reads the payload of the frame whose header was just read.
+pub async fn read_body<R: AsyncRead + Unpin>(r: &mut R, header: Header) -> std::io::Result<Frame> {
+    let Header { kind, len } = header;
     let mut buf = vec![0u8; len as usize];
     r.read_exact(&mut buf).await?;
     let frame = match kind {
@@ -158,7 +187,7 @@ pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> std::io::Result<Opti
         ERROR => Frame::Error(String::from_utf8_lossy(&buf).into_owned()),
         other => return Err(bad(format!("unknown frame kind {other}"))),
     };
-    Ok(Some(frame))
+    Ok(frame)
 }
 
 #[cfg(test)]

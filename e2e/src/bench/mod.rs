@@ -1,5 +1,7 @@
 //! The swarm benchmark (issue 3): Damselfly against plain HTTP and
-//! BitTorrent on a lab of shaped network-namespace hosts.
+//! BitTorrent on a lab of shaped network-namespace hosts; and (issue 13)
+//! `damselfly store get` against direct reads from an S3 server, and
+//! `damselfly cache export`.
 //!
 //! Layout: [`units`] parses sizes and rates, [`swarm`] builds the lab and
 //! measures one method, [`methods`] holds the methods, [`single`] the

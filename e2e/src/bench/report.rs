@@ -61,6 +61,16 @@ pub struct MethodReport {
     pub origin_tx_bytes: Option<u64>,
     /// origin_tx_bytes / S.
     pub origin_over_size: Option<f64>,
+    /// GETs of the object an object store served (methods `store`, `s3-direct`), from the
+    /// server's log.
+    #[serde(default)]
+    pub storage_gets: Option<usize>,
+    /// Body bytes of those GETs, as the server counted them.
+    #[serde(default)]
+    pub storage_bytes: Option<u64>,
+    /// storage_bytes / S.
+    #[serde(default)]
+    pub storage_over_size: Option<f64>,
     /// Bytes the seed host sent (only the damselfly method uses it).
     #[serde(default)]
     pub seed_tx_bytes: Option<u64>,
@@ -159,6 +169,9 @@ impl MethodReport {
             makespan_over_su: None,
             origin_tx_bytes: None,
             origin_over_size: None,
+            storage_gets: None,
+            storage_bytes: None,
+            storage_over_size: None,
             seed_tx_bytes: None,
             timeline: None,
             peak_rss_bytes: None,
@@ -205,9 +218,10 @@ impl Report {
         );
         md.push_str(
             "| method | last host done | median host done | makespan / (S/U) | origin bytes / S \
-             | peer uploads / S | peak RSS per host | CPU s: daemons / machine | sha256 |\n",
+             | storage bytes / S | peer uploads / S | peak RSS per host | CPU s: daemons / machine \
+             | sha256 |\n",
         );
-        md.push_str("| --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
+        md.push_str("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
         for m in &self.methods {
             let sha = if m.hosts.is_empty() {
                 "-".to_string()
@@ -229,12 +243,13 @@ impl Report {
             let tls = if m.tls { " (TLS)" } else { "" };
             let _ = writeln!(
                 md,
-                "| {}{tls} | {} | {} | {} | {} | {} | {} | {cpu} | {sha} |",
+                "| {}{tls} | {} | {} | {} | {} | {} | {} | {} | {cpu} | {sha} |",
                 m.method,
                 opt(m.makespan_s, seconds),
                 opt(m.median_s, seconds),
                 opt(m.makespan_over_su, |v| format!("{v:.2} x")),
                 opt(m.origin_over_size, |v| format!("{v:.2} x")),
+                opt(m.storage_over_size, |v| format!("{v:.3} x")),
                 opt(m.peer_uploads(), |v| format!(
                     "{:.2} x",
                     v as f64 / s.size_bytes as f64
@@ -249,6 +264,13 @@ impl Report {
             if !m.disturbances.is_empty() {
                 let all: Vec<String> = m.disturbances.iter().map(|d| d.summary()).collect();
                 let _ = writeln!(md, "\n`{}` ran disturbed by: {}", m.method, all.join("; "));
+            }
+            if let (Some(gets), Some(over)) = (m.storage_gets, m.storage_over_size) {
+                let _ = writeln!(
+                    md,
+                    "\n`{}`: storage served {over:.3} x S in {gets} GETs of the object (counted by the server)",
+                    m.method
+                );
             }
             if let Some(seed) = m.seed_tx_bytes.filter(|b| *b > s.size_bytes / 100) {
                 let _ = writeln!(

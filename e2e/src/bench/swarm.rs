@@ -126,6 +126,11 @@ pub trait Method {
     fn daemons(&self) -> Vec<(String, u32)> {
         Vec::new()
     }
+    /// (GETs of the object, body bytes) an object store served during the method, counted at
+    /// the server; `None` for methods without one.
+    fn storage_served(&self) -> Option<(usize, u64)> {
+        None
+    }
     /// Stops whatever `prepare` started.
     fn stop(&mut self);
 }
@@ -138,7 +143,15 @@ pub fn measure(swarm: &Swarm, method: &mut dyn Method) -> MethodReport {
     let tls = if method.tls() { " (TLS on)" } else { "" };
     eprintln!("bench: {name}{tls}: {} hosts", swarm.peers.len());
     let mut report = match Measurement::run(swarm, method) {
-        Ok(measurement) => measurement.into_report(swarm, name, method.notes()),
+        Ok(measurement) => {
+            let mut report = measurement.into_report(swarm, name, method.notes());
+            if let Some((gets, bytes)) = method.storage_served() {
+                report.storage_gets = Some(gets);
+                report.storage_bytes = Some(bytes);
+                report.storage_over_size = Some(bytes as f64 / swarm.size.0 as f64);
+            }
+            report
+        }
         Err(e) => MethodReport::failed(name, &method.notes(), format!("{e:#}")),
     };
     report.tls = method.tls();
@@ -271,6 +284,9 @@ impl Measurement {
             makespan_over_su: makespan.zip(swarm.su_seconds()).map(|(m, su)| m / su),
             origin_tx_bytes: Some(self.origin_tx),
             origin_over_size: Some(self.origin_tx as f64 / size),
+            storage_gets: None,
+            storage_bytes: None,
+            storage_over_size: None,
             seed_tx_bytes: Some(self.seed_tx),
             timeline: Some(self.timeline),
             peak_rss_bytes: hosts.iter().filter_map(|h| h.peak_rss_bytes).max(),

@@ -14,7 +14,7 @@ use damselfly_e2e::bench::{self, Config};
 #[derive(Parser)]
 #[command(
     name = "damselfly-bench",
-    about = "Damselfly vs HTTP vs BitTorrent on a lab of shaped network-namespace hosts (needs root)"
+    about = "Damselfly vs HTTP vs BitTorrent (and store, s3-direct, cache) on a lab of shaped network-namespace hosts (needs root)"
 )]
 struct Args {
     /// Number of downloading peer hosts.
@@ -26,7 +26,10 @@ struct Args {
     /// Size of the blob.
     #[arg(long, default_value = "128MiB")]
     size: Size,
-    /// Methods to compare, comma-separated.
+    /// Methods to compare, comma-separated: damselfly, direct, bittorrent (the blob over HTTP);
+    /// store, s3-direct (the blob as an object in moto S3 on the origin host; needs the moto
+    /// venv of scripts/install-deps.sh); cache (cache import on the origin host, export on
+    /// every host).
     #[arg(long, value_delimiter = ',', default_value = "damselfly,direct,bittorrent")]
     methods: Vec<MethodName>,
     /// Directory for report.json, report.md and completion.svg.

@@ -78,15 +78,7 @@ impl Method for Damselfly {
     }
 
     fn daemons(&self) -> Vec<(String, u32)> {
-        let Some(mesh) = &self.mesh else {
-            return Vec::new();
-        };
-        let mut daemons = vec![
-            (SCHEDULER.to_string(), mesh.scheduler.pid()),
-            (SEED.to_string(), mesh.seed.proc.pid()),
-        ];
-        daemons.extend(mesh.peers.iter().map(|p| (p.host.clone(), p.proc.pid())));
-        daemons
+        self.mesh.as_ref().map(super::mesh_daemons).unwrap_or_default()
     }
 
     fn stop(&mut self) {

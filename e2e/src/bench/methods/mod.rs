@@ -2,8 +2,10 @@
 //! [`super::swarm::Method`].
 
 mod bittorrent;
+mod cache;
 mod damselfly;
 mod direct;
+mod s3;
 
 use std::fmt;
 use std::path::PathBuf;
@@ -12,10 +14,13 @@ use std::str::FromStr;
 use anyhow::{Result, bail};
 
 pub use bittorrent::BitTorrent;
+pub use cache::Cache;
 pub use damselfly::Damselfly;
 pub use direct::Direct;
+pub use s3::{S3Direct, Store};
 
-use super::swarm::Method;
+use super::swarm::{Method, SCHEDULER, SEED};
+use crate::mesh::Mesh;
 
 /// A method as named on the command line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,18 +28,42 @@ pub enum MethodName {
     Damselfly,
     Direct,
     BitTorrent,
+    /// `damselfly store get` through the mesh, the object in S3 (moto).
+    Store,
+    /// Every host reads the object straight from S3.
+    S3Direct,
+    /// `damselfly cache import` on one host, `cache export` on every host.
+    Cache,
 }
 
 impl MethodName {
-    pub const ALL: [MethodName; 3] = [MethodName::Damselfly, MethodName::Direct, MethodName::BitTorrent];
+    pub const ALL: [MethodName; 6] = [
+        MethodName::Damselfly,
+        MethodName::Direct,
+        MethodName::BitTorrent,
+        MethodName::Store,
+        MethodName::S3Direct,
+        MethodName::Cache,
+    ];
 
-    /// The method itself; `damselfly_bin` and `tls` (mutual TLS on) are only looked at by
-    /// `damselfly`.
+    /// Whether the method runs damselfly daemons (and so needs the binary).
+    pub fn uses_damselfly(self) -> bool {
+        matches!(
+            self,
+            MethodName::Damselfly | MethodName::Store | MethodName::Cache
+        )
+    }
+
+    /// The method itself; `damselfly_bin` is looked at by the methods that run damselfly, `tls`
+    /// (mutual TLS on) only by `damselfly`.
     pub fn build(self, damselfly_bin: Option<PathBuf>, tls: bool) -> Box<dyn Method> {
         match self {
             MethodName::Damselfly => Box::new(Damselfly::new(damselfly_bin, tls)),
             MethodName::Direct => Box::new(Direct),
             MethodName::BitTorrent => Box::new(BitTorrent::default()),
+            MethodName::Store => Box::new(Store::new(damselfly_bin)),
+            MethodName::S3Direct => Box::new(S3Direct::default()),
+            MethodName::Cache => Box::new(Cache::new(damselfly_bin)),
         }
     }
 }
@@ -45,7 +74,9 @@ impl FromStr for MethodName {
     fn from_str(s: &str) -> Result<Self> {
         match MethodName::ALL.into_iter().find(|m| m.to_string() == s) {
             Some(m) => Ok(m),
-            None => bail!("unknown method {s:?} (known: damselfly, direct, bittorrent)"),
+            None => {
+                bail!("unknown method {s:?} (known: damselfly, direct, bittorrent, store, s3-direct, cache)")
+            }
         }
     }
 }
@@ -56,6 +87,19 @@ impl fmt::Display for MethodName {
             MethodName::Damselfly => "damselfly",
             MethodName::Direct => "direct",
             MethodName::BitTorrent => "bittorrent",
+            MethodName::Store => "store",
+            MethodName::S3Direct => "s3-direct",
+            MethodName::Cache => "cache",
         })
     }
+}
+
+/// A mesh's long-running daemons (name, pid): the scheduler, the seed and every peer.
+fn mesh_daemons(mesh: &Mesh) -> Vec<(String, u32)> {
+    let mut daemons = vec![
+        (SCHEDULER.to_string(), mesh.scheduler.pid()),
+        (SEED.to_string(), mesh.seed.proc.pid()),
+    ];
+    daemons.extend(mesh.peers.iter().map(|p| (p.host.clone(), p.proc.pid())));
+    daemons
 }
