@@ -206,6 +206,8 @@ async fn import_copied(
         bitmap: vec![0xff; layout.piece_count().div_ceil(8) as usize],
         done: true,
         last_access_unix: now_unix(),
+        // The only holder until replicas land: it super-seeds, as a seed does.
+        source: true,
     };
     d.tasks.store.put(&record)?;
     let request = CacheImportRequest {

@@ -49,6 +49,10 @@ pub struct TaskRecord {
     pub bitmap: Vec<u8>,
     pub done: bool,
     pub last_access_unix: i64,
+    /// This host is the task's source (it fetched it from the origin, or imported it into the
+    /// cache): it keeps super-seeding it after a restart.
+    #[serde(default)]
+    pub source: bool,
 }
 
 /// Runs blocking file or database work on tokio's blocking pool, never on a

@@ -132,6 +132,7 @@ impl Task {
                 .map(|i| layout.len_of(i) as u64)
                 .sum();
             s.progress.done = r.done && s.have.iter().all(|h| *h);
+            s.source = r.source;
         }
         Ok(t)
     }
@@ -328,6 +329,7 @@ impl Task {
                 bitmap: s.bitmap(),
                 done: s.progress.done,
                 last_access_unix: now_unix(),
+                source: s.source,
             }
         };
         store.put(&record)?;
@@ -433,11 +435,14 @@ mod tests {
         t.write_piece(0, b"abcd", true).unwrap();
         t.write_piece(2, b"ij", true).unwrap();
         assert!(t.write_piece(1, b"short", true).is_err());
+        t.lock().source = true;
         t.save(&store).unwrap();
 
         let r = store.get("t").unwrap().unwrap();
         let back = Task::from_record(&r, path.clone(), false).unwrap();
         assert!(back.has(0) && !back.has(1) && back.has(2));
+        // A source keeps super-seeding after a restart.
+        assert!(back.lock().source);
         assert_eq!(back.read_piece(0).unwrap(), b"abcd");
         assert_eq!(back.read_piece(2).unwrap(), b"ij");
         assert!(back.read_piece(1).is_err());
