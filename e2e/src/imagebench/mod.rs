@@ -120,6 +120,8 @@ struct Bench<'a> {
     registry: String,
     image: String,
     pause: String,
+    /// The image config's digest.
+    config_blob: String,
     layers: Vec<(String, u64)>,
     peer_config: PathBuf,
     peer_hosts: Vec<String>,
@@ -218,7 +220,8 @@ impl<'a> Bench<'a> {
         )?;
         let image = format!("{reg}/bench/app:latest");
         built.push(&image, None)?;
-        let layers = built.blobs()?[1..].to_vec();
+        let blobs = built.blobs()?;
+        let (config_blob, layers) = (blobs[0].0.clone(), blobs[1..].to_vec());
         let pause_image = TestImage::build(&lab.dir().join("pause"), "pause", 0, 0)?;
         pause_image.set_cmd(&["/bin/busybox", "sleep", "2147483647"])?;
         let pause = format!("{reg}/bench/pause:latest");
@@ -245,6 +248,7 @@ impl<'a> Bench<'a> {
             registry: reg,
             image,
             pause,
+            config_blob,
             layers,
             peer_config,
             peer_hosts,
@@ -464,10 +468,12 @@ impl<'a> Bench<'a> {
             &[host],
             &self.peer_args(),
         )?;
-        // Every layer into the peer's store, through its proxy, before any run.
+        // Every blob (config and layers) into the peer's store, through its proxy, before any
+        // run: a run then times the unpack, not the mesh.
         let repo = self.image_repository();
         let ns = self.registry.replace(':', "%3A");
-        for (digest, _) in &self.layers {
+        let blobs = std::iter::once(&self.config_blob).chain(self.layers.iter().map(|l| &l.0));
+        for digest in blobs {
             lab.run_ok(
                 host,
                 std::process::Command::new("curl").args([
