@@ -222,7 +222,7 @@ impl<'a> Bench<'a> {
         built.push(&image, None)?;
         let blobs = built.blobs()?;
         let (config_blob, layers) = (blobs[0].0.clone(), blobs[1..].to_vec());
-        let pause_image = TestImage::build(&lab.dir().join("pause"), "pause", 0, 0)?;
+        let pause_image = TestImage::build_distinct(&lab.dir().join("pause"), "pause", 0, 0)?;
         pause_image.set_cmd(&["/bin/busybox", "sleep", "2147483647"])?;
         let pause = format!("{reg}/bench/pause:latest");
         pause_image.push(&pause, None)?;
