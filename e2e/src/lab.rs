@@ -12,10 +12,12 @@
 //! octets run in parallel. Octets taken so far: 10-11 `damselfly-bench`'s
 //! defaults, 201-204 `tests/lab.rs`, 220 `tests/bench_smoke.rs`, 231-235
 //! `tests/mesh.rs`, 236-237 `tests/mirror.rs`, 238-239 `tests/manager.rs`,
-//! 240 `damselfly demo`, 60-69 `tests/trust.rs`, 70-73 `tests/snapshotter.rs`, 130
-//! `damselfly-image-bench`'s default, 131 `tests/image_bench_smoke.rs`. Dropping the lab stops every process it started
+//! 240 `damselfly demo`, 60-69 `tests/trust.rs`. Dropping the lab stops every process it started
 //! (by pid), deletes namespaces and bridge, and removes its directory unless
 //! `DAMSELFLY_KEEP_LAB=1`.
+//!
+//! Also taken: 70-73 `tests/snapshotter.rs`, 130 `damselfly-image-bench`'s default (prefix
+//! `dfsn`), 131 `tests/image_bench_smoke.rs`.
 
 use std::ffi::OsString;
 use std::fs::{self, File};
