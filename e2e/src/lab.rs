@@ -16,6 +16,9 @@
 //! and `tests/store.rs`. Dropping the lab stops every process it started
 //! (by pid), deletes namespaces and bridge, and removes its directory unless
 //! `DAMSELFLY_KEEP_LAB=1`.
+//!
+//! Also taken: 70-73 `tests/snapshotter.rs`, 130 `damselfly-image-bench`'s default (prefix
+//! `dfsn`), 131 `tests/image_bench_smoke.rs`.
 
 use std::ffi::OsString;
 use std::fs::{self, File};

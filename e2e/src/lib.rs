@@ -13,6 +13,8 @@
 //! - [`memscan`]: whether a live process's memory holds a secret;
 //! - [`mirror`]: images pulled by containerds through each host's peer proxy;
 //! - [`oci`]: a registry in a host, a test image, a containerd per host;
+//! - [`cri`]: CRI nodes (containerd with CRI, `crictl`, optionally `damselfly snapshotter`);
+//! - [`imagebench`]: the image-pull benchmark behind `damselfly-image-bench`;
 //! - [`bench`]: the swarm benchmark behind `damselfly-bench`;
 //! - [`schedload`]: a load generator for the scheduler alone (simulated peers);
 //! - [`origin`]: the `damselfly-origin` test server and its request log;
@@ -25,8 +27,10 @@
 
 pub mod bench;
 pub mod bins;
+pub mod cri;
 pub mod data;
 pub mod http;
+pub mod imagebench;
 pub mod lab;
 pub mod managed;
 pub mod memscan;

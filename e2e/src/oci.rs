@@ -184,6 +184,23 @@ pub struct TestImage {
 
 impl TestImage {
     pub fn build(dir: &Path, tag: &str, layers: usize, layer_bytes: u64) -> Result<TestImage> {
+        Self::build_marked(dir, tag, layers, layer_bytes, false)
+    }
+
+    /// Like [`Self::build`], with `/etc/test-image` holding `tag` in the busybox layer, so that
+    /// layer differs from any other image's (two builds within the same second are otherwise
+    /// byte for byte the same layer).
+    pub fn build_distinct(dir: &Path, tag: &str, layers: usize, layer_bytes: u64) -> Result<TestImage> {
+        Self::build_marked(dir, tag, layers, layer_bytes, true)
+    }
+
+    fn build_marked(
+        dir: &Path,
+        tag: &str,
+        layers: usize,
+        layer_bytes: u64,
+        marked: bool,
+    ) -> Result<TestImage> {
         let busybox = ["/bin/busybox", "/usr/bin/busybox"]
             .into_iter()
             .map(Path::new)
@@ -212,6 +229,9 @@ impl TestImage {
                     std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(t))?;
                 }
                 std::fs::write(rootfs.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n")?;
+                if marked {
+                    std::fs::write(rootfs.join("etc/test-image"), tag)?;
+                }
             } else {
                 crate::data::write_random_file(&rootfs.join(format!("data/layer-{layer}.bin")), layer_bytes)?;
             }

@@ -8,8 +8,9 @@
 //! Needs root, containerd (ctr, runc), docker-registry, umoci, skopeo, busybox-static.
 //! Lab prefix `snap1`, subnet octet 70.
 
-use anyhow::{Context, Result, ensure};
+use anyhow::{Result, ensure};
 use damselfly_e2e::bins;
+use damselfly_e2e::cri::{CriNode, CriOptions, init_containerd};
 use damselfly_e2e::lab::Lab;
 use damselfly_e2e::mesh::Mesh;
 use damselfly_e2e::oci::{Containerd, RegistryHost, TestImage, missing_programs};
@@ -61,41 +62,6 @@ fn start_snapshotter(lab: &Lab, bin: &Path, dir: &Path) -> Result<Proc> {
     Ok(proc)
 }
 
-/// `damselfly init containerd --snapshotter` on `config` (containerd `major`), with
-/// `certs.d` mirror hosts for `registry` and, when given, the snapshotter's root exported.
-fn init_containerd(
-    bin: &Path,
-    config: &Path,
-    major: &str,
-    socket: &Path,
-    snapshotter_root: Option<&Path>,
-    certs_d: &Path,
-    registry: &str,
-) -> Result<()> {
-    let mut init = Command::new(bin);
-    init.args(["init", "containerd", "--snapshotter", "--containerd-major", major])
-        .arg("--containerd-config")
-        .arg(config)
-        .arg("--snapshotter-socket")
-        .arg(socket);
-    if let Some(root) = snapshotter_root {
-        init.arg("--snapshotter-root").arg(root);
-    }
-    let out = init
-        .arg("--config-path")
-        .arg(certs_d)
-        .arg("--registry")
-        .arg(registry)
-        .output()
-        .context("damselfly init containerd --snapshotter")?;
-    ensure!(
-        out.status.success(),
-        "init: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(())
-}
-
 #[test]
 fn containerd_pulls_and_runs_on_the_snapshotter_across_restarts() -> Result<()> {
     if !lab_ready("snapshotter") {
@@ -118,6 +84,7 @@ fn containerd_pulls_and_runs_on_the_snapshotter_across_restarts() -> Result<()> 
             Some(&snap_dir.join("root")),
             &config.with_file_name("certs.d"),
             &format!("http://{}", registry.name()),
+            None,
         )
     })?;
     let plugins = lab.run_ok("n1", ctd.ctr().args(["plugins", "ls"]))?;
@@ -218,19 +185,6 @@ fn containerd_pulls_and_runs_on_the_snapshotter_across_restarts() -> Result<()> 
     Ok(())
 }
 
-/// Prometheus counter `name` from `http://127.0.0.1:PORT/metrics` inside `host`.
-fn counter(lab: &Lab, host: &str, port: u16, name: &str) -> Result<u64> {
-    let text = lab.run_ok(
-        host,
-        Command::new("curl").args(["-sf", &format!("http://127.0.0.1:{port}/metrics")]),
-    )?;
-    text.lines()
-        .find(|l| l.starts_with(name))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .with_context(|| format!("{name} not in /metrics:\n{text}"))
-}
-
 /// CRI (`crictl pull`) through containerd 1.6 configured by `init containerd --snapshotter`:
 /// CRI labels every layer's Prepare, the snapshotter fetches the layers from the host's
 /// registry proxy (`damselfly proxy` on 127.0.0.1:65001, straight from the origin here) and
@@ -322,7 +276,7 @@ fn cri_pull_and_run(prefix: &str, octet: u8, containerd2: Option<&Path>) -> Resu
             .args(["proxy", "--listen", "127.0.0.1:65001", "--config"])
             .arg(&proxy_config),
     )?;
-    let node = CriNode::start(&lab, "n1", &bin, &reg, &pause, containerd2)?;
+    let node = cri_node(&lab, "n1", &bin, &reg, &pause, containerd2)?;
     node.crictl.run(&lab, &["pull", &image])?;
 
     let layers = &blobs[1..];
@@ -402,8 +356,8 @@ fn a_node_without_credentials_gets_no_private_layer_from_the_snapshotter() -> Re
     )?;
     mesh.add_peer(&lab, &state, "p1", &["--config".into(), with_creds])?;
     mesh.add_peer(&lab, &state, "p2", &[])?;
-    let p1 = CriNode::start(&lab, "p1", &bin, &reg, &pause, None)?;
-    let p2 = CriNode::start(&lab, "p2", &bin, &reg, &pause, None)?;
+    let p1 = cri_node(&lab, "p1", &bin, &reg, &pause, None)?;
+    let p2 = cri_node(&lab, "p2", &bin, &reg, &pause, None)?;
 
     p1.crictl.run(&lab, &["pull", &image])?;
     assert_eq!(
@@ -495,197 +449,18 @@ fn container_matches_image(lab: &Lab, node: &CriNode, image: &str, built: &TestI
     Ok(())
 }
 
-/// A lab host with `damselfly snapshotter` (metrics on 127.0.0.1:65010) and a containerd with
-/// CRI set up by `damselfly init containerd --snapshotter` (registry `reg` mirrored by the
-/// host's peer proxy on 127.0.0.1:65001). Fields drop in order: containerd first.
-struct CriNode {
-    ctd: Containerd,
-    /// Held to stop it on drop, after containerd.
-    _snapshotter: Proc,
-    crictl: Crictl,
-    host: &'static str,
-}
-
-impl CriNode {
-    const METRICS: u16 = 65010;
-
-    fn start(
-        lab: &Lab,
-        host: &'static str,
-        bin: &Path,
-        reg: &str,
-        pause: &str,
-        containerd2: Option<&Path>,
-    ) -> Result<CriNode> {
-        let snap_dir = lab.dir().join(format!("snapshotter-{host}"));
-        let socket = snap_dir.join("snapshotter.sock");
-        let snapshotter = lab.spawn(
-            host,
-            "snapshotter",
-            Command::new(bin)
-                .args([
-                    "snapshotter",
-                    "--metrics-listen",
-                    &format!("127.0.0.1:{}", Self::METRICS),
-                    "--root",
-                ])
-                .arg(snap_dir.join("root"))
-                .arg("--socket")
-                .arg(&socket),
-        )?;
-        wait_for("the snapshotter socket", Duration::from_secs(30), || {
-            socket.exists() || !snapshotter.is_running()
-        })?;
-        let ctd_dir = lab.dir().join(format!("containerd-{host}"));
-        let ctd = Containerd::start_program(lab, host, &ctd_dir, containerd2, |config| {
-            // CRI on (the base config turns it off), as lab.md's traps require.
-            let d = ctd_dir.display();
-            let cri = if containerd2.is_none() {
-                format!(
-                    "version = 2\nroot = \"{d}/root\"\nstate = \"{d}/state\"\n\
-                 [grpc]\n  address = \"{d}/containerd.sock\"\n\
-                 [ttrpc]\n  address = \"{d}/containerd.sock.ttrpc\"\n\
-                 [plugins.\"io.containerd.grpc.v1.cri\"]\n  disable_apparmor = true\n\
-                 \x20 sandbox_image = \"{pause}\"\n\
-                 \x20 netns_mounts_under_state_dir = true\n  restrict_oom_score_adj = true\n\
-                 \x20 [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.runc]\n\
-                 \x20   runtime_type = \"io.containerd.runc.v2\"\n\
-                 \x20   [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.runc.options]\n\
-                 \x20     Root = \"{d}/runc\"\n\
-                 \x20 [plugins.\"io.containerd.grpc.v1.cri\".registry]\n    config_path = \"{d}/certs.d\"\n"
-                )
-            } else {
-                format!(
-                    "version = 3\nroot = \"{d}/root\"\nstate = \"{d}/state\"\n\
-                 [grpc]\n  address = \"{d}/containerd.sock\"\n\
-                 [ttrpc]\n  address = \"{d}/containerd.sock.ttrpc\"\n\
-                 [plugins.'io.containerd.cri.v1.runtime']\n  disable_apparmor = true\n\
-                 \x20 netns_mounts_under_state_dir = true\n  restrict_oom_score_adj = true\n\
-                 \x20 [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc]\n\
-                 \x20   runtime_type = \"io.containerd.runc.v2\"\n\
-                 \x20   [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc.options]\n\
-                 \x20     Root = \"{d}/runc\"\n\
-                 [plugins.'io.containerd.cri.v1.images']\n\
-                 \x20 [plugins.'io.containerd.cri.v1.images'.pinned_images]\n    sandbox = \"{pause}\"\n\
-                 \x20 [plugins.'io.containerd.cri.v1.images'.registry]\n    config_path = \"{d}/certs.d\"\n"
-                )
-            };
-            std::fs::write(config, cri)?;
-            init_containerd(
-                bin,
-                config,
-                if containerd2.is_some() { "2" } else { "1" },
-                &socket,
-                None,
-                &ctd_dir.join("certs.d"),
-                &format!("http://{reg}"),
-            )
-        })?;
-        let version = lab.run_ok(host, ctd.ctr().arg("version"))?;
-        let server = version.split("Server:").nth(1).unwrap_or_default();
-        let want = if containerd2.is_some() {
-            "Version:  2."
-        } else {
-            "Version:  1."
-        };
-        ensure!(server.contains(want), "containerd version: {version}");
-        let config = ctd_dir.join("crictl.yaml");
-        std::fs::write(
-            &config,
-            format!(
-                "runtime-endpoint: unix://{0}\nimage-endpoint: unix://{0}\ntimeout: 120\n",
-                ctd.socket().display()
-            ),
-        )?;
-        let crictl = Crictl {
-            bin: damselfly_e2e::oci::which("crictl").context("crictl")?,
-            config,
-            host,
-        };
-        Ok(CriNode {
-            ctd,
-            _snapshotter: snapshotter,
-            crictl,
-            host,
-        })
-    }
-
-    /// `damselfly_snapshotter_NAME` from the snapshotter's `/metrics`.
-    fn counter(&self, lab: &Lab, name: &str) -> Result<u64> {
-        counter(
-            lab,
-            self.host,
-            Self::METRICS,
-            &format!("damselfly_snapshotter_{name}"),
-        )
-    }
-}
-
-/// `crictl` against the lab host's containerd.
-struct Crictl {
-    bin: std::path::PathBuf,
-    config: std::path::PathBuf,
-    host: &'static str,
-}
-
-impl Crictl {
-    fn run(&self, lab: &Lab, args: &[&str]) -> Result<String> {
-        let out = lab.run_ok(
-            self.host,
-            Command::new(&self.bin)
-                .arg("--config")
-                .arg(&self.config)
-                .args(args),
-        )?;
-        Ok(out.trim().to_string())
-    }
-
-    /// Starts a container of `image` in a host-network pod and reads its root file system
-    /// through `/proc/PID/root`.
-    fn run_container(&self, lab: &Lab, dir: &Path, image: &str) -> Result<rootfs::Tree> {
-        let pod = dir.join("pod.json");
-        std::fs::write(
-            &pod,
-            serde_json::json!({
-                "metadata": {"name": "snap-pod", "namespace": "default", "uid": "snap-pod-1", "attempt": 0},
-                "log_directory": dir.join("logs").display().to_string(),
-                "linux": {"security_context": {"namespace_options": {"network": 2}}}
-            })
-            .to_string(),
-        )?;
-        let spec = dir.join("container.json");
-        std::fs::write(
-            &spec,
-            serde_json::json!({
-                "metadata": {"name": "c1"}, "image": {"image": image},
-                "command": ["/bin/sh", "-c", "echo cri-ok; /bin/busybox sleep 600"],
-                "log_path": "c1.log", "linux": {}
-            })
-            .to_string(),
-        )?;
-        let pod_id = self.run(lab, &["runp", &pod.display().to_string()])?;
-        let id = self.run(
-            lab,
-            &[
-                "create",
-                &pod_id,
-                &spec.display().to_string(),
-                &pod.display().to_string(),
-            ],
-        )?;
-        self.run(lab, &["start", &id])?;
-        wait_for("the container's output", Duration::from_secs(30), || {
-            self.run(lab, &["logs", &id]).is_ok_and(|l| l.contains("cri-ok"))
-        })?;
-        let info: serde_json::Value = serde_json::from_str(&self.run(lab, &["inspect", &id])?)?;
-        let pid = info["info"]["pid"].as_u64().context("pid in crictl inspect")?;
-        rootfs::read(Path::new(&format!("/proc/{pid}/root")))
-    }
-
-    /// Removes every container and pod (before containerd stops).
-    fn clean(&self, lab: &Lab) {
-        let _ = self.run(lab, &["rm", "-af"]);
-        let _ = self.run(lab, &["stopp", "-a"]);
-        let _ = self.run(lab, &["rmp", "-af"]);
-    }
+/// A CRI node with the snapshotter and the host's peer proxy as mirror.
+fn cri_node(
+    lab: &Lab,
+    host: &str,
+    bin: &Path,
+    reg: &str,
+    pause: &str,
+    containerd2: Option<&Path>,
+) -> Result<CriNode> {
+    let opts = CriOptions {
+        containerd2,
+        ..CriOptions::snapshotter(lab.dir().join(format!("node-{host}")), reg, pause)
+    };
+    CriNode::start(lab, host, bin, &opts)
 }
