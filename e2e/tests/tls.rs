@@ -509,3 +509,150 @@ fn peer_bytes(lab: &Lab, host: &str) -> Result<f64> {
     ))?;
     Ok(damselfly_e2e::managed::metric(&page, "damselfly_peer_peer_bytes_total").unwrap_or(0.0))
 }
+
+/// The manager authorizes by certificate (TLS on): a peer certificate cannot register as a
+/// scheduler or open a seed session; a scheduler certificate can register, but another
+/// scheduler's certificate can neither keep that instance alive, report traffic for it, nor
+/// register again under its hostname and address. The owner itself goes on as before. Octet
+/// 151; needs root.
+#[test]
+fn the_manager_lets_each_certificate_act_only_as_its_own_role_and_instance() -> Result<()> {
+    use damselfly_proto::manager as pb;
+    use pb::manager_client::ManagerClient;
+    require_root();
+    let bin = bins::damselfly()?;
+    let lab = Lab::new("dftr2", 151, &["mgr"], None)?;
+    let dir = tempfile::tempdir()?;
+    let certs = Certs::init(
+        &bin,
+        &dir.path().join("certs"),
+        &[
+            "manager:mgr",
+            "scheduler:s1",
+            "scheduler:s2",
+            "peer:p1",
+            "seed:seed1",
+        ],
+    )?;
+    let manager = damselfly_e2e::managed::Manager::start(&lab, &bin, "mgr", &certs.toml("mgr"))?;
+    let addr = format!(
+        "https://{}:{}",
+        manager.ip,
+        damselfly_e2e::managed::MANAGER_GRPC_PORT
+    );
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async {
+        let client = |name: &'static str| {
+            let certs = certs.clone();
+            let addr = addr.clone();
+            async move {
+                let tls = Tls::load(&tls_config(&certs, name)).await?.unwrap();
+                let ep = damselfly_service::tls::endpoint(&addr)?.connect_timeout(Duration::from_secs(3));
+                anyhow::Ok(ManagerClient::new(damselfly_service::tls::channel(
+                    ep,
+                    Some(tls),
+                    Role::Manager,
+                )))
+            }
+        };
+        let denied = |r: Result<(), tonic::Status>, what: &str| match r {
+            Err(s) if s.code() == tonic::Code::PermissionDenied => Ok(()),
+            other => Err(anyhow::anyhow!(
+                "{what}: not refused for its certificate: {other:?}"
+            )),
+        };
+        let reg = pb::RegisterSchedulerRequest {
+            hostname: "s1".into(),
+            ip: "10.0.0.5".into(),
+            port: 8002,
+            ..Default::default()
+        };
+        let (mut s1, mut s2, mut p1, mut seed1) = (
+            client("s1").await?,
+            client("s2").await?,
+            client("p1").await?,
+            client("seed1").await?,
+        );
+
+        // A peer certificate is no scheduler.
+        denied(
+            p1.register_scheduler(reg.clone()).await.map(|_| ()),
+            "a peer registering a scheduler",
+        )?;
+        // The scheduler's own certificate registers it.
+        let iid = s1
+            .register_scheduler(reg.clone())
+            .await
+            .map_err(|s| anyhow::anyhow!("s1 refused: {s}"))?
+            .into_inner()
+            .instance_id;
+        // Another scheduler's certificate cannot take that instance over.
+        denied(
+            s2.register_scheduler(reg.clone()).await.map(|_| ()),
+            "s2 registering s1's instance",
+        )?;
+        let keepalive = |c: &mut ManagerClient<tonic::transport::Channel>| {
+            let mut c = c.clone();
+            async move {
+                let ka = pb::KeepAliveRequest {
+                    instance_id: iid,
+                    ..Default::default()
+                };
+                c.keep_alive(tokio_stream::iter(vec![ka])).await
+            }
+        };
+        denied(
+            keepalive(&mut s2).await.map(|_| ()),
+            "s2 keeping s1's instance alive",
+        )?;
+        denied(
+            keepalive(&mut p1).await.map(|_| ()),
+            "a peer keeping a scheduler alive",
+        )?;
+        keepalive(&mut s1)
+            .await
+            .map_err(|s| anyhow::anyhow!("s1's own keepalive refused: {s}"))?;
+        let traffic = pb::ReportTrafficRequest {
+            instance_id: iid,
+            scheduler_cluster_id: 1,
+            ..Default::default()
+        };
+        denied(
+            s2.report_traffic(traffic.clone()).await.map(|_| ()),
+            "s2 reporting traffic as s1",
+        )?;
+        // A peer certificate opens no seed session; a seed certificate does.
+        let hello = pb::SeedPeerMessage {
+            message: Some(pb::seed_peer_message::Message::Hello(pb::SeedPeerHello {
+                hostname: "x".into(),
+                ip: "10.0.0.9".into(),
+                port: 4001,
+                ..Default::default()
+            })),
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tx.send(hello.clone()).await?;
+        denied(
+            p1.seed_peer_session(tokio_stream::wrappers::ReceiverStream::new(rx))
+                .await
+                .map(|_| ()),
+            "a peer opening a seed session",
+        )?;
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tx.send(hello).await?;
+        let mut welcome = seed1
+            .seed_peer_session(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .map_err(|s| anyhow::anyhow!("the seed's session refused: {s}"))?
+            .into_inner();
+        let first = tokio::time::timeout(Duration::from_secs(5), welcome.message()).await;
+        ensure!(
+            matches!(first, Ok(Ok(Some(_)))),
+            "the seed's session was not welcomed: {first:?}"
+        );
+        drop(tx);
+        Ok::<_, anyhow::Error>(())
+    })?;
+    ensure!(manager.proc.is_running());
+    Ok(())
+}
