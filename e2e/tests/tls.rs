@@ -594,10 +594,7 @@ fn the_manager_lets_each_certificate_act_only_as_its_own_role_and_instance() -> 
         let keepalive = |c: &mut ManagerClient<tonic::transport::Channel>| {
             let mut c = c.clone();
             async move {
-                let ka = pb::KeepAliveRequest {
-                    instance_id: iid,
-                    ..Default::default()
-                };
+                let ka = pb::KeepAliveRequest { instance_id: iid };
                 c.keep_alive(tokio_stream::iter(vec![ka])).await
             }
         };
@@ -618,7 +615,7 @@ fn the_manager_lets_each_certificate_act_only_as_its_own_role_and_instance() -> 
             ..Default::default()
         };
         denied(
-            s2.report_traffic(traffic.clone()).await.map(|_| ()),
+            s2.report_traffic(traffic).await.map(|_| ()),
             "s2 reporting traffic as s1",
         )?;
         // A peer certificate opens no seed session; a seed certificate does.
