@@ -652,6 +652,7 @@ fn private_pull(prefix: &str, octet: u8) -> Result<Option<PrivatePull>> {
         rate: None,
         bin: bins::damselfly()?,
         credentials: Some(format!("{user}:{password}")),
+        tls: true,
     };
     let m = MirrorLab::start(&opts, |line| eprintln!("credential trace: {line}"))?;
     m.pull_all()?;
