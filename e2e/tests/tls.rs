@@ -1,5 +1,5 @@
 //! Mutual TLS end to end: the real `damselfly` binaries in network namespaces with `[tls]`
-//! on and certificates from `damselfly certs init`. Octets 63-64 and 150; needs root.
+//! on and certificates from `damselfly certs init`. Octets 63-64 and 150-151; needs root.
 //!
 //! - a get works end to end with TLS on (scheduler, seed, peer), with an origin credential;
 //! - a client without a certificate, or with a valid peer certificate of another CA, can
@@ -8,7 +8,9 @@
 //! - a peer certificate that claims `seed: true` is refused by the scheduler, so a daemon
 //!   started with `--seed` on it never gets a seed task (nor the credential in it);
 //! - certificates rotated (a new CA) while a swarm runs: new connections use the new ones, the
-//!   swarm finishes.
+//!   swarm finishes;
+//! - the manager takes each call only from a certificate of the caller's role, and an
+//!   instance's keepalives and re-registrations only from the certificate that registered it.
 
 use anyhow::{Context, Result, ensure};
 use damselfly_e2e::bins;
