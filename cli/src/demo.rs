@@ -36,6 +36,10 @@ pub struct Args {
     /// The lab's subnet is 10.213.N.0/24.
     #[arg(long, default_value_t = 240)]
     subnet: u8,
+    /// Run the mesh without mutual TLS (by default scheduler, seed and peers use certificates
+    /// from `damselfly certs init`, written into the lab's directory).
+    #[arg(long)]
+    no_tls: bool,
     /// Skip the comparison with pulls straight from the registry.
     #[arg(long)]
     no_compare: bool,
@@ -66,6 +70,7 @@ fn demo(args: Args) -> Result<()> {
         rate: (args.rate != "none").then_some(args.rate),
         bin: std::env::current_exe().context("locate this binary")?,
         credentials: None,
+        tls: !args.no_tls,
     };
     let m = MirrorLab::start(&opts, |line| println!("==> {line}"))?;
     println!(

@@ -12,8 +12,9 @@
 //! octets run in parallel. Octets taken so far: 10-11 `damselfly-bench`'s
 //! defaults, 201-204 `tests/lab.rs`, 220 `tests/bench_smoke.rs`, 231-235
 //! `tests/mesh.rs`, 236-237 `tests/mirror.rs`, 238-239 `tests/manager.rs`,
-//! 240 `damselfly demo`, 60-69 `tests/trust.rs`, 140-141 the 1 GiB tests of `tests/cache.rs`
-//! and `tests/store.rs`. Dropping the lab stops every process it started
+//! 240 `damselfly demo`, 60-69 `tests/trust.rs` and `tests/tls.rs`, 150-151 `tests/tls.rs`,
+//! 140-141 the 1 GiB tests of `tests/cache.rs` and `tests/store.rs`. Dropping the lab stops
+//! every process it started
 //! (by pid), deletes namespaces and bridge, and removes its directory unless
 //! `DAMSELFLY_KEEP_LAB=1`.
 //!

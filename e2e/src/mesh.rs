@@ -42,6 +42,8 @@ pub struct Mesh {
     scheduler_args: Vec<String>,
     /// Set when TLS is on: every daemon's certificate is named after its host.
     tls: Option<Certs>,
+    /// With TLS on: more of every peer's config file, beside its `[tls]` table.
+    peer_toml: String,
     pub scheduler: Proc,
     pub seed: PeerDaemon,
     pub peers: Vec<PeerDaemon>,
@@ -96,7 +98,32 @@ impl Mesh {
         seed_host: &str,
         peer_hosts: &[&str],
     ) -> Result<Mesh> {
-        let tls = Some(certs);
+        Self::start_tls_with(
+            lab,
+            bin,
+            state_dir,
+            certs,
+            scheduler_host,
+            seed_host,
+            peer_hosts,
+            "",
+        )
+    }
+
+    /// Like [`Self::start_tls`], with `peer_toml` added to every peer's config file (a peer
+    /// takes one `--config`, which holds its `[tls]` table).
+    #[allow(clippy::too_many_arguments)]
+    pub fn start_tls_with(
+        lab: &Lab,
+        bin: &Path,
+        state_dir: &Path,
+        certs: &Certs,
+        scheduler_host: &str,
+        seed_host: &str,
+        peer_hosts: &[&str],
+        peer_toml: &str,
+    ) -> Result<Mesh> {
+        let tls = Some((certs, peer_toml));
         Self::launch(
             lab,
             bin,
@@ -118,17 +145,19 @@ impl Mesh {
         seed_host: &str,
         peer_hosts: &[&str],
         peer_args: &[String],
-        tls: Option<&Certs>,
+        tls: Option<(&Certs, &str)>,
     ) -> Result<Mesh> {
+        let peer_toml = tls.map(|t| t.1.to_string()).unwrap_or_default();
+        let tls = tls.map(|t| t.0);
         let scheduler_ip = lab.ip(scheduler_host);
-        let scheduler_args = tls_args(tls, &state_dir.join(scheduler_host), scheduler_host)?;
+        let scheduler_args = tls_args(tls, &state_dir.join(scheduler_host), scheduler_host, "")?;
         let scheduler = spawn_scheduler(lab, bin, scheduler_host, &scheduler_args)?;
 
         let scheduler_url = scheduler_url(scheduler_ip, tls.is_some());
         let start_peer = |host: &str, seed: bool| -> Result<PeerDaemon> {
             let dir = state_dir.join(host);
             let mut args = peer_args.to_vec();
-            args.extend(tls_args(tls, &dir, host)?);
+            args.extend(tls_args(tls, &dir, host, &peer_toml)?);
             start_peer_with(lab, bin, &scheduler_url, &dir, host, seed, &[], &args)
         };
         let seed = start_peer(seed_host, true)?;
@@ -143,6 +172,7 @@ impl Mesh {
             peer_args: peer_args.to_vec(),
             scheduler_args,
             tls: tls.cloned(),
+            peer_toml,
             scheduler,
             seed,
             peers,
@@ -162,7 +192,7 @@ impl Mesh {
         let url = scheduler_url(self.scheduler_ip, self.tls.is_some());
         let dir = state_dir.join(host);
         let mut args = self.peer_args.clone();
-        args.extend(tls_args(self.tls.as_ref(), &dir, host)?);
+        args.extend(tls_args(self.tls.as_ref(), &dir, host, &self.peer_toml)?);
         let peer = start_peer_with(lab, &self.bin, &url, &dir, host, false, env, &args)?;
         self.peers.push(peer);
         Ok(())
@@ -242,12 +272,15 @@ fn scheduler_url(ip: Ipv4Addr, tls: bool) -> String {
 
 /// `--config FILE` for `host`'s daemon with its `[tls]` table, written into `dir`; nothing
 /// without TLS.
-fn tls_args(tls: Option<&Certs>, dir: &Path, host: &str) -> Result<Vec<String>> {
+fn tls_args(tls: Option<&Certs>, dir: &Path, host: &str, more: &str) -> Result<Vec<String>> {
     let Some(certs) = tls else {
         return Ok(Vec::new());
     };
     std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
-    certs.write_config(host, &dir.join("tls.toml"))
+    let path = dir.join("tls.toml");
+    std::fs::write(&path, format!("{more}\n{}", certs.toml(host)))
+        .with_context(|| format!("write {}", path.display()))?;
+    Ok(vec!["--config".to_string(), path.display().to_string()])
 }
 
 /// Starts a scheduler in `host` on the mesh's ports with extra `args` and waits until it

@@ -17,6 +17,7 @@ use crate::lab::Lab;
 use crate::mesh::{Mesh, PEER_METRICS_PORT};
 use crate::oci::{Access, Containerd, RegistryHost, TestImage};
 use crate::process::wait_all;
+use crate::tls::Certs;
 
 pub const REGISTRY_PORT: u16 = 5000;
 /// The peer proxy's address inside each host (its default `[proxy] listen`).
@@ -40,6 +41,9 @@ pub struct MirrorOptions {
     /// `user:password`: the registry demands basic auth and every pull
     /// brings these credentials (the peers are configured with none).
     pub credentials: Option<String>,
+    /// Mutual TLS between scheduler, seed and peers (certificates from `damselfly certs init`
+    /// in the lab's directory).
+    pub tls: bool,
 }
 
 /// The running set-up. Dropping it stops containerds, daemons and the
@@ -89,26 +93,47 @@ impl MirrorLab {
         built.push(&image, opts.credentials.as_deref())?;
         let blobs = built.blobs()?;
 
-        let config = lab.dir().join("peer.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "[proxy]\ndefault_registry = \"{reg}\"\n\n[proxy.registries.\"{reg}\"]\nendpoint = \"http://{reg}\"\n"
-            ),
-        )?;
-        progress(
-            "mesh: a scheduler, a seed peer and a peer in each host (registry proxy on 127.0.0.1:65001)",
+        let proxy_toml = format!(
+            "[proxy]\ndefault_registry = \"{reg}\"\n\n[proxy.registries.\"{reg}\"]\nendpoint = \"http://{reg}\"\n"
         );
+        progress(&format!(
+            "mesh: a scheduler, a seed peer and a peer in each host (registry proxy on 127.0.0.1:65001), {}",
+            if opts.tls {
+                "mutual TLS on (certificates from `damselfly certs init`)"
+            } else {
+                "TLS off"
+            }
+        ));
         let refs: Vec<&str> = peer_hosts.iter().map(String::as_str).collect();
-        let mesh = Mesh::start_with_args(
-            &lab,
-            &opts.bin,
-            &lab.dir().join("state"),
-            "sched",
-            "seed",
-            &refs,
-            &["--config".to_string(), config.display().to_string()],
-        )?;
+        let state = lab.dir().join("state");
+        let mesh = if opts.tls {
+            let mut nodes = vec!["scheduler:sched".to_string(), "seed:seed".to_string()];
+            nodes.extend(peer_hosts.iter().map(|h| format!("peer:{h}")));
+            let nodes: Vec<&str> = nodes.iter().map(String::as_str).collect();
+            let certs = Certs::init(&opts.bin, &lab.dir().join("certs"), &nodes)?;
+            Mesh::start_tls_with(
+                &lab,
+                &opts.bin,
+                &state,
+                &certs,
+                "sched",
+                "seed",
+                &refs,
+                &proxy_toml,
+            )?
+        } else {
+            let config = lab.dir().join("peer.toml");
+            std::fs::write(&config, &proxy_toml)?;
+            Mesh::start_with_args(
+                &lab,
+                &opts.bin,
+                &state,
+                "sched",
+                "seed",
+                &refs,
+                &["--config".to_string(), config.display().to_string()],
+            )?
+        };
         let mut containerds = Vec::new();
         for h in &peer_hosts {
             let ctd = Containerd::start(&lab, h, &lab.dir().join(format!("containerd-{h}")))?;

@@ -31,6 +31,20 @@ impl Certs {
         })
     }
 
+    /// Copies `ca.pem` and the pairs of `names` into `dir` (which must not exist).
+    pub fn copy_to(&self, dir: &Path, names: &[&str]) -> Result<Certs> {
+        std::fs::create_dir(dir).with_context(|| format!("create {}", dir.display()))?;
+        let copy = Certs {
+            dir: dir.to_path_buf(),
+        };
+        std::fs::copy(self.ca(), copy.ca())?;
+        for n in names {
+            std::fs::copy(self.cert(n), copy.cert(n))?;
+            std::fs::copy(self.key(n), copy.key(n))?;
+        }
+        Ok(copy)
+    }
+
     pub fn dir(&self) -> &Path {
         &self.dir
     }

@@ -49,6 +49,8 @@ fn three_containerds_pull_through_the_mesh_and_the_registry_sends_each_blob_once
         rate: Some("100mbit".into()),
         bin: bins::damselfly()?,
         credentials: None,
+        // As `damselfly demo` runs it.
+        tls: true,
     };
     let m = MirrorLab::start(&opts, |line| eprintln!("mirror: {line}"))?;
     let pulls = m.pull_all()?;
@@ -111,6 +113,7 @@ fn a_private_registry_through_the_mesh_and_no_blob_for_strangers() -> Result<()>
         rate: None,
         bin: bins::damselfly()?,
         credentials: Some("alice:s3cret".into()),
+        tls: false,
     };
     let m = MirrorLab::start(&opts, |line| eprintln!("mirror-auth: {line}"))?;
     m.pull_all()?;

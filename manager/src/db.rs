@@ -30,6 +30,7 @@ pub struct Db {
 const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../migrations/0001_init.sql")),
     (2, include_str!("../migrations/0002_preheat_every_peer.sql")),
+    (3, include_str!("../migrations/0003_instance_owner.sql")),
 ];
 
 /// An arbitrary constant that names "damselfly manager migrations" for `pg_advisory_lock`.

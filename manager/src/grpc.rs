@@ -11,6 +11,7 @@ use crate::store::instances::{self, InstanceKind, Registration};
 use crate::store::preheat::{self, TaskReport};
 use damselfly_proto::manager as pb;
 use damselfly_proto::manager::manager_server::{Manager, ManagerServer};
+use damselfly_service::tls::{PeerIdentity, Role};
 use futures::StreamExt;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -58,6 +59,23 @@ pub struct Service {
     ctx: Ctx,
 }
 
+/// With mutual TLS, what a call's client certificate may do: `Ok(Some(subject id))` when it
+/// holds one of `roles` (the id the instances it registers are bound to), `Ok(None)` on a
+/// plain connection (TLS off: the network is trusted), else PERMISSION_DENIED.
+fn caller<T>(req: &Request<T>, roles: &[Role]) -> Result<Option<String>> {
+    let Some(id) = req.extensions().get::<PeerIdentity>().filter(|i| i.verified) else {
+        return Ok(None);
+    };
+    if !roles.iter().any(|r| id.has(*r)) {
+        let names: Vec<&str> = roles.iter().map(|r| r.as_str()).collect();
+        return Err(Error::Forbidden(format!(
+            "this call needs a certificate with the {} role",
+            names.join(" or ")
+        )));
+    }
+    Ok(Some(id.subject.clone().unwrap_or_default()))
+}
+
 fn settings_pb(c: &SchedulerCluster) -> pb::ClusterSettings {
     let s = &c.settings;
     pb::ClusterSettings {
@@ -93,6 +111,7 @@ impl Service {
     async fn register_scheduler(
         &self,
         r: pb::RegisterSchedulerRequest,
+        owner: Option<String>,
     ) -> Result<pb::RegisterSchedulerResponse> {
         let cluster = if r.cluster_id == 0 {
             let facts = PeerFacts {
@@ -120,6 +139,7 @@ impl Service {
                 idc: r.idc,
                 location: r.location,
                 cluster_id: cluster.id,
+                owner: owner.unwrap_or_default(),
             },
         )
         .await?;
@@ -175,6 +195,7 @@ impl Service {
         &self,
         kind: InstanceKind,
         hello: &pb::SeedPeerHello,
+        owner: Option<String>,
     ) -> Result<(instances::Instance, pb::SeedPeerWelcome)> {
         let ctx = &self.ctx;
         let (cluster_id, welcome) = if kind == InstanceKind::Peer {
@@ -224,6 +245,7 @@ impl Service {
                 idc: hello.idc.clone(),
                 location: hello.location.clone(),
                 cluster_id,
+                owner: owner.unwrap_or_default(),
             },
         )
         .await?;
@@ -240,6 +262,7 @@ impl Service {
         kind: InstanceKind,
         mut inbound: Streaming<pb::SeedPeerMessage>,
         tx: crate::hub::CommandTx,
+        owner: Option<String>,
     ) {
         let ctx = self.ctx.clone();
         let hello = match inbound.next().await {
@@ -253,7 +276,7 @@ impl Service {
                 return;
             }
         };
-        let (inst, welcome) = match self.register_session(kind, &hello).await {
+        let (inst, welcome) = match self.register_session(kind, &hello, owner).await {
             Ok(x) => x,
             Err(e) => {
                 let _ = tx.send(Err(e.into())).await;
@@ -325,7 +348,10 @@ impl Manager for Service {
         req: Request<pb::RegisterSchedulerRequest>,
     ) -> Result<Response<pb::RegisterSchedulerResponse>, Status> {
         self.ctx.metrics.grpc_call("RegisterScheduler");
-        Ok(Response::new(self.register_scheduler(req.into_inner()).await?))
+        let owner = caller(&req, &[Role::Scheduler])?;
+        Ok(Response::new(
+            self.register_scheduler(req.into_inner(), owner).await?,
+        ))
     }
 
     async fn keep_alive(
@@ -333,11 +359,12 @@ impl Manager for Service {
         req: Request<Streaming<pb::KeepAliveRequest>>,
     ) -> Result<Response<pb::KeepAliveResponse>, Status> {
         self.ctx.metrics.grpc_call("KeepAlive");
+        let owner = caller(&req, &[Role::Scheduler])?;
         // The stream is read in its own task: when the client dies, its
         // connection goes away and the server drops this handler, but the
         // task still sees the stream end and marks the instance inactive.
         let ctx = self.ctx.clone();
-        match tokio::spawn(keepalive_stream(ctx, req.into_inner())).await {
+        match tokio::spawn(keepalive_stream(ctx, req.into_inner(), owner)).await {
             Ok(r) => r.map(|()| Response::new(pb::KeepAliveResponse {})),
             Err(_) => Err(Status::internal("keepalive task failed")),
         }
@@ -348,6 +375,7 @@ impl Manager for Service {
         req: Request<pb::GetSchedulerClusterConfigRequest>,
     ) -> Result<Response<pb::SchedulerClusterConfig>, Status> {
         self.ctx.metrics.grpc_call("GetSchedulerClusterConfig");
+        caller(&req, &[Role::Scheduler])?;
         let cid = id(req.into_inner().cluster_id, "cluster_id")?;
         let c = clusters::get_scheduler_cluster(&self.ctx.db, cid).await?;
         Ok(Response::new(config_pb(&c)))
@@ -358,6 +386,7 @@ impl Manager for Service {
         req: Request<pb::ListSchedulersRequest>,
     ) -> Result<Response<pb::ListSchedulersResponse>, Status> {
         self.ctx.metrics.grpc_call("ListSchedulers");
+        caller(&req, &[Role::Peer, Role::Scheduler])?;
         Ok(Response::new(self.list_schedulers(req.into_inner()).await?))
     }
 
@@ -366,6 +395,7 @@ impl Manager for Service {
         req: Request<pb::ListSeedPeersRequest>,
     ) -> Result<Response<pb::ListSeedPeersResponse>, Status> {
         self.ctx.metrics.grpc_call("ListSeedPeers");
+        caller(&req, &[Role::Peer, Role::Scheduler])?;
         let cid = id(req.into_inner().scheduler_cluster_id, "scheduler_cluster_id")?;
         let seeds = instances::active_seed_peers(&self.ctx.db, cid, self.ctx.keepalive_timeout_ms())
             .await
@@ -392,8 +422,11 @@ impl Manager for Service {
         req: Request<pb::ReportTrafficRequest>,
     ) -> Result<Response<pb::ReportTrafficResponse>, Status> {
         self.ctx.metrics.grpc_call("ReportTraffic");
+        let owner = caller(&req, &[Role::Scheduler])?;
         let r = req.into_inner();
         let cid = id(r.scheduler_cluster_id, "scheduler_cluster_id")?;
+        let iid = id(r.instance_id, "instance_id")?;
+        instances::check_owner(&self.ctx.db, iid, InstanceKind::Scheduler, owner.as_deref()).await?;
         crate::store::traffic::report(
             &self.ctx.db,
             cid,
@@ -413,9 +446,12 @@ impl Manager for Service {
         req: Request<Streaming<pb::SeedPeerMessage>>,
     ) -> Result<Response<Self::SeedPeerSessionStream>, Status> {
         self.ctx.metrics.grpc_call("SeedPeerSession");
-        Ok(Response::new(
-            self.open_session(InstanceKind::SeedPeer, req.into_inner()),
-        ))
+        let owner = caller(&req, &[Role::Seed])?;
+        Ok(Response::new(self.open_session(
+            InstanceKind::SeedPeer,
+            req.into_inner(),
+            owner,
+        )))
     }
 
     type PeerSessionStream = ReceiverStream<Result<pb::SeedPeerCommand, Status>>;
@@ -425,9 +461,12 @@ impl Manager for Service {
         req: Request<Streaming<pb::SeedPeerMessage>>,
     ) -> Result<Response<Self::PeerSessionStream>, Status> {
         self.ctx.metrics.grpc_call("PeerSession");
-        Ok(Response::new(
-            self.open_session(InstanceKind::Peer, req.into_inner()),
-        ))
+        let owner = caller(&req, &[Role::Peer])?;
+        Ok(Response::new(self.open_session(
+            InstanceKind::Peer,
+            req.into_inner(),
+            owner,
+        )))
     }
 }
 
@@ -437,19 +476,24 @@ impl Service {
         &self,
         kind: InstanceKind,
         inbound: Streaming<pb::SeedPeerMessage>,
+        owner: Option<String>,
     ) -> ReceiverStream<Result<pb::SeedPeerCommand, Status>> {
         let (tx, rx) = mpsc::channel(64);
         let me = Service {
             ctx: self.ctx.clone(),
         };
-        tokio::spawn(async move { me.session(kind, inbound, tx).await });
+        tokio::spawn(async move { me.session(kind, inbound, tx, owner).await });
         ReceiverStream::new(rx)
     }
 }
 
 /// Records each keepalive of one stream; when the stream ends (not because
 /// this manager stops) the instance turns inactive at once.
-async fn keepalive_stream(ctx: Ctx, mut stream: Streaming<pb::KeepAliveRequest>) -> Result<(), Status> {
+async fn keepalive_stream(
+    ctx: Ctx,
+    mut stream: Streaming<pb::KeepAliveRequest>,
+    owner: Option<String>,
+) -> Result<(), Status> {
     let mut current: Option<i64> = None;
     loop {
         let msg = tokio::select! {
@@ -460,6 +504,17 @@ async fn keepalive_stream(ctx: Ctx, mut stream: Streaming<pb::KeepAliveRequest>)
         };
         let Some(Ok(msg)) = msg else { break };
         let iid = id(msg.instance_id, "instance_id")?;
+        if current != Some(iid) {
+            // Only the certificate that registered a scheduler keeps it alive.
+            match instances::check_owner(&ctx.db, iid, InstanceKind::Scheduler, owner.as_deref()).await {
+                Err(e @ (Error::NotFound { .. } | Error::Forbidden(_))) => return Err(e.into()),
+                Err(e) => {
+                    tracing::warn!(instance = iid, error = %e, "keepalive owner not checked; not recorded");
+                    continue;
+                }
+                Ok(()) => {}
+            }
+        }
         match instances::keepalive(&ctx.db, iid).await {
             Ok(true) => tracing::info!(instance = iid, "instance is back and active again"),
             Ok(false) => {}

@@ -88,6 +88,11 @@ async fn session(
                 Ok(Some(c)) => match c.cmd {
                     Some(host_command::Cmd::SeedTask(seed)) => if let Some(spec) = seed.spec {
                         info!(task_id = spec.task_id, "seed trigger");
+                        let spec = crate::sealing::open_seed_task(
+                            spec,
+                            &downloader.host_id,
+                            downloader.seal_key.as_ref(),
+                        );
                         let downloader = downloader.clone();
                         tokio::spawn(async move {
                             let policy = OriginPolicy::for_peer(&downloader.config);
@@ -117,6 +122,7 @@ async fn session(
                         warn!(scheduler = endpoint.addr, "the scheduler's ticket key is malformed");
                     }
                     Some(host_command::Cmd::TicketKey(_)) => {}
+                    Some(host_command::Cmd::SeedKeys(k)) => downloader.seed_keys.set(&endpoint.addr, k.keys),
                     None => {}
                 },
                 Ok(None) => return Err("scheduler closed the stream".into()),

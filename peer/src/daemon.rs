@@ -97,6 +97,11 @@ pub async fn run(config: PeerConfig, shutdown: Shutdown) -> Result<(), Error> {
         location: config.location.clone(),
         upload_slots: config.upload_slots,
         upload_rate: config.upload_rate.as_u64(),
+        seal_key: downloader
+            .seal_key
+            .as_ref()
+            .map(|k| k.public_key())
+            .unwrap_or_default(),
     };
     // Fixed schedulers, or the manager's list (followed while the daemon runs).
     let (announced, followers) = crate::schedulers::start(&config, &downloader, &info, &shutdown).await?;

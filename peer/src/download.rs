@@ -39,6 +39,9 @@ use tonic::transport::Channel;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 const SCHEDULER_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a task with origin headers waits for its scheduler's first seed keys (they come
+/// right after the host stream opens).
+const SEED_KEYS_WAIT: Duration = Duration::from_secs(2);
 /// Events (pieces, a few MiB each) waiting for the engine, from all parents
 /// together and from the origin. The engine writes one piece at a time; when
 /// the disk is slower than the network these fill, the connections stop
@@ -70,6 +73,10 @@ pub struct Downloader {
     pub limits: Arc<crate::limits::Limits>,
     /// The schedulers' piece-ticket keys (from their host streams), for the piece server.
     pub ticket_keys: Arc<damselfly_service::ticket::TicketKeys>,
+    /// The seeds' keys that origin headers are sealed to, by scheduler (from the host streams).
+    pub seed_keys: crate::sealing::SeedKeys,
+    /// A seed's own key for the headers sealed to it (made at start-up, never stored).
+    pub seal_key: Option<damselfly_service::seal::SealKey>,
     running: Mutex<HashSet<String>>,
 }
 
@@ -91,6 +98,14 @@ impl Downloader {
         let download_limiter = Arc::new(RateLimiter::new(config.download_rate.as_u64()));
         let memory = Arc::new(PieceMemory::new(config.download_memory.as_u64()));
         metrics.schedulers.set(schedulers.len() as i64);
+        let seal_key = match config.seed.then(damselfly_service::seal::SealKey::generate) {
+            Some(Ok(key)) => Some(key),
+            Some(Err(e)) => {
+                warn!(error = %e, "no seal key: seed tasks will come without their origin headers");
+                None
+            }
+            None => None,
+        };
         Arc::new(Self {
             tasks,
             config,
@@ -102,6 +117,8 @@ impl Downloader {
             memory,
             limits: Arc::default(),
             ticket_keys: Arc::default(),
+            seed_keys: Default::default(),
+            seal_key,
             running: Mutex::new(HashSet::new()),
         })
     }
@@ -317,10 +334,16 @@ impl Engine {
             (s.bitmap(), s.layout, s.source || self.seed)
         };
         let done = self.task.progress().done;
+        // Origin headers only sealed to the seeds (a seed fetching itself sends none).
+        let keys = if self.seed || self.spec.headers.is_empty() {
+            Vec::new()
+        } else {
+            self.d.seed_keys.get(&ep.addr, SEED_KEYS_WAIT).await
+        };
         let register = Register {
             host_id: self.d.host_id.clone(),
             peer_id: self.peer_id.clone(),
-            spec: Some(self.spec.clone()),
+            spec: Some(crate::sealing::for_scheduler(&self.spec, &keys)),
             from_source: source || done,
             bitmap,
             content_length: layout.map(|l| l.content_length).unwrap_or(0),

@@ -17,6 +17,7 @@
 //! - [`download`]: the engine that drives one task to completion; [`picker`]: its piece choice and timers (plain code); [`memory`]: the bytes of pieces held between socket and disk.
 //! - [`origin_policy`]: which origins a seed task may name (no loopback, link-local, cluster services).
 //! - [`download`]: the engine that drives one task to completion.
+//! - [`sealing`]: origin headers sealed to the seeds' keys on their way through the scheduler.
 //! - [`announcer`]: the host stream to the scheduler (keepalive, seed triggers).
 //! - [`schedulers`]: one host stream per scheduler in the (fixed or managed) list.
 //! - [`manager`]: the scheduler list (and cluster settings) from a manager, and the preheat session.
@@ -50,6 +51,7 @@ pub mod picker;
 pub mod piece_server;
 pub mod rate;
 pub mod schedulers;
+pub mod sealing;
 pub mod source;
 pub mod store;
 pub mod task;

@@ -64,6 +64,7 @@ pub fn spec_of(req: &DownloadRequest) -> Result<TaskSpec, Error> {
         tag: req.tag.clone(),
         application: req.application.clone(),
         content_length: 0, // the seed learns it from the origin
+        sealed_headers: Vec::new(),
     })
 }
 

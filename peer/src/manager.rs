@@ -32,15 +32,21 @@ pub fn client(config: &PeerConfig) -> Result<ManagerClient, Error> {
     .map_err(|e| Error::BadRequest(format!("manager.addr: {e}")))
 }
 
-/// gRPC URLs of the schedulers in a `ListSchedulers` answer.
+/// gRPC URLs of the schedulers in a `ListSchedulers` answer: `https://` when this process
+/// runs with TLS ([`damselfly_service::tls::installed`]), else `http://`.
 pub fn scheduler_urls(resp: &pb::ListSchedulersResponse) -> Vec<String> {
+    urls_with_scheme(resp, damselfly_service::tls::installed().is_some())
+}
+
+fn urls_with_scheme(resp: &pb::ListSchedulersResponse, tls: bool) -> Vec<String> {
+    let scheme = if tls { "https" } else { "http" };
     resp.schedulers
         .iter()
         .map(|s| {
             if s.ip.contains(':') {
-                format!("http://[{}]:{}", s.ip, s.port)
+                format!("{scheme}://[{}]:{}", s.ip, s.port)
             } else {
-                format!("http://{}:{}", s.ip, s.port)
+                format!("{scheme}://{}:{}", s.ip, s.port)
             }
         })
         .collect()
@@ -229,8 +235,12 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            scheduler_urls(&resp),
+            urls_with_scheme(&resp, false),
             vec!["http://10.0.0.2:8002", "http://[fd00::2]:8002"]
+        );
+        assert_eq!(
+            urls_with_scheme(&resp, true),
+            vec!["https://10.0.0.2:8002", "https://[fd00::2]:8002"]
         );
     }
 }

@@ -22,6 +22,10 @@ pub const MAX_URL: usize = 8 * 1024;
 /// Most origin headers of one task, and their total size.
 pub const MAX_HEADERS: usize = 64;
 pub const MAX_HEADER_BYTES: usize = 16 * 1024;
+/// Most sealed header entries of one task (one per seed of the scheduler), and the size of
+/// one: the headers' plaintext bound with its length prefixes, plus the seal's overhead.
+pub const MAX_SEALED: usize = 32;
+pub const MAX_SEALED_BYTES: usize = MAX_HEADER_BYTES + 4 * MAX_HEADERS + damselfly_service::seal::OVERHEAD;
 /// Longest free-text host field (hostname, idc, location).
 const MAX_TEXT: usize = 256;
 
@@ -55,6 +59,13 @@ pub fn hello(info: &HostInfo) -> Result<(), Error> {
     if info.piece_port > u16::MAX as u32 {
         return Err(bad(format!("piece_port {} is not a TCP port", info.piece_port)));
     }
+    if !info.seal_key.is_empty() && info.seal_key.len() != damselfly_service::seal::KEY_LEN {
+        return Err(bad(format!(
+            "seal_key has {} bytes, not {}",
+            info.seal_key.len(),
+            damselfly_service::seal::KEY_LEN
+        )));
+    }
     Ok(())
 }
 
@@ -87,6 +98,17 @@ pub fn registration(reg: &Register) -> Result<Registration, Error> {
         return Err(bad(format!(
             "at most {MAX_HEADERS} headers of {MAX_HEADER_BYTES} bytes in all"
         )));
+    }
+    if spec.sealed_headers.len() > MAX_SEALED {
+        return Err(bad(format!("at most {MAX_SEALED} sealed_headers")));
+    }
+    for s in &spec.sealed_headers {
+        bounded("sealed_headers.seed_host_id", &s.seed_host_id, MAX_ID)?;
+        if s.sealed.len() > MAX_SEALED_BYTES {
+            return Err(bad(format!(
+                "sealed_headers.sealed is longer than {MAX_SEALED_BYTES} bytes"
+            )));
+        }
     }
     let derived = id_of_spec(spec).map_err(bad)?;
     if derived != spec.task_id {
@@ -291,6 +313,19 @@ mod tests {
         let mut r = reg();
         r.spec.as_mut().unwrap().piece_length = 3;
         refused(&r);
+        let sealed = |n: usize, len: usize| {
+            let mut r = reg();
+            r.spec.as_mut().unwrap().sealed_headers = (0..n)
+                .map(|i| damselfly_proto::scheduler::SealedHeaders {
+                    seed_host_id: format!("seed{i}"),
+                    sealed: vec![0; len],
+                })
+                .collect();
+            r
+        };
+        registration(&sealed(MAX_SEALED, MAX_SEALED_BYTES)).unwrap();
+        assert!(refused(&sealed(MAX_SEALED + 1, 10)).contains("sealed_headers"));
+        assert!(refused(&sealed(1, MAX_SEALED_BYTES + 1)).contains("sealed_headers"));
     }
 
     #[test]
@@ -313,6 +348,10 @@ mod tests {
             },
             HostInfo {
                 host_id: "h".repeat(MAX_ID + 1),
+                ..ok.clone()
+            },
+            HostInfo {
+                seal_key: vec![1; 31],
                 ..ok.clone()
             },
         ] {

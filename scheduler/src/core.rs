@@ -455,9 +455,11 @@ impl Core {
         // Only a seed is a source by its own word; anyone else fetches from
         // the origin when the scheduler sends it there.
         let from_source = reg.from_source && host.info.seed;
-        // The task keeps no origin headers: they go to the one seed triggered below.
+        // The task keeps no origin headers: they go (sealed, see service/src/seal.rs) to the
+        // one seed triggered below.
         let kept = TaskSpec {
             headers: Default::default(),
+            sealed_headers: Vec::new(),
             ..reg.spec.clone()
         };
         let task = s
@@ -503,17 +505,25 @@ impl Core {
             // A cache task has no origin: nobody holds it now.
             self.back_to_source(&task_id, &reg.peer_id, "no host holds this cache task", out);
         } else if needs_source && task.seed_host.is_none() {
-            let seeds: Vec<&str> = s
+            let mut seeds: Vec<&str> = s
                 .hosts
                 .values()
-                .filter(|h| h.info.seed)
+                .filter(|h| h.info.seed && h.info.host_id != reg.host_id)
                 .map(|h| h.info.host_id.as_str())
                 .collect();
+            // Headers sealed to some seeds: one of those, so the headers reach the origin.
+            let sealed = &reg.spec.sealed_headers;
+            if seeds.iter().any(|h| sealed.iter().any(|e| e.seed_host_id == *h)) {
+                seeds.retain(|h| sealed.iter().any(|e| e.seed_host_id == *h));
+            }
             match ring::pick(&task_id, seeds, &reg.host_id) {
                 Some(seed) => {
+                    let mut spec = reg.spec;
+                    spec.sealed_headers.retain(|e| e.seed_host_id == seed);
+                    spec.sealed_headers.truncate(1);
                     out.push(Command::SeedTask {
                         host_id: seed.clone(),
-                        spec: reg.spec,
+                        spec,
                     });
                     s.tasks.get_mut(&task_id).expect("inserted").seed_host = Some(seed.clone());
                     self.metrics.seed_triggers.inc();

@@ -17,8 +17,8 @@ use damselfly_proto::scheduler as proto;
 use damselfly_proto::scheduler::scheduler_server::Scheduler;
 use damselfly_proto::scheduler::{
     BackToSource, CacheTask, DeleteTask, Digests, FailReason, HostCommand, HostMessage, Parents, PieceDigest,
-    Register, Replicate, SeedTask, StoredTask, TaskCommand, TaskInfo, TaskMessage, TicketKey, host_command,
-    host_message, task_command, task_message,
+    Register, Replicate, SeedKey, SeedKeys, SeedTask, StoredTask, TaskCommand, TaskInfo, TaskMessage,
+    TicketKey, host_command, host_message, task_command, task_message,
 };
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -274,12 +274,57 @@ impl Shared {
         if inner.links.hosts.get(host_id).is_some_and(|(c, _)| *c == conn) {
             inner.links.hosts.remove(host_id);
         }
+        let had_key = inner.seal_key_of(host_id);
         let event = Event::HostLeft {
             host_id: host_id.to_string(),
             conn: Some(conn),
         };
         if let Ok(commands) = inner.core.handle(Instant::now(), event) {
             inner.links.deliver(commands);
+        }
+        if had_key && !inner.seal_key_of(host_id) {
+            inner.send_seed_keys(None);
+        }
+    }
+}
+
+impl Inner {
+    /// Whether `host_id` is a seed with a seal key.
+    fn seal_key_of(&self, host_id: &str) -> bool {
+        self.core
+            .state
+            .hosts
+            .get(host_id)
+            .is_some_and(|h| h.info.seed && !h.info.seal_key.is_empty())
+    }
+
+    /// Sends the seeds' seal keys to `host_id`'s stream, or to every host stream.
+    fn send_seed_keys(&self, host_id: Option<&str>) {
+        let keys = self
+            .core
+            .state
+            .hosts
+            .values()
+            .filter(|h| h.info.seed && !h.info.seal_key.is_empty())
+            .map(|h| SeedKey {
+                host_id: h.info.host_id.clone(),
+                public_key: h.info.seal_key.clone(),
+            })
+            .collect();
+        let cmd = HostCommand {
+            cmd: Some(host_command::Cmd::SeedKeys(SeedKeys { keys })),
+        };
+        match host_id {
+            Some(h) => {
+                if let Some((_, tx)) = self.links.hosts.get(h) {
+                    let _ = tx.send(Ok(cmd));
+                }
+            }
+            None => {
+                for (_, tx) in self.links.hosts.values() {
+                    let _ = tx.send(Ok(cmd.clone()));
+                }
+            }
         }
     }
 }
@@ -471,6 +516,9 @@ impl Scheduler for SchedulerService {
                 .core
                 .handle(Instant::now(), Event::HostAnnounced { info, conn })?;
             inner.links.deliver(commands);
+            // A new seed key goes to every host; anyone else gets the current keys.
+            let everyone = inner.seal_key_of(&host_id);
+            inner.send_seed_keys((!everyone).then_some(host_id.as_str()));
             conn
         };
         let shared = self.shared.clone();

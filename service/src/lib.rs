@@ -7,6 +7,7 @@
 //! - [`secret`]: a wrapper that keeps credentials out of logs.
 //! - [`tls`]: mutual TLS for every server and client, roles read from certificates.
 //! - [`ticket`]: piece tickets, a scheduler's signed permission for one child to read one task.
+//! - [`seal`]: origin headers sealed to a seed's key, so the scheduler relays them unread.
 //! - [`certs`]: a CA and per-role certificates for a lab or cluster (`damselfly certs init`).
 //! - [`health`]: `/healthz`, `/readyz` and the up/ready gauges; [`notify`]: systemd `READY=1`.
 //! - [`tasks`]: server tasks supervised, so a role whose server dies exits non-zero.
@@ -15,6 +16,7 @@ pub mod certs;
 pub mod config;
 pub mod health;
 pub mod notify;
+pub mod seal;
 pub mod secret;
 pub mod shutdown;
 pub mod tasks;

@@ -71,6 +71,9 @@ pub struct Registration {
     pub idc: String,
     pub location: String,
     pub cluster_id: i64,
+    /// The registering certificate's subject id (mutual TLS), empty without TLS. An instance
+    /// owned by one certificate is not registered again by another.
+    pub owner: String,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, IntoParams)]
@@ -126,14 +129,15 @@ pub fn validate_registration(r: &Registration) -> Result<()> {
 pub async fn register(db: &Db, r: &Registration) -> Result<Instance> {
     validate_registration(r)?;
     let now = now_ms();
-    let id: i64 = sqlx::query_scalar(
+    let id: Option<i64> = sqlx::query_scalar(
         "INSERT INTO instances (kind, hostname, ip, port, download_port, idc, location, cluster_id, state,
-                                last_keepalive_at, created_at, updated_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'active', $9, $9, $9)
+                                last_keepalive_at, created_at, updated_at, owner)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'active', $9, $9, $9, $10)
          ON CONFLICT (kind, hostname, ip, cluster_id) DO UPDATE SET
             port = excluded.port, download_port = excluded.download_port, idc = excluded.idc,
             location = excluded.location, state = 'active', last_keepalive_at = excluded.last_keepalive_at,
-            updated_at = excluded.updated_at
+            updated_at = excluded.updated_at, owner = excluded.owner
+         WHERE instances.owner = '' OR instances.owner = excluded.owner
          RETURNING id",
     )
     .bind(r.kind.as_str())
@@ -145,9 +149,36 @@ pub async fn register(db: &Db, r: &Registration) -> Result<Instance> {
     .bind(&r.location)
     .bind(r.cluster_id)
     .bind(now)
-    .fetch_one(&db.pool)
+    .bind(&r.owner)
+    .fetch_optional(&db.pool)
     .await?;
+    let id = id.ok_or_else(|| {
+        Error::Forbidden(format!(
+            "{} {} at {} is registered by another certificate",
+            r.kind.as_str(),
+            r.hostname,
+            r.ip
+        ))
+    })?;
     get(db, id).await
+}
+
+/// Checks that the instance `id` is of `kind` and registered by `owner` (a certificate's
+/// subject id; `None` without TLS, which checks only that it exists).
+pub async fn check_owner(db: &Db, id: i64, kind: InstanceKind, owner: Option<&str>) -> Result<()> {
+    let row: Option<(String, String)> = sqlx::query_as("SELECT kind, owner FROM instances WHERE id = $1")
+        .bind(id)
+        .fetch_optional(&db.pool)
+        .await?;
+    let (got_kind, got_owner) = row.ok_or_else(|| Error::not_found(format!("instance {id}")))?;
+    let Some(owner) = owner else { return Ok(()) };
+    if got_kind != kind.as_str() || got_owner != owner {
+        return Err(Error::Forbidden(format!(
+            "instance {id} is not a {} registered by this certificate",
+            kind.as_str()
+        )));
+    }
+    Ok(())
 }
 
 pub async fn get(db: &Db, id: i64) -> Result<Instance> {
@@ -293,4 +324,68 @@ pub async fn delete(db: &Db, id: i64) -> Result<()> {
         return Err(Error::not_found(format!("instance {id}")));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reg(owner: &str) -> Registration {
+        Registration {
+            kind: InstanceKind::Scheduler,
+            hostname: "s1".into(),
+            ip: "10.0.0.5".into(),
+            port: 8002,
+            download_port: 0,
+            idc: String::new(),
+            location: String::new(),
+            cluster_id: 1,
+            owner: owner.into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn an_instance_belongs_to_the_certificate_that_registered_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("m.db").display());
+        let db = Db::connect(&url, crate::seal::Sealer::new(&[7; 32]))
+            .await
+            .unwrap();
+        let a = register(&db, &reg("subject-a")).await.unwrap();
+        // The same certificate registers it again (a restart): the same instance.
+        assert_eq!(register(&db, &reg("subject-a")).await.unwrap().id, a.id);
+        // Another certificate cannot take the hostname and address over.
+        assert!(matches!(
+            register(&db, &reg("subject-b")).await,
+            Err(Error::Forbidden(_))
+        ));
+        check_owner(&db, a.id, InstanceKind::Scheduler, Some("subject-a"))
+            .await
+            .unwrap();
+        for (kind, owner) in [
+            (InstanceKind::Scheduler, "subject-b"),
+            (InstanceKind::SeedPeer, "subject-a"),
+        ] {
+            assert!(matches!(
+                check_owner(&db, a.id, kind, Some(owner)).await,
+                Err(Error::Forbidden(_))
+            ));
+        }
+        // Without TLS only existence is checked.
+        check_owner(&db, a.id, InstanceKind::SeedPeer, None)
+            .await
+            .unwrap();
+        assert!(matches!(
+            check_owner(&db, a.id + 100, InstanceKind::Scheduler, None).await,
+            Err(Error::NotFound { .. })
+        ));
+        // An instance registered without TLS is taken by the first certificate that registers it.
+        let mut plain = reg("");
+        plain.hostname = "s2".into();
+        let p = register(&db, &plain).await.unwrap();
+        plain.owner = "subject-c".into();
+        assert_eq!(register(&db, &plain).await.unwrap().id, p.id);
+        plain.owner = "subject-d".into();
+        assert!(register(&db, &plain).await.is_err());
+    }
 }

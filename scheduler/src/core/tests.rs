@@ -154,6 +154,53 @@ fn first_peer_triggers_one_seed_and_later_peers_do_not() {
     assert_eq!(last_parents(&out, "b"), Some(vec!["a".to_string()]));
 }
 
+/// Headers sealed to some seeds: one of those is triggered and gets only its own entry; the
+/// task keeps none of them.
+#[test]
+fn sealed_headers_go_only_to_a_seed_they_were_sealed_to() {
+    use damselfly_proto::scheduler::SealedHeaders;
+    for target in ["seed-a", "seed-b", "seed-c"] {
+        let mut w = World::new(4);
+        for s in ["seed-a", "seed-b", "seed-c"] {
+            w.host(s, true);
+        }
+        w.host("h1", false);
+        let entry = |h: &str| SealedHeaders {
+            seed_host_id: h.into(),
+            sealed: h.as_bytes().to_vec(),
+        };
+        let reg = Registration {
+            host_id: "h1".into(),
+            peer_id: "a".into(),
+            spec: TaskSpec {
+                task_id: T.into(),
+                url: "http://origin/blob".into(),
+                sealed_headers: vec![entry(target), entry("gone-seed")],
+                ..Default::default()
+            },
+            from_source: false,
+            layout: None,
+            pieces_held: 0,
+        };
+        let out = w.at(0, Event::Registered(reg));
+        let sent: Vec<(&String, &TaskSpec)> = out
+            .iter()
+            .filter_map(|c| match c {
+                Command::SeedTask { host_id, spec } => Some((host_id, spec)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(sent.len(), 1, "{out:?}");
+        assert_eq!(sent[0].0, target);
+        assert_eq!(sent[0].1.sealed_headers, vec![entry(target)]);
+        let kept = &w.core.state.tasks[T].spec;
+        assert!(
+            kept.sealed_headers.is_empty() && kept.headers.is_empty(),
+            "{kept:?}"
+        );
+    }
+}
+
 #[test]
 fn no_seed_host_sends_the_first_peer_to_the_origin() {
     let mut w = World::new(4);
