@@ -143,11 +143,22 @@ async fn drive(c: &Client, m: &TestManager, image: Option<String>) {
     // Some traffic over the last hours, so the chart has bars.
     let mut g = m.grpc_client().await;
     let now = damselfly_manager::db::now_ms();
+    // Traffic is reported by a registered scheduler (the manager refuses other instances).
+    let sched = g
+        .register_scheduler(pb::RegisterSchedulerRequest {
+            hostname: "sched-a".into(),
+            ip: "192.168.0.10".into(),
+            port: 8002,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
     for i in 0..24i64 {
         let origin = 200_000_000 / (i as u64 + 1);
         g.report_traffic(pb::ReportTrafficRequest {
             scheduler_cluster_id: 1,
-            instance_id: 0,
+            instance_id: sched.instance_id,
             origin_bytes: origin,
             peer_bytes: 900_000_000 + (i as u64 * 37_000_000) % 400_000_000,
             timestamp_ms: now - (23 - i) * 3_600_000 / 2 - 60_000,
