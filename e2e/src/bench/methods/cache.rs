@@ -9,7 +9,7 @@ use std::process::Command;
 
 use anyhow::{Context, Result};
 
-use crate::bench::swarm::{BLOB, Download, Method, ORIGIN, SCHEDULER, SEED, Swarm};
+use crate::bench::swarm::{Download, Method, ORIGIN, SCHEDULER, SEED, Swarm};
 use crate::mesh::Mesh;
 
 pub struct Cache {
@@ -67,19 +67,8 @@ impl Method for Cache {
 
     fn start(&mut self, swarm: &Swarm, host: &str, out_dir: &Path) -> Result<Download> {
         let mesh = self.mesh.as_ref().context("mesh not started")?;
-        let output = out_dir.join(BLOB);
-        let mut cmd = Command::new(mesh.bin());
-        cmd.args(["cache", "export", &self.id, "--quiet", "-o"])
-            .arg(&output)
-            .arg("--socket")
-            .arg(&mesh.peer(host).socket);
-        let job = swarm.lab.start(host, "cache-export", &cmd)?;
-        Ok(Download {
-            job,
-            output,
-            done_marker: None,
-            agent_pid: mesh.peer(host).proc.pid(),
-        })
+        let args = ["cache", "export", &self.id, "--quiet"];
+        super::mesh_client_download(swarm, mesh, host, out_dir, "cache-export", &args)
     }
 
     fn daemons(&self) -> Vec<(String, u32)> {

@@ -8,7 +8,8 @@ mod direct;
 mod s3;
 
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::str::FromStr;
 
 use anyhow::{Result, bail};
@@ -19,7 +20,7 @@ pub use damselfly::Damselfly;
 pub use direct::Direct;
 pub use s3::{S3Direct, Store};
 
-use super::swarm::{Method, SCHEDULER, SEED};
+use super::swarm::{BLOB, Download, Method, SCHEDULER, SEED, Swarm};
 use crate::mesh::Mesh;
 
 /// A method as named on the command line.
@@ -92,6 +93,32 @@ impl fmt::Display for MethodName {
             MethodName::Cache => "cache",
         })
     }
+}
+
+/// Starts `damselfly ARGS -o OUTPUT --socket PEER` on `host` against its peer daemon
+/// (`store get`, `cache export`): the blob lands at `out_dir/blob`.
+fn mesh_client_download(
+    swarm: &Swarm,
+    mesh: &Mesh,
+    host: &str,
+    out_dir: &Path,
+    name: &str,
+    args: &[&str],
+) -> Result<Download> {
+    let output = out_dir.join(BLOB);
+    let mut cmd = Command::new(mesh.bin());
+    cmd.args(args)
+        .arg("-o")
+        .arg(&output)
+        .arg("--socket")
+        .arg(&mesh.peer(host).socket);
+    let job = swarm.lab.start(host, name, &cmd)?;
+    Ok(Download {
+        job,
+        output,
+        done_marker: None,
+        agent_pid: mesh.peer(host).proc.pid(),
+    })
 }
 
 /// A mesh's long-running daemons (name, pid): the scheduler, the seed and every peer.

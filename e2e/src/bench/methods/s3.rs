@@ -86,19 +86,8 @@ impl Method for Store {
 
     fn start(&mut self, swarm: &Swarm, host: &str, out_dir: &Path) -> Result<Download> {
         let mesh = self.mesh.as_ref().context("mesh not started")?;
-        let output = out_dir.join(BLOB);
-        let mut cmd = Command::new(mesh.bin());
-        cmd.args(["store", "get", &format!("s3://{BUCKET}/{BLOB}"), "-o"])
-            .arg(&output)
-            .arg("--socket")
-            .arg(&mesh.peer(host).socket);
-        let job = swarm.lab.start(host, "store-get", &cmd)?;
-        Ok(Download {
-            job,
-            output,
-            done_marker: None,
-            agent_pid: mesh.peer(host).proc.pid(),
-        })
+        let url = format!("s3://{BUCKET}/{BLOB}");
+        super::mesh_client_download(swarm, mesh, host, out_dir, "store-get", &["store", "get", &url])
     }
 
     fn daemons(&self) -> Vec<(String, u32)> {
