@@ -136,6 +136,19 @@ pub fn machine_busy_seconds() -> Option<f64> {
     Some(busy as f64 / rustix::param::clock_ticks_per_second() as f64)
 }
 
+/// KiB of free guest memory the kernel has handed back to the hypervisor so far (virtio-balloon
+/// free page reporting; `None` on a machine without it). Memory handed back costs a host page
+/// fault on its next first touch: on the lab machine writing 2 GiB into fresh page cache took
+/// 0.7 s of CPU with pages the guest kept and up to 5 s with pages it had handed back, so this
+/// counter explains much of the run-to-run spread of a CPU-bound lab (ARCHITECTURE.md).
+pub fn memory_reported_to_host_kib() -> Option<u64> {
+    fs::read_to_string("/sys/module/page_reporting/parameters/reported_kib")
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
 /// A daemon running in a lab host. Dropping it stops it (SIGTERM, then
 /// SIGKILL after [`STOP_GRACE`]).
 pub struct Proc {

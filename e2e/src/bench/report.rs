@@ -87,6 +87,10 @@ pub struct MethodReport {
     /// The same per daemon, and the whole machine's busy seconds (`machine`).
     #[serde(default)]
     pub cpu_s: BTreeMap<String, f64>,
+    /// MiB of free memory the guest kernel handed back to the hypervisor during the run
+    /// (`process::memory_reported_to_host_kib`; none without free page reporting).
+    #[serde(default)]
+    pub reported_to_host_mib: Option<f64>,
     /// Whether the method's daemons talked mutual TLS (`--tls`, damselfly only).
     #[serde(default)]
     pub tls: bool,
@@ -176,6 +180,7 @@ impl MethodReport {
             timeline: None,
             peak_rss_bytes: None,
             daemon_cpu_s: None,
+            reported_to_host_mib: None,
             cpu_s: BTreeMap::new(),
             tls: false,
             disturbances: Vec::new(),
@@ -264,6 +269,14 @@ impl Report {
             if !m.disturbances.is_empty() {
                 let all: Vec<String> = m.disturbances.iter().map(|d| d.summary()).collect();
                 let _ = writeln!(md, "\n`{}` ran disturbed by: {}", m.method, all.join("; "));
+            }
+            if let Some(mib) = m.reported_to_host_mib {
+                let _ = writeln!(
+                    md,
+                    "\n`{}`: the guest handed {mib:.0} MiB of free memory back to the hypervisor during \
+                     the run (its next first touch costs a host page fault; ARCHITECTURE.md)",
+                    m.method
+                );
             }
             if let (Some(gets), Some(over)) = (m.storage_gets, m.storage_over_size) {
                 let _ = writeln!(

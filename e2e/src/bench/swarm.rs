@@ -18,7 +18,7 @@ use super::units::{Rate, Size};
 use crate::data::{ensure_space, sha256_file, write_random_file};
 use crate::lab::Lab;
 use crate::origin::Origin;
-use crate::process::{Job, peak_rss_bytes, tail};
+use crate::process::{Job, memory_reported_to_host_kib, peak_rss_bytes, tail};
 use crate::wait::check_interrupted;
 
 pub const ORIGIN: &str = "origin";
@@ -183,6 +183,7 @@ struct Measurement {
     seed_tx: u64,
     timeline: Timeline,
     cpu_s: BTreeMap<String, f64>,
+    reported_to_host_mib: Option<f64>,
 }
 
 impl Measurement {
@@ -199,6 +200,7 @@ impl Measurement {
         method.prepare(swarm, &workdir).context("prepare")?;
 
         let cpu = CpuMeter::start(method.daemons());
+        let reported_before = memory_reported_to_host_kib();
         let start = Instant::now();
         let mut hosts = Vec::new();
         for host in &swarm.peers {
@@ -242,6 +244,9 @@ impl Measurement {
         }
         timeline.sample(swarm, start)?;
         let cpu_s = cpu.stop();
+        let reported_to_host_mib = reported_before
+            .zip(memory_reported_to_host_kib())
+            .map(|(before, now)| now.saturating_sub(before) as f64 / 1024.0);
         // Daemons still run: their VmHWM now is their exact peak.
         hosts.iter_mut().for_each(HostState::sample_rss);
         let origin_tx = swarm.lab.tx_bytes(ORIGIN)? - tx_before;
@@ -258,6 +263,7 @@ impl Measurement {
             seed_tx,
             timeline,
             cpu_s,
+            reported_to_host_mib,
         })
     }
 
@@ -292,6 +298,7 @@ impl Measurement {
             peak_rss_bytes: hosts.iter().filter_map(|h| h.peak_rss_bytes).max(),
             daemon_cpu_s,
             cpu_s: self.cpu_s,
+            reported_to_host_mib: self.reported_to_host_mib,
             tls: false,
             disturbances: Vec::new(),
             hosts,
