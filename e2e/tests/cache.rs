@@ -180,3 +180,64 @@ fn a_gibibyte_streams_through_the_cache() -> Result<()> {
     );
     Ok(())
 }
+
+/// A named id belongs to its importer (mutual TLS on, each host its own certificate): another
+/// host can neither replace it (with other bytes, or with the same bytes) nor delete it
+/// through `damselfly cache`, and the id still exports the importer's bytes; the importer
+/// itself deletes it. Octet 161.
+#[test]
+fn another_host_cannot_replace_or_delete_a_named_id() -> Result<()> {
+    assert!(rustix::process::geteuid().is_root(), "cache tests need root");
+    let bin = bins::damselfly()?;
+    let hosts = ["sched", "seed", "imp", "other"];
+    let lab = Lab::new("dft3c", 161, &hosts, None)?;
+    let dir = tempfile::tempdir()?;
+    let certs = damselfly_e2e::tls::Certs::init(
+        &bin,
+        &dir.path().join("certs"),
+        &["scheduler:sched", "seed:seed", "peer:imp", "peer:other"],
+    )?;
+    let mesh = Mesh::start_tls(
+        &lab,
+        &bin,
+        &dir.path().join("state"),
+        &certs,
+        "sched",
+        "seed",
+        &["imp", "other"],
+    )?;
+    let (mine, theirs) = (dir.path().join("mine"), dir.path().join("theirs"));
+    write_random_file(&mine, 3 * MIB + 11)?;
+    write_random_file(&theirs, 2 * MIB + 7)?;
+    let sha = sha256_file(&mine)?;
+    let (mine, theirs) = (mine.display().to_string(), theirs.display().to_string());
+
+    let id = cache_ok(&lab, &mesh, "imp", &["import", &mine, "--id", "team.model-v1", "--replicas", "1"])?;
+    assert_eq!(id.trim(), "team.model-v1");
+    // Another host: other bytes under the id, the same bytes under the id, a delete.
+    for args in [
+        vec!["import", theirs.as_str(), "--id", "team.model-v1"],
+        vec!["import", mine.as_str(), "--id", "team.model-v1"],
+        vec!["delete", "team.model-v1"],
+    ] {
+        let out = cache(&lab, &mesh, "other", &args)?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "cache {args:?} from another host succeeded");
+        assert!(
+            stderr.contains("another host") || stderr.contains("other content"),
+            "cache {args:?} from another host: {stderr}"
+        );
+    }
+    // The id is unchanged: it exports the importer's bytes, on the other host too.
+    let stat = cache_ok(&lab, &mesh, "other", &["stat", "team.model-v1"])?;
+    assert!(stat.contains("imp"), "stat after the refused calls: {stat}");
+    let out = dir.path().join("out");
+    let out_arg = out.display().to_string();
+    cache_ok(&lab, &mesh, "other", &["export", "team.model-v1", "-o", &out_arg, "--quiet"])?;
+    assert_eq!(sha256_file(&out)?, sha, "the id exports other bytes than the importer's");
+    // Its owner deletes it.
+    cache_ok(&lab, &mesh, "imp", &["delete", "team.model-v1"])?;
+    let gone = cache(&lab, &mesh, "other", &["stat", "team.model-v1"])?;
+    assert!(!gone.status.success(), "the id survived its owner's delete");
+    Ok(())
+}
