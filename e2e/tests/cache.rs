@@ -183,8 +183,9 @@ fn a_gibibyte_streams_through_the_cache() -> Result<()> {
 
 /// A named id belongs to its importer (mutual TLS on, each host its own certificate): another
 /// host can neither replace it (with other bytes, or with the same bytes) nor delete it
-/// through `damselfly cache`, and the id still exports the importer's bytes; the importer
-/// itself deletes it. Octet 161.
+/// through `damselfly cache`, nor over gRPC by naming the importer's host id with its own
+/// certificate (nor take that host id over), and the id still exports the importer's bytes;
+/// the importer itself deletes it. Octet 161.
 #[test]
 fn another_host_cannot_replace_or_delete_a_named_id() -> Result<()> {
     assert!(rustix::process::geteuid().is_root(), "cache tests need root");
@@ -255,6 +256,25 @@ fn another_host_cannot_replace_or_delete_a_named_id() -> Result<()> {
         let endpoint = damselfly_service::tls::endpoint(&addr)?.connect_timeout(Duration::from_secs(3));
         let channel = damselfly_service::tls::channel(endpoint, tls, damselfly_service::tls::Role::Scheduler);
         let mut client = damselfly_proto::scheduler::scheduler_client::SchedulerClient::new(channel);
+        // Taking over the importer's host id while it is connected is refused as well.
+        use damselfly_proto::scheduler::{HostInfo, HostMessage, host_message};
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        tx.send(HostMessage {
+            msg: Some(host_message::Msg::Hello(HostInfo {
+                host_id: imp_host.trim().to_string(),
+                ip: lab.ip("other").to_string(),
+                piece_port: 1,
+                ..Default::default()
+            })),
+        })?;
+        let takeover = client
+            .announce_host(tokio_stream::wrappers::UnboundedReceiverStream::new(rx))
+            .await;
+        match takeover {
+            Err(status) => assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status}"),
+            Ok(_) => panic!("another certificate took over the importer's host id"),
+        }
+        drop(tx);
         let r = client
             .cache_delete(damselfly_proto::scheduler::CacheDeleteRequest {
                 id: "team.model-v1".into(),
