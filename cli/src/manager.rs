@@ -17,6 +17,9 @@ pub struct Args {
     /// gRPC address for schedulers and seed peers (overrides `grpc_listen`).
     #[arg(long)]
     grpc_listen: Option<SocketAddr>,
+    /// With `[tls]` on: plain /healthz and /readyz here (overrides `health_addr`).
+    #[arg(long)]
+    health_addr: Option<SocketAddr>,
     /// `sqlite://PATH?mode=rwc` or `postgres://user@host/db` (overrides `database`).
     #[arg(long, env = "DAMSELFLY_DATABASE")]
     database: Option<String>,
@@ -30,10 +33,17 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     if let Some(a) = args.grpc_listen {
         config.grpc_listen = a;
     }
+    if let Some(a) = args.health_addr {
+        config.health_addr = a;
+    }
     if let Some(d) = args.database {
         config.database = d;
     }
     config.validate()?;
+    let scheme = match config.tls.enabled() && !config.listen.ip().is_loopback() {
+        true => "https",
+        false => "http",
+    };
     damselfly_service::telemetry::init_logging(&config.log_level, false);
     damselfly_service::telemetry::warn_trusted_network("manager", &config.tls);
     let (stop, drain) = Shutdown::new();
@@ -41,7 +51,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .await
         .context("starting the manager")?;
     println!(
-        "damselfly manager: console and API on http://{}, gRPC on {}",
+        "damselfly manager: console and API on {scheme}://{}, gRPC on {}",
         running.http_addr, running.grpc_addr
     );
     let mut tasks = running.tasks;

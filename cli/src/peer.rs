@@ -31,8 +31,12 @@ pub struct Args {
     /// IP other peers use to reach this one.
     #[arg(long)]
     advertise_ip: Option<String>,
+    /// /metrics, /healthz, /readyz (HTTPS beyond loopback with `[tls]` on).
     #[arg(long)]
     metrics_listen: Option<SocketAddr>,
+    /// With `[tls]` on: plain /healthz and /readyz here (overrides `health_addr`).
+    #[arg(long)]
+    health_addr: Option<SocketAddr>,
     /// Where the registry mirror proxy listens (`[proxy] listen`; default 127.0.0.1:65001).
     #[arg(long)]
     proxy_listen: Option<SocketAddr>,
@@ -62,12 +66,21 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     if let Some(v) = args.metrics_listen {
         config.metrics_listen = v;
     }
+    if let Some(v) = args.health_addr {
+        config.health_addr = v;
+    }
     if let Some(v) = args.proxy_listen {
         config.proxy.listen = v;
     }
     config.validate()?;
     damselfly_service::telemetry::init_logging(&config.log_level, false);
     damselfly_service::telemetry::warn_trusted_network("peer", &config.tls);
+    if config.tls.enabled() && config.proxy.enabled && !config.proxy.listen.ip().is_loopback() {
+        tracing::warn!(
+            listen = %config.proxy.listen,
+            "the registry proxy serves plain HTTP to containerd even with [tls] on; keep proxy.listen on loopback"
+        );
+    }
     shutdown::run_until_signal(|stop| damselfly_peer::daemon::run(config, stop))
         .await
         .context("peer")?;

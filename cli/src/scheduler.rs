@@ -17,7 +17,10 @@ pub struct Args {
     /// Address of /metrics and /tasks/{id} (overrides `http_listen`).
     #[arg(long)]
     metrics_listen: Option<SocketAddr>,
-    /// Manager gRPC address, e.g. http://10.0.0.1:65003 (overrides `manager.addr`).
+    /// With `[tls]` on: plain /healthz and /readyz here (overrides `health_addr`).
+    #[arg(long)]
+    health_addr: Option<SocketAddr>,
+    /// Manager gRPC address, HOST:PORT or a URL (overrides `manager.addr`).
     #[arg(long)]
     manager: Option<String>,
 }
@@ -29,6 +32,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }
     if let Some(l) = args.metrics_listen {
         config.http_listen = l;
+    }
+    if let Some(h) = args.health_addr {
+        config.health_addr = h;
     }
     if let Some(m) = args.manager {
         config.manager.addr = m;

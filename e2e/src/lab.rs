@@ -13,7 +13,8 @@
 //! defaults, 201-204 `tests/lab.rs`, 220 `tests/bench_smoke.rs`, 231-235
 //! `tests/mesh.rs`, 236-237 `tests/mirror.rs`, 238-239 `tests/manager.rs`,
 //! 240 `damselfly demo`, 60-69 `tests/trust.rs` and `tests/tls.rs`, 150-151 `tests/tls.rs`,
-//! 140-141 the 1 GiB tests of `tests/cache.rs` and `tests/store.rs`. Dropping the lab stops
+//! 140-141 the 1 GiB tests of `tests/cache.rs` and `tests/store.rs`, 160 `tests/https.rs`,
+//! 161 `tests/cache.rs` (named ids across hosts). Dropping the lab stops
 //! every process it started
 //! (by pid), deletes namespaces and bridge, and removes its directory unless
 //! `DAMSELFLY_KEEP_LAB=1`.

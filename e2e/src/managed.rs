@@ -29,12 +29,46 @@ pub struct Manager {
     pub proc: Proc,
     pub ip: Ipv4Addr,
     token: String,
+    /// With TLS on: curl's `--cacert` and `--resolve` for the HTTPS API (no client
+    /// certificate: the API authenticates by token, as without TLS).
+    tls_args: Vec<String>,
 }
+
+/// With `[tls]` on, the manager's plain `/healthz` and `/readyz` port in the lab.
+pub const MANAGER_HEALTH_PORT: u16 = 8081;
 
 impl Manager {
     /// Starts it with `extra` appended to its config (e.g. a `[preheat]`
     /// section), signs in as root and mints an admin token for the API.
     pub fn start(lab: &Lab, bin: &Path, host: &str, extra: &str) -> Result<Manager> {
+        Self::start_with(lab, bin, host, extra, None)
+    }
+
+    /// Like [`Manager::start`] with mutual TLS: `[tls]` from `certs`' node `host`, the API over
+    /// HTTPS (checked against the CA, as `manager.role.damselfly`).
+    pub fn start_tls(
+        lab: &Lab,
+        bin: &Path,
+        host: &str,
+        certs: &crate::tls::Certs,
+        extra: &str,
+    ) -> Result<Manager> {
+        Self::start_with(
+            lab,
+            bin,
+            host,
+            &format!("{extra}\n{}", certs.toml(host)),
+            Some(certs),
+        )
+    }
+
+    fn start_with(
+        lab: &Lab,
+        bin: &Path,
+        host: &str,
+        extra: &str,
+        tls: Option<&crate::tls::Certs>,
+    ) -> Result<Manager> {
         let ip = lab.ip(host);
         let dir = lab.dir().join(format!("{host}-manager"));
         std::fs::create_dir_all(&dir)?;
@@ -60,10 +94,20 @@ impl Manager {
         let failed = || format!("manager did not become ready:\n{}", proc.log_tail(20));
         wait_for_tcp(ip, MANAGER_HTTP_PORT, READY_TIMEOUT).with_context(failed)?;
         wait_for_tcp(ip, MANAGER_GRPC_PORT, READY_TIMEOUT).with_context(failed)?;
+        let tls_args = match tls {
+            Some(certs) => vec![
+                "--cacert".to_string(),
+                certs.ca().display().to_string(),
+                "--resolve".to_string(),
+                format!("manager.role.damselfly:{MANAGER_HTTP_PORT}:{ip}"),
+            ],
+            None => Vec::new(),
+        };
         let mut m = Manager {
             proc,
             ip,
             token: String::new(),
+            tls_args,
         };
         m.token = m.mint_token()?;
         Ok(m)
@@ -75,13 +119,23 @@ impl Manager {
     }
 
     fn base(&self) -> String {
-        format!("http://{}:{MANAGER_HTTP_PORT}", self.ip)
+        match self.tls_args.is_empty() {
+            true => format!("http://{}:{MANAGER_HTTP_PORT}", self.ip),
+            false => format!("https://manager.role.damselfly:{MANAGER_HTTP_PORT}"),
+        }
+    }
+
+    /// `curl_json` with this manager's TLS arguments first.
+    fn curl(&self, args: &[&str]) -> Result<Value> {
+        let mut all: Vec<&str> = self.tls_args.iter().map(String::as_str).collect();
+        all.extend_from_slice(args);
+        curl_json(&all)
     }
 
     fn mint_token(&self) -> Result<String> {
         let jar = tempfile::NamedTempFile::new()?;
         let jar = jar.path().to_string_lossy().into_owned();
-        curl_json(&[
+        self.curl(&[
             "-c",
             &jar,
             "-H",
@@ -90,7 +144,7 @@ impl Manager {
             &format!(r#"{{"username":"root","password":"{ROOT_PASSWORD}"}}"#),
             &format!("{}/api/v1/sessions", self.base()),
         ])?;
-        let t = curl_json(&[
+        let t = self.curl(&[
             "-b",
             &jar,
             "-H",
@@ -115,7 +169,7 @@ impl Manager {
             args.extend(["-d", b.as_str()]);
         }
         args.push(&url);
-        curl_json(&args)
+        self.curl(&args)
     }
 
     /// Instances of `kind` (`scheduler`, `seed_peer`) as `(hostname, state)`.

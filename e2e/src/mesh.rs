@@ -258,6 +258,30 @@ impl Mesh {
         cmd
     }
 
+    /// `GET path` of the scheduler's HTTP port (`/tasks/{id}`, `/metrics`): with TLS on over
+    /// HTTPS, as the scheduler's own certificate (an operator's role for `/tasks`).
+    pub fn scheduler_http(&self, path: &str) -> Result<String> {
+        match &self.tls {
+            Some(certs) => certs.https_text(
+                &self.scheduler_host,
+                "scheduler",
+                self.scheduler_ip,
+                SCHEDULER_METRICS_PORT,
+                path,
+            ),
+            None => crate::mirror::http_get(&format!("{}:{SCHEDULER_METRICS_PORT}", self.scheduler_ip), path),
+        }
+    }
+
+    /// `/metrics` of the peer daemon at `ip`: with TLS on over HTTPS, as the scheduler's
+    /// certificate (any member of the cluster may read peers' metrics).
+    pub fn peer_metrics(&self, ip: Ipv4Addr) -> Result<String> {
+        match &self.tls {
+            Some(certs) => certs.https_text(&self.scheduler_host, "peer", ip, PEER_METRICS_PORT, "/metrics"),
+            None => crate::mirror::http_get(&format!("{ip}:{PEER_METRICS_PORT}"), "/metrics"),
+        }
+    }
+
     /// Starts `damselfly get` in `host` in the background.
     pub fn start_get(&self, lab: &Lab, host: &str, url: &str, out: &Path) -> Result<Job> {
         lab.start(host, "get", &self.get_command(host, url, out))

@@ -14,7 +14,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, ensure};
 
 use crate::lab::Lab;
-use crate::mesh::{Mesh, PEER_METRICS_PORT};
+use crate::mesh::Mesh;
 use crate::oci::{Access, Containerd, RegistryHost, TestImage};
 use crate::process::wait_all;
 use crate::tls::Certs;
@@ -245,7 +245,7 @@ impl MirrorLab {
     /// A counter (or the sum of its labelled series) from the metrics of
     /// the daemon in `host`.
     pub fn counter(&self, host: &str, metric: &str) -> Result<u64> {
-        let text = http_get(&format!("{}:{PEER_METRICS_PORT}", self.lab.ip(host)), "/metrics")?;
+        let text = self.mesh.peer_metrics(self.lab.ip(host))?;
         let values: Vec<f64> = text
             .lines()
             .filter(|l| l.strip_prefix(metric).is_some_and(|r| r.starts_with([' ', '{'])))
@@ -316,7 +316,7 @@ impl MirrorLab {
     }
 }
 
-/// A plain HTTP/1.0 GET (the lab has no TLS); the body as text.
+/// A plain HTTP/1.0 GET; the body as text (over TLS: [`crate::tls::https_get`]).
 pub fn http_get(addr: &str, path: &str) -> Result<String> {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(addr).with_context(|| format!("connect to {addr}"))?;

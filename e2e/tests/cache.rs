@@ -180,3 +180,137 @@ fn a_gibibyte_streams_through_the_cache() -> Result<()> {
     );
     Ok(())
 }
+
+/// A named id belongs to its importer (mutual TLS on, each host its own certificate): another
+/// host can neither replace it (with other bytes, or with the same bytes) nor delete it
+/// through `damselfly cache`, nor over gRPC by naming the importer's host id with its own
+/// certificate (nor take that host id over), and the id still exports the importer's bytes;
+/// the importer itself deletes it. Octet 161.
+#[test]
+fn another_host_cannot_replace_or_delete_a_named_id() -> Result<()> {
+    assert!(rustix::process::geteuid().is_root(), "cache tests need root");
+    let bin = bins::damselfly()?;
+    let hosts = ["sched", "seed", "imp", "other"];
+    let lab = Lab::new("dft3c", 161, &hosts, None)?;
+    let dir = tempfile::tempdir()?;
+    let certs = damselfly_e2e::tls::Certs::init(
+        &bin,
+        &dir.path().join("certs"),
+        &["scheduler:sched", "seed:seed", "peer:imp", "peer:other"],
+    )?;
+    let mesh = Mesh::start_tls(
+        &lab,
+        &bin,
+        &dir.path().join("state"),
+        &certs,
+        "sched",
+        "seed",
+        &["imp", "other"],
+    )?;
+    let (mine, theirs) = (dir.path().join("mine"), dir.path().join("theirs"));
+    write_random_file(&mine, 3 * MIB + 11)?;
+    write_random_file(&theirs, 2 * MIB + 7)?;
+    let sha = sha256_file(&mine)?;
+    let (mine, theirs) = (mine.display().to_string(), theirs.display().to_string());
+
+    let id = cache_ok(
+        &lab,
+        &mesh,
+        "imp",
+        &["import", &mine, "--id", "team.model-v1", "--replicas", "1"],
+    )?;
+    assert_eq!(id.trim(), "team.model-v1");
+    // Another host: other bytes under the id, the same bytes under the id, a delete.
+    for args in [
+        vec!["import", theirs.as_str(), "--id", "team.model-v1"],
+        vec!["import", mine.as_str(), "--id", "team.model-v1"],
+        vec!["delete", "team.model-v1"],
+    ] {
+        let out = cache(&lab, &mesh, "other", &args)?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success(),
+            "cache {args:?} from another host succeeded"
+        );
+        assert!(
+            stderr.contains("another host") || stderr.contains("other content"),
+            "cache {args:?} from another host: {stderr}"
+        );
+    }
+    // Nor by naming the importer's host id itself, over gRPC with its own (valid) certificate:
+    // the scheduler takes a host id only from the certificate its host stream came with.
+    let imp_host = std::fs::read_to_string(mesh.peer("imp").data_dir.join("host-id"))?;
+    let forged = tokio::runtime::Runtime::new()?.block_on(async {
+        let config = damselfly_service::tls::TlsConfig {
+            mode: damselfly_service::tls::TlsMode::On,
+            ca: Some(certs.ca()),
+            cert: Some(certs.cert("other")),
+            key: Some(certs.key("other")),
+        };
+        let tls = damselfly_service::tls::Tls::load(&config).await?;
+        let addr = format!(
+            "https://{}:{}",
+            lab.ip("sched"),
+            damselfly_e2e::mesh::SCHEDULER_PORT
+        );
+        let endpoint = damselfly_service::tls::endpoint(&addr)?.connect_timeout(Duration::from_secs(3));
+        let channel = damselfly_service::tls::channel(endpoint, tls, damselfly_service::tls::Role::Scheduler);
+        let mut client = damselfly_proto::scheduler::scheduler_client::SchedulerClient::new(channel);
+        // Taking over the importer's host id while it is connected is refused as well.
+        use damselfly_proto::scheduler::{HostInfo, HostMessage, host_message};
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        tx.send(HostMessage {
+            msg: Some(host_message::Msg::Hello(HostInfo {
+                host_id: imp_host.trim().to_string(),
+                ip: lab.ip("other").to_string(),
+                piece_port: 1,
+                ..Default::default()
+            })),
+        })?;
+        let takeover = client
+            .announce_host(tokio_stream::wrappers::UnboundedReceiverStream::new(rx))
+            .await;
+        match takeover {
+            Err(status) => assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status}"),
+            Ok(_) => panic!("another certificate took over the importer's host id"),
+        }
+        drop(tx);
+        let r = client
+            .cache_delete(damselfly_proto::scheduler::CacheDeleteRequest {
+                id: "team.model-v1".into(),
+                host_id: imp_host.trim().to_string(),
+            })
+            .await;
+        anyhow::Ok(r.map(|_| ()))
+    })?;
+    match forged {
+        Err(status) => assert_eq!(
+            status.code(),
+            tonic::Code::PermissionDenied,
+            "a forged host id: {status}"
+        ),
+        Ok(()) => panic!("another host deleted the id by naming the importer's host id"),
+    }
+    // The id is unchanged: it exports the importer's bytes, on the other host too.
+    let stat = cache_ok(&lab, &mesh, "other", &["stat", "team.model-v1"])?;
+    let digest = format!("sha256:{sha}");
+    assert!(stat.contains(&digest), "stat after the refused calls: {stat}");
+    let out = dir.path().join("out");
+    let out_arg = out.display().to_string();
+    cache_ok(
+        &lab,
+        &mesh,
+        "other",
+        &["export", "team.model-v1", "-o", &out_arg, "--quiet"],
+    )?;
+    assert_eq!(
+        sha256_file(&out)?,
+        sha,
+        "the id exports other bytes than the importer's"
+    );
+    // Its owner deletes it.
+    cache_ok(&lab, &mesh, "imp", &["delete", "team.model-v1"])?;
+    let gone = cache(&lab, &mesh, "other", &["stat", "team.model-v1"])?;
+    assert!(!gone.status.success(), "the id survived its owner's delete");
+    Ok(())
+}

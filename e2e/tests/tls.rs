@@ -203,11 +203,14 @@ fn mutual_tls_keeps_strangers_and_false_seeds_out_and_get_works() -> Result<()> 
     get(&lab, &bin, "p1", &p1, &url, &out)?.ensure_success()?;
     ensure!(sha256_file(&out)? == sha, "p1 got other bytes than the origin's");
     // ... from the seed over the piece protocol, through the ticket the scheduler issued it.
-    let page = damselfly_e2e::managed::curl_text(&format!(
-        "http://{}:{}/metrics",
+    // (The peer's metrics port is HTTPS with a client certificate under TLS.)
+    let page = certs.https_text(
+        "sched",
+        "peer",
         lab.ip("p1"),
-        damselfly_e2e::mesh::PEER_METRICS_PORT
-    ))?;
+        damselfly_e2e::mesh::PEER_METRICS_PORT,
+        "/metrics",
+    )?;
     let from_peers = damselfly_e2e::managed::metric(&page, "damselfly_peer_peer_bytes_total");
     ensure!(
         from_peers.is_some_and(|b| b >= (3 * MIB + 17) as f64),
@@ -488,27 +491,30 @@ fn certificates_rotated_while_a_swarm_runs_take_over_and_the_swarm_finishes() ->
     let url2 = origin.url("private/big?after=rotation");
     let out = dir.path().join("out-after");
     let (_, p3) = &peers[2];
-    let from_peers_before = peer_bytes(&lab, "p3")?;
+    let from_peers_before = peer_bytes(&live, &lab, "p3")?;
     get(&lab, &bin, "p3", p3, &url2, &out)?.ensure_success()?;
     ensure!(
         sha256_file(&out)? == sha,
         "the get after the rotation got other bytes"
     );
     ensure!(
-        peer_bytes(&lab, "p3")? - from_peers_before >= size as f64,
+        peer_bytes(&live, &lab, "p3")? - from_peers_before >= size as f64,
         "the get after the rotation did not come through the mesh"
     );
     ensure!(scheduler.is_running() && seed.proc.is_running());
     Ok(())
 }
 
-/// A peer's `damselfly_peer_peer_bytes_total`.
-fn peer_bytes(lab: &Lab, host: &str) -> Result<f64> {
-    let page = damselfly_e2e::managed::curl_text(&format!(
-        "http://{}:{}/metrics",
+/// A peer's `damselfly_peer_peer_bytes_total`, over HTTPS as the probe's certificate of
+/// `certs` (the metrics port reloads rotated certificates like the others).
+fn peer_bytes(certs: &Certs, lab: &Lab, host: &str) -> Result<f64> {
+    let page = certs.https_text(
+        "probe",
+        "peer",
         lab.ip(host),
-        damselfly_e2e::mesh::PEER_METRICS_PORT
-    ))?;
+        damselfly_e2e::mesh::PEER_METRICS_PORT,
+        "/metrics",
+    )?;
     Ok(damselfly_e2e::managed::metric(&page, "damselfly_peer_peer_bytes_total").unwrap_or(0.0))
 }
 
@@ -536,7 +542,7 @@ fn the_manager_lets_each_certificate_act_only_as_its_own_role_and_instance() -> 
             "seed:seed1",
         ],
     )?;
-    let manager = damselfly_e2e::managed::Manager::start(&lab, &bin, "mgr", &certs.toml("mgr"))?;
+    let manager = damselfly_e2e::managed::Manager::start_tls(&lab, &bin, "mgr", &certs, "")?;
     let addr = format!(
         "https://{}:{}",
         manager.ip,

@@ -10,8 +10,13 @@ use std::time::Duration;
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
-    /// REST API, web console and `/metrics`.
+    /// REST API, web console and `/metrics` (HTTPS beyond loopback with `[tls]` on; a client
+    /// certificate is optional there, people authenticate by token or session as without TLS,
+    /// and only `/metrics` needs one).
     pub listen: SocketAddr,
+    /// With `[tls]` on, `/healthz` and `/readyz` (and nothing else) are also served here in
+    /// plain HTTP, for probes that cannot present a certificate; unused with TLS off.
+    pub health_addr: SocketAddr,
     /// gRPC for schedulers and seed peers.
     pub grpc_listen: SocketAddr,
     /// `sqlite://PATH?mode=rwc` (default) or `postgres://user@host/db`.
@@ -39,11 +44,15 @@ pub struct Config {
     pub tls: damselfly_service::tls::TlsConfig,
 }
 
+/// `health_addr`'s default.
+pub const DEFAULT_HEALTH_ADDR: &str = "0.0.0.0:8081";
+
 impl Default for Config {
     fn default() -> Self {
         Self {
             listen: "0.0.0.0:8080".parse().expect("literal address"),
             grpc_listen: "0.0.0.0:65003".parse().expect("literal address"),
+            health_addr: DEFAULT_HEALTH_ADDR.parse().expect("literal address"),
             database: "sqlite://damselfly-manager.db?mode=rwc".into(),
             log_level: "info".into(),
             keepalive_timeout: Duration::from_secs(30),
@@ -129,6 +138,15 @@ pub struct RegistryCredential {
 impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.tls.validate()?;
+        if self.tls.enabled() && (self.health_addr == self.listen || self.health_addr == self.grpc_listen) {
+            return Err(ConfigError::invalid(
+                "health_addr",
+                format!(
+                    "{} is taken by listen or grpc_listen; the plain health port needs its own",
+                    self.health_addr
+                ),
+            ));
+        }
         let db = &self.database;
         if !(db.starts_with("sqlite:") || db.starts_with("postgres://") || db.starts_with("postgresql://")) {
             return Err(ConfigError::invalid(

@@ -122,7 +122,7 @@ pub async fn start_with(
     let grpc = tokio::net::TcpListener::bind(config.grpc_listen)
         .await
         .map_err(|e| error::Error::Internal(format!("bind {}: {e}", config.grpc_listen)))?;
-    let grpc_tls = damselfly_service::tls::Tls::start(&config.tls, &shutdown)
+    let tls = damselfly_service::tls::Tls::start(&config.tls, &shutdown)
         .await
         .map_err(|e| error::Error::invalid("config", e.to_string()))?;
     let grpc_addr = grpc
@@ -159,28 +159,36 @@ pub async fn start_with(
     ctx.health.set("database", true);
 
     let mut tasks = Vec::new();
-    let app = app(ctx.clone());
-    let s = shutdown.clone();
-    tasks.push((
-        "http",
-        tokio::spawn(async move {
-            let stop = s.clone();
-            if let Err(e) = axum::serve(http, app.into_make_service_with_connect_info::<SocketAddr>())
-                .with_graceful_shutdown(async move { stop.wait().await })
-                .await
-            {
-                tracing::error!(error = %e, "http server failed");
-            }
-            drop(s);
-        }),
-    ));
+    // HTTPS beyond loopback with [tls] on; a client certificate is optional (people sign in
+    // with tokens or sessions), only /metrics asks for one (see `app`).
+    let (_, http_task) = damselfly_service::https::serve(
+        http,
+        app(ctx.clone()),
+        tls.clone(),
+        damselfly_service::tls::ClientAuth::Optional,
+        shutdown.clone(),
+    )
+    .map_err(|e| error::Error::Internal(format!("serve {}: {e}", config.listen)))?;
+    tasks.push(("http", http_task));
+    // Kubelet probes cannot present a certificate: /healthz and /readyz alone, plain.
+    if let Some((_, h)) = damselfly_service::https::serve_health(
+        config.health_addr,
+        &ctx.health,
+        tls.is_some(),
+        shutdown.clone(),
+    )
+    .await
+    .map_err(|e| error::Error::Internal(format!("bind health_addr {}: {e}", config.health_addr)))?
+    {
+        tasks.push(("health", h));
+    }
     let s = shutdown.clone();
     let svc = grpc::service(ctx.clone());
     tasks.push((
         "grpc",
         tokio::spawn(async move {
             let stop = s.clone();
-            let incoming = damselfly_service::tls::incoming(grpc, grpc_tls);
+            let incoming = damselfly_service::tls::incoming(grpc, tls);
             if let Err(e) = tonic::transport::Server::builder()
                 .add_service(svc)
                 .serve_with_incoming_shutdown(incoming, async move { stop.wait().await })
@@ -214,7 +222,11 @@ pub fn install_crypto_provider() {
 
 /// The whole HTTP surface: console, REST API, OpenAPI, metrics, health.
 pub fn app(ctx: Ctx) -> axum::Router {
-    let metrics = damselfly_service::telemetry::metrics_router(ctx.metrics.registry.clone());
+    // Over TLS only a client certificate of the cluster reads /metrics (Prometheus presents one).
+    let metrics = damselfly_service::https::restrict(
+        damselfly_service::telemetry::metrics_router(ctx.metrics.registry.clone()),
+        damselfly_service::https::Allow::Member,
+    );
     api::router(ctx.clone())
         .merge(console::router(ctx.clone()))
         .merge(metrics)

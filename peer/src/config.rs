@@ -7,7 +7,8 @@
 //! schedulers = ["http://10.0.0.2:8002"]
 //! piece_listen = "0.0.0.0:4001"            # other peers fetch pieces here
 //! advertise_ip = ""                        # empty: the address used to reach the first scheduler
-//! metrics_listen = "127.0.0.1:4002"
+//! metrics_listen = "127.0.0.1:4002"        # beyond loopback with [tls] on: HTTPS, client certificate
+//! health_addr = "0.0.0.0:4003"             # with [tls] on: /healthz and /readyz alone, plain
 //! seed = false
 //! idc = ""
 //! location = ""                            # "country|city|rack"
@@ -21,7 +22,8 @@
 //! disk_high_watermark = 90                 # percent of the data_dir filesystem
 //! disk_low_watermark = 80
 //! [manager]                                # optional: schedulers from a manager
-//! addr = "http://10.0.0.1:65003"           # empty: the fixed `schedulers` list
+//! addr = "http://10.0.0.1:65003"           # empty: the fixed `schedulers` list; HOST:PORT
+//!                                          # is https with [tls] on (http:// is refused then)
 //! refresh_interval = "10s"                 # how often the scheduler list is asked again
 //!
 //! [source]                                 # back to source (the origin)
@@ -59,6 +61,9 @@ pub struct PeerConfig {
     pub piece_listen: SocketAddr,
     pub advertise_ip: String,
     pub metrics_listen: SocketAddr,
+    /// With `[tls]` on, `/healthz` and `/readyz` (and nothing else) are also served here in
+    /// plain HTTP, for probes that cannot present a certificate; unused with TLS off.
+    pub health_addr: SocketAddr,
     pub seed: bool,
     pub idc: String,
     pub location: String,
@@ -98,7 +103,8 @@ pub struct PeerConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ManagerConfig {
-    /// gRPC address, `http://HOST:PORT` (`HOST:PORT` means http).
+    /// gRPC address, `HOST:PORT` (https with `[tls]` on, else http) or a URL whose scheme
+    /// agrees with `[tls]`.
     pub addr: String,
     /// Name sent to the manager (default: the system hostname).
     pub hostname: String,
@@ -135,13 +141,10 @@ impl ManagerConfig {
         !self.addr.is_empty()
     }
 
-    /// `addr` with a scheme.
-    pub fn url(&self) -> String {
-        if self.addr.contains("://") {
-            self.addr.clone()
-        } else {
-            format!("http://{}", self.addr)
-        }
+    /// `addr` with a scheme (https with TLS on; see `damselfly_service::tls::service_url`).
+    pub fn url(&self, tls_on: bool) -> String {
+        damselfly_service::tls::service_url("manager.addr", &self.addr, tls_on)
+            .unwrap_or_else(|_| self.addr.clone())
     }
 }
 
@@ -262,6 +265,7 @@ impl Default for PeerConfig {
             piece_listen: "0.0.0.0:4001".parse().expect("valid literal"),
             advertise_ip: String::new(),
             metrics_listen: "127.0.0.1:4002".parse().expect("valid literal"),
+            health_addr: DEFAULT_HEALTH_ADDR.parse().expect("valid literal"),
             seed: false,
             idc: String::new(),
             location: String::new(),
@@ -300,6 +304,9 @@ impl Default for SourceConfig {
     }
 }
 
+/// `health_addr`'s default.
+pub const DEFAULT_HEALTH_ADDR: &str = "0.0.0.0:4003";
+
 impl PeerConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.tls.validate()?;
@@ -309,7 +316,20 @@ impl PeerConfig {
         if !self.socket.is_absolute() {
             return Err(ConfigError::invalid("socket", "must be an absolute path"));
         }
+        let tls_on = self.tls.enabled();
+        if tls_on && [self.piece_listen, self.metrics_listen, self.proxy.listen].contains(&self.health_addr) {
+            return Err(ConfigError::invalid(
+                "health_addr",
+                format!(
+                    "{} is taken by another listener; the plain health port needs its own",
+                    self.health_addr
+                ),
+            ));
+        }
         for (i, s) in self.schedulers.iter().enumerate() {
+            if s.contains("://") {
+                damselfly_service::tls::service_url(&format!("schedulers[{i}]"), s, tls_on)?;
+            }
             let ok = url::Url::parse(s)
                 .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some());
             if !ok {
@@ -364,7 +384,8 @@ impl PeerConfig {
         }
         let m = &self.manager;
         if m.enabled() {
-            let ok = url::Url::parse(&m.url())
+            damselfly_service::tls::service_url("manager.addr", &m.addr, tls_on)?;
+            let ok = url::Url::parse(&m.url(tls_on))
                 .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some());
             if !ok {
                 return Err(ConfigError::invalid(

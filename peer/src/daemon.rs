@@ -174,11 +174,27 @@ pub async fn run(config: PeerConfig, shutdown: Shutdown) -> Result<(), Error> {
 
     // Metrics.
     let app = damselfly_service::telemetry::metrics_router(Arc::new(registry)).merge(health.router());
-    let (metrics_addr, h) =
-        damselfly_service::telemetry::serve_router(config.metrics_listen, app, shutdown.clone())
-            .await
-            .map_err(|e| Error::io(format!("bind metrics_listen {}", config.metrics_listen), e))?;
+    // Beyond loopback with [tls] on: HTTPS, any client certificate of the cluster.
+    let app = damselfly_service::https::restrict(app, damselfly_service::https::Allow::Member);
+    let tls = damselfly_service::tls::installed();
+    let (metrics_addr, h) = damselfly_service::https::bind_and_serve(
+        config.metrics_listen,
+        app,
+        tls.clone(),
+        damselfly_service::tls::ClientAuth::Required,
+        shutdown.clone(),
+    )
+    .await
+    .map_err(|e| Error::io(format!("bind metrics_listen {}", config.metrics_listen), e))?;
     handles.push(supervisor.watch(format!("metrics server on {metrics_addr}"), h, shutdown.clone()));
+    // Kubelet probes cannot present a certificate: /healthz and /readyz alone, plain.
+    if let Some((addr, h)) =
+        damselfly_service::https::serve_health(config.health_addr, &health, tls.is_some(), shutdown.clone())
+            .await
+            .map_err(|e| Error::io(format!("bind health_addr {}", config.health_addr), e))?
+    {
+        handles.push(supervisor.watch(format!("health server on {addr}"), h, shutdown.clone()));
+    }
 
     // Local API, last: its socket appearing means the daemon is ready.
     if let Some(dir) = config.socket.parent() {
@@ -232,7 +248,10 @@ fn advertise_ip(config: &PeerConfig) -> String {
     if !config.advertise_ip.is_empty() {
         return config.advertise_ip.clone();
     }
-    let manager = config.manager.enabled().then(|| config.manager.url());
+    let manager = config
+        .manager
+        .enabled()
+        .then(|| config.manager.url(config.tls.enabled()));
     let target = config
         .schedulers
         .first()

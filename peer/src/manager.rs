@@ -24,7 +24,7 @@ use tracing::{info, warn};
 pub fn client(config: &PeerConfig) -> Result<ManagerClient, Error> {
     let m = &config.manager;
     ManagerClient::with_token(
-        &m.url(),
+        &m.url(config.tls.enabled()),
         m.grpc_token.as_ref().map(|t| t.expose()),
         config.data_dir.join("manager"),
         m.timeout,

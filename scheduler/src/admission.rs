@@ -466,6 +466,7 @@ mod certificate_tests {
             remote: None,
             roles,
             verified: true,
+            tls: true,
             subject: None,
         };
         assert!(certificate(None, true).is_ok());

@@ -2,7 +2,8 @@
 //!
 //! ```toml
 //! listen = "0.0.0.0:8002"          # gRPC for peers
-//! http_listen = "0.0.0.0:8003"     # /metrics and /tasks/{id}
+//! http_listen = "0.0.0.0:8003"     # /metrics and /tasks/{id} (HTTPS with [tls] on)
+//! health_addr = "0.0.0.0:8006"     # with [tls] on: /healthz and /readyz alone, plain
 //! host_timeout = "30s"             # a host silent this long is removed with its peers
 //! task_ttl = "1h"                  # a task with no peer for this long is forgotten
 //! gc_interval = "30s"
@@ -26,6 +27,9 @@ use std::time::Duration;
 pub struct SchedulerConfig {
     pub listen: SocketAddr,
     pub http_listen: SocketAddr,
+    /// With `[tls]` on, `/healthz` and `/readyz` (and nothing else) are also served here in
+    /// plain HTTP, for probes that cannot present a certificate; unused with TLS off.
+    pub health_addr: SocketAddr,
     #[serde(with = "humantime_serde")]
     pub host_timeout: Duration,
     #[serde(with = "humantime_serde")]
@@ -44,7 +48,8 @@ pub struct SchedulerConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ManagerConfig {
-    /// gRPC address, `http://HOST:PORT` (`HOST:PORT` means http).
+    /// gRPC address, `HOST:PORT` (https with `[tls]` on, else http) or a URL whose scheme
+    /// agrees with `[tls]`.
     pub addr: String,
     /// Scheduler cluster to join; 0 lets the manager choose by scope.
     pub cluster_id: u64,
@@ -96,13 +101,10 @@ impl ManagerConfig {
         !self.addr.is_empty()
     }
 
-    /// `addr` with a scheme.
-    pub fn url(&self) -> String {
-        if self.addr.contains("://") {
-            self.addr.clone()
-        } else {
-            format!("http://{}", self.addr)
-        }
+    /// `addr` with a scheme (https with TLS on; see `damselfly_service::tls::service_url`).
+    pub fn url(&self, tls_on: bool) -> String {
+        damselfly_service::tls::service_url("manager.addr", &self.addr, tls_on)
+            .unwrap_or_else(|_| self.addr.clone())
     }
 }
 
@@ -132,6 +134,9 @@ fn default_listen() -> SocketAddr {
 fn default_http_listen() -> SocketAddr {
     "0.0.0.0:8003".parse().expect("valid literal")
 }
+fn default_health_addr() -> SocketAddr {
+    "0.0.0.0:8006".parse().expect("valid literal")
+}
 const DEFAULT_HOST_TIMEOUT: Duration = Duration::from_secs(30);
 const DEFAULT_TASK_TTL: Duration = Duration::from_secs(3600);
 const DEFAULT_GC_INTERVAL: Duration = Duration::from_secs(30);
@@ -141,6 +146,7 @@ impl Default for SchedulerConfig {
         Self {
             listen: default_listen(),
             http_listen: default_http_listen(),
+            health_addr: default_health_addr(),
             host_timeout: DEFAULT_HOST_TIMEOUT,
             task_ttl: DEFAULT_TASK_TTL,
             gc_interval: DEFAULT_GC_INTERVAL,
@@ -200,9 +206,19 @@ impl SchedulerConfig {
                 "must be at least 1",
             ));
         }
+        if self.tls.enabled() && (self.health_addr == self.http_listen || self.health_addr == self.listen) {
+            return Err(ConfigError::invalid(
+                "health_addr",
+                format!(
+                    "{} is taken by listen or http_listen; the plain health port needs its own",
+                    self.health_addr
+                ),
+            ));
+        }
         let m = &self.manager;
         if m.enabled() {
-            let ok = url::Url::parse(&m.url())
+            damselfly_service::tls::service_url("manager.addr", &m.addr, self.tls.enabled())?;
+            let ok = url::Url::parse(&m.url(self.tls.enabled()))
                 .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some());
             if !ok {
                 return Err(ConfigError::invalid(
@@ -272,7 +288,21 @@ mod tests {
         let mut c = SchedulerConfig::default();
         c.manager.addr = "10.0.0.1:65003".into();
         c.validate().unwrap();
-        assert_eq!(c.manager.url(), "http://10.0.0.1:65003");
+        assert_eq!(c.manager.url(false), "http://10.0.0.1:65003");
+        assert_eq!(c.manager.url(true), "https://10.0.0.1:65003");
+        let mut on = c.clone();
+        on.tls = damselfly_service::tls::TlsConfig {
+            mode: damselfly_service::tls::TlsMode::On,
+            ca: Some("ca.pem".into()),
+            cert: Some("c.pem".into()),
+            key: Some("k.pem".into()),
+        };
+        on.validate().unwrap();
+        on.manager.addr = "http://10.0.0.1:65003".into();
+        assert!(on.validate().unwrap_err().to_string().contains("manager.addr"));
+        on.manager.addr = "10.0.0.1:65003".into();
+        on.health_addr = on.http_listen;
+        assert!(on.validate().unwrap_err().to_string().contains("health_addr"));
         c.manager.refresh_interval = Duration::ZERO;
         assert!(
             c.validate()

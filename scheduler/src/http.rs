@@ -7,6 +7,8 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::get;
+use damselfly_service::https::{Allow, restrict};
+use damselfly_service::tls::Role;
 use prometheus_client::registry::Registry;
 use serde::Serialize;
 use std::sync::Arc;
@@ -33,13 +35,25 @@ pub struct PeerView {
     pub blocklist: Vec<String>,
 }
 
-pub fn router(shared: Arc<Shared>, registry: Arc<Registry>) -> axum::Router {
-    damselfly_service::telemetry::metrics_router(registry).merge(
-        axum::Router::new()
-            .route("/tasks/{id}", get(task))
-            .route("/config", get(config))
-            .with_state(shared),
-    )
+/// Who reads `/tasks/{id}` and `/config` over TLS: they name the hosts that hold a task, which
+/// a member of the mesh must not learn for tasks it never registered for (piece tickets keep
+/// the pieces themselves from it), so only the control plane's certificates.
+pub const OPERATORS: &[Role] = &[Role::Scheduler, Role::Manager];
+
+/// Every route of the HTTP port. Over TLS (see `damselfly_service::https`): `/metrics`,
+/// `/healthz` and `/readyz` for any client certificate of the cluster, `/tasks/{id}` and
+/// `/config` for [`OPERATORS`].
+pub fn router(
+    shared: Arc<Shared>,
+    registry: Arc<Registry>,
+    health: &damselfly_service::health::Health,
+) -> axum::Router {
+    let open = damselfly_service::telemetry::metrics_router(registry).merge(health.router());
+    let ops = axum::Router::new()
+        .route("/tasks/{id}", get(task))
+        .route("/config", get(config))
+        .with_state(shared);
+    restrict(open, Allow::Member).merge(restrict(ops, Allow::Roles(OPERATORS)))
 }
 
 #[derive(Serialize)]

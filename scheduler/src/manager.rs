@@ -44,7 +44,7 @@ pub async fn run(
     shutdown: Shutdown,
 ) {
     let client = match ManagerClient::with_token(
-        &config.url(),
+        &config.url(damselfly_service::tls::installed().is_some()),
         config.grpc_token.as_ref().map(|t| t.expose()),
         &config.cache_dir,
         config.timeout,
@@ -63,7 +63,7 @@ pub async fn run(
         location: config.location.clone(),
         cluster_id: config.cluster_id,
     };
-    status.lock().expect("status lock").addr = config.url();
+    status.lock().expect("status lock").addr = config.url(damselfly_service::tls::installed().is_some());
 
     // Register (from the cache when the manager is down), retrying with backoff.
     let Some(registered) = register(&client, &req, false, &shutdown).await else {
@@ -282,7 +282,7 @@ fn advertise_ip(config: &ManagerConfig, listen: SocketAddr) -> String {
     if !listen.ip().is_unspecified() {
         return listen.ip().to_string();
     }
-    url::Url::parse(&config.url())
+    url::Url::parse(&config.url(damselfly_service::tls::installed().is_some()))
         .ok()
         .and_then(|u| Some(format!("{}:{}", u.host_str()?, u.port_or_known_default()?)))
         .and_then(|target| {

@@ -52,17 +52,33 @@ pub async fn run(config: SchedulerConfig, shutdown: Shutdown) -> Result<(), Erro
             context: format!("bind http_listen {}", config.http_listen),
             source,
         })?;
-    let app = crate::http::router(shared.clone(), Arc::new(registry)).merge(health.router());
-    let stop = shutdown.clone();
+    let app = crate::http::router(shared.clone(), Arc::new(registry), &health);
+    // HTTPS with a client certificate beyond loopback when [tls] is on (see crate::http).
+    let (_, http_server) = damselfly_service::https::serve(
+        http,
+        app,
+        tls.clone(),
+        damselfly_service::tls::ClientAuth::Required,
+        shutdown.clone(),
+    )
+    .map_err(|source| Error::Io {
+        context: format!("serve http_listen {}", config.http_listen),
+        source,
+    })?;
     let http_task = supervisor.watch(
         format!("HTTP server on {}", config.http_listen),
-        tokio::spawn(async move {
-            let _ = axum::serve(http, app)
-                .with_graceful_shutdown(async move { stop.wait().await })
-                .await;
-        }),
+        http_server,
         shutdown.clone(),
     );
+    // Kubelet probes cannot present a certificate: /healthz and /readyz alone, plain.
+    let health_task =
+        damselfly_service::https::serve_health(config.health_addr, &health, tls.is_some(), shutdown.clone())
+            .await
+            .map_err(|source| Error::Io {
+                context: format!("bind health_addr {}", config.health_addr),
+                source,
+            })?
+            .map(|(addr, h)| supervisor.watch(format!("health server on {addr}"), h, shutdown.clone()));
 
     let gc_shared = shared.clone();
     let gc_stop = shutdown.clone();
@@ -107,6 +123,9 @@ pub async fn run(config: SchedulerConfig, shutdown: Shutdown) -> Result<(), Erro
         .serve_with_incoming_shutdown(incoming, async move { stop.wait().await })
         .await?;
     let _ = tokio::join!(http_task, gc_task);
+    if let Some(t) = health_task {
+        let _ = t.await;
+    }
     if let Some(t) = manager_task {
         let _ = t.await;
     }

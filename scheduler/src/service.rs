@@ -36,7 +36,8 @@ type TaskTx = mpsc::UnboundedSender<Result<TaskCommand, Status>>;
 /// The open streams, by host and by (task, peer) with the peer's certificate subject.
 #[derive(Default)]
 struct Links {
-    hosts: HashMap<String, (u64, HostTx)>,
+    /// By host id: the stream's number, its sender, and (TLS on) its certificate's subject.
+    hosts: HashMap<String, (u64, HostTx, Option<String>)>,
     peers: HashMap<(String, String), (TaskTx, Option<String>)>,
     next_conn: u64,
     /// With TLS on: signs the piece ticket of every parent list.
@@ -268,10 +269,25 @@ impl Shared {
         }
     }
 
+    /// With TLS on: `host_id` must be a host whose stream is open under the caller's
+    /// certificate, so a member cannot act for another host by naming its id (cache ownership
+    /// is by host id). Plain connections pass (TLS off: the network is trusted).
+    fn announced_by(&self, host_id: &str, identity: Option<&PeerIdentity>) -> Result<(), Error> {
+        let Some(subject) = identity.filter(|i| i.verified).and_then(|i| i.subject.as_ref()) else {
+            return Ok(());
+        };
+        match self.lock().links.hosts.get(host_id) {
+            Some((_, _, Some(held))) if held == subject => Ok(()),
+            _ => Err(Error::Forbidden(format!(
+                "host id {host_id} is not announced with this certificate"
+            ))),
+        }
+    }
+
     /// A host stream ended: the core forgets the host unless it reconnected since.
     fn host_stream_closed(&self, host_id: &str, conn: u64) {
         let mut inner = self.lock();
-        if inner.links.hosts.get(host_id).is_some_and(|(c, _)| *c == conn) {
+        if inner.links.hosts.get(host_id).is_some_and(|(c, _, _)| *c == conn) {
             inner.links.hosts.remove(host_id);
         }
         let had_key = inner.seal_key_of(host_id);
@@ -316,12 +332,12 @@ impl Inner {
         };
         match host_id {
             Some(h) => {
-                if let Some((_, tx)) = self.links.hosts.get(h) {
+                if let Some((_, tx, _)) = self.links.hosts.get(h) {
                     let _ = tx.send(Ok(cmd));
                 }
             }
             None => {
-                for (_, tx) in self.links.hosts.values() {
+                for (_, tx, _) in self.links.hosts.values() {
                     let _ = tx.send(Ok(cmd.clone()));
                 }
             }
@@ -338,7 +354,7 @@ impl Links {
                     let trigger = HostCommand {
                         cmd: Some(host_command::Cmd::SeedTask(SeedTask { spec: Some(spec) })),
                     };
-                    if let Some((_, tx)) = self.hosts.get(&host_id)
+                    if let Some((_, tx, _)) = self.hosts.get(&host_id)
                         && tx.send(Ok(trigger)).is_err()
                     {
                         warn!(host_id, "seed host stream closed; trigger lost");
@@ -351,14 +367,14 @@ impl Links {
                         spec: Some(spec),
                         cache: Some(cache),
                     });
-                    if let Some((_, tx)) = self.hosts.get(&host_id) {
+                    if let Some((_, tx, _)) = self.hosts.get(&host_id) {
                         let _ = tx.send(Ok(HostCommand { cmd: Some(cmd) }));
                     }
                     continue;
                 }
                 Command::DeleteTask { host_id, task_id } => {
                     let cmd = host_command::Cmd::DeleteTask(DeleteTask { task_id });
-                    if let Some((_, tx)) = self.hosts.get(&host_id) {
+                    if let Some((_, tx, _)) = self.hosts.get(&host_id) {
                         let _ = tx.send(Ok(HostCommand { cmd: Some(cmd) }));
                     }
                     continue;
@@ -511,7 +527,20 @@ impl Scheduler for SchedulerService {
             let mut inner = self.shared.lock();
             inner.links.next_conn += 1;
             let conn = inner.links.next_conn;
-            inner.links.hosts.insert(host_id.clone(), (conn, tx));
+            // A host id whose stream is open under another certificate is not taken over.
+            let subject = identity
+                .as_ref()
+                .filter(|i| i.verified)
+                .and_then(|i| i.subject.clone());
+            if let Some((_, _, Some(held))) = inner.links.hosts.get(&host_id)
+                && subject.as_ref() != Some(held)
+            {
+                return Err(Error::Forbidden(format!(
+                    "host id {host_id} is announced by another certificate"
+                ))
+                .into());
+            }
+            inner.links.hosts.insert(host_id.clone(), (conn, tx, subject));
             let commands = inner
                 .core
                 .handle(Instant::now(), Event::HostAnnounced { info, conn })?;
@@ -563,8 +592,10 @@ impl Scheduler for SchedulerService {
         &self,
         request: Request<proto::CacheImportRequest>,
     ) -> Result<Response<proto::CacheEntry>, Status> {
-        admission::certificate(request.extensions().get::<PeerIdentity>(), false)?;
+        let identity = request.extensions().get::<PeerIdentity>().cloned();
+        admission::certificate(identity.as_ref(), false)?;
         let req = request.into_inner();
+        self.shared.announced_by(&req.host_id, identity.as_ref())?;
         let admission::CheckedCache {
             spec,
             layout,
@@ -613,8 +644,10 @@ impl Scheduler for SchedulerService {
         &self,
         request: Request<proto::CacheDeleteRequest>,
     ) -> Result<Response<proto::CacheDeleteResponse>, Status> {
-        admission::certificate(request.extensions().get::<PeerIdentity>(), false)?;
+        let identity = request.extensions().get::<PeerIdentity>().cloned();
+        admission::certificate(identity.as_ref(), false)?;
         let req = request.into_inner();
+        self.shared.announced_by(&req.host_id, identity.as_ref())?;
         self.shared.handle(Event::CacheDeleted {
             id: req.id,
             host_id: req.host_id,

@@ -6,6 +6,7 @@
 //! - [`config`]: load a TOML file into a role's config struct, with errors that name the field.
 //! - [`secret`]: a wrapper that keeps credentials out of logs.
 //! - [`tls`]: mutual TLS for every server and client, roles read from certificates.
+//! - [`https`]: the HTTP listeners over [`tls`] (HTTPS beyond loopback), route guards by role, the plain health port.
 //! - [`ticket`]: piece tickets, a scheduler's signed permission for one child to read one task.
 //! - [`seal`]: origin headers sealed to a seed's key, so the scheduler relays them unread.
 //! - [`certs`]: a CA and per-role certificates for a lab or cluster (`damselfly certs init`).
@@ -15,6 +16,7 @@
 pub mod certs;
 pub mod config;
 pub mod health;
+pub mod https;
 pub mod notify;
 pub mod seal;
 pub mod secret;

@@ -150,6 +150,8 @@ pub struct PeerIdentity {
     pub roles: Vec<Role>,
     /// Whether the connection is TLS with a verified client certificate.
     pub verified: bool,
+    /// Whether the connection is TLS at all (with or without a client certificate).
+    pub tls: bool,
     /// The client certificate's [`crate::ticket::subject_id`] (what piece tickets bind); `None`
     /// on a plain connection.
     pub subject: Option<String>,
@@ -170,8 +172,22 @@ pub struct Tls {
 #[derive(Clone)]
 struct Loaded {
     server: Arc<ServerConfig>,
+    /// HTTP/1.1 servers that require a client certificate of this CA (`/metrics`, `/tasks`).
+    http_required: Arc<ServerConfig>,
+    /// HTTP/1.1 servers where a client certificate is optional (the manager's REST and
+    /// console, which authenticate people by token or session); one of another CA is refused.
+    http_optional: Arc<ServerConfig>,
     client: Arc<ClientConfig>,
     roles: Vec<Role>,
+}
+
+/// Whether an HTTPS listener asks for a client certificate (see [`crate::https`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClientAuth {
+    /// The handshake fails without a certificate of the cluster's CA.
+    Required,
+    /// A client may come without one (and is then told 401 where a route needs one).
+    Optional,
 }
 
 /// How often [`Tls::watch`] looks at the files' modification times.
@@ -268,20 +284,27 @@ impl Tls {
         let key = PrivateKeyDer::from_pem_slice(key)
             .map_err(|e| bad("tls.key", format!("not a PEM private key: {e}")))?;
         let roots = Arc::new(roots);
-        let verifier = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider())
-            .build()
-            .map_err(|e| bad("tls.ca", e))?;
-        let mut server = ServerConfig::builder_with_provider(provider())
-            .with_safe_default_protocol_versions()
-            .map_err(|e| bad("tls", e))?
-            .with_client_cert_verifier(verifier)
-            .with_single_cert(chain.clone(), key.clone_key())
-            .map_err(|e| bad("tls.key", format!("does not match tls.cert: {e}")))?;
-        server.alpn_protocols = vec![
-            b"h2".to_vec(),
-            b"damselfly-piece/1".to_vec(),
-            b"http/1.1".to_vec(),
-        ];
+        let server_with = |optional: bool, alpn: &[&[u8]]| {
+            let builder = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider());
+            let builder = if optional {
+                builder.allow_unauthenticated()
+            } else {
+                builder
+            };
+            let verifier = builder.build().map_err(|e| bad("tls.ca", e))?;
+            let mut server = ServerConfig::builder_with_provider(provider())
+                .with_safe_default_protocol_versions()
+                .map_err(|e| bad("tls", e))?
+                .with_client_cert_verifier(verifier)
+                .with_single_cert(chain.clone(), key.clone_key())
+                .map_err(|e| bad("tls.key", format!("does not match tls.cert: {e}")))?;
+            server.alpn_protocols = alpn.iter().map(|a| a.to_vec()).collect();
+            Ok::<_, ConfigError>(Arc::new(server))
+        };
+        let server = server_with(false, &[b"h2", b"damselfly-piece/1", b"http/1.1"])?;
+        // The HTTP servers speak HTTP/1.1 only (axum without its http2 feature).
+        let http_required = server_with(false, &[b"http/1.1"])?;
+        let http_optional = server_with(true, &[b"http/1.1"])?;
         let mut client = ClientConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
             .map_err(|e| bad("tls", e))?
@@ -291,7 +314,9 @@ impl Tls {
         client.alpn_protocols = vec![b"h2".to_vec()];
         Ok(Tls {
             current: std::sync::RwLock::new(Loaded {
-                server: Arc::new(server),
+                server,
+                http_required,
+                http_optional,
                 client: Arc::new(client),
                 roles,
             }),
@@ -313,6 +338,14 @@ impl Tls {
 
     pub fn client_config(&self) -> Arc<ClientConfig> {
         self.loaded().client
+    }
+
+    /// The server config of an HTTPS listener (HTTP/1.1), current generation.
+    pub fn http_server_config(&self, auth: ClientAuth) -> Arc<ServerConfig> {
+        match auth {
+            ClientAuth::Required => self.loaded().http_required,
+            ClientAuth::Optional => self.loaded().http_optional,
+        }
     }
 
     /// Replaces the configs with those of `other` (new connections use them; open ones keep theirs).
@@ -376,20 +409,33 @@ impl Tls {
         &self,
         tcp: TcpStream,
     ) -> io::Result<(tokio_rustls::server::TlsStream<TcpStream>, PeerIdentity)> {
+        self.accept_with(tcp, self.server_config()).await
+    }
+
+    /// [`Tls::accept`] with a given server config (e.g. [`Tls::http_server_config`]).
+    pub async fn accept_with(
+        &self,
+        tcp: TcpStream,
+        config: Arc<ServerConfig>,
+    ) -> io::Result<(tokio_rustls::server::TlsStream<TcpStream>, PeerIdentity)> {
         let remote = tcp.peer_addr().ok();
-        let acceptor = tokio_rustls::TlsAcceptor::from(self.server_config());
+        let acceptor = tokio_rustls::TlsAcceptor::from(config);
         let tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp))
             .await
             .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out"))??;
         let leaf = tls.get_ref().1.peer_certificates().and_then(|c| c.first());
         let roles = leaf.map(roles_of).unwrap_or_default();
         let subject = leaf.and_then(subject_of);
+        let verified = leaf.is_some();
         Ok((
             tls,
             PeerIdentity {
                 remote,
                 roles,
-                verified: true,
+                // Always true with a server config that requires a certificate; false only
+                // on an [`ClientAuth::Optional`] listener whose client sent none.
+                verified,
+                tls: true,
                 subject,
             },
         ))
@@ -519,6 +565,21 @@ pub async fn accept(tls: Option<&Tls>, tcp: TcpStream) -> io::Result<ServerConn>
     }
 }
 
+/// [`accept`] for an HTTPS listener: TLS (HTTP/1.1, client certificate as `auth` says) when
+/// `tls` is set, else plain.
+pub async fn accept_http(tls: Option<&Tls>, tcp: TcpStream, auth: ClientAuth) -> io::Result<ServerConn> {
+    match tls {
+        None => accept(None, tcp).await,
+        Some(tls) => {
+            let (s, identity) = tls.accept_with(tcp, tls.http_server_config(auth)).await?;
+            Ok(ServerConn {
+                inner: ServerIo::Tls(Box::new(s)),
+                identity,
+            })
+        }
+    }
+}
+
 /// Like [`accept`], and with TLS on the client's certificate must grant `role`.
 pub async fn accept_role(tls: Option<&Tls>, tcp: TcpStream, role: Role) -> io::Result<ServerConn> {
     let conn = accept(tls, tcp).await?;
@@ -537,7 +598,26 @@ pub fn incoming(
     listener: TcpListener,
     tls: Option<Arc<Tls>>,
 ) -> impl futures::Stream<Item = io::Result<ServerConn>> + Send + 'static {
-    let (tx, rx) = tokio::sync::mpsc::channel::<io::Result<ServerConn>>(64);
+    use futures::StreamExt as _;
+    tokio_stream::wrappers::ReceiverStream::new(accepting(listener, tls, None)).map(Ok)
+}
+
+/// Like [`incoming`] for an HTTP listener ([`accept_http`]), as a channel of connections.
+pub fn incoming_http(
+    listener: TcpListener,
+    tls: Option<Arc<Tls>>,
+    auth: ClientAuth,
+) -> tokio::sync::mpsc::Receiver<ServerConn> {
+    accepting(listener, tls, Some(auth))
+}
+
+/// Accepts until the receiver is dropped; `http` picks [`accept_http`] over [`accept`].
+fn accepting(
+    listener: TcpListener,
+    tls: Option<Arc<Tls>>,
+    http: Option<ClientAuth>,
+) -> tokio::sync::mpsc::Receiver<ServerConn> {
+    let (tx, rx) = tokio::sync::mpsc::channel::<ServerConn>(64);
     tokio::spawn(async move {
         loop {
             let tcp = tokio::select! {
@@ -549,9 +629,13 @@ pub fn incoming(
                     let _ = tcp.set_nodelay(true);
                     let (tx, tls) = (tx.clone(), tls.clone());
                     tokio::spawn(async move {
-                        match accept(tls.as_deref(), tcp).await {
+                        let conn = match http {
+                            None => accept(tls.as_deref(), tcp).await,
+                            Some(auth) => accept_http(tls.as_deref(), tcp, auth).await,
+                        };
+                        match conn {
                             Ok(conn) => {
-                                let _ = tx.send(Ok(conn)).await;
+                                let _ = tx.send(conn).await;
                             }
                             Err(e) => tracing::debug!(error = %e, "TLS handshake failed"),
                         }
@@ -564,7 +648,7 @@ pub fn incoming(
             }
         }
     });
-    tokio_stream::wrappers::ReceiverStream::new(rx)
+    rx
 }
 
 /// The one call a gRPC client makes: a lazily connected channel to `addr`
@@ -606,6 +690,35 @@ pub fn endpoint(addr: &str) -> Result<tonic::transport::Endpoint, tonic::transpo
     tonic::transport::Endpoint::from_shared(plain)
 }
 
+/// The URL a client dials for `addr` (`HOST:PORT` or an `http(s)://` URL) of one of our own
+/// services: `HOST:PORT` gets `https://` with TLS on and `http://` with it off. A scheme that
+/// contradicts `[tls]` is refused, naming `field`: `http://` with TLS on (it reads as plain
+/// while the connection is TLS), `https://` with TLS off (it would go plain unnoticed).
+pub fn service_url(field: &str, addr: &str, tls_on: bool) -> Result<String, ConfigError> {
+    let (scheme, rest) = match addr.split_once("://") {
+        Some((s, rest)) => (s, rest),
+        None => (if tls_on { "https" } else { "http" }, addr),
+    };
+    if rest.is_empty() || rest.starts_with('/') {
+        return Err(bad(field, format!("{addr:?} has no host")));
+    }
+    match (scheme, tls_on) {
+        ("https", true) | ("http", false) => Ok(format!("{scheme}://{rest}")),
+        ("http", true) => Err(bad(
+            field,
+            format!("{addr:?} is plain http:// but tls.mode = \"on\": write https:// or HOST:PORT"),
+        )),
+        ("https", false) => Err(bad(
+            field,
+            format!("{addr:?} is https:// but tls.mode is off: write http:// or HOST:PORT, or turn [tls] on"),
+        )),
+        (other, _) => Err(bad(
+            field,
+            format!("{addr:?}: scheme {other:?} is not http or https"),
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -637,6 +750,30 @@ mod tests {
         assert!(TlsConfig::default().validate().is_ok());
         let e = Tls::from_pem(b"junk", b"", b"").err().unwrap().to_string();
         assert!(e.contains("tls.ca"), "{e}");
+    }
+
+    #[test]
+    fn service_urls_follow_tls_and_refuse_a_contradicting_scheme() {
+        assert_eq!(
+            service_url("f", "10.0.0.1:8002", true).unwrap(),
+            "https://10.0.0.1:8002"
+        );
+        assert_eq!(
+            service_url("f", "10.0.0.1:8002", false).unwrap(),
+            "http://10.0.0.1:8002"
+        );
+        assert_eq!(service_url("f", "https://h:1", true).unwrap(), "https://h:1");
+        assert_eq!(service_url("f", "http://h:1", false).unwrap(), "http://h:1");
+        let e = service_url("manager.addr", "http://h:1", true)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("manager.addr") && e.contains("https://"), "{e}");
+        let e = service_url("schedulers[0]", "https://h:1", false)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("schedulers[0]"), "{e}");
+        assert!(service_url("f", "ftp://h:1", true).is_err());
+        assert!(service_url("f", "http://", false).is_err());
     }
 
     #[test]

@@ -21,6 +21,23 @@ app.kubernetes.io/component: {{ .component }}
 {{- end -}}
 {{- define "damselfly.scheme" -}}{{ if .Values.tls.enabled }}https{{ else }}http{{ end }}{{- end -}}
 {{- define "damselfly.managerURL" -}}{{ include "damselfly.scheme" . }}://{{ include "damselfly.name" . }}-manager.{{ .Release.Namespace }}.svc:65003{{- end -}}
+{{/* With tls.enabled the HTTP ports are HTTPS with client certificates, which kubelet probes
+cannot present: each role then serves /healthz and /readyz alone, plain, on its health port
+(--health-addr), and the probes go there. (dict "root" . "port" NAME-OR-NUMBER "health" PORT) */}}
+{{- define "damselfly.healthArgs" -}}
+{{- if .root.Values.tls.enabled }}
+- --health-addr
+- 0.0.0.0:{{ .health }}
+{{- end }}
+{{- end -}}
+{{- define "damselfly.healthPort" -}}
+{{- if .root.Values.tls.enabled }}
+- {name: health, containerPort: {{ .health }}}
+{{- end }}
+{{- end -}}
+{{- define "damselfly.probesFor" -}}
+{{- include "damselfly.probes" (dict "port" (ternary "health" .port .root.Values.tls.enabled)) }}
+{{- end -}}
 {{- define "damselfly.probes" -}}
 readinessProbe:
   httpGet: {path: /readyz, port: {{ .port }}}
