@@ -64,6 +64,41 @@ impl Mesh {
         Self::start_with_args(lab, bin, state_dir, scheduler_host, seed_host, peer_hosts, &[])
     }
 
+    /// Like [`Self::start`], the scheduler with `scheduler_args` (e.g. `--config FILE`).
+    pub fn start_with_scheduler_args(
+        lab: &Lab,
+        bin: &Path,
+        state_dir: &Path,
+        scheduler_host: &str,
+        seed_host: &str,
+        peer_hosts: &[&str],
+        scheduler_args: &[String],
+    ) -> Result<Mesh> {
+        let scheduler_ip = lab.ip(scheduler_host);
+        let scheduler = spawn_scheduler(lab, bin, scheduler_host, scheduler_args)?;
+        let url = scheduler_url(scheduler_ip, false);
+        let start_peer = |host: &str, seed: bool| {
+            start_peer_with(lab, bin, &url, &state_dir.join(host), host, seed, &[], &[])
+        };
+        let seed = start_peer(seed_host, true)?;
+        let peers = peer_hosts
+            .iter()
+            .map(|h| start_peer(h, false))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Mesh {
+            scheduler_host: scheduler_host.to_string(),
+            scheduler_ip,
+            bin: bin.to_path_buf(),
+            peer_args: Vec::new(),
+            scheduler_args: scheduler_args.to_vec(),
+            tls: None,
+            peer_toml: String::new(),
+            scheduler,
+            seed,
+            peers,
+        })
+    }
+
     /// Like [`Self::start`], every peer daemon (the seed too) with `peer_args`.
     pub fn start_with_args(
         lab: &Lab,

@@ -87,17 +87,24 @@ async fn session(
             cmd = commands.message() => match cmd {
                 Ok(Some(c)) => match c.cmd {
                     Some(host_command::Cmd::SeedTask(seed)) => if let Some(spec) = seed.spec {
-                        info!(task_id = spec.task_id, "seed trigger");
-                        let spec = crate::sealing::open_seed_task(
-                            spec,
-                            &downloader.host_id,
-                            downloader.seal_key.as_ref(),
-                        );
+                        // Through the mesh: the first requester is the source; this copy is an
+                        // ordinary download, with no headers (it may still go back to source).
+                        let from_origin = !seed.through_mesh;
+                        info!(task_id = spec.task_id, from_origin, "seed trigger");
+                        let spec = if from_origin {
+                            crate::sealing::open_seed_task(
+                                spec,
+                                &downloader.host_id,
+                                downloader.seal_key.as_ref(),
+                            )
+                        } else {
+                            TaskSpec { headers: Default::default(), sealed_headers: Vec::new(), ..spec }
+                        };
                         let downloader = downloader.clone();
                         tokio::spawn(async move {
                             let policy = OriginPolicy::for_peer(&downloader.config);
                             let started = match policy.check(&spec.url).await {
-                                Ok(()) => downloader.start(Request { spec, seed: true }).await,
+                                Ok(()) => downloader.start(Request { spec, seed: from_origin }).await,
                                 Err(e) => Err(e),
                             };
                             if let Err(e) = started {

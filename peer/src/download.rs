@@ -464,6 +464,7 @@ impl Engine {
             return;
         }
         let wanted: HashSet<String> = list.iter().map(|p| p.peer_id.clone()).collect();
+        debug!(parents = ?wanted, "parents from the scheduler");
         let gone: Vec<String> = self
             .picker
             .parent_ids()
@@ -705,6 +706,7 @@ impl Engine {
                 }
             }
             ParentEvent::Closed { parent, error, fault } => {
+                debug!(parent, error, ?fault, "parent connection ended");
                 if self.picker.has_parent(&parent) {
                     debug!(parent, error, "parent connection closed");
                     if fault == FailReason::Busy {

@@ -7,9 +7,11 @@
 //! host_timeout = "30s"             # a host silent this long is removed with its peers
 //! task_ttl = "1h"                  # a task with no peer for this long is forgotten
 //! gc_interval = "30s"
+//! cold_source = "seed"             # who fetches a new task from its origin: "seed" or "requester"
 //! [evaluator]
 //! candidate_parent_limit = 8       # parents handed to one peer
 //! filter_parent_limit = 40         # candidates looked at per decision
+//! bad_node_min_millis = 200        # a piece cost below this never marks a bad node
 //! [manager]                        # optional: register with a manager
 //! addr = "http://10.0.0.1:65003"   # its gRPC address; empty = no manager
 //! cluster_id = 0                   # 0: the manager picks by scope
@@ -38,9 +40,26 @@ pub struct SchedulerConfig {
     pub gc_interval: Duration,
     pub evaluator: EvaluatorConfig,
     pub manager: ManagerConfig,
+    /// Who fetches a new task from its origin (see [`ColdSource`]).
+    pub cold_source: ColdSource,
     /// Mutual TLS for the gRPC port (`[tls]`, see `damselfly_service::tls`).
     pub tls: damselfly_service::tls::TlsConfig,
     pub log_level: String,
+}
+
+/// Who fetches a task nobody holds yet from its origin.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ColdSource {
+    /// A seed peer fetches it (origin -> seed -> requester); the requester's origin headers
+    /// reach the seed sealed to its key.
+    #[default]
+    Seed,
+    /// For a task named by its digest: the first requester fetches it itself (origin ->
+    /// requester, its headers stay on its node) and is the task's source; a seed copies it
+    /// from the mesh. A task without a digest still goes to a seed: nothing but the origin's
+    /// answer vouches for its bytes, and only a seed is trusted to relay that.
+    Requester,
 }
 
 /// The manager this scheduler registers with. With `addr` empty the
@@ -122,6 +141,9 @@ pub struct EvaluatorConfig {
     pub bad_node_mean_factor: f64,
     /// Samples needed before the sigma rule is used.
     pub bad_node_min_samples: u64,
+    /// A piece cost (milliseconds) below this is never a bad node's, whatever the history: on
+    /// fast links costs are 0-2 whole ms and any queueing looked like an outlier.
+    pub bad_node_min_millis: f64,
     /// Distinct peers that must report corrupt pieces from one host before
     /// that host is excluded for the whole task (a single reporter only
     /// blocklists it for itself).
@@ -134,9 +156,13 @@ fn default_listen() -> SocketAddr {
 fn default_http_listen() -> SocketAddr {
     "0.0.0.0:8003".parse().expect("valid literal")
 }
+<<<<<<< HEAD
 fn default_health_addr() -> SocketAddr {
     "0.0.0.0:8006".parse().expect("valid literal")
 }
+=======
+const DEFAULT_BAD_NODE_MIN_MILLIS: f64 = 200.0;
+>>>>>>> coldget
 const DEFAULT_HOST_TIMEOUT: Duration = Duration::from_secs(30);
 const DEFAULT_TASK_TTL: Duration = Duration::from_secs(3600);
 const DEFAULT_GC_INTERVAL: Duration = Duration::from_secs(30);
@@ -152,6 +178,7 @@ impl Default for SchedulerConfig {
             gc_interval: DEFAULT_GC_INTERVAL,
             evaluator: EvaluatorConfig::default(),
             manager: ManagerConfig::default(),
+            cold_source: ColdSource::default(),
             tls: Default::default(),
             log_level: "info".into(),
         }
@@ -166,6 +193,7 @@ impl Default for EvaluatorConfig {
             bad_node_sigma: 3.0,
             bad_node_mean_factor: 20.0,
             bad_node_min_samples: 30,
+            bad_node_min_millis: DEFAULT_BAD_NODE_MIN_MILLIS,
             corrupt_reports_for_bad_host: 2,
         }
     }
@@ -198,6 +226,12 @@ impl SchedulerConfig {
             return Err(ConfigError::invalid(
                 "evaluator.bad_node_sigma",
                 "bad_node_sigma must be > 0 and bad_node_mean_factor > 1",
+            ));
+        }
+        if !(e.bad_node_min_millis >= 0.0 && e.bad_node_min_millis.is_finite()) {
+            return Err(ConfigError::invalid(
+                "evaluator.bad_node_min_millis",
+                "must be a finite number of milliseconds >= 0",
             ));
         }
         if e.corrupt_reports_for_bad_host == 0 {

@@ -9,6 +9,7 @@
 //! [`service`](crate::service) only decodes stream messages into events and
 //! encodes commands onto the streams.
 
+use crate::config::ColdSource;
 use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::schedule::{Planner, parent_addrs};
@@ -128,6 +129,9 @@ pub enum Event {
 pub enum Command {
     /// Tell a seed host to fetch the task from its origin.
     SeedTask { host_id: String, spec: TaskSpec },
+    /// Tell a seed host to copy the task from its peers (the first requester is its source,
+    /// see [`ColdSource::Requester`]); `spec` has no origin headers.
+    SeedCopy { host_id: String, spec: TaskSpec },
     /// The task's layout, to one peer.
     Info {
         task_id: String,
@@ -176,6 +180,8 @@ pub struct Core {
     pub metrics: Metrics,
     retention: Retention,
     rng: StdRng,
+    /// Who fetches a new task from its origin (`cold_source`).
+    cold_source: ColdSource,
 }
 
 impl Core {
@@ -189,7 +195,14 @@ impl Core {
             metrics,
             retention,
             rng: StdRng::seed_from_u64(seed),
+            cold_source: ColdSource::default(),
         }
+    }
+
+    /// Who fetches new tasks from their origin from now on (see [`ColdSource`]).
+    pub fn with_cold_source(mut self, cold_source: ColdSource) -> Self {
+        self.cold_source = cold_source;
+        self
     }
 
     /// Applies one event that happened at `now`; returns what to send.
@@ -454,7 +467,8 @@ impl Core {
         };
         // Only a seed is a source by its own word; anyone else fetches from
         // the origin when the scheduler sends it there.
-        let from_source = reg.from_source && host.info.seed;
+        let requester_is_seed = host.info.seed;
+        let from_source = reg.from_source && requester_is_seed;
         // The task keeps no origin headers: they go (sealed, see service/src/seal.rs) to the
         // one seed triggered below.
         let kept = TaskSpec {
@@ -504,6 +518,50 @@ impl Core {
         if needs_source && self.caches.entries.contains_key(&task_id) {
             // A cache task has no origin: nobody holds it now.
             self.back_to_source(&task_id, &reg.peer_id, "no host holds this cache task", out);
+        } else if needs_source
+            && task.seed_host.is_none()
+            && self.cold_source == ColdSource::Requester
+            && !requester_is_seed
+            && !reg.spec.digest.is_empty()
+        {
+            // The first requester fetches from the origin with its own headers and becomes the
+            // source; a seed copies the task from it through the mesh (a durable copy on a
+            // seed). Only for a task named by its digest: everyone, the seed too, checks the
+            // whole file against it, so a requester that lies about the origin's bytes makes
+            // every copy fail, never pass.
+            let seed = {
+                let seeds = s
+                    .hosts
+                    .values()
+                    .filter(|h| h.info.seed && h.info.host_id != reg.host_id)
+                    .map(|h| h.info.host_id.as_str());
+                ring::pick(&task_id, seeds, &reg.host_id)
+            };
+            let requester = reg.peer_id.clone();
+            if let Some(seed) = seed {
+                let spec = TaskSpec {
+                    headers: Default::default(),
+                    sealed_headers: Vec::new(),
+                    ..reg.spec.clone()
+                };
+                s.tasks.get_mut(&task_id).expect("inserted").seed_host = Some(seed.clone());
+                out.push(Command::SeedCopy {
+                    host_id: seed.clone(),
+                    spec,
+                });
+                self.metrics.seed_triggers.inc();
+                info!(
+                    task_id,
+                    seed_host = seed,
+                    "seed peer to copy from the first requester"
+                );
+            }
+            self.back_to_source(
+                &task_id,
+                &requester,
+                "first requester fetches from the origin",
+                out,
+            );
         } else if needs_source && task.seed_host.is_none() {
             let mut seeds: Vec<&str> = s
                 .hosts

@@ -29,7 +29,7 @@ pub trait Evaluator: Send + Sync + 'static {
 /// slot, and is not a bad node. Bad node: its newest piece cost is an outlier
 /// against its own history (mean + `bad_node_sigma` standard deviations once
 /// it has `bad_node_min_samples` samples, `bad_node_mean_factor` x the mean
-/// before that).
+/// before that), and above `bad_node_min_millis`.
 ///
 /// Score, each term in 0..=1: free upload slots (0.4), pieces held (0.3),
 /// same IDC (0.15), shared location prefix (0.1), seed (0.05). Free capacity
@@ -43,7 +43,10 @@ impl DefaultEvaluator {
     /// Judges the newest cost against the history before it.
     pub fn is_bad_node(&self, c: &CostStats) -> bool {
         let (samples, mean, std_dev) = c.before;
-        if samples < 2 {
+        // Below the floor a cost is never an outlier: on a fast link pieces cost 0-2 ms (whole
+        // milliseconds), so any queueing was 20 x the mean and a healthy seed was dropped by
+        // its only child with pieces missing (a cold get waited 5 s for the stall timer).
+        if samples < 2 || c.last < self.config.bad_node_min_millis {
             return false;
         }
         if samples < self.config.bad_node_min_samples {
@@ -119,11 +122,31 @@ mod tests {
 
         let mut many = CostStats::default();
         for i in 0..100 {
-            many.add(10.0 + (i % 3) as f64, 1);
+            many.add(300.0 + (i % 3) as f64, 1);
         }
         assert!(!e.is_bad_node(&many));
-        many.add(30.0, 1);
+        many.add(320.0, 1);
         assert!(e.is_bad_node(&many), "far outside mean + 3 sigma");
+    }
+
+    /// Whole-millisecond costs of a fast link: 0 ms pieces, then a few ms of queueing, is no
+    /// outlier (it once took a cold get's only parent away).
+    #[test]
+    fn costs_under_the_floor_are_never_bad() {
+        let e = DefaultEvaluator {
+            config: EvaluatorConfig::default(),
+        };
+        let mut fast = CostStats::default();
+        fast.add(0.0, 10);
+        fast.add(67.0, 4);
+        assert!(!e.is_bad_node(&fast));
+        for _ in 0..40 {
+            fast.add(1.0, 1);
+        }
+        fast.add(150.0, 1);
+        assert!(!e.is_bad_node(&fast), "under bad_node_min_millis");
+        fast.add(5_000.0, 1);
+        assert!(e.is_bad_node(&fast));
     }
 
     #[test]

@@ -38,7 +38,7 @@ pub async fn run(config: SchedulerConfig, shutdown: Shutdown) -> Result<(), Erro
         host_timeout: config.host_timeout,
         task_ttl: config.task_ttl,
     };
-    let core = Core::new(planner, metrics, retention, rand::random());
+    let core = Core::new(planner, metrics, retention, rand::random()).with_cold_source(config.cold_source);
     // With TLS on, piece connections need a ticket from here (see damselfly_service::ticket).
     let tickets = match &tls {
         Some(_) => Some(damselfly_service::ticket::TicketSigner::generate()?),

@@ -349,10 +349,14 @@ impl Links {
     /// Encodes each command onto its stream; a closed stream drops it.
     fn deliver(&self, commands: Vec<Command>) {
         for c in commands {
+            let through_mesh = matches!(c, Command::SeedCopy { .. });
             let (task_id, peer_id, c) = match c {
-                Command::SeedTask { host_id, spec } => {
+                Command::SeedTask { host_id, spec } | Command::SeedCopy { host_id, spec } => {
                     let trigger = HostCommand {
-                        cmd: Some(host_command::Cmd::SeedTask(SeedTask { spec: Some(spec) })),
+                        cmd: Some(host_command::Cmd::SeedTask(SeedTask {
+                            spec: Some(spec),
+                            through_mesh,
+                        })),
                     };
                     if let Some((_, tx, _)) = self.hosts.get(&host_id)
                         && tx.send(Ok(trigger)).is_err()

@@ -350,7 +350,7 @@ impl Sim {
         commands.sort_by(|a, b| recipient(a).cmp(&recipient(b)));
         for c in commands {
             let host = match &c {
-                Command::SeedTask { .. } => SEED,
+                Command::SeedTask { .. } | Command::SeedCopy { .. } => SEED,
                 other => match self.peer_index.get(recipient(other).1) {
                     Some(d) => self.dls[*d].host,
                     None => continue,
@@ -482,12 +482,13 @@ impl Sim {
 
     fn command(&mut self, c: Command) {
         let d = match &c {
-            Command::SeedTask { spec, .. } => {
+            Command::SeedTask { spec, .. } | Command::SeedCopy { spec, .. } => {
                 let Some(t) = self.task_ids.iter().position(|t| *t == spec.task_id) else {
                     return;
                 };
                 let d = (SEED - 1) * self.cfg.layers.len() + t;
-                return self.start(d, true);
+                let from_origin = matches!(c, Command::SeedTask { .. });
+                return self.start(d, from_origin);
             }
             other => self.peer_index[recipient(other).1],
         };
@@ -495,7 +496,7 @@ impl Sim {
             return;
         }
         match c {
-            Command::SeedTask { .. } => {}
+            Command::SeedTask { .. } | Command::SeedCopy { .. } => {}
             Command::Info { layout, .. } => {
                 if self.dls[d].layout.is_none() {
                     self.set_layout(d, layout);
@@ -767,6 +768,7 @@ impl Sim {
 fn recipient(c: &Command) -> (&str, &str) {
     match c {
         Command::SeedTask { host_id, .. }
+        | Command::SeedCopy { host_id, .. }
         | Command::Replicate { host_id, .. }
         | Command::DeleteTask { host_id, .. } => ("", host_id),
         Command::Info { task_id, peer_id, .. }

@@ -43,6 +43,15 @@ pub struct Config {
     pub single: bool,
     pub single_size: Size,
     pub single_concurrent_size: Size,
+    /// Links of the one-peer lab (its own rate; "none" unshaped).
+    pub single_rate: Rate,
+    /// Runs of curl and a cold get in the one-peer lab.
+    pub single_runs: usize,
+    /// The scheduler's `cold_source` for the damselfly method and the one-peer lab (empty:
+    /// the default).
+    pub cold_source: String,
+    /// Every `damselfly get` names the blob's digest.
+    pub digest: bool,
     /// Simulated peers for the scheduler scale run (0 skips it).
     pub scale_peers: usize,
     pub scale_tasks: usize,
@@ -60,17 +69,6 @@ pub fn run(config: &Config) -> Result<Report> {
     let started_unix = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    eprintln!(
-        "bench: building a lab of {} peer hosts, links {}, blob {}",
-        config.hosts, config.rate, config.size
-    );
-    let swarm = swarm::Swarm::build(
-        &config.prefix,
-        config.subnet,
-        config.hosts,
-        config.rate.clone(),
-        config.size,
-    )?;
     let mut report = Report {
         started_unix,
         command: config.command.clone(),
@@ -80,19 +78,45 @@ pub fn run(config: &Config) -> Result<Report> {
             rate_bits_per_sec: config.rate.bits_per_sec(),
             size: config.size.to_string(),
             size_bytes: config.size.0,
-            blob_sha256: swarm.blob_sha256.clone(),
-            su_seconds: swarm.su_seconds(),
+            blob_sha256: String::new(),
+            su_seconds: None,
         },
         methods: Vec::new(),
         single: None,
         scale: None,
     };
+    // No method: only the one-peer measurement (`--single-only`), no swarm lab.
+    let swarm = if config.methods.is_empty() {
+        None
+    } else {
+        eprintln!(
+            "bench: building a lab of {} peer hosts, links {}, blob {}",
+            config.hosts, config.rate, config.size
+        );
+        let swarm = swarm::Swarm::build(
+            &config.prefix,
+            config.subnet,
+            config.hosts,
+            config.rate.clone(),
+            config.size,
+        )?;
+        report.setup.blob_sha256 = swarm.blob_sha256.clone();
+        report.setup.su_seconds = swarm.su_seconds();
+        Some(swarm)
+    };
     for name in &config.methods {
+        let swarm = swarm.as_ref().expect("built when there are methods");
         crate::wait::check_interrupted()?;
-        let mut method = name.build(config.damselfly_bin.clone(), config.tls);
-        let measured = match Disturbances::start(&swarm, &config.disturb) {
+        let mut method = match name {
+            MethodName::Damselfly => Box::new(
+                methods::Damselfly::new(config.damselfly_bin.clone(), config.tls)
+                    .shape(&config.cold_source, config.digest),
+            ),
+            _ => name.build(config.damselfly_bin.clone(), config.tls),
+        };
+        let measured = match Disturbances::start(swarm, &config.disturb) {
             Ok(disturbances) => {
-                let mut measured = swarm::measure(&swarm, method.as_mut());
+                let mut measured = swarm::measure(swarm, method.as_mut());
                 measured.disturbances = disturbances.stop();
                 measured
             }
@@ -111,6 +135,14 @@ pub fn run(config: &Config) -> Result<Report> {
             size: config.single_size,
             concurrent_size: config.single_concurrent_size,
             damselfly_bin: config.damselfly_bin.clone(),
+            rate: config.single_rate.clone(),
+            runs: config.single_runs,
+            cold_source: if config.cold_source.is_empty() {
+                "seed".into()
+            } else {
+                config.cold_source.clone()
+            },
+            digest: config.digest,
         };
         report.single = Some(single::measure(&single)?);
         report.write(&config.out)?;

@@ -152,6 +152,40 @@ pub struct SingleReport {
     pub cold_get_cpu_s: BTreeMap<String, f64>,
     pub sha256_ok: bool,
     pub errors: Vec<String>,
+    /// Links of the one-peer lab (tc rate, or "none").
+    #[serde(default)]
+    pub rate: String,
+    /// The scheduler's `cold_source` ("seed": origin -> seed -> peer; "requester": origin ->
+    /// peer, a seed copying from it).
+    #[serde(default)]
+    pub cold_source: String,
+    /// Whether each get named the blob's digest (`--digest`).
+    #[serde(default)]
+    pub digest: bool,
+    /// Every run of curl and a cold get (the fields above are the first run's), each on a blob
+    /// of its own.
+    #[serde(default)]
+    pub runs: Vec<SingleRun>,
+}
+
+/// One run of the one-peer measurement.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct SingleRun {
+    pub curl_s: Option<f64>,
+    pub cold_get_s: Option<f64>,
+    pub cold_vs_curl: Option<f64>,
+    /// CPU seconds during curl (origin, machine) and the cold get (origin, seed, peer, machine).
+    pub curl_cpu_s: BTreeMap<String, f64>,
+    pub cold_get_cpu_s: BTreeMap<String, f64>,
+    /// The same per GiB of the blob: what each hop costs for every GiB it carries.
+    pub curl_cpu_s_per_gib: BTreeMap<String, f64>,
+    pub cold_get_cpu_s_per_gib: BTreeMap<String, f64>,
+    /// Bytes the origin host sent for the cold get, and the seed host received, from its start
+    /// to 1 s after it returned (a seed copying from the requester may finish after it), / S.
+    #[serde(default)]
+    pub origin_tx_over_size: Option<f64>,
+    #[serde(default)]
+    pub seed_rx_over_size: Option<f64>,
 }
 
 impl MethodReport {
@@ -216,17 +250,20 @@ impl Report {
         let su = s
             .su_seconds
             .map_or("n/a (unshaped)".to_string(), |v| format!("{v:.1} s"));
-        let _ = writeln!(
-            md,
-            "N = {} hosts, links {}, blob {} ({} bytes), S/U = {su}\n",
-            s.hosts, s.rate, s.size, s.size_bytes
-        );
-        md.push_str(
-            "| method | last host done | median host done | makespan / (S/U) | origin bytes / S \
-             | storage bytes / S | peer uploads / S | peak RSS per host | CPU s: daemons / machine \
-             | sha256 |\n",
-        );
-        md.push_str("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
+        // `--single-only` ran no method: no swarm table.
+        if !self.methods.is_empty() {
+            let _ = writeln!(
+                md,
+                "N = {} hosts, links {}, blob {} ({} bytes), S/U = {su}\n",
+                s.hosts, s.rate, s.size, s.size_bytes
+            );
+            md.push_str(
+                "| method | last host done | median host done | makespan / (S/U) | origin bytes / S \
+                 | storage bytes / S | peer uploads / S | peak RSS per host | CPU s: daemons / machine \
+                 | sha256 |\n",
+            );
+            md.push_str("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
+        }
         for m in &self.methods {
             let sha = if m.hosts.is_empty() {
                 "-".to_string()
@@ -322,7 +359,18 @@ impl SingleReport {
         let mut md = String::new();
         let mib = self.size_bytes as f64 / MIB;
         let rate = |secs: Option<f64>| opt(secs, |s| format!("{s:.2} s ({:.0} MiB/s)", mib / s));
-        let _ = writeln!(md, "\nOne peer, unshaped links, {mib:.0} MiB:\n");
+        let links = if self.rate.is_empty() || self.rate == "none" {
+            "unshaped links".to_string()
+        } else {
+            format!("links {}", self.rate)
+        };
+        let shape = if self.cold_source.is_empty() {
+            String::new()
+        } else {
+            format!(", cold_source = {}", self.cold_source)
+        };
+        let digest = if self.digest { ", with --digest" } else { "" };
+        let _ = writeln!(md, "\nOne peer, {links}, {mib:.0} MiB{shape}{digest}:\n");
         md.push_str("| measurement | result | target |\n| --- | --- | --- |\n");
         let _ = writeln!(md, "| curl from the origin | {} | |", rate(self.curl_s));
         let _ = writeln!(
@@ -356,6 +404,25 @@ impl SingleReport {
             self.concurrent_size_bytes as f64 / MIB,
             opt(self.peer_peak_rss_bytes, |v| format!("{:.0} MiB", v as f64 / MIB))
         );
+        if self.runs.len() > 1 || self.runs.iter().any(|r| !r.cold_get_cpu_s_per_gib.is_empty()) {
+            md.push_str(
+                "\n| run | curl | cold get | cold / curl | CPU s per GiB, curl | CPU s per GiB, cold get | origin sent / S | seed received / S |\n| --- | --- | --- | --- | --- | --- | --- | --- |\n",
+            );
+            for (i, r) in self.runs.iter().enumerate() {
+                let _ = writeln!(
+                    md,
+                    "| {} | {} | {} | {} | {} | {} | {} | {} |",
+                    i + 1,
+                    rate(r.curl_s),
+                    rate(r.cold_get_s),
+                    opt(r.cold_vs_curl, |v| format!("{v:.2} x")),
+                    cpu(&r.curl_cpu_s_per_gib),
+                    cpu(&r.cold_get_cpu_s_per_gib),
+                    opt(r.origin_tx_over_size, |v| format!("{v:.3}")),
+                    opt(r.seed_rx_over_size, |v| format!("{v:.3}"))
+                );
+            }
+        }
         for e in &self.errors {
             let _ = writeln!(md, "\nsingle-peer error: {}", first_lines(e, 6));
         }

@@ -1,5 +1,6 @@
-//! One peer on unshaped links: a cold `damselfly get` and a cached one
-//! against `curl` from the origin, and the peer daemon's peak RSS while it
+//! One peer, on unshaped links or links shaped to a rate of their own: a cold `damselfly
+//! get` and a cached one against `curl` from the origin (`runs` times, each on a blob of
+//! its own), the CPU seconds of each hop per GiB, and the peer daemon's peak RSS while it
 //! serves several downloads at once.
 
 use std::fs;
@@ -10,8 +11,8 @@ use std::time::Duration;
 use anyhow::{Context, Result, ensure};
 
 use super::cpu::CpuMeter;
-use super::report::SingleReport;
-use super::units::Size;
+use super::report::{SingleReport, SingleRun};
+use super::units::{Rate, Size};
 use crate::data::{ensure_space, sha256_file, write_random_file};
 use crate::lab::Lab;
 use crate::mesh::Mesh;
@@ -32,26 +33,49 @@ pub struct SingleConfig {
     /// Size of each of the concurrently downloaded blobs.
     pub concurrent_size: Size,
     pub damselfly_bin: Option<PathBuf>,
+    /// Links of this lab (its own, not the swarm's).
+    pub rate: Rate,
+    /// Runs of curl and a cold get, each on a blob of its own.
+    pub runs: usize,
+    /// The scheduler's `cold_source` (`seed` or `requester`).
+    pub cold_source: String,
+    /// Each get names the blob's digest (`--digest`; `cold_source = "requester"` needs it).
+    pub digest: bool,
+}
+
+const GIB: f64 = 1024.0 * 1024.0 * 1024.0;
+
+fn blob_name(run: usize) -> String {
+    if run == 0 {
+        "blob".into()
+    } else {
+        format!("blob-run{run}")
+    }
 }
 
 /// Runs the measurement; failures are recorded in the report's `errors`.
 pub fn measure(config: &SingleConfig) -> Result<SingleReport> {
+    let runs = config.runs.max(1);
     let lab = Lab::new(
         &config.prefix,
         config.subnet,
         &[ORIGIN, SCHEDULER, SEED, PEER],
-        None,
+        config.rate.tc(),
     )?;
     // The blobs, the seed's and the peer's stores, and the outputs.
-    let needed = 4 * (config.size.0 + CONCURRENT as u64 * config.concurrent_size.0);
+    let needed = 4 * (runs as u64 * config.size.0 + CONCURRENT as u64 * config.concurrent_size.0);
     ensure_space(lab.dir(), needed, "the one-peer measurement")?;
     let www = lab.dir().join("www");
     fs::create_dir_all(&www)?;
-    write_random_file(&www.join("blob"), config.size.0)?;
+    let mut expected = Vec::new();
+    for run in 0..runs {
+        let path = www.join(blob_name(run));
+        write_random_file(&path, config.size.0)?;
+        expected.push(sha256_file(&path)?);
+    }
     for i in 0..CONCURRENT {
         write_random_file(&www.join(format!("blob{i}")), config.concurrent_size.0)?;
     }
-    let expected = sha256_file(&www.join("blob"))?;
     let origin = Origin::start(&lab, ORIGIN, &www, 8080)?;
     let out = lab.dir().join("out");
     fs::create_dir_all(&out)?;
@@ -70,23 +94,40 @@ pub fn measure(config: &SingleConfig) -> Result<SingleReport> {
         cold_get_cpu_s: Default::default(),
         sha256_ok: false,
         errors: Vec::new(),
+        rate: config.rate.to_string(),
+        cold_source: config.cold_source.clone(),
+        digest: config.digest,
+        runs: vec![SingleRun::default(); runs],
     };
 
-    eprintln!("bench: single: curl {}", config.size);
-    let curl_out = out.join("curl");
-    let mut curl = Command::new("curl");
-    curl.args(["-sSf", "-o"]).arg(&curl_out).arg(origin.url("blob"));
-    let cpu = CpuMeter::start(named(&[("origin", origin.proc())]));
-    let curl_result = timed(&lab, &curl);
-    report.curl_cpu_s = cpu.stop();
-    match curl_result.and_then(|s| verify(&curl_out, &expected).map(|()| s)) {
-        Ok(secs) => report.curl_s = Some(secs),
-        Err(e) => report.errors.push(format!("curl: {e:#}")),
+    for (run, expected) in expected.iter().enumerate() {
+        eprintln!("bench: single: curl {} (run {})", config.size, run + 1);
+        let curl_out = out.join("curl");
+        let mut curl = Command::new("curl");
+        curl.args(["-sSf", "-o"])
+            .arg(&curl_out)
+            .arg(origin.url(&blob_name(run)));
+        let cpu = CpuMeter::start(named(&[("origin", origin.proc())]));
+        let curl_result = timed(&lab, &curl);
+        let r = &mut report.runs[run];
+        r.curl_cpu_s = cpu.stop();
+        r.curl_cpu_s_per_gib = per_gib(&r.curl_cpu_s, config.size.0);
+        match curl_result.and_then(|s| verify(&curl_out, expected).map(|()| s)) {
+            Ok(secs) => r.curl_s = Some(secs),
+            Err(e) => report.errors.push(format!("curl: {e:#}")),
+        }
+        let _ = fs::remove_file(&curl_out);
     }
-    let _ = fs::remove_file(&curl_out);
+    report.curl_s = report.runs[0].curl_s;
+    report.curl_cpu_s = report.runs[0].curl_cpu_s.clone();
 
     if let Err(e) = measure_damselfly(config, &lab, &origin, &out, &expected, &mut report) {
         report.errors.push(format!("damselfly: {e:#}"));
+    }
+    for r in &mut report.runs {
+        if let (Some(curl), Some(cold)) = (r.curl_s, r.cold_get_s) {
+            r.cold_vs_curl = Some(curl / cold);
+        }
     }
     if let Some(curl) = report.curl_s {
         report.cold_vs_curl = report.cold_get_s.map(|cold| curl / cold);
@@ -95,42 +136,83 @@ pub fn measure(config: &SingleConfig) -> Result<SingleReport> {
     Ok(report)
 }
 
+/// CPU seconds per GiB of a blob of `bytes`.
+fn per_gib(
+    cpu: &std::collections::BTreeMap<String, f64>,
+    bytes: u64,
+) -> std::collections::BTreeMap<String, f64> {
+    let gib = bytes as f64 / GIB;
+    cpu.iter().map(|(k, v)| (k.clone(), v / gib)).collect()
+}
+
 fn measure_damselfly(
     config: &SingleConfig,
     lab: &Lab,
     origin: &Origin,
     out: &Path,
-    expected: &str,
+    expected: &[String],
     report: &mut SingleReport,
 ) -> Result<()> {
     let bin = match &config.damselfly_bin {
         Some(bin) => bin.clone(),
         None => crate::bins::damselfly()?,
     };
-    let mesh = Mesh::start(lab, &bin, &lab.dir().join("state"), SCHEDULER, SEED, &[PEER])?;
-    let url = origin.url("blob");
-
-    eprintln!("bench: single: cold and cached damselfly get");
-    for (slot, name) in [
-        (&mut report.cold_get_s, "cold"),
-        (&mut report.cached_get_s, "cached"),
-    ] {
-        let path = out.join(name);
-        let cpu = (name == "cold").then(|| {
-            CpuMeter::start(named(&[
-                ("origin", origin.proc()),
-                ("seed", &mesh.seed.proc),
-                ("peer", &mesh.peer(PEER).proc),
-            ]))
-        });
-        let secs = timed(lab, &mesh.get_command(PEER, &url, &path)).with_context(|| format!("{name} get"))?;
-        if let Some(cpu) = cpu {
-            report.cold_get_cpu_s = cpu.stop();
+    let state = lab.dir().join("state");
+    fs::create_dir_all(&state)?;
+    let scheduler_toml = state.join("scheduler.toml");
+    fs::write(
+        &scheduler_toml,
+        format!("cold_source = {:?}\n", config.cold_source),
+    )?;
+    let mesh = Mesh::start_with_scheduler_args(
+        lab,
+        &bin,
+        &state,
+        SCHEDULER,
+        SEED,
+        &[PEER],
+        &["--config".to_string(), scheduler_toml.display().to_string()],
+    )?;
+    let get = |url: &str, path: &Path, expected: &str| {
+        let mut cmd = mesh.get_command(PEER, url, path);
+        if config.digest {
+            cmd.arg("--digest").arg(format!("sha256:{expected}"));
         }
-        verify(&path, expected).with_context(|| format!("{name} get"))?;
-        *slot = Some(secs);
+        cmd
+    };
+
+    for (run, expected) in expected.iter().enumerate() {
+        eprintln!("bench: single: cold damselfly get (run {})", run + 1);
+        let url = origin.url(&blob_name(run));
+        let path = out.join("cold");
+        let before = (lab.link_counters(ORIGIN)?, lab.link_counters(SEED)?);
+        let cpu = CpuMeter::start(named(&[
+            ("origin", origin.proc()),
+            ("seed", &mesh.seed.proc),
+            ("peer", &mesh.peer(PEER).proc),
+        ]));
+        let secs = timed(lab, &get(&url, &path, expected)).context("cold get")?;
+        let r = &mut report.runs[run];
+        r.cold_get_cpu_s = cpu.stop();
+        std::thread::sleep(Duration::from_secs(1));
+        let after = (lab.link_counters(ORIGIN)?, lab.link_counters(SEED)?);
+        let size = config.size.0 as f64;
+        r.origin_tx_over_size = Some(after.0.tx_bytes.saturating_sub(before.0.tx_bytes) as f64 / size);
+        r.seed_rx_over_size = Some(after.1.rx_bytes.saturating_sub(before.1.rx_bytes) as f64 / size);
+        r.cold_get_cpu_s_per_gib = per_gib(&r.cold_get_cpu_s, config.size.0);
+        verify(&path, expected).context("cold get")?;
+        r.cold_get_s = Some(secs);
         fs::remove_file(&path)?;
     }
+    report.cold_get_s = report.runs[0].cold_get_s;
+    report.cold_get_cpu_s = report.runs[0].cold_get_cpu_s.clone();
+
+    eprintln!("bench: single: cached damselfly get");
+    let path = out.join("cached");
+    let secs = timed(lab, &get(&origin.url(&blob_name(0)), &path, &expected[0])).context("cached get")?;
+    verify(&path, &expected[0]).context("cached get")?;
+    report.cached_get_s = Some(secs);
+    fs::remove_file(&path)?;
     report.sha256_ok = true;
 
     eprintln!(

@@ -59,9 +59,26 @@ struct Args {
     /// Bytes `--disturb dirty` writes to the page cache before the start.
     #[arg(long, default_value = "2GiB")]
     disturb_dirty_size: Size,
-    /// Skip the one-peer measurement on unshaped links.
+    /// Skip the one-peer measurement.
     #[arg(long)]
     no_single: bool,
+    /// Only the one-peer measurement: no swarm lab, no method, no scale run.
+    #[arg(long, conflicts_with = "no_single")]
+    single_only: bool,
+    /// Links of the one-peer lab, in tc notation, or "none" (unshaped).
+    #[arg(long, default_value = "none")]
+    single_rate: Rate,
+    /// Runs of curl and a cold get in the one-peer lab, each on a blob of its own.
+    #[arg(long, default_value_t = 1)]
+    single_runs: usize,
+    /// The scheduler's `cold_source` for the damselfly method and the one-peer lab: `seed`
+    /// (origin -> seed -> peer) or `requester` (the first requester fetches from the origin and
+    /// is the source, a seed copies it through the mesh; implies --digest).
+    #[arg(long, default_value = "seed", value_parser = ["seed", "requester"])]
+    cold_source: String,
+    /// Every `damselfly get` names the blob's sha256 (`--digest`).
+    #[arg(long)]
+    digest: bool,
     /// Blob size of the one-peer measurement.
     #[arg(long, default_value = "256MiB")]
     single_size: Size,
@@ -98,12 +115,17 @@ fn run() -> Result<bool> {
     damselfly_e2e::wait::install_interrupt_handler()?;
     let args = Args::parse();
     let damselfly = args.methods.contains(&MethodName::Damselfly);
-    let single = !args.no_single && damselfly;
+    let single = args.single_only || (!args.no_single && damselfly);
+    let methods = if args.single_only {
+        Vec::new()
+    } else {
+        args.methods
+    };
     let config = Config {
         hosts: args.hosts,
         rate: args.rate,
         size: args.size,
-        methods: args.methods,
+        methods,
         out: args.out,
         damselfly_bin: args.damselfly_bin,
         tls: args.tls,
@@ -117,7 +139,15 @@ fn run() -> Result<bool> {
         single,
         single_size: args.single_size,
         single_concurrent_size: args.single_concurrent_size,
-        scale_peers: if damselfly { args.scale_peers } else { 0 },
+        single_rate: args.single_rate,
+        single_runs: args.single_runs,
+        digest: args.digest || args.cold_source == "requester",
+        cold_source: args.cold_source,
+        scale_peers: if damselfly && !args.single_only {
+            args.scale_peers
+        } else {
+            0
+        },
         scale_tasks: args.scale_tasks,
         prefix: args.prefix,
         subnet: args.subnet,

@@ -154,6 +154,74 @@ fn first_peer_triggers_one_seed_and_later_peers_do_not() {
     assert_eq!(last_parents(&out, "b"), Some(vec!["a".to_string()]));
 }
 
+/// `cold_source = "requester"`: the first requester of a task named by its digest fetches it
+/// itself (with its own headers, which reach nobody) and is the source; a seed copies it through
+/// the mesh, its parent that requester. A task without a digest still goes to a seed.
+#[test]
+fn the_first_requester_of_a_digest_task_is_its_source_and_a_seed_copies_it() {
+    let reg = |peer: &str, host: &str, digest: &str| Registration {
+        host_id: host.into(),
+        peer_id: peer.into(),
+        spec: TaskSpec {
+            task_id: T.into(),
+            url: "http://origin/blob".into(),
+            digest: digest.into(),
+            headers: [("authorization".to_string(), "Bearer s3cret".to_string())].into(),
+            ..Default::default()
+        },
+        from_source: false,
+        layout: None,
+        pieces_held: 0,
+    };
+    let mut w = World::new(4);
+    w.core = core_with(4).with_cold_source(ColdSource::Requester);
+    w.host("seed-host", true);
+    w.host("h1", false);
+    let out = w.at(0, Event::Registered(reg("a", "h1", "sha256:00")));
+    assert!(
+        out.iter()
+            .any(|c| matches!(c, Command::BackToSource { peer_id, .. } if peer_id == "a")),
+        "{out:?}"
+    );
+    assert!(
+        !out.iter().any(|c| matches!(c, Command::SeedTask { .. })),
+        "{out:?}"
+    );
+    let copies: Vec<&TaskSpec> = out
+        .iter()
+        .filter_map(|c| match c {
+            Command::SeedCopy { host_id, spec } if host_id == "seed-host" => Some(spec),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(copies.len(), 1, "{out:?}");
+    assert!(copies[0].headers.is_empty() && copies[0].sealed_headers.is_empty());
+    assert!(w.core.state.tasks[T].peers["a"].source);
+    // The seed's copy registers like any peer: its parent is the requester.
+    let out = w.at(0, Event::Registered(reg("s", "seed-host", "sha256:00")));
+    assert!(
+        !out.iter()
+            .any(|c| matches!(c, Command::SeedTask { .. } | Command::SeedCopy { .. }))
+    );
+    assert_eq!(last_parents(&out, "s"), Some(vec!["a".to_string()]));
+    assert!(!w.core.state.tasks[T].peers["s"].source);
+
+    // No digest: only the origin vouches for the bytes, so a seed fetches them.
+    let mut w = World::new(4);
+    w.core = core_with(4).with_cold_source(ColdSource::Requester);
+    w.host("seed-host", true);
+    w.host("h1", false);
+    let out = w.at(0, Event::Registered(reg("a", "h1", "")));
+    assert!(
+        out.iter()
+            .any(|c| matches!(c, Command::SeedTask { host_id, .. } if host_id == "seed-host"))
+    );
+    assert!(
+        !out.iter()
+            .any(|c| matches!(c, Command::BackToSource { .. } | Command::SeedCopy { .. }))
+    );
+}
+
 /// Headers sealed to some seeds: one of those is triggered and gets only its own entry; the
 /// task keeps none of them.
 #[test]
@@ -811,4 +879,45 @@ fn a_busy_parent_is_offered_again_and_not_blocklisted() {
     let out = w.at(3, failed(FailReason::Unreachable));
     assert!(w.core.state.tasks[T].peers["a"].blocklist.contains("seed"));
     assert!(out.iter().any(|c| matches!(c, Command::BackToSource { .. })));
+}
+
+/// A lone child keeps the seed as its parent on a fast link, where pieces cost 0-3 whole
+/// milliseconds (a few ms of queueing once looked like a bad node: 20 x a mean of 0), and when
+/// the seed finishes before it does.
+#[test]
+fn a_child_keeps_its_fast_seed_parent() {
+    let mut w = World::new(8);
+    w.host("seed-host", true);
+    w.host("h1", false);
+    w.register("a", "h1", false);
+    w.seeded("s", "seed-host");
+    assert_eq!(w.parents("a"), vec!["s".to_string()]);
+    for (t, mean_millis, pieces) in [(1, 0, 10), (2, 3, 4), (2, 60, 2)] {
+        let report = PiecesDone {
+            costs: vec![PieceCost {
+                parent_peer_id: "s".into(),
+                pieces,
+                mean_millis,
+            }],
+            ..Default::default()
+        };
+        let (task_id, peer_id) = ev(T, "a");
+        let out = w.at(
+            t,
+            Event::PiecesReported {
+                task_id,
+                peer_id,
+                report,
+            },
+        );
+        assert_ne!(last_parents(&out, "a"), Some(vec![]), "{out:?}");
+        let (task_id, peer_id) = ev(T, "a");
+        let out = w.at(t, Event::RescheduleAsked { task_id, peer_id });
+        assert_eq!(last_parents(&out, "a"), Some(vec!["s".to_string()]), "{out:?}");
+    }
+    let (task_id, peer_id) = ev(T, "s");
+    w.at(3, Event::Finished { task_id, peer_id });
+    let (task_id, peer_id) = ev(T, "s");
+    w.at(3, Event::StreamClosed { task_id, peer_id });
+    assert_eq!(w.parents("a"), vec!["s".to_string()]);
 }

@@ -14,12 +14,29 @@ pub struct Damselfly {
     bin: Option<PathBuf>,
     tls: bool,
     mesh: Option<Mesh>,
+    /// The scheduler's `cold_source` (empty: its default).
+    cold_source: String,
+    /// Each get names the blob's digest.
+    digest: bool,
 }
 
 impl Damselfly {
     /// `bin`: the `damselfly` binary, or `None` to locate it; `tls`: mutual TLS on.
     pub fn new(bin: Option<PathBuf>, tls: bool) -> Self {
-        Damselfly { bin, tls, mesh: None }
+        Damselfly {
+            bin,
+            tls,
+            mesh: None,
+            cold_source: String::new(),
+            digest: false,
+        }
+    }
+
+    /// The scheduler's `cold_source` (`seed`, `requester`), and gets with `--digest`.
+    pub fn shape(mut self, cold_source: &str, digest: bool) -> Self {
+        self.cold_source = cold_source.to_string();
+        self.digest = digest;
+        self
     }
 }
 
@@ -34,8 +51,15 @@ impl Method for Damselfly {
         } else {
             ""
         };
+        let shape = match (self.cold_source.as_str(), self.digest) {
+            ("", false) => String::new(),
+            (c, d) => format!(
+                "; cold_source = {c:?}{}",
+                if d { ", gets with --digest" } else { "" }
+            ),
+        };
         format!(
-            "scheduler, one seed peer, a peer daemon per host (default settings{tls}); daemons \
+            "scheduler, one seed peer, a peer daemon per host (default settings{tls}{shape}); daemons \
              keep serving until every host is done"
         )
     }
@@ -57,6 +81,12 @@ impl Method for Damselfly {
             let nodes: Vec<&str> = nodes.iter().map(String::as_str).collect();
             let certs = Certs::init(&bin, &workdir.join("certs"), &nodes)?;
             Mesh::start_tls(&swarm.lab, &bin, &state, &certs, SCHEDULER, SEED, &peers)
+        } else if !self.cold_source.is_empty() {
+            std::fs::create_dir_all(&state)?;
+            let toml = state.join("scheduler.toml");
+            std::fs::write(&toml, format!("cold_source = {:?}\n", self.cold_source))?;
+            let args = ["--config".to_string(), toml.display().to_string()];
+            Mesh::start_with_scheduler_args(&swarm.lab, &bin, &state, SCHEDULER, SEED, &peers, &args)
         } else {
             Mesh::start(&swarm.lab, &bin, &state, SCHEDULER, SEED, &peers)
         };
@@ -67,7 +97,11 @@ impl Method for Damselfly {
     fn start(&mut self, swarm: &Swarm, host: &str, out_dir: &Path) -> Result<Download> {
         let mesh = self.mesh.as_ref().context("mesh not started")?;
         let output = out_dir.join(BLOB);
-        let job = mesh.start_get(&swarm.lab, host, &swarm.blob_url(), &output)?;
+        let mut cmd = mesh.get_command(host, &swarm.blob_url(), &output);
+        if self.digest {
+            cmd.arg("--digest").arg(format!("sha256:{}", swarm.blob_sha256));
+        }
+        let job = swarm.lab.start(host, "get", &cmd)?;
         let agent_pid = mesh.peer(host).proc.pid();
         Ok(Download {
             job,
