@@ -156,13 +156,10 @@ fn default_listen() -> SocketAddr {
 fn default_http_listen() -> SocketAddr {
     "0.0.0.0:8003".parse().expect("valid literal")
 }
-<<<<<<< HEAD
 fn default_health_addr() -> SocketAddr {
     "0.0.0.0:8006".parse().expect("valid literal")
 }
-=======
 const DEFAULT_BAD_NODE_MIN_MILLIS: f64 = 200.0;
->>>>>>> coldget
 const DEFAULT_HOST_TIMEOUT: Duration = Duration::from_secs(30);
 const DEFAULT_TASK_TTL: Duration = Duration::from_secs(3600);
 const DEFAULT_GC_INTERVAL: Duration = Duration::from_secs(30);
