@@ -11,7 +11,7 @@
 //! drives the same code over simulated links.
 
 use damselfly_proto::scheduler::{PieceCost, PieceDigest, PiecesDone};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 /// Requests outstanding per parent: enough to keep a link busy across one
@@ -40,11 +40,28 @@ impl Holder {
     }
 }
 
+/// Per piece: how many parents that are peers, and how many sources, hold it.
+#[derive(Debug, Default, Clone, Copy)]
+struct Holders {
+    peers: u32,
+    sources: u32,
+}
+
 #[derive(Debug, Default)]
 pub struct Picker {
     parents: HashMap<String, Holder>,
     /// piece -> (parent asked, when).
     inflight: HashMap<u32, (String, Instant)>,
+    /// Who holds each piece, kept as bitmaps and haves arrive, so that
+    /// [`fill`](Picker::fill) looks at each candidate piece once instead of
+    /// asking every parent about every piece (it was most of the swarm
+    /// simulator's time at 1,000 peers).
+    holders: Vec<Holders>,
+    /// Pieces some parent holds that this download has not stored
+    /// ([`Picker::stored`]), and of those the ones only sources hold.
+    available: BTreeSet<u32>,
+    only_at_source: BTreeSet<u32>,
+    stored: Vec<bool>,
 }
 
 impl Picker {
@@ -74,34 +91,105 @@ impl Picker {
 
     /// Forgets a parent and what was asked of it (asked again elsewhere).
     pub fn remove_parent(&mut self, id: &str) {
-        self.parents.remove(id);
+        if let Some(p) = self.parents.remove(id) {
+            for (i, h) in p.have.iter().enumerate() {
+                if *h {
+                    self.count(i as u32, p.seed, false);
+                }
+            }
+        }
         self.inflight.retain(|_, (p, _)| p != id);
     }
 
     pub fn clear(&mut self) {
         self.parents.clear();
         self.inflight.clear();
+        self.holders.clear();
+        self.available.clear();
+        self.only_at_source.clear();
+    }
+
+    /// This download stored piece `index`: [`fill`](Picker::fill) no longer
+    /// looks at it. Optional (`fill` asks `wanted` anyway); it keeps `fill`
+    /// proportional to the pieces still to fetch.
+    pub fn stored(&mut self, index: u32) {
+        let i = index as usize;
+        if self.stored.len() <= i {
+            self.stored.resize(i + 1, false);
+        }
+        if !self.stored[i] {
+            self.stored[i] = true;
+            self.available.remove(&index);
+            self.only_at_source.remove(&index);
+        }
+    }
+
+    /// One parent more (`add`) or fewer holds piece `i`.
+    fn count(&mut self, index: u32, seed: bool, add: bool) {
+        let i = index as usize;
+        if self.holders.len() <= i {
+            self.holders.resize(i + 1, Holders::default());
+        }
+        let h = &mut self.holders[i];
+        let n = if seed { &mut h.sources } else { &mut h.peers };
+        *n = if add { *n + 1 } else { n.saturating_sub(1) };
+        let h = *h;
+        if self.stored.get(i).copied().unwrap_or(false) {
+            return;
+        }
+        if h.peers + h.sources > 0 {
+            self.available.insert(index);
+        } else {
+            self.available.remove(&index);
+        }
+        if h.peers == 0 && h.sources > 0 {
+            self.only_at_source.insert(index);
+        } else {
+            self.only_at_source.remove(&index);
+        }
     }
 
     /// The parent's whole bitmap.
     pub fn bitmap(&mut self, id: &str, have: Vec<bool>) {
-        if let Some(p) = self.parents.get_mut(id) {
-            p.held = have.iter().filter(|h| **h).count();
-            p.have = have;
+        let Some(p) = self.parents.get_mut(id) else {
+            return;
+        };
+        let seed = p.seed;
+        let old = std::mem::take(&mut p.have);
+        p.held = have.iter().filter(|h| **h).count();
+        let changed: Vec<(u32, bool)> = (0..old.len().max(have.len()))
+            .filter_map(|i| {
+                let (was, is) = (
+                    old.get(i).copied().unwrap_or(false),
+                    have.get(i).copied().unwrap_or(false),
+                );
+                (was != is).then_some((i as u32, is))
+            })
+            .collect();
+        p.have = have;
+        for (i, add) in changed {
+            self.count(i, seed, add);
         }
     }
 
     /// The parent now also holds these pieces.
     pub fn have(&mut self, id: &str, pieces: impl IntoIterator<Item = u32>) {
-        if let Some(p) = self.parents.get_mut(id) {
-            for i in pieces {
-                if let Some(h) = p.have.get_mut(i as usize)
-                    && !*h
-                {
-                    *h = true;
-                    p.held += 1;
-                }
+        let Some(p) = self.parents.get_mut(id) else {
+            return;
+        };
+        let seed = p.seed;
+        let mut new = Vec::new();
+        for i in pieces {
+            if let Some(h) = p.have.get_mut(i as usize)
+                && !*h
+            {
+                *h = true;
+                p.held += 1;
+                new.push(i);
             }
+        }
+        for i in new {
+            self.count(i, seed, true);
         }
     }
 
@@ -138,46 +226,52 @@ impl Picker {
             .map(|p| window.saturating_sub(p.inflight))
             .sum::<usize>()
             .min(total.saturating_sub(self.inflight.len()));
+        if free == 0 {
+            return;
+        }
         // First the pieces only a source holds (a super-seeding source offered
         // them to this child: every other peer waits for it to spread them),
         // then the lowest missing. Lowest-first alone left the last pieces of
-        // a source to the end of every owner's queue, and the swarm's tail
-        // waited for them.
-        let only_at_source = |i: usize, parents: &HashMap<String, Holder>| {
-            let mut at_source = false;
-            for p in parents.values() {
-                if p.have.get(i).copied().unwrap_or(false) {
-                    if !p.seed {
-                        return false;
-                    }
-                    at_source = true;
-                }
-            }
-            at_source
-        };
-        let order: Vec<usize> = (0..pieces)
-            .filter(|&i| only_at_source(i, &self.parents))
-            .chain((0..pieces).filter(|&i| !only_at_source(i, &self.parents)))
-            .collect();
-        for i in order {
+        // a source to the end of every owner's queue, and the swarm waited
+        // for them. Pieces no parent holds are never candidates.
+        let first: Vec<u32> = self.only_at_source.range(..pieces as u32).copied().collect();
+        let rest = self
+            .available
+            .range(..pieces as u32)
+            .filter(|i| !self.only_at_source.contains(i));
+        let mut order = first.iter().copied();
+        let mut rest = rest.copied();
+        let mut picked: Vec<(u32, String)> = Vec::new();
+        let mut busy: HashMap<&str, usize> = HashMap::new();
+        loop {
             if free == 0 {
                 break;
             }
-            if !wanted(i) || self.inflight.contains_key(&(i as u32)) {
+            let Some(i) = order.next().or_else(|| rest.next()) else {
+                break;
+            };
+            if !wanted(i as usize) || self.inflight.contains_key(&i) {
                 continue;
             }
             let best = self
                 .parents
                 .iter()
-                .filter(|(_, p)| p.inflight < window && p.have.get(i).copied().unwrap_or(false))
-                .min_by_key(|(id, p)| (p.scarce(), p.inflight, *id))
-                .map(|(id, _)| id.clone());
+                .map(|(id, p)| (id, p, p.inflight + busy.get(id.as_str()).copied().unwrap_or(0)))
+                .filter(|(_, p, inflight)| {
+                    *inflight < window && p.have.get(i as usize).copied().unwrap_or(false)
+                })
+                .min_by_key(|(id, p, inflight)| (p.scarce(), *inflight, *id))
+                .map(|(id, _, _)| id);
             let Some(id) = best else { continue };
-            if request(&id, i as u32) {
-                self.parents.get_mut(&id).expect("just found").inflight += 1;
+            if request(id, i) {
+                *busy.entry(id.as_str()).or_default() += 1;
                 free -= 1;
-                self.inflight.insert(i as u32, (id, now));
+                picked.push((i, id.clone()));
             }
+        }
+        for (i, id) in picked {
+            self.parents.get_mut(&id).expect("just found").inflight += 1;
+            self.inflight.insert(i, (id, now));
         }
     }
 
@@ -487,6 +581,31 @@ mod tests {
         );
         assert_eq!(sent, vec![("a".into(), 3)]);
         assert_eq!(p.inflight(), 0, "a refused request is not in flight");
+    }
+
+    #[test]
+    fn stored_pieces_and_removed_parents_leave_the_candidates() {
+        let t0 = Instant::now();
+        let mut p = Picker::default();
+        p.add_parent("seed", true);
+        p.add_parent("a", false);
+        p.bitmap("seed", vec![true, true, false, false]);
+        p.bitmap("a", vec![false, true, false, false]);
+        p.stored(1);
+        // Piece 1 is stored, piece 0 only at the source: asked of it.
+        assert_eq!(fill(&mut p, t0, &[false; 4], 32), vec![("seed".into(), 0)]);
+        p.arrived("seed", 0, t0);
+        p.remove_parent("seed");
+        p.have("a", [3]);
+        assert_eq!(
+            fill(&mut p, t0, &[false; 4], 32),
+            vec![("a".into(), 3)],
+            "piece 0 left with the seed; 1 is stored"
+        );
+        // A new bitmap replaces the old one.
+        p.bitmap("a", vec![true, false, false, false]);
+        p.arrived("a", 3, t0);
+        assert_eq!(fill(&mut p, t0, &[false; 4], 32), vec![("a".into(), 0)]);
     }
 
     #[test]

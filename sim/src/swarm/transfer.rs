@@ -182,6 +182,7 @@ impl Sim {
         let dl = &mut self.dls[d];
         dl.have[index as usize] = true;
         dl.held += 1;
+        dl.picker.stored(index);
         dl.timers.progress(now);
         for c in dl.children.clone() {
             if self.dls[d].sourcing {
