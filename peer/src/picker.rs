@@ -11,7 +11,7 @@
 //! drives the same code over simulated links.
 
 use damselfly_proto::scheduler::{PieceCost, PieceDigest, PiecesDone};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 /// Requests outstanding per parent: enough to keep a link busy across one
@@ -21,10 +21,80 @@ use std::time::{Duration, Instant};
 pub const PARENT_WINDOW: usize = 2;
 pub const TOTAL_WINDOW: usize = 32;
 
+/// A fixed-length set of piece indexes, 64 to a word.
+#[derive(Debug, Default, Clone)]
+struct Bits {
+    words: Vec<u64>,
+    len: usize,
+}
+
+impl Bits {
+    fn new(len: usize) -> Self {
+        Self {
+            words: vec![0; len.div_ceil(64)],
+            len,
+        }
+    }
+
+    fn from_bools(b: &[bool]) -> Self {
+        let mut out = Self::new(b.len());
+        for (i, h) in b.iter().enumerate() {
+            if *h {
+                out.words[i / 64] |= 1 << (i % 64);
+            }
+        }
+        out
+    }
+
+    fn get(&self, i: usize) -> bool {
+        i < self.len && self.words[i / 64] & (1 << (i % 64)) != 0
+    }
+
+    /// Sets bit `i` (growing the set if needed); true if it was clear.
+    fn set(&mut self, i: usize, on: bool) -> bool {
+        if i >= self.len {
+            if !on {
+                return false;
+            }
+            self.len = i + 1;
+            self.words.resize(self.len.div_ceil(64), 0);
+        }
+        let (w, m) = (i / 64, 1u64 << (i % 64));
+        let was = self.words[w] & m != 0;
+        if on {
+            self.words[w] |= m;
+        } else {
+            self.words[w] &= !m;
+        }
+        was != on
+    }
+
+    fn word(&self, w: usize) -> u64 {
+        self.words.get(w).copied().unwrap_or(0)
+    }
+
+    fn ones(&self) -> impl Iterator<Item = usize> + '_ {
+        ones(self.words.iter().copied())
+    }
+}
+
+/// The indexes of the set bits of consecutive words.
+fn ones(words: impl Iterator<Item = u64>) -> impl Iterator<Item = usize> {
+    words.enumerate().flat_map(|(w, mut word)| {
+        std::iter::from_fn(move || {
+            (word != 0).then(|| {
+                let b = word.trailing_zeros() as usize;
+                word &= word - 1;
+                w * 64 + b
+            })
+        })
+    })
+}
+
 /// What one parent holds, as far as this download knows.
 #[derive(Debug, Default)]
 struct Holder {
-    have: Vec<bool>,
+    have: Bits,
     held: usize,
     inflight: usize,
     seed: bool,
@@ -36,7 +106,7 @@ impl Holder {
     /// A source still fetching from the origin: its uplink spreads new
     /// pieces, so it is asked only for what no other parent has.
     fn scarce(&self) -> bool {
-        self.seed && self.held < self.have.len()
+        self.seed && self.held < self.have.len
     }
 }
 
@@ -53,15 +123,15 @@ pub struct Picker {
     /// piece -> (parent asked, when).
     inflight: HashMap<u32, (String, Instant)>,
     /// Who holds each piece, kept as bitmaps and haves arrive, so that
-    /// [`fill`](Picker::fill) looks at each candidate piece once instead of
-    /// asking every parent about every piece (it was most of the swarm
-    /// simulator's time at 1,000 peers).
+    /// [`fill`](Picker::fill) only looks at pieces a parent with room in its
+    /// window holds, word by word, instead of asking every parent about
+    /// every piece (that was most of the swarm simulator's time at 1,000
+    /// peers).
     holders: Vec<Holders>,
-    /// Pieces some parent holds that this download has not stored
-    /// ([`Picker::stored`]), and of those the ones only sources hold.
-    available: BTreeSet<u32>,
-    only_at_source: BTreeSet<u32>,
-    stored: Vec<bool>,
+    /// Pieces only sources hold, and pieces this download stored
+    /// ([`Picker::stored`]).
+    only_at_source: Bits,
+    stored: Bits,
 }
 
 impl Picker {
@@ -92,10 +162,8 @@ impl Picker {
     /// Forgets a parent and what was asked of it (asked again elsewhere).
     pub fn remove_parent(&mut self, id: &str) {
         if let Some(p) = self.parents.remove(id) {
-            for (i, h) in p.have.iter().enumerate() {
-                if *h {
-                    self.count(i as u32, p.seed, false);
-                }
+            for i in p.have.ones() {
+                self.count(i, p.seed, false);
             }
         }
         self.inflight.retain(|_, (p, _)| p != id);
@@ -105,48 +173,26 @@ impl Picker {
         self.parents.clear();
         self.inflight.clear();
         self.holders.clear();
-        self.available.clear();
-        self.only_at_source.clear();
+        self.only_at_source = Bits::default();
     }
 
     /// This download stored piece `index`: [`fill`](Picker::fill) no longer
     /// looks at it. Optional (`fill` asks `wanted` anyway); it keeps `fill`
     /// proportional to the pieces still to fetch.
     pub fn stored(&mut self, index: u32) {
-        let i = index as usize;
-        if self.stored.len() <= i {
-            self.stored.resize(i + 1, false);
-        }
-        if !self.stored[i] {
-            self.stored[i] = true;
-            self.available.remove(&index);
-            self.only_at_source.remove(&index);
-        }
+        self.stored.set(index as usize, true);
     }
 
     /// One parent more (`add`) or fewer holds piece `i`.
-    fn count(&mut self, index: u32, seed: bool, add: bool) {
-        let i = index as usize;
+    fn count(&mut self, i: usize, seed: bool, add: bool) {
         if self.holders.len() <= i {
             self.holders.resize(i + 1, Holders::default());
         }
         let h = &mut self.holders[i];
         let n = if seed { &mut h.sources } else { &mut h.peers };
         *n = if add { *n + 1 } else { n.saturating_sub(1) };
-        let h = *h;
-        if self.stored.get(i).copied().unwrap_or(false) {
-            return;
-        }
-        if h.peers + h.sources > 0 {
-            self.available.insert(index);
-        } else {
-            self.available.remove(&index);
-        }
-        if h.peers == 0 && h.sources > 0 {
-            self.only_at_source.insert(index);
-        } else {
-            self.only_at_source.remove(&index);
-        }
+        let only = h.peers == 0 && h.sources > 0;
+        self.only_at_source.set(i, only);
     }
 
     /// The parent's whole bitmap.
@@ -155,18 +201,13 @@ impl Picker {
             return;
         };
         let seed = p.seed;
-        let old = std::mem::take(&mut p.have);
+        let new = Bits::from_bools(&have);
+        let old = std::mem::replace(&mut p.have, new.clone());
         p.held = have.iter().filter(|h| **h).count();
-        let changed: Vec<(u32, bool)> = (0..old.len().max(have.len()))
-            .filter_map(|i| {
-                let (was, is) = (
-                    old.get(i).copied().unwrap_or(false),
-                    have.get(i).copied().unwrap_or(false),
-                );
-                (was != is).then_some((i as u32, is))
-            })
-            .collect();
-        p.have = have;
+        let words = old.words.len().max(new.words.len());
+        let gone = ones((0..words).map(|w| old.word(w) & !new.word(w)));
+        let came = ones((0..words).map(|w| new.word(w) & !old.word(w)));
+        let changed: Vec<(usize, bool)> = gone.map(|i| (i, false)).chain(came.map(|i| (i, true))).collect();
         for (i, add) in changed {
             self.count(i, seed, add);
         }
@@ -180,10 +221,9 @@ impl Picker {
         let seed = p.seed;
         let mut new = Vec::new();
         for i in pieces {
-            if let Some(h) = p.have.get_mut(i as usize)
-                && !*h
-            {
-                *h = true;
+            let i = i as usize;
+            // Only within its bitmap (a have before it, or past the end, is ignored).
+            if i < p.have.len && p.have.set(i, true) {
                 p.held += 1;
                 new.push(i);
             }
@@ -233,45 +273,56 @@ impl Picker {
         // them to this child: every other peer waits for it to spread them),
         // then the lowest missing. Lowest-first alone left the last pieces of
         // a source to the end of every owner's queue, and the swarm waited
-        // for them. Pieces no parent holds are never candidates.
-        let first: Vec<u32> = self.only_at_source.range(..pieces as u32).copied().collect();
-        let rest = self
-            .available
-            .range(..pieces as u32)
-            .filter(|i| !self.only_at_source.contains(i));
-        let mut order = first.iter().copied();
-        let mut rest = rest.copied();
-        let mut picked: Vec<(u32, String)> = Vec::new();
-        let mut busy: HashMap<&str, usize> = HashMap::new();
-        loop {
-            if free == 0 {
+        // for them. Candidates: pieces a parent with room in its window
+        // holds, not stored, below `pieces`.
+        let Picker {
+            parents,
+            inflight,
+            only_at_source,
+            stored,
+            ..
+        } = self;
+        let mut open: Vec<(&String, &mut Holder)> =
+            parents.iter_mut().filter(|(_, p)| p.inflight < window).collect();
+        let words = pieces.div_ceil(64);
+        let last = if pieces.is_multiple_of(64) {
+            u64::MAX
+        } else {
+            (1u64 << (pieces % 64)) - 1
+        };
+        let held: Vec<u64> = (0..words)
+            .map(|w| {
+                let any = open.iter().fold(0, |acc, (_, p)| acc | p.have.word(w));
+                let mask = if w + 1 == words { last } else { u64::MAX };
+                any & !stored.word(w) & mask
+            })
+            .collect();
+        let first = ones(held.iter().enumerate().map(|(w, h)| h & only_at_source.word(w)));
+        let rest = ones(held.iter().enumerate().map(|(w, h)| h & !only_at_source.word(w)));
+        for i in first.chain(rest) {
+            if free == 0 || open.is_empty() {
                 break;
             }
-            let Some(i) = order.next().or_else(|| rest.next()) else {
-                break;
-            };
-            if !wanted(i as usize) || self.inflight.contains_key(&i) {
+            let i32 = i as u32;
+            if !wanted(i) || inflight.contains_key(&i32) {
                 continue;
             }
-            let best = self
-                .parents
+            let best = open
                 .iter()
-                .map(|(id, p)| (id, p, p.inflight + busy.get(id.as_str()).copied().unwrap_or(0)))
-                .filter(|(_, p, inflight)| {
-                    *inflight < window && p.have.get(i as usize).copied().unwrap_or(false)
-                })
-                .min_by_key(|(id, p, inflight)| (p.scarce(), *inflight, *id))
-                .map(|(id, _, _)| id);
-            let Some(id) = best else { continue };
-            if request(id, i) {
-                *busy.entry(id.as_str()).or_default() += 1;
+                .enumerate()
+                .filter(|(_, (_, p))| p.have.get(i))
+                .min_by_key(|(_, (id, p))| (p.scarce(), p.inflight, *id))
+                .map(|(k, _)| k);
+            let Some(k) = best else { continue };
+            if request(open[k].0, i32) {
+                let (id, p) = &mut open[k];
+                p.inflight += 1;
                 free -= 1;
-                picked.push((i, id.clone()));
+                inflight.insert(i32, (id.to_string(), now));
+                if p.inflight >= window {
+                    open.swap_remove(k);
+                }
             }
-        }
-        for (i, id) in picked {
-            self.parents.get_mut(&id).expect("just found").inflight += 1;
-            self.inflight.insert(i, (id, now));
         }
     }
 
