@@ -21,10 +21,80 @@ use std::time::{Duration, Instant};
 pub const PARENT_WINDOW: usize = 2;
 pub const TOTAL_WINDOW: usize = 32;
 
+/// A fixed-length set of piece indexes, 64 to a word.
+#[derive(Debug, Default, Clone)]
+struct Bits {
+    words: Vec<u64>,
+    len: usize,
+}
+
+impl Bits {
+    fn new(len: usize) -> Self {
+        Self {
+            words: vec![0; len.div_ceil(64)],
+            len,
+        }
+    }
+
+    fn from_bools(b: &[bool]) -> Self {
+        let mut out = Self::new(b.len());
+        for (i, h) in b.iter().enumerate() {
+            if *h {
+                out.words[i / 64] |= 1 << (i % 64);
+            }
+        }
+        out
+    }
+
+    fn get(&self, i: usize) -> bool {
+        i < self.len && self.words[i / 64] & (1 << (i % 64)) != 0
+    }
+
+    /// Sets bit `i` (growing the set if needed); true if it was clear.
+    fn set(&mut self, i: usize, on: bool) -> bool {
+        if i >= self.len {
+            if !on {
+                return false;
+            }
+            self.len = i + 1;
+            self.words.resize(self.len.div_ceil(64), 0);
+        }
+        let (w, m) = (i / 64, 1u64 << (i % 64));
+        let was = self.words[w] & m != 0;
+        if on {
+            self.words[w] |= m;
+        } else {
+            self.words[w] &= !m;
+        }
+        was != on
+    }
+
+    fn word(&self, w: usize) -> u64 {
+        self.words.get(w).copied().unwrap_or(0)
+    }
+
+    fn ones(&self) -> impl Iterator<Item = usize> + '_ {
+        ones(self.words.iter().copied())
+    }
+}
+
+/// The indexes of the set bits of consecutive words.
+fn ones(words: impl Iterator<Item = u64>) -> impl Iterator<Item = usize> {
+    words.enumerate().flat_map(|(w, mut word)| {
+        std::iter::from_fn(move || {
+            (word != 0).then(|| {
+                let b = word.trailing_zeros() as usize;
+                word &= word - 1;
+                w * 64 + b
+            })
+        })
+    })
+}
+
 /// What one parent holds, as far as this download knows.
 #[derive(Debug, Default)]
 struct Holder {
-    have: Vec<bool>,
+    have: Bits,
     held: usize,
     inflight: usize,
     seed: bool,
@@ -36,8 +106,15 @@ impl Holder {
     /// A source still fetching from the origin: its uplink spreads new
     /// pieces, so it is asked only for what no other parent has.
     fn scarce(&self) -> bool {
-        self.seed && self.held < self.have.len()
+        self.seed && self.held < self.have.len
     }
+}
+
+/// Per piece: how many parents that are peers, and how many sources, hold it.
+#[derive(Debug, Default, Clone, Copy)]
+struct Holders {
+    peers: u32,
+    sources: u32,
 }
 
 #[derive(Debug, Default)]
@@ -45,6 +122,16 @@ pub struct Picker {
     parents: HashMap<String, Holder>,
     /// piece -> (parent asked, when).
     inflight: HashMap<u32, (String, Instant)>,
+    /// Who holds each piece, kept as bitmaps and haves arrive, so that
+    /// [`fill`](Picker::fill) only looks at pieces a parent with room in its
+    /// window holds, word by word, instead of asking every parent about
+    /// every piece (that was most of the swarm simulator's time at 1,000
+    /// peers).
+    holders: Vec<Holders>,
+    /// Pieces only sources hold, and pieces this download stored
+    /// ([`Picker::stored`]).
+    only_at_source: Bits,
+    stored: Bits,
 }
 
 impl Picker {
@@ -74,34 +161,75 @@ impl Picker {
 
     /// Forgets a parent and what was asked of it (asked again elsewhere).
     pub fn remove_parent(&mut self, id: &str) {
-        self.parents.remove(id);
+        if let Some(p) = self.parents.remove(id) {
+            for i in p.have.ones() {
+                self.count(i, p.seed, false);
+            }
+        }
         self.inflight.retain(|_, (p, _)| p != id);
     }
 
     pub fn clear(&mut self) {
         self.parents.clear();
         self.inflight.clear();
+        self.holders.clear();
+        self.only_at_source = Bits::default();
+    }
+
+    /// This download stored piece `index`: [`fill`](Picker::fill) no longer
+    /// looks at it. Optional (`fill` asks `wanted` anyway); it keeps `fill`
+    /// proportional to the pieces still to fetch.
+    pub fn stored(&mut self, index: u32) {
+        self.stored.set(index as usize, true);
+    }
+
+    /// One parent more (`add`) or fewer holds piece `i`.
+    fn count(&mut self, i: usize, seed: bool, add: bool) {
+        if self.holders.len() <= i {
+            self.holders.resize(i + 1, Holders::default());
+        }
+        let h = &mut self.holders[i];
+        let n = if seed { &mut h.sources } else { &mut h.peers };
+        *n = if add { *n + 1 } else { n.saturating_sub(1) };
+        let only = h.peers == 0 && h.sources > 0;
+        self.only_at_source.set(i, only);
     }
 
     /// The parent's whole bitmap.
     pub fn bitmap(&mut self, id: &str, have: Vec<bool>) {
-        if let Some(p) = self.parents.get_mut(id) {
-            p.held = have.iter().filter(|h| **h).count();
-            p.have = have;
+        let Some(p) = self.parents.get_mut(id) else {
+            return;
+        };
+        let seed = p.seed;
+        let new = Bits::from_bools(&have);
+        let old = std::mem::replace(&mut p.have, new.clone());
+        p.held = have.iter().filter(|h| **h).count();
+        let words = old.words.len().max(new.words.len());
+        let gone = ones((0..words).map(|w| old.word(w) & !new.word(w)));
+        let came = ones((0..words).map(|w| new.word(w) & !old.word(w)));
+        let changed: Vec<(usize, bool)> = gone.map(|i| (i, false)).chain(came.map(|i| (i, true))).collect();
+        for (i, add) in changed {
+            self.count(i, seed, add);
         }
     }
 
     /// The parent now also holds these pieces.
     pub fn have(&mut self, id: &str, pieces: impl IntoIterator<Item = u32>) {
-        if let Some(p) = self.parents.get_mut(id) {
-            for i in pieces {
-                if let Some(h) = p.have.get_mut(i as usize)
-                    && !*h
-                {
-                    *h = true;
-                    p.held += 1;
-                }
+        let Some(p) = self.parents.get_mut(id) else {
+            return;
+        };
+        let seed = p.seed;
+        let mut new = Vec::new();
+        for i in pieces {
+            let i = i as usize;
+            // Only within its bitmap (a have before it, or past the end, is ignored).
+            if i < p.have.len && p.have.set(i, true) {
+                p.held += 1;
+                new.push(i);
             }
+        }
+        for i in new {
+            self.count(i, seed, true);
         }
     }
 
@@ -138,45 +266,62 @@ impl Picker {
             .map(|p| window.saturating_sub(p.inflight))
             .sum::<usize>()
             .min(total.saturating_sub(self.inflight.len()));
+        if free == 0 {
+            return;
+        }
         // First the pieces only a source holds (a super-seeding source offered
         // them to this child: every other peer waits for it to spread them),
         // then the lowest missing. Lowest-first alone left the last pieces of
-        // a source to the end of every owner's queue, and the swarm's tail
-        // waited for them.
-        let only_at_source = |i: usize, parents: &HashMap<String, Holder>| {
-            let mut at_source = false;
-            for p in parents.values() {
-                if p.have.get(i).copied().unwrap_or(false) {
-                    if !p.seed {
-                        return false;
-                    }
-                    at_source = true;
-                }
-            }
-            at_source
+        // a source to the end of every owner's queue, and the swarm waited
+        // for them. Candidates: pieces a parent with room in its window
+        // holds, not stored, below `pieces`.
+        let Picker {
+            parents,
+            inflight,
+            only_at_source,
+            stored,
+            ..
+        } = self;
+        let mut open: Vec<(&String, &mut Holder)> =
+            parents.iter_mut().filter(|(_, p)| p.inflight < window).collect();
+        let words = pieces.div_ceil(64);
+        let last = if pieces.is_multiple_of(64) {
+            u64::MAX
+        } else {
+            (1u64 << (pieces % 64)) - 1
         };
-        let order: Vec<usize> = (0..pieces)
-            .filter(|&i| only_at_source(i, &self.parents))
-            .chain((0..pieces).filter(|&i| !only_at_source(i, &self.parents)))
+        let held: Vec<u64> = (0..words)
+            .map(|w| {
+                let any = open.iter().fold(0, |acc, (_, p)| acc | p.have.word(w));
+                let mask = if w + 1 == words { last } else { u64::MAX };
+                any & !stored.word(w) & mask
+            })
             .collect();
-        for i in order {
-            if free == 0 {
+        let first = ones(held.iter().enumerate().map(|(w, h)| h & only_at_source.word(w)));
+        let rest = ones(held.iter().enumerate().map(|(w, h)| h & !only_at_source.word(w)));
+        for i in first.chain(rest) {
+            if free == 0 || open.is_empty() {
                 break;
             }
-            if !wanted(i) || self.inflight.contains_key(&(i as u32)) {
+            let i32 = i as u32;
+            if !wanted(i) || inflight.contains_key(&i32) {
                 continue;
             }
-            let best = self
-                .parents
+            let best = open
                 .iter()
-                .filter(|(_, p)| p.inflight < window && p.have.get(i).copied().unwrap_or(false))
-                .min_by_key(|(id, p)| (p.scarce(), p.inflight, *id))
-                .map(|(id, _)| id.clone());
-            let Some(id) = best else { continue };
-            if request(&id, i as u32) {
-                self.parents.get_mut(&id).expect("just found").inflight += 1;
+                .enumerate()
+                .filter(|(_, (_, p))| p.have.get(i))
+                .min_by_key(|(_, (id, p))| (p.scarce(), p.inflight, *id))
+                .map(|(k, _)| k);
+            let Some(k) = best else { continue };
+            if request(open[k].0, i32) {
+                let (id, p) = &mut open[k];
+                p.inflight += 1;
                 free -= 1;
-                self.inflight.insert(i as u32, (id, now));
+                inflight.insert(i32, (id.to_string(), now));
+                if p.inflight >= window {
+                    open.swap_remove(k);
+                }
             }
         }
     }
@@ -487,6 +632,31 @@ mod tests {
         );
         assert_eq!(sent, vec![("a".into(), 3)]);
         assert_eq!(p.inflight(), 0, "a refused request is not in flight");
+    }
+
+    #[test]
+    fn stored_pieces_and_removed_parents_leave_the_candidates() {
+        let t0 = Instant::now();
+        let mut p = Picker::default();
+        p.add_parent("seed", true);
+        p.add_parent("a", false);
+        p.bitmap("seed", vec![true, true, false, false]);
+        p.bitmap("a", vec![false, true, false, false]);
+        p.stored(1);
+        // Piece 1 is stored, piece 0 only at the source: asked of it.
+        assert_eq!(fill(&mut p, t0, &[false; 4], 32), vec![("seed".into(), 0)]);
+        p.arrived("seed", 0, t0);
+        p.remove_parent("seed");
+        p.have("a", [3]);
+        assert_eq!(
+            fill(&mut p, t0, &[false; 4], 32),
+            vec![("a".into(), 3)],
+            "piece 0 left with the seed; 1 is stored"
+        );
+        // A new bitmap replaces the old one.
+        p.bitmap("a", vec![true, false, false, false]);
+        p.arrived("a", 3, t0);
+        assert_eq!(fill(&mut p, t0, &[false; 4], 32), vec![("a".into(), 0)]);
     }
 
     #[test]

@@ -440,19 +440,15 @@ impl Core {
                 continue; // only tasks whose trusted digests we hold
             }
             let peer_id = format!("{host_id}/stored");
-            task.peers.insert(
-                peer_id.clone(),
-                new_peer(
-                    peer_id.clone(),
-                    host_id,
-                    PeerState::Succeeded,
-                    false,
-                    layout.piece_count(),
-                    false,
-                    now,
-                ),
-            );
-            task.order.push(peer_id);
+            task.add_peer(new_peer(
+                peer_id,
+                host_id,
+                PeerState::Succeeded,
+                false,
+                layout.piece_count(),
+                false,
+                now,
+            ));
             task.last_active = now;
             self.replan(&task_id, REPLAN_BATCH, out);
         }
@@ -511,8 +507,7 @@ impl Core {
             peer.pieces = reg.pieces_held;
         }
         task.remove_peer(&reg.peer_id);
-        task.peers.insert(reg.peer_id.clone(), peer);
-        task.order.push(reg.peer_id.clone());
+        task.add_peer(peer);
 
         let needs_source = !task.has_source() && !has_complete_peer(task) && !from_source;
         if needs_source && self.caches.entries.contains_key(&task_id) {
@@ -605,7 +600,22 @@ impl Core {
             });
         }
         self.schedule(&task_id, &reg.peer_id, out);
-        self.replan(&task_id, REPLAN_ON_REGISTER, out);
+        // A small task: the peers short of parents are re-planned with the
+        // newcomer among their candidates. A large one: the newcomer is
+        // offered to them as one parent more (a decision each would make a
+        // registration cost 17 decisions).
+        let small = self.state.tasks[&task_id].order.len() <= self.planner.config().filter_parent_limit + 1;
+        if small {
+            self.replan(&task_id, REPLAN_ON_REGISTER, out);
+        } else {
+            for other in self
+                .planner
+                .offer(&mut self.state, &task_id, &reg.peer_id, REPLAN_ON_REGISTER)
+            {
+                let set = self.state.tasks[&task_id].peers[&other].parents.clone();
+                self.send_parents(&task_id, &other, &set, out);
+            }
+        }
         Ok(())
     }
 
@@ -613,10 +623,10 @@ impl Core {
         let Some(task) = self.state.tasks.get_mut(task_id) else {
             return;
         };
-        let Some(peer) = task.peers.get_mut(peer_id) else {
+        if !task.peers.contains_key(peer_id) {
             return;
-        };
-        peer.source = true;
+        }
+        task.mark_source(peer_id);
         task.set_parents(peer_id, Vec::new());
         self.send(task_id, peer_id, out, || Command::BackToSource {
             task_id: task_id.to_string(),
@@ -779,12 +789,19 @@ impl Core {
     fn reschedule(&mut self, task_id: &str, peer_id: &str, out: &mut Vec<Command>) {
         let got = self.schedule(task_id, peer_id, out);
         let task = &self.state.tasks[task_id];
-        let source_usable = task.peers.values().any(|p| {
+        let usable = |p: &Peer| {
             (p.source || p.state == PeerState::Succeeded)
                 && p.id != peer_id
                 && !task.peers[peer_id].blocklist.contains(&p.id)
                 && !task.bad_hosts.contains(&p.host_id)
-        });
+        };
+        // The sources first (an index): the whole task only when none is usable.
+        let source_usable = task
+            .sources
+            .iter()
+            .filter_map(|id| task.peers.get(id))
+            .any(usable)
+            || task.peers.values().any(usable);
         if got == 0 || !source_usable {
             self.back_to_source(task_id, peer_id, "no usable parent holds the task", out);
         }
@@ -855,6 +872,7 @@ fn new_peer(
         blocklist: HashSet::new(),
         open,
         registered: now,
+        seq: 0,
     }
 }
 

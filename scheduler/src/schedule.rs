@@ -20,7 +20,6 @@ use crate::evaluator::{Evaluator, View};
 use crate::state::{PeerState, State, Task};
 use damselfly_proto::scheduler::Parent;
 use rand::Rng;
-use rand::seq::IteratorRandom;
 use std::sync::RwLock;
 
 /// Bonus that keeps a current parent over an equally good newcomer, so
@@ -180,32 +179,40 @@ impl Planner {
     }
 
     /// Sources first, then the rest in registration order, capped at
-    /// `filter_parent_limit` (a random sample when the swarm is larger).
+    /// `filter_parent_limit` (a random sample when the swarm is larger: by
+    /// index into the registration order, so a decision costs the same in a
+    /// task of 40 peers and of 10,000).
     fn candidates<'t>(&self, task: &'t Task, peer_id: &str, rng: &mut impl Rng) -> Vec<&'t str> {
         let mut out: Vec<&str> = task
-            .peers
-            .values()
-            .filter(|p| p.source)
-            .map(|p| p.id.as_str())
-            .collect();
-        let others: Vec<&str> = task
-            .order
+            .sources
             .iter()
+            .filter(|id| task.peers.contains_key(*id))
             .map(String::as_str)
-            .filter(|id| *id != peer_id && !task.peers.get(*id).is_some_and(|p| p.source))
             .collect();
         let room = self.config().filter_parent_limit.saturating_sub(out.len());
-        if others.len() <= room {
-            out.extend(others);
-        } else {
-            out.extend(others.into_iter().choose_multiple(rng, room));
+        let is_other = |id: &str| id != peer_id && !task.sources.contains(id);
+        let listed = usize::from(task.peers.contains_key(peer_id)) + task.sources.len();
+        if task.order.len() <= room + listed {
+            out.extend(task.order.iter().map(String::as_str).filter(|id| is_other(id)));
+            return out;
+        }
+        // Enough indexes that `room` remain after dropping the peer itself and the sources.
+        let want = (room + listed).min(task.order.len());
+        let mut picked = 0;
+        for i in rand::seq::index::sample(rng, task.order.len(), want) {
+            let id = task.order[i].as_str();
+            if picked < room && is_other(id) {
+                out.push(id);
+                picked += 1;
+            }
         }
         out
     }
 
     /// Gives new parents to at most `max` running peers that have fewer than
     /// the limit, oldest first (bounded, so one event never re-plans a whole
-    /// large swarm). Returns each re-planned peer with its new set.
+    /// large swarm; found through the task's index, not by a scan). Returns
+    /// each re-planned peer with its new set.
     pub fn replan(
         &self,
         state: &mut State,
@@ -213,21 +220,11 @@ impl Planner {
         max: usize,
         rng: &mut impl Rng,
     ) -> Vec<(String, Vec<String>)> {
-        let Some(task) = state.tasks.get(task_id) else {
+        let limit = self.config().candidate_parent_limit;
+        let Some(task) = state.tasks.get_mut(task_id) else {
             return Vec::new();
         };
-        let limit = self.config().candidate_parent_limit;
-        let needy: Vec<String> = task
-            .order
-            .iter()
-            .filter(|id| {
-                task.peers.get(*id).is_some_and(|p| {
-                    !p.source && p.state == PeerState::Running && p.open && p.parents.len() < limit
-                })
-            })
-            .take(max)
-            .cloned()
-            .collect();
+        let needy = task.needy(limit, max);
         needy
             .into_iter()
             .filter_map(|id| {
@@ -235,6 +232,40 @@ impl Planner {
                 Some((id, chosen))
             })
             .collect()
+    }
+
+    /// A newcomer to a large task: instead of re-planning up to `max` peers
+    /// short of parents (a whole decision each), offers it to them as one
+    /// parent more where it fits (its upload slots bound how many). Returns
+    /// the peers whose parent sets grew.
+    pub fn offer(&self, state: &mut State, task_id: &str, newcomer: &str, max: usize) -> Vec<String> {
+        let limit = self.config().candidate_parent_limit;
+        let Some(task) = state.tasks.get_mut(task_id) else {
+            return Vec::new();
+        };
+        let needy = task.needy(limit, max);
+        let mut grown = Vec::new();
+        for id in needy {
+            let task = state.tasks.get(task_id).expect("checked above");
+            let Some(peer) = task.peers.get(&id) else {
+                continue;
+            };
+            if id == newcomer
+                || peer.parents.iter().any(|x| x == newcomer)
+                || self.fit(state, task, &id, newcomer).is_none()
+            {
+                continue;
+            }
+            let mut parents = peer.parents.clone();
+            parents.push(newcomer.to_string());
+            state
+                .tasks
+                .get_mut(task_id)
+                .expect("checked above")
+                .set_parents(&id, parents);
+            grown.push(id);
+        }
+        grown
     }
 }
 
@@ -309,22 +340,19 @@ mod tests {
             .tasks
             .entry("t".into())
             .or_insert_with(|| Task::new("t".into(), TaskSpec::default(), Instant::now()));
-        t.peers.insert(
-            id.into(),
-            Peer {
-                id: id.into(),
-                host_id: host.into(),
-                state: PeerState::Running,
-                source,
-                pieces: 0,
-                parents: vec![],
-                children: HashSet::new(),
-                blocklist: HashSet::new(),
-                open: true,
-                registered: Instant::now(),
-            },
-        );
-        t.order.push(id.into());
+        t.add_peer(Peer {
+            id: id.into(),
+            host_id: host.into(),
+            state: PeerState::Running,
+            source,
+            pieces: 0,
+            parents: vec![],
+            children: HashSet::new(),
+            blocklist: HashSet::new(),
+            open: true,
+            registered: Instant::now(),
+            seq: 0,
+        });
     }
 
     fn parents(s: &State, id: &str) -> Vec<String> {

@@ -7,7 +7,7 @@
 
 use damselfly_proto::piece::Layout;
 use damselfly_proto::scheduler::{HostInfo, TaskSpec};
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::time::Instant;
 
 /// Welford running statistics of one host's piece costs (milliseconds).
@@ -82,6 +82,8 @@ pub struct Peer {
     /// (it stays a parent for as long as its host is alive).
     pub open: bool,
     pub registered: Instant,
+    /// Its place in the task's registration order (set by [`Task::add_peer`]).
+    pub seq: u64,
 }
 
 pub struct Task {
@@ -90,8 +92,17 @@ pub struct Task {
     pub layout: Option<Layout>,
     pub digests: Vec<Option<[u8; 32]>>,
     pub peers: HashMap<String, Peer>,
-    /// Registration order, oldest first (for fair re-planning).
+    /// Registration order, oldest first (for fair re-planning); also what
+    /// the planner samples candidates from by index.
     pub order: Vec<String>,
+    /// Indexes kept as peers come and go, so that no decision scans the
+    /// task's peers: the sources, and the running peers with an open stream
+    /// that have fewer than `needy_limit` parents, by registration (entries
+    /// may be stale; [`Task::needy`] checks and drops them).
+    pub sources: BTreeSet<String>,
+    needy: BTreeMap<u64, String>,
+    needy_limit: usize,
+    next_seq: u64,
     /// The seed host told to fetch this task, if any.
     pub seed_host: Option<String>,
     /// host id -> peers that reported a corrupt piece from it.
@@ -109,6 +120,10 @@ impl Task {
             digests: Vec::new(),
             peers: HashMap::new(),
             order: Vec::new(),
+            sources: BTreeSet::new(),
+            needy: BTreeMap::new(),
+            needy_limit: 0,
+            next_seq: 0,
             seed_host: None,
             corrupt_reports: HashMap::new(),
             bad_hosts: HashSet::new(),
@@ -130,9 +145,79 @@ impl Task {
     }
 
     pub fn has_source(&self) -> bool {
-        self.peers
-            .values()
+        self.sources
+            .iter()
+            .filter_map(|id| self.peers.get(id))
             .any(|p| p.source && p.state != PeerState::Failed)
+    }
+
+    /// Adds a peer at the end of the registration order (a peer of the same
+    /// id is replaced; callers remove it first to re-plan its children).
+    pub fn add_peer(&mut self, mut peer: Peer) {
+        if self.peers.contains_key(&peer.id) {
+            self.order.retain(|x| *x != peer.id);
+        }
+        peer.seq = self.next_seq;
+        self.next_seq += 1;
+        let id = peer.id.clone();
+        if peer.source {
+            self.sources.insert(id.clone());
+        }
+        self.order.push(id.clone());
+        self.peers.insert(id.clone(), peer);
+        self.refresh_needy(&id);
+    }
+
+    /// The peer fetches from the origin from now on.
+    pub fn mark_source(&mut self, peer: &str) {
+        if let Some(p) = self.peers.get_mut(peer) {
+            p.source = true;
+            self.sources.insert(peer.to_string());
+        }
+    }
+
+    fn is_needy(p: &Peer, limit: usize) -> bool {
+        !p.source && p.state == PeerState::Running && p.open && p.parents.len() < limit
+    }
+
+    /// Indexes the peer as short of parents if it is (never un-indexes: a
+    /// stale entry is dropped when [`Task::needy`] meets it).
+    fn refresh_needy(&mut self, peer: &str) {
+        if let Some(p) = self.peers.get(peer)
+            && Self::is_needy(p, self.needy_limit)
+        {
+            self.needy.insert(p.seq, p.id.clone());
+        }
+    }
+
+    /// At most `max` running peers with an open stream and fewer than
+    /// `limit` parents, oldest first. Linear only when `limit` changed (the
+    /// index is rebuilt); otherwise in the entries it looks at.
+    pub fn needy(&mut self, limit: usize, max: usize) -> Vec<String> {
+        if limit != self.needy_limit {
+            self.needy_limit = limit;
+            self.needy = self
+                .peers
+                .values()
+                .filter(|p| Self::is_needy(p, limit))
+                .map(|p| (p.seq, p.id.clone()))
+                .collect();
+        }
+        let mut out = Vec::new();
+        let mut stale = Vec::new();
+        for (seq, id) in &self.needy {
+            if out.len() >= max {
+                break;
+            }
+            match self.peers.get(id) {
+                Some(p) if p.seq == *seq && Self::is_needy(p, limit) => out.push(id.clone()),
+                _ => stale.push(*seq),
+            }
+        }
+        for seq in stale {
+            self.needy.remove(&seq);
+        }
+        out
     }
 
     pub fn digests_known(&self) -> usize {
@@ -142,6 +227,11 @@ impl Task {
     /// Is `candidate` reachable from `peer` along parent->child edges?
     /// (Then making `candidate` a parent of `peer` would close a cycle.)
     pub fn is_descendant(&self, peer: &str, candidate: &str) -> bool {
+        // Only a peer with parents can be anyone's descendant (finished
+        // peers give theirs up): no walk over the whole swarm for them.
+        if self.peers.get(candidate).is_none_or(|c| c.parents.is_empty()) {
+            return false;
+        }
         let mut seen = HashSet::new();
         let mut queue = VecDeque::from([peer.to_string()]);
         while let Some(p) = queue.pop_front() {
@@ -174,6 +264,7 @@ impl Task {
                 p.children.insert(peer.to_string());
             }
         }
+        self.refresh_needy(peer);
     }
 
     /// Removes a peer; returns its children (who need new parents).
@@ -183,6 +274,8 @@ impl Task {
             return Vec::new();
         };
         self.order.retain(|x| x != peer);
+        self.sources.remove(peer);
+        self.needy.remove(&p.seq);
         // Sorted: who is re-planned first must not depend on hashing.
         let mut children: Vec<String> = p.children.into_iter().collect();
         children.sort();
@@ -190,6 +283,7 @@ impl Task {
             if let Some(child) = self.peers.get_mut(c) {
                 child.parents.retain(|x| x != peer);
             }
+            self.refresh_needy(c);
         }
         children
     }
@@ -247,14 +341,14 @@ mod tests {
             blocklist: HashSet::new(),
             open: false,
             registered: Instant::now(),
+            seq: 0,
         }
     }
 
     fn task_with(ids: &[&str]) -> Task {
         let mut t = Task::new("t".into(), TaskSpec::default(), Instant::now());
         for id in ids {
-            t.peers.insert(id.to_string(), peer(id));
-            t.order.push(id.to_string());
+            t.add_peer(peer(id));
         }
         t
     }

@@ -20,6 +20,7 @@ use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+mod flowq;
 mod transfer;
 
 const ORIGIN: usize = 0;
@@ -129,6 +130,8 @@ struct Sim {
     t0: Instant,
     seq: u64,
     queue: BinaryHeap<Entry>,
+    /// Flow completions, one per flow (see [`flowq`]).
+    flow_queue: flowq::FlowQueue,
     hosts: Vec<Host>,
     net: Net<Tag>,
     dls: Vec<Dl>,
@@ -160,13 +163,15 @@ pub fn run(cfg: &Config) -> Report {
     let mut sim = Sim::new(cfg.clone());
     let limit = 30.0 * cfg.s_over_u() + 120.0;
     while sim.remaining > 0 {
-        let Some(e) = sim.queue.pop() else { break };
-        if e.at > limit {
+        let Some((at, ev)) = sim.next_event() else {
+            break;
+        };
+        if at > limit {
             break;
         }
-        sim.now = e.at;
+        sim.now = at;
         sim.events += 1;
-        sim.dispatch(e.ev);
+        sim.dispatch(ev);
     }
     sim.report(wall.elapsed().as_secs_f64())
 }
@@ -272,6 +277,7 @@ impl Sim {
             t0,
             seq: 0,
             queue: BinaryHeap::new(),
+            flow_queue: flowq::FlowQueue::default(),
             net: Net::new(links),
             dls,
             conns: Vec::new(),
@@ -315,6 +321,24 @@ impl Sim {
             sim.at(at, Ev::Kill);
         }
         sim
+    }
+
+    /// The earliest of the next event and the next flow completion.
+    fn next_event(&mut self) -> Option<(f64, Ev)> {
+        let flow_first = match (self.queue.peek(), self.flow_queue.peek()) {
+            (_, None) => false,
+            (None, Some(_)) => true,
+            (Some(e), Some(d)) => d.at.total_cmp(&e.at).then(d.seq.cmp(&e.seq)).is_lt(),
+        };
+        if flow_first {
+            let d = self.flow_queue.pop().expect("peeked");
+            let ev = Ev::FlowDone {
+                flow: d.flow,
+                version: d.version,
+            };
+            return Some((d.at, ev));
+        }
+        self.queue.pop().map(|e| (e.at, e.ev))
     }
 
     fn at(&mut self, delay: f64, ev: Ev) {

@@ -359,19 +359,15 @@ impl Core {
             return;
         }
         let peer_id = format!("{host_id}/stored");
-        task.peers.insert(
-            peer_id.clone(),
-            new_peer(
-                peer_id.clone(),
-                host_id,
-                PeerState::Succeeded,
-                false,
-                layout.piece_count(),
-                false,
-                now,
-            ),
-        );
-        task.order.push(peer_id);
+        task.add_peer(new_peer(
+            peer_id,
+            host_id,
+            PeerState::Succeeded,
+            false,
+            layout.piece_count(),
+            false,
+            now,
+        ));
         self.replan(task_id, super::REPLAN_BATCH, out);
     }
 

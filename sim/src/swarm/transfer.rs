@@ -109,8 +109,15 @@ impl Sim {
 
     pub(super) fn reschedule(&mut self, times: Vec<Reschedule>) {
         for (flow, version, at) in times {
+            // The same time and sequence an event would get (ties order alike).
             let delay = at - self.now;
-            self.at(delay, Ev::FlowDone { flow, version });
+            self.seq += 1;
+            self.flow_queue.set(super::flowq::Due {
+                at: self.now + delay.max(0.0),
+                seq: self.seq,
+                flow,
+                version,
+            });
         }
     }
 
@@ -182,6 +189,7 @@ impl Sim {
         let dl = &mut self.dls[d];
         dl.have[index as usize] = true;
         dl.held += 1;
+        dl.picker.stored(index);
         dl.timers.progress(now);
         for c in dl.children.clone() {
             if self.dls[d].sourcing {
