@@ -439,16 +439,7 @@ impl Core {
             if task.layout != Some(layout) || task.digests_known() < layout.piece_count() as usize {
                 continue; // only tasks whose trusted digests we hold
             }
-            let peer_id = format!("{host_id}/stored");
-            task.add_peer(new_peer(
-                peer_id,
-                host_id,
-                PeerState::Succeeded,
-                false,
-                layout.piece_count(),
-                false,
-                now,
-            ));
+            task.add_peer(stored_peer(host_id, layout.piece_count(), now));
             task.last_active = now;
             self.replan(&task_id, REPLAN_BATCH, out);
         }
@@ -850,6 +841,13 @@ impl Core {
             .tasks
             .retain(|_, t| !t.peers.is_empty() || now.saturating_duration_since(t.last_active) < task_ttl);
     }
+}
+
+/// The peer entry of a host that holds a whole task in its store (announced after a restart,
+/// or a cache replica), with no download stream of its own.
+fn stored_peer(host_id: &str, pieces: u32, now: Instant) -> Peer {
+    let id = format!("{host_id}/stored");
+    new_peer(id, host_id, PeerState::Succeeded, false, pieces, false, now)
 }
 
 fn new_peer(

@@ -11,7 +11,7 @@
 //! a rebuilt entry waits [`RESTORE_GRACE`] for the other holders before it
 //! places new replicas.
 
-use super::{Command, Core, new_peer};
+use super::{Command, Core, stored_peer};
 use crate::error::Error;
 use crate::state::{PeerState, Task};
 use damselfly_proto::piece::Layout;
@@ -358,16 +358,7 @@ impl Core {
         if held {
             return;
         }
-        let peer_id = format!("{host_id}/stored");
-        task.add_peer(new_peer(
-            peer_id,
-            host_id,
-            PeerState::Succeeded,
-            false,
-            layout.piece_count(),
-            false,
-            now,
-        ));
+        task.add_peer(stored_peer(host_id, layout.piece_count(), now));
         self.replan(task_id, super::REPLAN_BATCH, out);
     }
 
