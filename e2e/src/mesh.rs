@@ -74,29 +74,17 @@ impl Mesh {
         peer_hosts: &[&str],
         scheduler_args: &[String],
     ) -> Result<Mesh> {
-        let scheduler_ip = lab.ip(scheduler_host);
-        let scheduler = spawn_scheduler(lab, bin, scheduler_host, scheduler_args)?;
-        let url = scheduler_url(scheduler_ip, false);
-        let start_peer = |host: &str, seed: bool| {
-            start_peer_with(lab, bin, &url, &state_dir.join(host), host, seed, &[], &[])
-        };
-        let seed = start_peer(seed_host, true)?;
-        let peers = peer_hosts
-            .iter()
-            .map(|h| start_peer(h, false))
-            .collect::<Result<Vec<_>>>()?;
-        Ok(Mesh {
-            scheduler_host: scheduler_host.to_string(),
-            scheduler_ip,
-            bin: bin.to_path_buf(),
-            peer_args: Vec::new(),
-            scheduler_args: scheduler_args.to_vec(),
-            tls: None,
-            peer_toml: String::new(),
-            scheduler,
-            seed,
-            peers,
-        })
+        Self::launch(
+            lab,
+            bin,
+            state_dir,
+            scheduler_host,
+            seed_host,
+            peer_hosts,
+            scheduler_args,
+            &[],
+            None,
+        )
     }
 
     /// Like [`Self::start`], every peer daemon (the seed too) with `peer_args`.
@@ -116,6 +104,7 @@ impl Mesh {
             scheduler_host,
             seed_host,
             peer_hosts,
+            &[],
             peer_args,
             None,
         )
@@ -167,6 +156,7 @@ impl Mesh {
             seed_host,
             peer_hosts,
             &[],
+            &[],
             tls,
         )
     }
@@ -179,13 +169,20 @@ impl Mesh {
         scheduler_host: &str,
         seed_host: &str,
         peer_hosts: &[&str],
+        scheduler_args: &[String],
         peer_args: &[String],
         tls: Option<(&Certs, &str)>,
     ) -> Result<Mesh> {
         let peer_toml = tls.map(|t| t.1.to_string()).unwrap_or_default();
         let tls = tls.map(|t| t.0);
         let scheduler_ip = lab.ip(scheduler_host);
-        let scheduler_args = tls_args(tls, &state_dir.join(scheduler_host), scheduler_host, "")?;
+        let mut scheduler_args = scheduler_args.to_vec();
+        scheduler_args.extend(tls_args(
+            tls,
+            &state_dir.join(scheduler_host),
+            scheduler_host,
+            "",
+        )?);
         let scheduler = spawn_scheduler(lab, bin, scheduler_host, &scheduler_args)?;
 
         let scheduler_url = scheduler_url(scheduler_ip, tls.is_some());
